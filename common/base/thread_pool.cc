@@ -15,8 +15,9 @@
 namespace kvasir {
 namespace {
 
-// Spin iterations before a worker sleeps; about 100 microseconds on a modern core.
+// Spin iterations before a worker sleeps; on the order of 100 microseconds.
 constexpr int kSpinIterations = 20000;
+constexpr uint64_t kInvalidJob = ~uint64_t{0};
 
 int DefaultThreadCount() {
   if (const char* env = std::getenv("KVASIR_NUM_THREADS")) {
@@ -37,8 +38,8 @@ ThreadPool::ThreadPool(int num_threads)
 }
 
 ThreadPool::~ThreadPool() {
-  stop_.store(true, std::memory_order_release);
-  generation_.fetch_add(1, std::memory_order_acq_rel);
+  stop_.store(true, std::memory_order_seq_cst);
+  generation_.fetch_add(1, std::memory_order_seq_cst);
   generation_.notify_all();
   for (auto& w : workers_) w.join();
 }
@@ -48,31 +49,43 @@ ThreadPool& ThreadPool::Default() {
   return *pool;
 }
 
-void ThreadPool::Work(int thread) {
-  const int64_t n = num_tasks_;
-  const int64_t chunk = chunk_;
+int64_t ThreadPool::Work(Slot& slot, int thread) {
+  const int64_t n = slot.num_tasks;
+  const int64_t chunk = slot.chunk;
+  int64_t ran = 0;
   for (;;) {
-    const int64_t begin = next_task_.fetch_add(chunk, std::memory_order_relaxed);
+    const int64_t begin = slot.next_task.fetch_add(chunk, std::memory_order_relaxed);
     if (begin >= n) break;
     const int64_t end = std::min(n, begin + chunk);
-    for (int64_t t = begin; t < end; ++t) fn_(ctx_, t, thread);
+    for (int64_t t = begin; t < end; ++t) slot.fn(slot.ctx, t, thread);
+    slot.done_tasks.fetch_add(end - begin, std::memory_order_release);
+    ran += end - begin;
   }
+  return ran;
 }
 
 void ThreadPool::Run(int64_t num_tasks, TaskFn fn, void* ctx) {
-  fn_ = fn;
-  ctx_ = ctx;
-  num_tasks_ = num_tasks;
+  const uint64_t gen = generation_.load(std::memory_order_relaxed) + 1;
+  Slot& slot = slots_[gen & 1];
+  // Take the slot back from workers that may still be inside it from two jobs ago (Dekker-style
+  // with Join: every access here is sequentially consistent). A worker that reads `job` after the
+  // store below sees it invalid and stays out; one that read it before is counted in `readers`.
+  slot.job.store(kInvalidJob, std::memory_order_seq_cst);
+  while (slot.readers.load(std::memory_order_seq_cst) != 0) KVASIR_CPU_RELAX();
+  slot.fn = fn;
+  slot.ctx = ctx;
+  slot.num_tasks = num_tasks;
   // Small chunks balance uneven tasks; at most ~4 chunks per thread keeps the counter cold.
-  chunk_ = std::max<int64_t>(1, num_tasks / (num_threads_ * 4));
-  next_task_.store(0, std::memory_order_relaxed);
-  pending_workers_.store(num_threads_ - 1, std::memory_order_relaxed);
-  generation_.fetch_add(1, std::memory_order_release);
+  slot.chunk = std::max<int64_t>(1, num_tasks / (num_threads_ * 4));
+  slot.next_task.store(0, std::memory_order_relaxed);
+  slot.done_tasks.store(0, std::memory_order_relaxed);
+  slot.job.store(gen, std::memory_order_seq_cst);
+  generation_.store(gen, std::memory_order_seq_cst);
   generation_.notify_all();
-  Work(0);
-  // Wait for the workers to leave the job before its state can be reused.
+  Work(slot, 0);
+  // Wait for the tasks other threads took, not for the threads themselves.
   int spins = 0;
-  while (pending_workers_.load(std::memory_order_acquire) != 0) {
+  while (slot.done_tasks.load(std::memory_order_acquire) != num_tasks) {
     if (++spins < kSpinIterations) {
       KVASIR_CPU_RELAX();
     } else {
@@ -81,10 +94,17 @@ void ThreadPool::Run(int64_t num_tasks, TaskFn fn, void* ctx) {
   }
 }
 
+void ThreadPool::Join(uint64_t gen, int thread) {
+  Slot& slot = slots_[gen & 1];
+  slot.readers.fetch_add(1, std::memory_order_seq_cst);
+  if (slot.job.load(std::memory_order_seq_cst) == gen) Work(slot, thread);
+  slot.readers.fetch_sub(1, std::memory_order_seq_cst);
+}
+
 void ThreadPool::WorkerLoop(int thread) {
-  uint32_t seen = 0;
+  uint64_t seen = 0;
   for (;;) {
-    uint32_t gen = generation_.load(std::memory_order_acquire);
+    uint64_t gen = generation_.load(std::memory_order_acquire);
     for (int spins = 0; gen == seen && spins < kSpinIterations; ++spins) {
       KVASIR_CPU_RELAX();
       gen = generation_.load(std::memory_order_acquire);
@@ -95,8 +115,7 @@ void ThreadPool::WorkerLoop(int thread) {
     }
     seen = gen;
     if (stop_.load(std::memory_order_acquire)) return;
-    Work(thread);
-    pending_workers_.fetch_sub(1, std::memory_order_release);
+    Join(gen, thread);
   }
 }
 

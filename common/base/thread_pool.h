@@ -62,21 +62,28 @@ class ThreadPool {
   using TaskFn = void (*)(void* ctx, int64_t task, int thread);
   void Run(int64_t num_tasks, TaskFn fn, void* ctx);
   void WorkerLoop(int thread);
-  void Work(int thread);
+
+  // A job lives in one of two slots, chosen by the parity of its generation, so that a worker
+  // that wakes up late can never read a slot while the owner rewrites it (see Run and Join).
+  struct Slot {
+    TaskFn fn = nullptr;
+    void* ctx = nullptr;
+    int64_t num_tasks = 0;
+    int64_t chunk = 1;
+    alignas(64) std::atomic<int64_t> next_task{0};
+    alignas(64) std::atomic<int64_t> done_tasks{0};
+    alignas(64) std::atomic<uint64_t> job{~uint64_t{0}};  // generation it holds; ~0 while rewritten
+    alignas(64) std::atomic<int> readers{0};              // workers inside this slot
+  };
+  // Runs tasks of `slot` until none is left. Returns the number of tasks run.
+  static int64_t Work(Slot& slot, int thread);
+  // Worker side: enters the slot of `generation` if it still holds that job.
+  void Join(uint64_t generation, int thread);
 
   int num_threads_;
   std::vector<std::thread> workers_;
-
-  // The current job. Written by the owner before generation_ is bumped (release), read by the
-  // workers after they see the new generation (acquire).
-  TaskFn fn_ = nullptr;
-  void* ctx_ = nullptr;
-  int64_t num_tasks_ = 0;
-  int64_t chunk_ = 1;
-
-  alignas(64) std::atomic<uint32_t> generation_{0};
-  alignas(64) std::atomic<int64_t> next_task_{0};
-  alignas(64) std::atomic<int> pending_workers_{0};
+  Slot slots_[2];
+  alignas(64) std::atomic<uint64_t> generation_{0};
   alignas(64) std::atomic<bool> stop_{false};
 };
 

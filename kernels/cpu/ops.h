@@ -9,6 +9,8 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <string>
+#include <string_view>
 #include <vector>
 
 #include "common/base/thread_pool.h"
@@ -17,7 +19,9 @@
 namespace kvasir::kernels::cpu {
 
 // The thread pool and scratch memory a forward pass lends to the kernels. The scratch grows to
-// the largest size asked and is then reused, so the hot path does not allocate.
+// the largest size asked and is then reused, so the hot path does not allocate. MatMul and
+// MatMulShared use it for the quantized activations: do not hold a pointer into it across a
+// kernel call. A null pool runs single-threaded.
 struct CpuContext {
   ThreadPool* pool = nullptr;
   std::vector<uint8_t> scratch;
@@ -30,6 +34,12 @@ struct CpuContext {
 // Which instruction set the fast paths use: "avx512vnni", "avx2" or "scalar". KVASIR_CPU_ISA
 // (same names) can lower it, for tests and comparisons.
 const char* ActiveIsa();
+// Selects the ISA level by name ("scalar", "avx2", "avx512vnni") for every later kernel call in the
+// process. Returns false, changing nothing, for an unknown name or a level this CPU lacks. For
+// tests and benchmarks: call it while no kernel runs.
+bool SetIsa(std::string_view name);
+// The levels this CPU supports, lowest first ("scalar" always).
+std::vector<std::string> SupportedIsas();
 
 // ---- Matrix products -----------------------------------------------------------------------
 
@@ -42,6 +52,26 @@ void MatMul(CpuContext& ctx, const WeightView& w, const float* x, int64_t n, int
 // Reference: dequantizes each row to f32 and takes an f32 dot product.
 void MatMulRef(const WeightView& w, const float* x, int64_t n, int64_t x_stride, float* y,
                int64_t y_stride);
+// Reference of MatMul's integer path for quantized weights (scalar, single-threaded): quantizes x
+// exactly as MatMul does (per block of 32, or 256 for the K types: q = round-half-even(x * 127 /
+// max|x|)) and sums the integer products block by block with the float scales. MatMul matches it
+// up to float summation order. Float weight types fall back to MatMulRef.
+void MatMulQuantizedRef(const WeightView& w, const float* x, int64_t n, int64_t x_stride, float* y,
+                        int64_t y_stride);
+
+// One product of MatMulShared: y = W x, y: [n, w.rows] with rows y_stride floats apart.
+struct MatMulTarget {
+  WeightView w;
+  float* y = nullptr;
+  int64_t y_stride = 0;
+};
+// Several products of the same input x (the Q, K and V projections; gate and up): the same
+// results as MatMul for each target, but x is quantized once per activation format and all the
+// products run as one parallel job. Every w.cols must equal the first one's. count <= 8.
+//   MatMulTarget qkv[3] = {{wq, q, q_dim}, {wk, k, kv_dim}, {wv, v, kv_dim}};
+//   MatMulShared(ctx, qkv, 3, h, n, dim);
+void MatMulShared(CpuContext& ctx, const MatMulTarget* targets, int count, const float* x,
+                  int64_t n, int64_t x_stride);
 
 // out[i, :] = W[ids[i], :] dequantized to f32 (embedding lookup). out: [n, w.cols].
 void GetRows(const WeightView& w, const int32_t* ids, int64_t n, float* out);
@@ -49,7 +79,15 @@ void GetRows(const WeightView& w, const int32_t* ids, int64_t n, float* out);
 void DequantizeRow(DType type, const void* row, int64_t count, float* out);
 // Quantizes f32 values to `type` with llama.cpp's reference quantizers (quantize_row_*_ref);
 // count is a multiple of the block size. For building test fixtures and converting weights.
+// For Q4_K and Q6_K the quantizer is a simpler round-to-nearest one than ggml's search; the
+// layout is the same.
 void QuantizeRow(DType type, const float* x, int64_t count, void* out);
+
+// IEEE binary16 conversions of n values (F16C where available; bit-exact with common/base/half.h
+// except for NaN payloads),
+// e.g. to write keys and values into a kF16 page pool.
+void ConvertF32ToF16(const float* x, int64_t n, uint16_t* out);
+void ConvertF16ToF32(const uint16_t* x, int64_t n, float* out);
 
 // ---- Element-wise and row operations -------------------------------------------------------
 

@@ -34,6 +34,20 @@ TEST(ThreadPoolTest, ManySmallJobsInARow) {
   EXPECT_EQ(sum.load(), 2000 * 15);
 }
 
+TEST(ThreadPoolTest, MoreThreadsThanCoresWithVaryingJobs) {
+  // Workers that are descheduled wake up late and must neither miss nor repeat a task of a newer
+  // job, nor touch a job slot that is being rewritten.
+  ThreadPool pool(8);
+  int64_t expected = 0;
+  std::atomic<int64_t> sum{0};
+  for (int job = 0; job < 20000; ++job) {
+    const int64_t n = 1 + (job * 7919) % 37;
+    pool.ParallelFor(n, [&](int64_t t, int) { sum.fetch_add(t + job, std::memory_order_relaxed); });
+    expected += n * (n - 1) / 2 + n * job;
+  }
+  EXPECT_EQ(sum.load(), expected);
+}
+
 TEST(ThreadPoolTest, RunOnAllGivesEachThreadItsIndex) {
   ThreadPool pool(3);
   std::vector<std::atomic<int>> seen(3);

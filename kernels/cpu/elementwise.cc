@@ -1,0 +1,169 @@
+// Row and element-wise operations of the forward pass: RmsNorm, Rope, Softmax, SiluMul, Add and
+// MergeAttention, each with its scalar reference; the fast versions dispatch to AVX2 when active.
+#include <algorithm>
+#include <cmath>
+#include <limits>
+
+#include "common/base/check.h"
+#include "kernels/cpu/internal.h"
+#include "kernels/cpu/isa.h"
+#include "kernels/cpu/ops.h"
+
+namespace kvasir::kernels::cpu {
+namespace {
+
+constexpr int kMaxRot = 1024;
+
+// cos and sin of the n_rot / 2 angles of position `pos`: cos at [j], sin at [n_rot / 2 + j].
+// Angles are computed in double: pos * base^(-2j / n_rot) reaches thousands of radians.
+void RopeAngles(int32_t pos, int n_rot, float freq_base, float* cos_sin) {
+  const int half = n_rot / 2;
+  for (int j = 0; j < half; ++j) {
+    const double theta =
+        static_cast<double>(pos) * std::pow(static_cast<double>(freq_base), -2.0 * j / n_rot);
+    cos_sin[j] = static_cast<float>(std::cos(theta));
+    cos_sin[half + j] = static_cast<float>(std::sin(theta));
+  }
+}
+
+void RopeTokenScalar(float* x, int n_heads, int head_dim, int n_rot, const float* cos_sin,
+                     RopeLayout layout) {
+  const int half = n_rot / 2;
+  for (int h = 0; h < n_heads; ++h) {
+    float* v = x + static_cast<int64_t>(h) * head_dim;
+    for (int j = 0; j < half; ++j) {
+      const int i0 = layout == RopeLayout::kAdjacentPairs ? 2 * j : j;
+      const int i1 = layout == RopeLayout::kAdjacentPairs ? 2 * j + 1 : j + half;
+      const float c = cos_sin[j], s = cos_sin[half + j];
+      const float x0 = v[i0], x1 = v[i1];
+      v[i0] = x0 * c - x1 * s;
+      v[i1] = x0 * s + x1 * c;
+    }
+  }
+}
+
+}  // namespace
+
+void RmsNormRef(const float* x, const float* weight, int64_t n, int64_t dim, float eps,
+                float* out) {
+  for (int64_t i = 0; i < n; ++i) {
+    double ss = 0.0;
+    for (int64_t c = 0; c < dim; ++c) ss += static_cast<double>(x[i * dim + c]) * x[i * dim + c];
+    const double inv = 1.0 / std::sqrt(ss / static_cast<double>(dim) + eps);
+    for (int64_t c = 0; c < dim; ++c) {
+      out[i * dim + c] = static_cast<float>(x[i * dim + c] * inv * weight[c]);
+    }
+  }
+}
+
+void RmsNorm(const float* x, const float* weight, int64_t n, int64_t dim, float eps, float* out) {
+  if (UseAvx2()) return avx2::RmsNorm(x, weight, n, dim, eps, out);
+  for (int64_t i = 0; i < n; ++i) {
+    const float* xi = x + i * dim;
+    float* oi = out + i * dim;
+    float ss = 0.0f;
+    for (int64_t c = 0; c < dim; ++c) ss += xi[c] * xi[c];
+    const float inv = 1.0f / std::sqrt(ss / static_cast<float>(dim) + eps);
+    for (int64_t c = 0; c < dim; ++c) oi[c] = xi[c] * inv * weight[c];
+  }
+}
+
+void RopeRef(float* x, int64_t n_tokens, int64_t token_stride, int n_heads, int head_dim, int n_rot,
+             const int32_t* pos, float freq_base, RopeLayout layout) {
+  KVASIR_CHECK(n_rot >= 0 && n_rot <= head_dim && n_rot % 2 == 0);
+  const int half = n_rot / 2;
+  for (int64_t t = 0; t < n_tokens; ++t) {
+    for (int h = 0; h < n_heads; ++h) {
+      float* v = x + t * token_stride + static_cast<int64_t>(h) * head_dim;
+      for (int j = 0; j < half; ++j) {
+        const double theta = pos[t] * std::pow(static_cast<double>(freq_base), -2.0 * j / n_rot);
+        const int i0 = layout == RopeLayout::kAdjacentPairs ? 2 * j : j;
+        const int i1 = layout == RopeLayout::kAdjacentPairs ? 2 * j + 1 : j + half;
+        const double x0 = v[i0], x1 = v[i1];
+        v[i0] = static_cast<float>(x0 * std::cos(theta) - x1 * std::sin(theta));
+        v[i1] = static_cast<float>(x0 * std::sin(theta) + x1 * std::cos(theta));
+      }
+    }
+  }
+}
+
+void Rope(float* x, int64_t n_tokens, int64_t token_stride, int n_heads, int head_dim, int n_rot,
+          const int32_t* pos, float freq_base, RopeLayout layout) {
+  KVASIR_CHECK(n_rot >= 0 && n_rot <= head_dim && n_rot % 2 == 0 && n_rot <= kMaxRot);
+  if (n_rot == 0) return;
+  float cos_sin[kMaxRot];
+  const bool avx2 = UseAvx2();
+  for (int64_t t = 0; t < n_tokens; ++t) {
+    // Consecutive tokens of a prefill often share nothing, but a batch may repeat positions.
+    if (t == 0 || pos[t] != pos[t - 1]) RopeAngles(pos[t], n_rot, freq_base, cos_sin);
+    float* xt = x + t * token_stride;
+    if (avx2) {
+      avx2::RopeToken(xt, n_heads, head_dim, n_rot, cos_sin, layout);
+    } else {
+      RopeTokenScalar(xt, n_heads, head_dim, n_rot, cos_sin, layout);
+    }
+  }
+}
+
+void SoftmaxRef(float* x, int64_t n) {
+  if (n <= 0) return;
+  double max = x[0];
+  for (int64_t i = 1; i < n; ++i) max = std::max<double>(max, x[i]);
+  double sum = 0.0;
+  for (int64_t i = 0; i < n; ++i) sum += std::exp(x[i] - max);
+  for (int64_t i = 0; i < n; ++i) x[i] = static_cast<float>(std::exp(x[i] - max) / sum);
+}
+
+void Softmax(float* x, int64_t n) {
+  if (n <= 0) return;
+  if (UseAvx2()) return avx2::Softmax(x, n);
+  float max = x[0];
+  for (int64_t i = 1; i < n; ++i) max = std::max(max, x[i]);
+  float sum = 0.0f;
+  for (int64_t i = 0; i < n; ++i) {
+    x[i] = std::exp(x[i] - max);
+    sum += x[i];
+  }
+  const float inv = 1.0f / sum;
+  for (int64_t i = 0; i < n; ++i) x[i] *= inv;
+}
+
+void SiluMulRef(const float* gate, const float* up, int64_t n, float* out) {
+  for (int64_t i = 0; i < n; ++i) {
+    const double g = gate[i];
+    out[i] = static_cast<float>(g / (1.0 + std::exp(-g)) * up[i]);
+  }
+}
+
+void SiluMul(const float* gate, const float* up, int64_t n, float* out) {
+  if (UseAvx2()) return avx2::SiluMul(gate, up, n, out);
+  for (int64_t i = 0; i < n; ++i) out[i] = gate[i] / (1.0f + std::exp(-gate[i])) * up[i];
+}
+
+void Add(float* y, const float* x, int64_t n) {
+  if (UseAvx2()) return avx2::Add(y, x, n);
+  for (int64_t i = 0; i < n; ++i) y[i] += x[i];
+}
+
+void MergeAttention(float* out_a, float* lse_a, const float* out_b, const float* lse_b,
+                    int64_t rows, int32_t head_dim) {
+  constexpr float kNegInf = -std::numeric_limits<float>::infinity();
+  for (int64_t r = 0; r < rows; ++r) {
+    const float la = lse_a[r], lb = lse_b[r];
+    float* oa = out_a + r * head_dim;
+    const float* ob = out_b + r * head_dim;
+    if (lb == kNegInf) continue;  // b saw no key: a unchanged
+    if (la == kNegInf) {          // a saw no key: take b
+      for (int32_t d = 0; d < head_dim; ++d) oa[d] = ob[d];
+      lse_a[r] = lb;
+      continue;
+    }
+    const float m = std::max(la, lb);
+    const float wa = std::exp(la - m), wb = std::exp(lb - m);
+    const float inv = 1.0f / (wa + wb);
+    for (int32_t d = 0; d < head_dim; ++d) oa[d] = (wa * oa[d] + wb * ob[d]) * inv;
+    lse_a[r] = m + std::log(wa + wb);
+  }
+}
+
+}  // namespace kvasir::kernels::cpu

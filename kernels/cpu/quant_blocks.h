@@ -1,0 +1,90 @@
+// Block layouts of the quantized weight types (ggml's, byte for byte) and of the 8-bit activation
+// buffers that MatMul quantizes x into (Kvasir's own, never stored). Private to kernels/cpu.
+// See ../shared/reference/model-formats.md §3.4 for the dequantization formulas.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+namespace kvasir::kernels::cpu {
+
+inline constexpr int kQK = 32;    // elements per Q4_0 / Q4_1 / Q8_0 block
+inline constexpr int kQKK = 256;  // elements per Q4_K / Q6_K super-block
+
+struct BlockQ4_0 {
+  uint16_t d;           // f16 scale
+  uint8_t qs[kQK / 2];  // byte j: element j (low nibble), element j + 16 (high nibble)
+};
+struct BlockQ4_1 {
+  uint16_t d;  // f16 scale
+  uint16_t m;  // f16 minimum
+  uint8_t qs[kQK / 2];
+};
+struct BlockQ8_0 {
+  uint16_t d;
+  int8_t qs[kQK];
+};
+struct BlockQ4K {
+  uint16_t d;            // f16 super-block scale of the 6-bit sub-block scales
+  uint16_t dmin;         // f16 super-block scale of the 6-bit sub-block minimums
+  uint8_t scales[12];    // 8 scales and 8 minimums, 6 bits each (see Q4KScaleMin)
+  uint8_t qs[kQKK / 2];  // 4 chunks of 32 bytes; chunk c holds elements 64c+l (low), 64c+32+l
+};
+struct BlockQ6K {
+  uint8_t ql[kQKK / 2];      // low 4 bits
+  uint8_t qh[kQKK / 4];      // high 2 bits
+  int8_t scales[kQKK / 16];  // one per 16 elements
+  uint16_t d;                // f16 super-block scale (last)
+};
+static_assert(sizeof(BlockQ4_0) == 18);
+static_assert(sizeof(BlockQ4_1) == 20);
+static_assert(sizeof(BlockQ8_0) == 34);
+static_assert(sizeof(BlockQ4K) == 144);
+static_assert(sizeof(BlockQ6K) == 210);
+
+// Scale and minimum j (< 8) of a Q4_K super-block (ggml's get_scale_min_k4).
+inline void Q4KScaleMin(int j, const uint8_t* s, int* sc, int* m) {
+  if (j < 4) {
+    *sc = s[j] & 63;
+    *m = s[j + 4] & 63;
+  } else {
+    *sc = (s[j + 4] & 0xF) | ((s[j - 4] >> 6) << 4);
+    *m = (s[j + 4] >> 4) | ((s[j] >> 6) << 4);
+  }
+}
+
+// Activations quantized for the integer dot products. Two formats, by weight type:
+//  - kAct32 (Q4_0, Q4_1, Q8_0 weights): per block of 32, q = round_even(x * 127 / amax),
+//    d = amax / 127 and s = d * sum(q) (the latter for the weight minimums).
+//  - kAct256 (Q4_K, Q6_K weights): per block of 256, the same q and d, plus the sums of q over
+//    each 16 elements (bsums) for the minimums / offsets of the K types.
+// Each is held as separate arrays, one row per token, in scratch memory (QuantizedActs).
+enum class ActFormat { kNone, kAct32, kAct256 };
+
+struct QuantizedActs {
+  ActFormat format = ActFormat::kNone;
+  int64_t n = 0;             // tokens
+  int64_t cols = 0;          // elements per token
+  int64_t blocks = 0;        // blocks per token (cols / 32 or cols / 256)
+  int8_t* qs = nullptr;      // [n, cols]
+  float* d = nullptr;        // [n, blocks]
+  float* s = nullptr;        // [n, blocks] (kAct32)
+  int16_t* bsums = nullptr;  // [n, blocks * 16] (kAct256)
+
+  const int8_t* qs_row(int64_t t) const { return qs + t * cols; }
+  const float* d_row(int64_t t) const { return d + t * blocks; }
+  const float* s_row(int64_t t) const { return s + t * blocks; }
+  const int16_t* bsums_row(int64_t t) const { return bsums + t * blocks * 16; }
+};
+
+ActFormat ActFormatFor(int dtype);
+
+// Bytes of scratch that CarveActs needs for n tokens of `cols` elements.
+size_t ActBytes(ActFormat format, int64_t n, int64_t cols);
+// Lays the arrays out in `mem` (ActBytes bytes, any alignment).
+QuantizedActs CarveActs(ActFormat format, int64_t n, int64_t cols, uint8_t* mem);
+
+// Scalar quantization of token row t (x: cols floats).
+void QuantizeActRowScalar(const float* x, QuantizedActs& acts, int64_t t);
+
+}  // namespace kvasir::kernels::cpu
