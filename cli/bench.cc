@@ -1,0 +1,163 @@
+// `kvasir bench <subject>`: benchmarks that print a table, or one JSON object with --json.
+#include <cstdio>
+#include <iostream>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_split.h"
+#include "cli/commands.h"
+#include "cli/common.h"
+#include "common/units.h"
+#include "kvcache/policy.h"
+#include "nlohmann/json.hpp"
+#include "worker/engine_bench.h"
+
+namespace kvasir::cli {
+namespace {
+
+absl::StatusOr<std::vector<int32_t>> ParseIntList(const std::string& text) {
+  std::vector<int32_t> out;
+  if (text.empty()) return out;
+  for (absl::string_view part : absl::StrSplit(text, ',')) {
+    int32_t v;
+    if (!absl::SimpleAtoi(part, &v) || v <= 0) {
+      return absl::InvalidArgumentError(
+          "expected a comma-separated list of positive integers, got '" + text + "'");
+    }
+    out.push_back(v);
+  }
+  return out;
+}
+
+int RunBenchEngine(int argc, char** argv) {
+  const std::string cmd = "kvasir bench engine";
+  ArgParser p("kvasir bench engine [options]",
+              "Measures prefill and decode speed of the engine on this machine: prefill of a "
+              "512-token prompt, decode at batch 1 and aggregate decode with 4 and 16 concurrent "
+              "sequences (128-token prompts, 128 new tokens each), the memory read bandwidth and "
+              "the fraction of it batch-1 decode reaches. Each figure is the median of --repeats "
+              "runs after a warm-up.");
+  EngineFlags flags;
+  flags.Register(p);
+  std::string kv = "full", contexts, budget;
+  int32_t repeats = 3, prefill = 512, decode = 128, prompt = 128;
+  bool json = false;
+  p.AddString("kv", &kv, "POLICY", "KV cache policy of the benchmark sequences");
+  p.AddInt32("repeats", &repeats, "timed runs per figure");
+  p.AddInt32("prefill-tokens", &prefill, "prompt length of the prefill figure");
+  p.AddInt32("decode-tokens", &decode, "tokens generated per sequence");
+  p.AddInt32("batch-prompt", &prompt, "prompt length of each sequence in the decode figures");
+  p.AddString("contexts", &contexts, "N,N",
+              "also decode after prompts of these lengths (default with --kv other than full: "
+              "2048,4096 or what the context allows)");
+  p.AddString("kv-budget", &budget, "BYTES",
+              "count how many sequences of the first --contexts length fit in this much KV memory");
+  p.AddBool("json", &json, "print one JSON object");
+  if (absl::Status s = p.Parse(argc, argv); !s.ok()) return Fail(cmd, s, 2);
+  if (p.help_requested()) {
+    std::fputs(p.Help().c_str(), stdout);
+    return 0;
+  }
+  worker::EngineBenchOptions o;
+  o.kv_policy = kv;
+  o.repeats = repeats;
+  o.prefill_tokens = prefill;
+  o.decode_tokens = decode;
+  o.batch_prompt = prompt;
+  auto ctx = ParseIntList(contexts);
+  if (!ctx.ok()) return Fail(cmd, ctx.status(), 2);
+  o.long_contexts = *ctx;
+  if (!budget.empty()) {
+    auto b = ParseByteSize(budget);
+    if (!b.ok()) return Fail(cmd, b.status(), 2);
+    o.capacity_budget_bytes = *b;
+  }
+  auto engine = LoadEngine(flags);
+  if (!engine.ok()) return Fail(cmd, engine.status());
+  if (o.long_contexts.empty() && kv != "full") {
+    for (int32_t c : {2048, 4096}) {
+      if (c + decode <= (*engine)->config().context_length) o.long_contexts.push_back(c);
+    }
+  }
+  if (!o.long_contexts.empty() && o.capacity_budget_bytes == 0) o.capacity_budget_bytes = 1LL << 30;
+  if (!flags.quiet) std::fprintf(stderr, "benchmarking (this takes a minute)...\n");
+  auto r = worker::RunEngineBench(**engine, o);
+  if (!r.ok()) return Fail(cmd, r.status());
+  if (json) {
+    nlohmann::json j;
+    j["model"] = r->model;
+    j["isa"] = r->isa;
+    j["threads"] = r->threads;
+    j["kv_policy"] = r->kv_policy;
+    j["prefill_tps"] = r->prefill_tps;
+    j["decode_tps_b1"] = r->decode_tps_b1;
+    for (const auto& [streams, tps] : r->decode_tps_batched) {
+      j["decode_tps_b" + std::to_string(streams)] = tps;
+    }
+    j["mem_read_gbps"] = r->mem_read_gbps;
+    j["decode_bytes_per_token"] = r->decode_bytes_per_token;
+    j["decode_bw_fraction"] = r->decode_bw_fraction;
+    if (!r->decode_tps_at_context.empty()) {
+      nlohmann::json at = nlohmann::json::array();
+      for (size_t i = 0; i < r->decode_tps_at_context.size(); ++i) {
+        at.push_back({{"context", r->decode_tps_at_context[i].first},
+                      {"decode_tps", r->decode_tps_at_context[i].second},
+                      {"kv_ratio", r->kv_ratio_at_context[i].second}});
+      }
+      j["long_context"] = at;
+      j["kv_budget_bytes"] = o.capacity_budget_bytes;
+      j["sequences_in_budget"] = r->sequences_in_budget;
+      j["full_sequences_in_budget"] = r->full_sequences_in_budget;
+    }
+    std::cout << j.dump() << "\n";
+    return 0;
+  }
+  std::printf("model     %s\nthreads   %d (%s)\nkv        %s\n\n", r->model.c_str(), r->threads,
+              r->isa.c_str(), r->kv_policy.c_str());
+  std::printf("%-36s %12s\n", "figure", "tokens/s");
+  std::printf("%-36s %12.1f\n", absl::StrFormat("prefill, %d-token prompt", prefill).c_str(),
+              r->prefill_tps);
+  std::printf("%-36s %12.1f\n", absl::StrFormat("decode, batch 1, %d tokens", decode).c_str(),
+              r->decode_tps_b1);
+  for (const auto& [streams, tps] : r->decode_tps_batched) {
+    std::printf("%-36s %12.1f\n", absl::StrFormat("decode, %d streams, aggregate", streams).c_str(),
+                tps);
+  }
+  for (size_t i = 0; i < r->decode_tps_at_context.size(); ++i) {
+    std::printf(
+        "%-36s %12.1f   (KV held %.1f%% of full)\n",
+        absl::StrFormat("decode after %d tokens of context", r->decode_tps_at_context[i].first)
+            .c_str(),
+        r->decode_tps_at_context[i].second, 100 * r->kv_ratio_at_context[i].second);
+  }
+  std::printf("\nmemory read bandwidth     %.1f GB/s\n", r->mem_read_gbps);
+  std::printf("weights read per token    %s\n", FormatBytes(r->decode_bytes_per_token).c_str());
+  std::printf("batch-1 decode reaches    %.0f%% of the bandwidth bound\n",
+              100 * r->decode_bw_fraction);
+  if (!o.long_contexts.empty()) {
+    std::printf("sequences of %d tokens in %s of KV: %lld with %s, %lld with full\n",
+                o.long_contexts[0], FormatBytes(o.capacity_budget_bytes).c_str(),
+                static_cast<long long>(r->sequences_in_budget), r->kv_policy.c_str(),
+                static_cast<long long>(r->full_sequences_in_budget));
+  }
+  return 0;
+}
+
+}  // namespace
+
+int RunBench(int argc, char** argv) {
+  const std::string usage =
+      "usage: kvasir bench <subject> [options]\n\nsubjects:\n"
+      "  engine      prefill and decode tokens/s, memory bandwidth\n"
+      "\nRun 'kvasir bench <subject> --help' for its options.\n";
+  if (argc < 2 || std::string(argv[1]) == "--help" || std::string(argv[1]) == "-h") {
+    std::fputs(usage.c_str(), argc < 2 ? stderr : stdout);
+    return argc < 2 ? 2 : 0;
+  }
+  const std::string subject = argv[1];
+  if (subject == "engine") return RunBenchEngine(argc - 1, argv + 1);
+  std::fprintf(stderr, "kvasir bench: unknown subject '%s'\n\n%s", subject.c_str(), usage.c_str());
+  return 2;
+}
+
+}  // namespace kvasir::cli

@@ -1,0 +1,85 @@
+// What a KV compression policy is to the engine. Per layer of a forward step, the policy gets
+// the new tokens' queries, keys and values before RoPE, decides what of them the cache keeps
+// (append, merge, evict, fuse), and computes the attention output over what it keeps. It owns
+// the RoPE of q and k because some policies need the keys before rotation (DMC merges pre-RoPE
+// keys and re-rotates them). Policies are immutable and shared; per-sequence state lives in
+// SequenceKv::state(). The spec strings and parameters are documented in docs/compression.md.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <string>
+#include <string_view>
+
+#include "absl/status/statusor.h"
+#include "kernels/cpu/ops.h"
+#include "kvcache/kv_cache.h"
+
+namespace kvasir::kvcache {
+
+// The tokens of one sequence inside a step: rows [begin, begin + count) of the step's buffers.
+struct SeqSpan {
+  SequenceKv* seq = nullptr;
+  int32_t begin = 0;
+  int32_t count = 0;
+};
+
+// One layer of one forward step. Rows are tokens; the sequences' spans partition them.
+struct LayerInputs {
+  int32_t layer = 0;
+  std::span<const SeqSpan> seqs;
+  float* q =
+      nullptr;  // [n_tokens, n_head * head_dim], before RoPE (the policy may rotate in place)
+  int64_t q_stride = 0;
+  float* k = nullptr;  // [n_tokens, n_head_kv * head_dim], before RoPE
+  int64_t k_stride = 0;
+  float* v = nullptr;  // [n_tokens, n_head_kv * head_dim]
+  int64_t v_stride = 0;
+  const int32_t* pos = nullptr;  // [n_tokens] absolute positions
+  float* out = nullptr;          // [n_tokens, n_head * head_dim]
+  int64_t out_stride = 0;
+};
+
+class KvPolicy {
+ public:
+  virtual ~KvPolicy() = default;
+
+  // The canonical spec string ("full", "streaming:sink=4,window=252", ...).
+  virtual std::string spec() const = 0;
+  // Per-sequence state, or nullptr if the policy needs none.
+  virtual std::unique_ptr<PolicyState> NewState(const KvGeometry& geometry) const {
+    return nullptr;
+  }
+  // Before a step: allocates what `n_new` more tokens of `seq` need in every table, so that
+  // Attend cannot run out of pages halfway. ResourceExhausted when the pool is full.
+  virtual absl::Status Reserve(KvCache& cache, SequenceKv& seq, int32_t n_new) const = 0;
+  // One layer: stores what the policy keeps of the new tokens and writes the attention output.
+  // Called for layers 0..n_layer-1 in order; parallel work goes through ctx.pool.
+  virtual absl::Status Attend(KvCache& cache, const LayerInputs& in,
+                              kernels::cpu::CpuContext& ctx) const = 0;
+  // After every layer of a step ran, before n_tokens advances (eviction policies compact here).
+  virtual absl::Status EndStep(KvCache& cache, SequenceKv& seq, int32_t n_new) const {
+    return absl::OkStatus();
+  }
+
+  // The per-sequence state beyond the tables (SequenceKv::state()), as bytes, for the block
+  // codec (kvcache/codec.h): a sequence restored from its tables and this state must continue
+  // bit for bit as the original would. The format is the policy's own; LoadState refuses bytes it
+  // did not write (InvalidArgument). Policies without state keep the defaults.
+  virtual absl::Status SaveState(const SequenceKv& seq, std::string& out) const {
+    return absl::OkStatus();
+  }
+  virtual absl::Status LoadState(std::string_view in, SequenceKv& seq) const {
+    return in.empty() ? absl::OkStatus()
+                      : absl::InvalidArgumentError("this KV policy keeps no state");
+  }
+};
+
+// Parses a policy spec string (docs/compression.md). InvalidArgument names the bad part.
+absl::StatusOr<std::shared_ptr<const KvPolicy>> ParsePolicy(std::string_view spec,
+                                                            const KvGeometry& geometry);
+// One line per policy with its parameters, for --help.
+std::string PolicyHelp();
+
+}  // namespace kvasir::kvcache

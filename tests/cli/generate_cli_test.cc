@@ -1,0 +1,195 @@
+// `kvasir generate` as a user runs it: the real binary in a child process, its exit code, stdout
+// and stderr.
+#include <sys/wait.h>
+
+#include <cstdio>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <iterator>
+#include <string>
+#include <vector>
+
+#include "gtest/gtest.h"
+#include "nlohmann/json.hpp"
+#include "tests/testing/paths.h"
+
+namespace kvasir::cli {
+namespace {
+
+struct RunResult {
+  int exit_code = -1;
+  std::string out;
+  std::string err;
+};
+
+std::string ReadAll(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  return {std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
+}
+
+std::string TempDir() {
+  std::string dir =
+      (std::filesystem::temp_directory_path() / ("kvasir_cli_test_" + std::to_string(::getpid())))
+          .string();
+  std::filesystem::create_directories(dir);
+  return dir;
+}
+
+std::string Quote(const std::string& s) {
+  std::string q = "'";
+  for (char c : s) {
+    if (c == '\'') {
+      q += "'\\''";
+    } else {
+      q += c;
+    }
+  }
+  return q + "'";
+}
+
+RunResult Kvasir(const std::vector<std::string>& args) {
+  const std::string dir = TempDir();
+  std::string cmd = "timeout 300 " + std::string(KVASIR_BINARY_DIR) + "/bin/kvasir";
+  for (const auto& a : args) cmd += " " + Quote(a);
+  cmd += " >" + dir + "/out 2>" + dir + "/err";
+  RunResult r;
+  const int status = std::system(cmd.c_str());
+  r.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  r.out = ReadAll(dir + "/out");
+  r.err = ReadAll(dir + "/err");
+  return r;
+}
+
+int CountLines(const std::string& s) {
+  int n = 0;
+  for (char c : s) n += c == '\n';
+  return n;
+}
+
+const std::string kStories = testing::SharedPath("models/stories260K.gguf");
+
+TEST(GenerateCliTest, JsonGreedyMatchesGolden) {
+  RunResult r = Kvasir({"generate", "--model", kStories, "--prompt", "Once upon a time",
+                        "--temperature", "0", "--max-tokens", "64", "--json", "--quiet"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  auto j = nlohmann::json::parse(r.out, nullptr, false);
+  ASSERT_FALSE(j.is_discarded()) << r.out;
+  std::ifstream golden(testing::SharedPath("golden/stories260K_public.jsonl"));
+  std::string line;
+  std::getline(golden, line);
+  auto g = nlohmann::json::parse(line);
+  EXPECT_EQ(j["prompt_ids"], g["prompt_ids"]);
+  EXPECT_EQ(j["ids"], g["greedy_ids"]);
+  EXPECT_EQ(j["text"], g["greedy_text"]);
+  EXPECT_EQ(j["kv"]["policy"], "full");
+  EXPECT_EQ(j["kv"]["ratio"], 1.0);
+  EXPECT_GT(j["kv"]["bytes"].get<int64_t>(), 0);
+  EXPECT_GT(j["timings"]["decode_tokens_per_s"].get<double>(), 0);
+  EXPECT_GT(j["timings"]["prefill_tokens_per_s"].get<double>(), 0);
+}
+
+TEST(GenerateCliTest, StreamsTextToStdout) {
+  RunResult r = Kvasir({"generate", "--model", kStories, "--prompt", "Once upon a time",
+                        "--temperature", "0", "--max-tokens", "16"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_EQ(r.out.rfind(", there was a little girl named Lily.", 0), 0u) << r.out;
+  EXPECT_NE(r.err.find("tokens/s"), std::string::npos) << r.err;
+}
+
+TEST(GenerateCliTest, SameSeedSameOutput) {
+  std::vector<std::string> args = {
+      "generate", "--model", kStories,       "--prompt", "Once",   "--temperature", "1.0",
+      "--seed",   "1234",    "--max-tokens", "24",       "--json", "--quiet"};
+  RunResult a = Kvasir(args), b = Kvasir(args);
+  ASSERT_EQ(a.exit_code, 0) << a.err;
+  auto ja = nlohmann::json::parse(a.out), jb = nlohmann::json::parse(b.out);
+  EXPECT_EQ(ja["ids"], jb["ids"]);
+  EXPECT_EQ(ja["seed"], 1234);
+}
+
+TEST(GenerateCliTest, HelpAndUsageErrors) {
+  RunResult help = Kvasir({"generate", "--help"});
+  EXPECT_EQ(help.exit_code, 0);
+  EXPECT_NE(help.out.find("--temperature"), std::string::npos);
+  EXPECT_NE(help.out.find("--kv"), std::string::npos);
+  RunResult unknown = Kvasir({"generate", "--prompt", "x", "--frobnicate", "3"});
+  EXPECT_EQ(unknown.exit_code, 2);
+  EXPECT_NE(unknown.err.find("--frobnicate"), std::string::npos);
+  RunResult missing = Kvasir({"generate", "--model", kStories});
+  EXPECT_EQ(missing.exit_code, 2);
+  EXPECT_NE(missing.err.find("--prompt"), std::string::npos);
+  RunResult bad_number = Kvasir({"generate", "--prompt", "x", "--temperature", "hot"});
+  EXPECT_EQ(bad_number.exit_code, 2);
+  RunResult top = Kvasir({});
+  EXPECT_EQ(top.exit_code, 2);
+  RunResult bad_policy =
+      Kvasir({"generate", "--model", kStories, "--prompt", "x", "--kv", "nonsense", "--quiet"});
+  EXPECT_EQ(bad_policy.exit_code, 1);
+  EXPECT_NE(bad_policy.err.find("nonsense"), std::string::npos);
+}
+
+// Each broken model gives a one-line error on stderr and a non-zero exit.
+void ExpectOneLineError(const std::string& model, const std::string& needle) {
+  RunResult r = Kvasir({"generate", "--model", model, "--prompt", "hello", "--quiet"});
+  EXPECT_NE(r.exit_code, 0) << model;
+  EXPECT_EQ(CountLines(r.err), 1) << r.err;
+  EXPECT_NE(r.err.find(needle), std::string::npos) << r.err;
+  EXPECT_TRUE(r.out.empty() || r.out == "\n") << r.out;
+}
+
+TEST(GenerateCliTest, MissingModelFile) {
+  ExpectOneLineError("/nonexistent/model.gguf", "/nonexistent/model.gguf");
+}
+
+TEST(GenerateCliTest, TruncatedGguf) {
+  const std::string bytes = ReadAll(kStories);
+  ASSERT_GT(bytes.size(), 100000u);
+  const std::string path = TempDir() + "/truncated.gguf";
+  for (size_t cut : {size_t{10}, size_t{5000}, bytes.size() / 2, bytes.size() - 1}) {
+    std::ofstream(path, std::ios::binary).write(bytes.data(), cut);
+    ExpectOneLineError(path, "truncated.gguf");
+  }
+}
+
+TEST(GenerateCliTest, GgufWithWrongTensorOffset) {
+  std::string bytes = ReadAll(kStories);
+  // Tensor info: u64 name length, name, u32 n_dims, u64 ne[n_dims], u32 type, u64 offset.
+  const std::string name = "blk.0.attn_q.weight";
+  const size_t at = bytes.find(name);
+  ASSERT_NE(at, std::string::npos);
+  size_t p = at + name.size();
+  uint32_t n_dims;
+  std::memcpy(&n_dims, bytes.data() + p, 4);
+  ASSERT_LE(n_dims, 4u);
+  p += 4 + 8 * n_dims + 4;
+  uint64_t offset;
+  std::memcpy(&offset, bytes.data() + p, 8);
+  offset += 32;  // still aligned, but not where the tensor is
+  std::memcpy(bytes.data() + p, &offset, 8);
+  const std::string path = TempDir() + "/bad_offset.gguf";
+  std::ofstream(path, std::ios::binary).write(bytes.data(), bytes.size());
+  ExpectOneLineError(path, "bad_offset.gguf");
+}
+
+TEST(GenerateCliTest, SafetensorsWithALyingHeader) {
+  const std::string dir = TempDir() + "/lying_hf";
+  std::filesystem::create_directories(dir);
+  std::ofstream(dir + "/config.json")
+      << R"({"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 8,
+             "intermediate_size": 16, "num_hidden_layers": 1, "num_attention_heads": 2,
+             "num_key_value_heads": 1, "vocab_size": 16, "rms_norm_eps": 1e-5})";
+  // The header claims 64 f32 values (256 bytes) but the range holds 16 bytes.
+  const std::string header =
+      R"({"model.embed_tokens.weight": {"dtype": "F32", "shape": [8, 8], "data_offsets": [0, 16]}})";
+  std::string file(8, '\0');
+  const uint64_t n = header.size();
+  std::memcpy(file.data(), &n, 8);
+  file += header;
+  file += std::string(16, '\1');
+  std::ofstream(dir + "/model.safetensors", std::ios::binary).write(file.data(), file.size());
+  ExpectOneLineError(dir, "model.safetensors");
+}
+
+}  // namespace
+}  // namespace kvasir::cli

@@ -1,0 +1,43 @@
+// The weights of a Llama model bound for the CPU kernels: views into the memory-mapped model
+// files (no copy), except the small norm vectors, which are converted to f32.
+#pragma once
+
+#include <functional>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "kernels/types.h"
+#include "model/model_files.h"
+
+namespace kvasir::worker {
+
+struct LayerWeights {
+  const float* attn_norm = nullptr;  // [n_embd]
+  kernels::WeightView wq;            // [n_head * head_dim, n_embd]
+  kernels::WeightView wk;            // [n_head_kv * head_dim, n_embd]
+  kernels::WeightView wv;            // [n_head_kv * head_dim, n_embd]
+  kernels::WeightView wo;            // [n_embd, n_head * head_dim]
+  const float* ffn_norm = nullptr;   // [n_embd]
+  kernels::WeightView gate;          // [n_ff, n_embd]
+  kernels::WeightView up;            // [n_ff, n_embd]
+  kernels::WeightView down;          // [n_embd, n_ff]
+};
+
+struct LlamaWeights {
+  kernels::WeightView tok_embd;  // [n_vocab, n_embd]
+  const float* output_norm = nullptr;
+  kernels::WeightView output;  // [n_vocab, n_embd]; tok_embd when tied
+  std::vector<LayerWeights> layers;
+  std::vector<std::vector<float>> owned;  // f32 copies of the norm vectors
+  int64_t bytes = 0;                      // bytes of all matrices
+};
+
+// progress(done_bytes, total_bytes) is called while the weights are paged in (optional).
+using LoadProgress = std::function<void(int64_t done, int64_t total)>;
+
+// Binds every tensor the config calls for, checking shapes against it. With `prefault`, reads
+// every page of the weights once (with progress), so the first request does not pay for disk.
+absl::StatusOr<LlamaWeights> BindLlamaWeights(const model::ModelFiles& files, bool prefault,
+                                              const LoadProgress& progress = nullptr);
+
+}  // namespace kvasir::worker

@@ -1,0 +1,62 @@
+// The Llama forward pass over a batch that mixes prefill chunks and decode tokens of several
+// sequences, on top of the paged KV cache. Each sequence's new tokens go through every layer with
+// the sequence's own KV policy; logits come out for the rows asked for.
+//
+// This is the CPU implementation. A CUDA runner implements the same Forward contract later
+// (STYLE.md 5.7); everything above it (generator, scheduler, services) sees only ModelRunner.
+//
+// Thread contract: one thread calls Forward at a time; the kernels use the runner's thread pool.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "kernels/cpu/ops.h"
+#include "kvcache/kv_cache.h"
+#include "kvcache/policy.h"
+#include "model/model_config.h"
+#include "worker/llama_weights.h"
+
+namespace kvasir::worker {
+
+// The new tokens of one sequence in a step.
+struct StepSequence {
+  kvcache::SequenceKv* seq = nullptr;
+  std::span<const int32_t> tokens;  // appended at position seq->n_tokens()
+  bool all_logits = false;          // logits for every token (evaluation); else the last only
+};
+
+struct ForwardStats {
+  int64_t tokens = 0;
+  int64_t logit_rows = 0;
+};
+
+class ModelRunner {
+ public:
+  virtual ~ModelRunner() = default;
+  // Runs the step. Logits are written row after row, in the order of `batch` (all rows of a
+  // sequence with all_logits, else one): logits.size() == rows * n_vocab afterwards. Reserves KV
+  // room for every sequence first: ResourceExhausted (nothing computed, nothing changed but pages
+  // reserved) when the cache is full. On success every sequence's n_tokens has advanced.
+  virtual absl::Status Forward(std::span<const StepSequence> batch, std::vector<float>& logits) = 0;
+  virtual const model::ModelConfig& config() const = 0;
+  virtual int num_threads() const = 0;
+};
+
+struct CpuRunnerOptions {
+  int num_threads = 0;  // 0: all cores
+};
+
+// The runner borrows `weights` and `cache`; both must outlive it.
+absl::StatusOr<std::unique_ptr<ModelRunner>> CreateCpuRunner(const model::ModelConfig& config,
+                                                             const LlamaWeights& weights,
+                                                             kvcache::KvCache& cache,
+                                                             const CpuRunnerOptions& options);
+
+// The KV geometry of a model config (RoPE settings included).
+kvcache::KvGeometry GeometryOf(const model::ModelConfig& config);
+
+}  // namespace kvasir::worker
