@@ -1,4 +1,6 @@
 // `kvasir bench <subject>`: benchmarks that print a table, or one JSON object with --json.
+#include "transport/bench.h"
+
 #include <cstdio>
 #include <iostream>
 
@@ -143,12 +145,46 @@ int RunBenchEngine(int argc, char** argv) {
   return 0;
 }
 
+int RunBenchTransport(int argc, char** argv) {
+  const std::string cmd = "kvasir bench transport";
+  ArgParser p("kvasir bench transport [--tls tcp|shm] [--json]",
+              "Measures UCX put and get bandwidth for 64 KiB to 16 MiB messages against a peer "
+              "process on one transport, and RPC round-trip latency and message rate. With "
+              "--perftest it also runs ucx_perftest (put bandwidth) at 1 MiB and 16 MiB on the "
+              "same transport, for the ratio.");
+  std::string tls = "tcp";
+  bool json = false, perftest = false;
+  p.AddString("tls", &tls, "NAME", "UCX transport: tcp or shm");
+  p.AddBool("perftest", &perftest, "compare with ucx_perftest at 1 MiB and 16 MiB");
+  p.AddBool("json", &json, "print one JSON object");
+  if (absl::Status s = p.Parse(argc, argv); !s.ok()) return Fail(cmd, s, 2);
+  if (p.help_requested()) {
+    std::fputs(p.Help().c_str(), stdout);
+    return 0;
+  }
+  if (tls != "tcp" && tls != "shm") {
+    return Fail(cmd, absl::InvalidArgumentError("--tls must be tcp or shm, got '" + tls + "'"), 2);
+  }
+  transport::TransportBenchOptions o;
+  o.tls = tls;
+  if (perftest) o.perftest_sizes = {1 << 20, 16 << 20};
+  auto r = transport::RunTransportBench(o);
+  if (!r.ok()) return Fail(cmd, r.status());
+  if (json) {
+    std::cout << transport::TransportBenchJson(*r).dump() << "\n";
+  } else {
+    std::cout << transport::TransportBenchTable(*r);
+  }
+  return 0;
+}
+
 }  // namespace
 
 int RunBench(int argc, char** argv) {
   const std::string usage =
       "usage: kvasir bench <subject> [options]\n\nsubjects:\n"
       "  engine      prefill and decode tokens/s, memory bandwidth\n"
+      "  transport   UCX put/get bandwidth by message size, RPC round trip\n"
       "\nRun 'kvasir bench <subject> --help' for its options.\n";
   if (argc < 2 || std::string(argv[1]) == "--help" || std::string(argv[1]) == "-h") {
     std::fputs(usage.c_str(), argc < 2 ? stderr : stdout);
@@ -156,6 +192,7 @@ int RunBench(int argc, char** argv) {
   }
   const std::string subject = argv[1];
   if (subject == "engine") return RunBenchEngine(argc - 1, argv + 1);
+  if (subject == "transport") return RunBenchTransport(argc - 1, argv + 1);
   std::fprintf(stderr, "kvasir bench: unknown subject '%s'\n\n%s", subject.c_str(), usage.c_str());
   return 2;
 }
