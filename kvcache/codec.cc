@@ -1,0 +1,292 @@
+#include "kvcache/codec.h"
+
+#include <algorithm>
+#include <cstring>
+
+#include "absl/strings/str_cat.h"
+#include "common/hash.h"
+#include "common/status_macros.h"
+
+namespace kvasir::kvcache {
+namespace {
+
+// Little-endian writer and bounds-checked reader.
+class Writer {
+ public:
+  explicit Writer(std::string& out) : out_(out) {}
+  template <typename T>
+  void Put(T v) {
+    for (size_t i = 0; i < sizeof(T); ++i) {
+      out_.push_back(static_cast<char>(static_cast<uint64_t>(v) >> (8 * i)));
+    }
+  }
+  void Bytes(const void* p, size_t n) { out_.append(static_cast<const char*>(p), n); }
+
+ private:
+  std::string& out_;
+};
+
+class Reader {
+ public:
+  explicit Reader(std::string_view in) : in_(in) {}
+  template <typename T>
+  bool Get(T* v) {
+    if (in_.size() - pos_ < sizeof(T)) return false;
+    uint64_t x = 0;
+    for (size_t i = 0; i < sizeof(T); ++i) {
+      x |= static_cast<uint64_t>(static_cast<uint8_t>(in_[pos_ + i])) << (8 * i);
+    }
+    *v = static_cast<T>(x);
+    pos_ += sizeof(T);
+    return true;
+  }
+  bool Bytes(size_t n, std::string_view* out) {
+    if (in_.size() - pos_ < n) return false;
+    *out = in_.substr(pos_, n);
+    pos_ += n;
+    return true;
+  }
+  size_t pos() const { return pos_; }
+  size_t left() const { return in_.size() - pos_; }
+
+ private:
+  std::string_view in_;
+  size_t pos_ = 0;
+};
+
+// The snapshot payload: n_tokens, then for each layer in range and KV head in range, the K
+// table (length, slots) and the V table (length, slots), then the policy state (length, bytes).
+absl::StatusOr<std::string> EncodePayload(const KvCache& cache, const SequenceKv& seq, int32_t l0,
+                                          int32_t l1, int32_t h0, int32_t h1) {
+  std::string out;
+  Writer w(out);
+  w.Put<int64_t>(seq.n_tokens());
+  const size_t slot_bytes = cache.pool().slot_bytes();
+  for (int32_t l = l0; l < l1; ++l) {
+    for (int32_t h = h0; h < h1; ++h) {
+      for (const HeadTable* t : {&seq.k(l, h), &seq.v(l, h)}) {
+        w.Put<int32_t>(t->length);
+        for (int32_t s = 0; s < t->length; ++s) w.Bytes(cache.SlotPtr(*t, s), slot_bytes);
+      }
+    }
+  }
+  std::string state;
+  KVASIR_RETURN_IF_ERROR(seq.policy().SaveState(seq, state));
+  w.Put<uint64_t>(state.size());
+  w.Bytes(state.data(), state.size());
+  return out;
+}
+
+std::string EncodeHeader(const KvBlockHeader& h) {
+  std::string out;
+  Writer w(out);
+  w.Put<uint32_t>(kKvBlockMagic);
+  w.Put<uint16_t>(h.layout_version);
+  w.Put<uint64_t>(h.model_fingerprint);
+  w.Put<uint64_t>(h.prefix_hash);
+  w.Put<int64_t>(h.n_tokens);
+  for (int32_t v :
+       {h.n_layer, h.n_head_kv, h.head_dim, h.layer_begin, h.layer_end, h.head_begin, h.head_end}) {
+    w.Put<int32_t>(v);
+  }
+  w.Put<uint32_t>(static_cast<uint32_t>(h.dtype));
+  w.Put<uint16_t>(static_cast<uint16_t>(h.policy_spec.size()));
+  w.Bytes(h.policy_spec.data(), h.policy_spec.size());
+  w.Put<uint32_t>(h.chunk_index);
+  w.Put<uint32_t>(h.chunk_count);
+  w.Put<uint64_t>(h.payload_offset);
+  w.Put<uint64_t>(h.payload_bytes);
+  w.Put<uint64_t>(h.snapshot_bytes);
+  w.Put<uint64_t>(h.payload_xxh3);
+  w.Put<uint64_t>(Xxh3(out.data(), out.size()));
+  return out;
+}
+
+}  // namespace
+
+absl::StatusOr<std::vector<std::string>> EncodeSequence(const KvCache& cache, const SequenceKv& seq,
+                                                        const SnapshotInfo& info) {
+  const KvGeometry& g = cache.geometry();
+  const int32_t l0 = info.layer_begin, l1 = info.layer_end < 0 ? g.n_layer : info.layer_end;
+  const int32_t h0 = info.head_begin, h1 = info.head_end < 0 ? g.n_head_kv : info.head_end;
+  if (l0 < 0 || l0 >= l1 || l1 > g.n_layer || h0 < 0 || h0 >= h1 || h1 > g.n_head_kv) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("bad layer range [", l0, ", ", l1, ") or head range [", h0, ", ", h1, ")"));
+  }
+  if (info.max_block_bytes <= 0) return absl::InvalidArgumentError("max block bytes must be > 0");
+  const std::string spec = seq.policy().spec();
+  if (spec.size() > 65535) return absl::InvalidArgumentError("policy spec too long");
+  KVASIR_ASSIGN_OR_RETURN(std::string payload, EncodePayload(cache, seq, l0, l1, h0, h1));
+
+  KvBlockHeader h;
+  h.layout_version = kKvLayoutVersion;
+  h.model_fingerprint = info.model_fingerprint;
+  h.prefix_hash = info.prefix_hash;
+  h.n_tokens = seq.n_tokens();
+  h.n_layer = g.n_layer;
+  h.n_head_kv = g.n_head_kv;
+  h.head_dim = g.head_dim;
+  h.layer_begin = l0;
+  h.layer_end = l1;
+  h.head_begin = h0;
+  h.head_end = h1;
+  h.dtype = cache.pool().dtype();
+  h.policy_spec = spec;
+  h.snapshot_bytes = payload.size();
+  const uint64_t chunk = static_cast<uint64_t>(info.max_block_bytes);
+  h.chunk_count =
+      static_cast<uint32_t>(std::max<uint64_t>(1, (payload.size() + chunk - 1) / chunk));
+  std::vector<std::string> blocks;
+  for (uint32_t i = 0; i < h.chunk_count; ++i) {
+    h.chunk_index = i;
+    h.payload_offset = i * chunk;
+    h.payload_bytes = std::min<uint64_t>(chunk, payload.size() - h.payload_offset);
+    h.payload_xxh3 = Xxh3(payload.data() + h.payload_offset, h.payload_bytes);
+    std::string block = EncodeHeader(h);
+    block.append(payload, h.payload_offset, h.payload_bytes);
+    blocks.push_back(std::move(block));
+  }
+  return blocks;
+}
+
+absl::StatusOr<KvBlockHeader> DecodeBlockHeader(std::string_view block) {
+  Reader r(block);
+  KvBlockHeader h;
+  uint32_t magic = 0;
+  auto truncated = [] { return absl::InvalidArgumentError("KV block truncated in its header"); };
+  if (!r.Get(&magic)) return truncated();
+  if (magic != kKvBlockMagic)
+    return absl::InvalidArgumentError("not a Kvasir KV block (bad magic)");
+  if (!r.Get(&h.layout_version)) return truncated();
+  if (h.layout_version != kKvLayoutVersion) {
+    return absl::InvalidArgumentError(absl::StrCat("KV block layout version ", h.layout_version,
+                                                   ", this build reads ", kKvLayoutVersion));
+  }
+  uint32_t dtype = 0;
+  uint16_t spec_len = 0;
+  std::string_view spec;
+  if (!r.Get(&h.model_fingerprint) || !r.Get(&h.prefix_hash) || !r.Get(&h.n_tokens) ||
+      !r.Get(&h.n_layer) || !r.Get(&h.n_head_kv) || !r.Get(&h.head_dim) || !r.Get(&h.layer_begin) ||
+      !r.Get(&h.layer_end) || !r.Get(&h.head_begin) || !r.Get(&h.head_end) || !r.Get(&dtype) ||
+      !r.Get(&spec_len) || !r.Bytes(spec_len, &spec) || !r.Get(&h.chunk_index) ||
+      !r.Get(&h.chunk_count) || !r.Get(&h.payload_offset) || !r.Get(&h.payload_bytes) ||
+      !r.Get(&h.snapshot_bytes) || !r.Get(&h.payload_xxh3)) {
+    return truncated();
+  }
+  const size_t checked = r.pos();
+  uint64_t header_xxh3 = 0;
+  if (!r.Get(&header_xxh3)) return truncated();
+  if (header_xxh3 != Xxh3(block.data(), checked)) {
+    return absl::DataLossError("KV block header checksum mismatch (corrupted block)");
+  }
+  h.policy_spec = std::string(spec);
+  h.dtype = static_cast<DType>(dtype);
+  h.header_bytes = r.pos();
+  if (r.left() != h.payload_bytes) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "KV block carries ", r.left(), " payload bytes, its header says ", h.payload_bytes));
+  }
+  if (h.chunk_count == 0 || h.chunk_index >= h.chunk_count || h.payload_offset > h.snapshot_bytes ||
+      h.payload_bytes > h.snapshot_bytes - h.payload_offset) {
+    return absl::InvalidArgumentError("KV block header is inconsistent");
+  }
+  return h;
+}
+
+absl::StatusOr<SequenceKv*> DecodeSequence(KvCache& cache, std::span<const std::string> blocks,
+                                           std::shared_ptr<const KvPolicy> policy,
+                                           uint64_t model_fingerprint) {
+  if (blocks.empty()) return absl::InvalidArgumentError("no KV blocks");
+  std::vector<KvBlockHeader> headers;
+  for (size_t i = 0; i < blocks.size(); ++i) {
+    auto h = DecodeBlockHeader(blocks[i]);
+    if (!h.ok()) return Annotate(h.status(), absl::StrCat("KV block ", i));
+    headers.push_back(*h);
+  }
+  const KvBlockHeader& first = headers[0];
+  const KvGeometry& g = cache.geometry();
+  if (first.model_fingerprint != model_fingerprint) {
+    return absl::InvalidArgumentError("KV blocks belong to another model (fingerprint mismatch)");
+  }
+  if (first.policy_spec != policy->spec()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "KV blocks were written by policy '", first.policy_spec, "', not '", policy->spec(), "'"));
+  }
+  if (first.n_layer != g.n_layer || first.n_head_kv != g.n_head_kv ||
+      first.head_dim != g.head_dim || first.dtype != cache.pool().dtype()) {
+    return absl::InvalidArgumentError("KV blocks have another cache geometry or element type");
+  }
+  if (first.layer_begin != 0 || first.layer_end != g.n_layer || first.head_begin != 0 ||
+      first.head_end != g.n_head_kv) {
+    return absl::UnimplementedError(
+        "restoring a partial layer or head range needs the other ranks' blocks too");
+  }
+  if (blocks.size() != first.chunk_count) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("KV snapshot has ", first.chunk_count, " blocks, got ", blocks.size()));
+  }
+  // Assemble the payload in chunk order, verifying every block against the first.
+  std::string payload(first.snapshot_bytes, '\0');
+  std::vector<bool> seen(first.chunk_count);
+  for (size_t i = 0; i < blocks.size(); ++i) {
+    const KvBlockHeader& h = headers[i];
+    if (h.model_fingerprint != first.model_fingerprint || h.prefix_hash != first.prefix_hash ||
+        h.n_tokens != first.n_tokens || h.policy_spec != first.policy_spec ||
+        h.snapshot_bytes != first.snapshot_bytes || h.chunk_count != first.chunk_count ||
+        seen[h.chunk_index]) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("KV block ", i, " belongs to another snapshot or repeats a chunk"));
+    }
+    seen[h.chunk_index] = true;
+    const std::string_view data(blocks[i].data() + h.header_bytes, h.payload_bytes);
+    if (Xxh3(data.data(), data.size()) != h.payload_xxh3) {
+      return absl::DataLossError(absl::StrCat("KV block ", i, " (chunk ", h.chunk_index, " of ",
+                                              h.chunk_count,
+                                              "): payload checksum mismatch (corrupted block)"));
+    }
+    std::memcpy(payload.data() + h.payload_offset, data.data(), data.size());
+  }
+
+  // Parse into a new sequence; free it on any error.
+  SequenceKv& seq = cache.CreateSequence(std::move(policy));
+  auto fail = [&](absl::Status s) {
+    cache.FreeSequence(seq.id());
+    return s;
+  };
+  Reader r(payload);
+  int64_t n_tokens = 0;
+  if (!r.Get(&n_tokens) || n_tokens != first.n_tokens || n_tokens < 0) {
+    return fail(absl::InvalidArgumentError("KV snapshot: bad token count"));
+  }
+  const size_t slot_bytes = cache.pool().slot_bytes();
+  for (int32_t l = 0; l < g.n_layer; ++l) {
+    for (int32_t h = 0; h < g.n_head_kv; ++h) {
+      for (HeadTable* t : {&seq.k(l, h), &seq.v(l, h)}) {
+        int32_t length = 0;
+        if (!r.Get(&length) || length < 0 ||
+            static_cast<uint64_t>(length) * slot_bytes > r.left()) {
+          return fail(absl::InvalidArgumentError("KV snapshot: bad table length"));
+        }
+        if (absl::Status s = cache.Reserve(*t, length, 0); !s.ok()) return fail(s);
+        t->length = length;
+        for (int32_t s = 0; s < length; ++s) {
+          std::string_view bytes;
+          r.Bytes(slot_bytes, &bytes);
+          std::memcpy(cache.SlotPtr(*t, s), bytes.data(), slot_bytes);
+        }
+      }
+    }
+  }
+  uint64_t state_len = 0;
+  std::string_view state;
+  if (!r.Get(&state_len) || state_len != r.left() || !r.Bytes(state_len, &state)) {
+    return fail(absl::InvalidArgumentError("KV snapshot: bad policy state length"));
+  }
+  seq.set_n_tokens(n_tokens);
+  if (absl::Status s = seq.policy().LoadState(state, seq); !s.ok()) {
+    return fail(Annotate(s, "KV snapshot policy state"));
+  }
+  return &seq;
+}
+
+}  // namespace kvasir::kvcache
