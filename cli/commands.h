@@ -7,5 +7,7 @@ namespace kvasir::cli {
 int RunGenerate(int argc, char** argv);
 int RunBench(int argc, char** argv);
 int RunCalibrate(int argc, char** argv);
+int RunUp(int argc, char** argv);
+int RunEval(int argc, char** argv);
 
 }  // namespace kvasir::cli

@@ -14,7 +14,8 @@ constexpr const char* kUsage =
     "\n"
     "commands:\n"
     "  generate   generate text from a prompt in this process\n"
-    "  bench      benchmarks (engine)\n"
+    "  eval       quality of a KV policy against the full cache (perplexity, agreement)\n"
+    "  bench      benchmarks (engine, transport)\n"
     "  calibrate  fit the parameters of a KV policy to a model (pod)\n"
     "\n"
     "Run 'kvasir <command> --help' for the options of a command.\n";
@@ -29,8 +30,10 @@ int main(int argc, char** argv) {
   }
   const std::string_view command = argv[1];
   if (command == "generate") return kvasir::cli::RunGenerate(argc - 1, argv + 1);
+  if (command == "eval") return kvasir::cli::RunEval(argc - 1, argv + 1);
   if (command == "bench") return kvasir::cli::RunBench(argc - 1, argv + 1);
   if (command == "calibrate") return kvasir::cli::RunCalibrate(argc - 1, argv + 1);
+  if (command == "up") return kvasir::cli::RunUp(argc - 1, argv + 1);
   std::fprintf(stderr, "kvasir: unknown command '%s'\n\n%s", argv[1], kUsage);
   return 2;
 }

@@ -18,20 +18,26 @@ struct PolicyEntry {
 constexpr PolicyEntry kPolicies[] = {
     {"full", MakeFullPolicy, "full                       every token's K and V (no compression)\n"},
     {"streaming", MakeStreamingPolicy,
-     "streaming:sink=4,window=252  StreamingLLM: the first `sink` tokens and the last `window`\n"},
+     "streaming:sink=4,window=252  StreamingLLM: per head, the first `sink` tokens and the\n"
+     "                           `window` newest (sink + window slots once full)\n"},
     {"h2o", MakeH2oPolicy,
      "h2o:budget=256,recent=32   H2O: `budget` slots per head: the `recent` newest tokens plus\n"
-     "                           the heavy hitters by accumulated attention\n"},
+     "                           the heavy hitters by accumulated attention (GQA: summed over\n"
+     "                           the group), one greedy eviction per token\n"},
     {"dmc", MakeDmcPolicy,
-     "dmc:mode=free,ratio=4      DMC: merge tokens into the tail slot of each head; mode=learned\n"
-     "                           for DMC-trained checkpoints, mode=free (training-free) merges\n"
-     "                           similar pre-RoPE keys to reach `ratio`\n"},
+     "dmc:mode=free,ratio=4      DMC: a token appends a slot or merges into its head's tail slot;\n"
+     "                           mode=learned for DMC-trained checkpoints; mode=free (training-\n"
+     "                           free) merges similar keys leaving a `recent`=64 window to reach\n"
+     "                           `ratio` (also window=12, sink=4, space, threshold, gain)\n"},
     {"pod", MakePodPolicy,
-     "pod:sink=4,window=252,groups=FILE  PoD: distant tokens share the keys of the group's\n"
-     "                           anchor layer (groups from `kvasir calibrate pod`)\n"},
+     "pod:sink=4,window=252,groups=FILE  PoD: the first `sink` and the `window` newest tokens\n"
+     "                           keep K in every layer, older ones use the K of their layer\n"
+     "                           group's anchor; groups=FILE from `kvasir calibrate pod`, or\n"
+     "                           group_size=N (default 2) consecutive layers per group\n"},
     {"lococo", MakeLococoPolicy,
-     "lococo:slots=128,chunk=16,weights=FILE  LoCoCo: `slots` fused slots per head; without\n"
-     "                           weights (lambda = 0) it keeps heavy hitters\n"},
+     "lococo:slots=128,chunk=16[,weights=FILE][,lambda=X]  LoCoCo: per head `slots` slots\n"
+     "                           (half heavy hitters, half conv-fused) + a `chunk`-token buffer;\n"
+     "                           without weights (lambda = 0) it keeps heavy hitters\n"},
 };
 
 }  // namespace

@@ -1,0 +1,137 @@
+// Helpers shared by the streaming, h2o and lococo policies (kvcache/eviction_common.h).
+#include "kvcache/eviction_common.h"
+
+#include <bit>
+#include <cmath>
+#include <cstring>
+
+namespace kvasir::kvcache::internal {
+
+HeadRows RowsOf(const LayerInputs& in, const SeqSpan& span, int32_t kv_head, const KvGeometry& g) {
+  const int64_t hd = g.head_dim;
+  HeadRows r;
+  r.q = in.q + span.begin * in.q_stride + static_cast<int64_t>(kv_head) * g.group() * hd;
+  r.q_stride = in.q_stride;
+  r.k = in.k + span.begin * in.k_stride + static_cast<int64_t>(kv_head) * hd;
+  r.k_stride = in.k_stride;
+  r.v = in.v + span.begin * in.v_stride + static_cast<int64_t>(kv_head) * hd;
+  r.v_stride = in.v_stride;
+  r.out = in.out + span.begin * in.out_stride + static_cast<int64_t>(kv_head) * g.group() * hd;
+  r.out_stride = in.out_stride;
+  r.pos = in.pos + span.begin;
+  r.count = span.count;
+  return r;
+}
+
+void RotateRows(const HeadRows& r, const KvGeometry& g) {
+  kernels::cpu::Rope(r.q, r.count, r.q_stride, g.group(), g.head_dim, g.n_rot, r.pos, g.rope_base,
+                     g.rope_layout);
+  kernels::cpu::Rope(r.k, r.count, r.k_stride, 1, g.head_dim, g.n_rot, r.pos, g.rope_base,
+                     g.rope_layout);
+}
+
+namespace {
+
+void FillView(const KvCache& cache, const HeadTable& t, int32_t* indptr, int32_t* last,
+              kernels::PagedKvView& view) {
+  const PagePool& pool = cache.pool();
+  indptr[0] = 0;
+  indptr[1] = static_cast<int32_t>(t.pages.size());
+  *last = t.pages.empty() ? 0 : pool.page_size();
+  view.num_rows = 1;
+  view.indptr = indptr;
+  view.indices = t.pages.data();
+  view.last_page_len = last;
+  view.page_size = pool.page_size();
+  view.head_dim = pool.head_dim();
+  view.dtype = pool.dtype();
+  view.pool = pool.base();
+}
+
+}  // namespace
+
+TableAttention::TableAttention(const KvCache& cache, const HeadTable& k, const HeadTable& v) {
+  const KvGeometry& g = cache.geometry();
+  group_ = g.group();
+  head_dim_ = g.head_dim;
+  scale_ = 1.0f / std::sqrt(static_cast<float>(g.head_dim));
+  FillView(cache, k, k_indptr_, &k_last_, k_view_);
+  FillView(cache, v, v_indptr_, &v_last_, v_view_);
+}
+
+void TableAttention::Run(const HeadRows& rows, int32_t first, int32_t n, int32_t n_keys,
+                         const int32_t* n_visible, float* col_sums) const {
+  kernels::cpu::AttentionArgs a;
+  a.q = rows.q + first * rows.q_stride;
+  a.q_token_stride = rows.q_stride;
+  a.n_q = n;
+  a.group = group_;
+  a.head_dim = head_dim_;
+  a.scale = scale_;
+  a.k = k_view_;
+  a.v = v_view_;
+  a.n_keys = n_keys;
+  a.n_visible = n_visible;
+  a.out = rows.out + first * rows.out_stride;
+  a.out_token_stride = rows.out_stride;
+  a.col_sums = col_sums;
+  kernels::cpu::Attention(a);
+}
+
+void CopySlot(KvCache& cache, const HeadTable& table, int32_t from, int32_t to) {
+  if (from == to) return;
+  std::memcpy(cache.SlotPtr(table, to), cache.SlotPtr(table, from), cache.pool().slot_bytes());
+}
+
+void StateWriter::U32(uint32_t v) {
+  const char bytes[4] = {static_cast<char>(v & 0xff), static_cast<char>((v >> 8) & 0xff),
+                         static_cast<char>((v >> 16) & 0xff), static_cast<char>((v >> 24) & 0xff)};
+  out_.append(bytes, 4);
+}
+
+void StateWriter::F32(float v) { U32(std::bit_cast<uint32_t>(v)); }
+
+void StateWriter::I32s(std::span<const int32_t> v) {
+  for (int32_t x : v) I32(x);
+}
+
+void StateWriter::F32s(std::span<const float> v) {
+  for (float x : v) F32(x);
+}
+
+bool StateReader::U32(uint32_t& v) {
+  if (remaining() < 4) return false;
+  const auto* p = reinterpret_cast<const unsigned char*>(in_.data() + at_);
+  v = static_cast<uint32_t>(p[0]) | (static_cast<uint32_t>(p[1]) << 8) |
+      (static_cast<uint32_t>(p[2]) << 16) | (static_cast<uint32_t>(p[3]) << 24);
+  at_ += 4;
+  return true;
+}
+
+bool StateReader::I32(int32_t& v) {
+  uint32_t u;
+  if (!U32(u)) return false;
+  v = static_cast<int32_t>(u);
+  return true;
+}
+
+bool StateReader::F32(float& v) {
+  uint32_t u;
+  if (!U32(u)) return false;
+  v = std::bit_cast<float>(u);
+  return true;
+}
+
+bool StateReader::I32s(std::span<int32_t> v) {
+  if (remaining() / 4 < v.size()) return false;
+  for (int32_t& x : v) I32(x);
+  return true;
+}
+
+bool StateReader::F32s(std::span<float> v) {
+  if (remaining() / 4 < v.size()) return false;
+  for (float& x : v) F32(x);
+  return true;
+}
+
+}  // namespace kvasir::kvcache::internal

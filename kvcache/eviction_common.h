@@ -1,0 +1,100 @@
+// Private helpers of the policies that keep a subset of tokens per (sequence, layer, KV head)
+// (streaming, h2o, lococo): per-head access to a layer's inputs, attention over one K/V table
+// pair through a one-row CSR view, and the little-endian byte format of their SaveState blobs.
+// Not part of the kvcache API: include only from kvcache/*_policy.cc.
+#pragma once
+
+#include <cstdint>
+#include <span>
+#include <string>
+#include <string_view>
+
+#include "kernels/cpu/ops.h"
+#include "kernels/types.h"
+#include "kvcache/kv_cache.h"
+#include "kvcache/policy.h"
+
+namespace kvasir::kvcache::internal {
+
+// The rows of one KV head of one sequence span in a layer's buffers. q and out point at the first
+// query head of the head's GQA group (group * head_dim floats per token).
+struct HeadRows {
+  float* q = nullptr;
+  int64_t q_stride = 0;
+  float* k = nullptr;
+  int64_t k_stride = 0;
+  const float* v = nullptr;
+  int64_t v_stride = 0;
+  float* out = nullptr;
+  int64_t out_stride = 0;
+  const int32_t* pos = nullptr;
+  int32_t count = 0;
+};
+
+HeadRows RowsOf(const LayerInputs& in, const SeqSpan& span, int32_t kv_head,
+                const KvGeometry& geometry);
+
+// Applies RoPE at the tokens' positions to the group's queries and the key, in place.
+void RotateRows(const HeadRows& rows, const KvGeometry& geometry);
+
+// Attention of some of a head's queries over slots [0, n_keys) of one K table and one V table,
+// through one-row views that cover every reserved page of the tables (so the tables' lengths may
+// change between calls without rebuilding anything). Holds pointers into itself: not movable.
+// Safe to use from a worker thread for tables no other thread writes.
+class TableAttention {
+ public:
+  TableAttention(const KvCache& cache, const HeadTable& k, const HeadTable& v);
+  TableAttention(const TableAttention&) = delete;
+  TableAttention& operator=(const TableAttention&) = delete;
+
+  // Queries [first, first + n) of `rows` attend over keys [0, n_keys); query i sees the keys
+  // below n_visible[i] when n_visible is given. col_sums (optional, [n_keys]) is added to.
+  void Run(const HeadRows& rows, int32_t first, int32_t n, int32_t n_keys, const int32_t* n_visible,
+           float* col_sums) const;
+
+ private:
+  int32_t group_ = 1;
+  int32_t head_dim_ = 0;
+  float scale_ = 1.0f;
+  int32_t k_indptr_[2] = {0, 0};
+  int32_t v_indptr_[2] = {0, 0};
+  int32_t k_last_ = 0;
+  int32_t v_last_ = 0;
+  kernels::PagedKvView k_view_;
+  kernels::PagedKvView v_view_;
+};
+
+// Copies slot `from` of a table to slot `to` (both must be held), in the pool's dtype.
+void CopySlot(KvCache& cache, const HeadTable& table, int32_t from, int32_t to);
+
+// Appends little-endian values to a byte string.
+class StateWriter {
+ public:
+  explicit StateWriter(std::string& out) : out_(out) {}
+  void U32(uint32_t v);
+  void I32(int32_t v) { U32(static_cast<uint32_t>(v)); }
+  void F32(float v);
+  void I32s(std::span<const int32_t> v);
+  void F32s(std::span<const float> v);
+
+ private:
+  std::string& out_;
+};
+
+// Reads what StateWriter wrote; every read fails (returns false) past the end.
+class StateReader {
+ public:
+  explicit StateReader(std::string_view in) : in_(in) {}
+  bool U32(uint32_t& v);
+  bool I32(int32_t& v);
+  bool F32(float& v);
+  bool I32s(std::span<int32_t> v);
+  bool F32s(std::span<float> v);
+  size_t remaining() const { return in_.size() - at_; }
+
+ private:
+  std::string_view in_;
+  size_t at_ = 0;
+};
+
+}  // namespace kvasir::kvcache::internal

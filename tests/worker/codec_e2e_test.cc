@@ -1,0 +1,110 @@
+// The hand-off that disaggregated serving rests on: a sequence prefilled, encoded into KV blocks,
+// decoded into a fresh cache (another runner over the same weights) and decoded further gives the
+// same logits, bit for bit, as the uninterrupted sequence; for every KV policy.
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "gtest/gtest.h"
+#include "kvcache/codec.h"
+#include "kvcache/prefix_hash.h"
+#include "tests/testing/paths.h"
+#include "worker/engine.h"
+
+namespace kvasir::worker {
+namespace {
+
+class CodecHandoffTest : public ::testing::TestWithParam<std::string> {
+ protected:
+  static void SetUpTestSuite() {
+    EngineOptions o;
+    o.model = testing::SharedPath("models/stories260K.gguf");
+    o.prefault = false;
+    o.num_threads = 2;
+    auto e = Engine::Load(o);
+    ASSERT_TRUE(e.ok()) << e.status();
+    engine_ = e->release();
+  }
+  static void TearDownTestSuite() {
+    delete engine_;
+    engine_ = nullptr;
+  }
+  static Engine* engine_;
+};
+Engine* CodecHandoffTest::engine_ = nullptr;
+
+TEST_P(CodecHandoffTest, RestoredSequenceContinuesBitForBit) {
+  Engine& e = *engine_;
+  auto policy = e.Policy(GetParam());
+  if (absl::IsUnimplemented(policy.status())) GTEST_SKIP() << policy.status();
+  ASSERT_TRUE(policy.ok()) << policy.status();
+  const model::ModelConfig& c = e.config();
+
+  // A second cache and runner over the same weights: "another node".
+  kvcache::KvCacheOptions ko;
+  ko.capacity_bytes = 64 << 20;
+  auto cache2 = kvcache::KvCache::Create(e.cache().geometry(), ko);
+  ASSERT_TRUE(cache2.ok());
+  CpuRunnerOptions ro;
+  ro.num_threads = 2;
+  auto runner2 = CreateCpuRunner(c, e.weights(), **cache2, ro);
+  ASSERT_TRUE(runner2.ok());
+
+  std::vector<int32_t> prompt = e.tokenizer().Encode(
+      "Once upon a time, there was a little girl named Lily. She loved to play outside in the "
+      "park with her friends. One day, she saw a big red ball under a tree.",
+      true, false);
+  ASSERT_GT(prompt.size(), 30u);
+  kvcache::SequenceKv& a = e.cache().CreateSequence(*policy);
+  std::vector<float> logits_a, logits_b;
+  // Prefill in two chunks, as a prefill node would.
+  const size_t half = prompt.size() / 2;
+  StepSequence s1{&a, std::span<const int32_t>(prompt).subspan(0, half), false};
+  ASSERT_TRUE(e.runner().Forward({&s1, 1}, logits_a).ok());
+  StepSequence s2{&a, std::span<const int32_t>(prompt).subspan(half), false};
+  ASSERT_TRUE(e.runner().Forward({&s2, 1}, logits_a).ok());
+
+  kvcache::SnapshotInfo info;
+  info.model_fingerprint = e.files().fingerprint();
+  info.prefix_hash = kvcache::PrefixHashes(prompt).back();
+  info.max_block_bytes = 16 << 10;  // several blocks
+  auto blocks = kvcache::EncodeSequence(e.cache(), a, info);
+  ASSERT_TRUE(blocks.ok()) << blocks.status();
+  auto restored = kvcache::DecodeSequence(**cache2, *blocks, *policy, info.model_fingerprint);
+  ASSERT_TRUE(restored.ok()) << restored.status();
+  kvcache::SequenceKv* b = *restored;
+  EXPECT_EQ(b->n_tokens(), a.n_tokens());
+  EXPECT_EQ((*cache2)->Usage(*b).bytes, e.cache().Usage(a).bytes);
+
+  // Decode 24 more tokens on both, greedily from a's logits; every step's logits must be equal.
+  int32_t next = ArgMax(std::span<const float>(logits_a.data(), c.n_vocab));
+  for (int step = 0; step < 24; ++step) {
+    StepSequence da{&a, std::span<const int32_t>(&next, 1), false};
+    StepSequence db{b, std::span<const int32_t>(&next, 1), false};
+    ASSERT_TRUE(e.runner().Forward({&da, 1}, logits_a).ok());
+    ASSERT_TRUE((*runner2)->Forward({&db, 1}, logits_b).ok());
+    ASSERT_EQ(logits_a.size(), logits_b.size());
+    ASSERT_EQ(std::memcmp(logits_a.data(), logits_b.data(), logits_a.size() * sizeof(float)), 0)
+        << "step " << step;
+    next = ArgMax(std::span<const float>(logits_a.data(), c.n_vocab));
+  }
+  EXPECT_EQ((*cache2)->Usage(*b).bytes, e.cache().Usage(a).bytes);
+  e.cache().FreeSequence(a.id());
+  (*cache2)->FreeSequence(b->id());
+  EXPECT_EQ((*cache2)->pool().pages_used(), 0);
+}
+
+// Small budgets so that every policy actually compresses within ~60 tokens.
+INSTANTIATE_TEST_SUITE_P(Policies, CodecHandoffTest,
+                         ::testing::Values("full", "streaming:sink=4,window=16",
+                                           "h2o:budget=24,recent=8", "dmc:mode=free,ratio=3",
+                                           "dmc:mode=learned", "pod:sink=4,window=16",
+                                           "lococo:slots=16,chunk=4"),
+                         [](const ::testing::TestParamInfo<std::string>& info) {
+                           std::string name = info.param.substr(0, info.param.find(':'));
+                           if (info.param.find("learned") != std::string::npos) name += "_learned";
+                           return name;
+                         });
+
+}  // namespace
+}  // namespace kvasir::worker

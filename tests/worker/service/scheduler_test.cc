@@ -1,0 +1,467 @@
+// The continuous-batching scheduler on the real engine (stories260K, in process): admission,
+// the token budget, chunked prefill, preemption by recompute with a tiny KV cache,
+// cancellation, fairness, and outputs that match the single-request Generate.
+#include "worker/service/scheduler.h"
+
+#include <map>
+#include <string>
+#include <vector>
+
+#include "gtest/gtest.h"
+#include "tests/testing/paths.h"
+#include "worker/engine.h"
+
+namespace kvasir::worker::service {
+namespace {
+
+struct Collected {
+  std::vector<int32_t> ids;
+  std::string text;
+  std::vector<TokenLogprobs> logprobs;
+  bool finished = false;
+  std::string finish_reason;
+  absl::Status status;
+  RequestState last_state = RequestState::kQueued;
+  int outputs = 0;
+  int preemptions = 0;
+  int32_t prompt_tokens = 0;
+  int32_t completion_tokens = 0;
+};
+
+class SchedulerTest : public ::testing::Test {
+ protected:
+  void Load(int64_t kv_cache_bytes = 0) {
+    EngineOptions options;
+    options.model = testing::SharedPath("models/stories260K.gguf");
+    options.num_threads = 1;
+    options.kv_cache_bytes = kv_cache_bytes;
+    options.prefault = false;
+    auto engine = Engine::Load(options);
+    ASSERT_TRUE(engine.ok()) << engine.status();
+    engine_ = std::move(*engine);
+  }
+
+  void MakeScheduler(SchedulerOptions options = {}) {
+    auto s = Scheduler::Create(*engine_, options);
+    ASSERT_TRUE(s.ok()) << s.status();
+    scheduler_ = std::move(*s);
+  }
+
+  std::vector<int32_t> Encode(const std::string& text) {
+    return engine_->tokenizer().Encode(text, /*add_special=*/true, /*parse_special=*/false);
+  }
+
+  SchedulerRequest Greedy(const std::string& id, const std::string& prompt, int32_t max_tokens) {
+    SchedulerRequest r;
+    r.id = id;
+    r.prompt = Encode(prompt);
+    r.sampling = SamplingParams::Greedy();
+    r.max_tokens = max_tokens;
+    return r;
+  }
+
+  void Submit(SchedulerRequest r) {
+    const std::string id = r.id;
+    absl::Status s = scheduler_->Submit(std::move(r), [this, id](const RequestOutput& out) {
+      EXPECT_EQ(out.id, id);
+      Collected& c = results_[id];
+      EXPECT_FALSE(c.finished) << "output after the last one for " << id;
+      c.ids.insert(c.ids.end(), out.ids.begin(), out.ids.end());
+      c.text += out.text;
+      c.logprobs.insert(c.logprobs.end(), out.logprobs.begin(), out.logprobs.end());
+      c.finished = out.finished;
+      c.finish_reason = out.finish_reason;
+      c.status = out.status;
+      c.last_state = out.state;
+      c.preemptions = out.preemptions;
+      c.prompt_tokens = out.prompt_tokens;
+      c.completion_tokens = out.completion_tokens;
+      ++c.outputs;
+    });
+    ASSERT_TRUE(s.ok()) << s;
+  }
+
+  // Steps until idle; returns the number of steps.
+  int RunAll(int max_steps = 100000) {
+    int steps = 0;
+    while (scheduler_->Step()) {
+      if (++steps >= max_steps) {
+        ADD_FAILURE() << "the scheduler did not finish in " << max_steps << " steps";
+        break;
+      }
+    }
+    return steps;
+  }
+
+  // The single-request reference.
+  GenerateResult Reference(const SchedulerRequest& r, int32_t prefill_chunk = 512) {
+    GenerateRequest g;
+    g.prompt = r.prompt;
+    g.sampling = r.sampling;
+    g.max_tokens = r.max_tokens;
+    g.stop = r.stop;
+    g.stop_ids = r.stop_ids;
+    g.ignore_eos = r.ignore_eos;
+    g.prefill_chunk = prefill_chunk;
+    auto result = Generate(*engine_, g);
+    EXPECT_TRUE(result.ok()) << result.status();
+    return result.ok() ? *result : GenerateResult();
+  }
+
+  std::unique_ptr<Engine> engine_;
+  std::unique_ptr<Scheduler> scheduler_;
+  std::map<std::string, Collected> results_;
+};
+
+const char* const kPrompts[] = {
+    "Once upon a time",
+    "The little dog",
+    "Lily and Tom went to the park",
+    "One day, a big bird",
+    "There was a boy who liked",
+    "The sun was hot and",
+};
+
+TEST_F(SchedulerTest, SingleGreedyRequestMatchesGenerate) {
+  Load();
+  MakeScheduler();
+  SchedulerRequest r = Greedy("a", "Once upon a time", 40);
+  const GenerateResult ref = Reference(r);
+  Submit(r);
+  RunAll();
+  const Collected& c = results_["a"];
+  EXPECT_TRUE(c.finished);
+  EXPECT_EQ(c.last_state, RequestState::kFinished);
+  EXPECT_TRUE(c.status.ok());
+  EXPECT_EQ(c.ids, ref.ids);
+  EXPECT_EQ(c.text, ref.text);
+  EXPECT_EQ(c.finish_reason, ref.finish_reason);
+  EXPECT_EQ(c.prompt_tokens, static_cast<int32_t>(r.prompt.size()));
+  EXPECT_EQ(c.completion_tokens, static_cast<int32_t>(ref.ids.size()));
+  EXPECT_EQ(engine_->cache().pool().pages_used(), 0);
+  EXPECT_EQ(engine_->cache().num_sequences(), 0u);
+}
+
+TEST_F(SchedulerTest, BatchedRequestsGiveTheSameTokensAsAlone) {
+  Load();
+  MakeScheduler();
+  std::vector<SchedulerRequest> requests;
+  std::vector<GenerateResult> refs;
+  for (int i = 0; i < 6; ++i) {
+    requests.push_back(Greedy("r" + std::to_string(i), kPrompts[i], 24 + 4 * i));
+    refs.push_back(Reference(requests.back()));
+  }
+  for (const auto& r : requests) Submit(r);
+  int max_batch = 0;
+  while (scheduler_->Step()) {
+    max_batch = std::max(max_batch, scheduler_->last_step().num_seqs);
+  }
+  EXPECT_EQ(max_batch, 6);  // all six ran together
+  for (int i = 0; i < 6; ++i) {
+    const Collected& c = results_["r" + std::to_string(i)];
+    EXPECT_TRUE(c.finished);
+    EXPECT_EQ(c.ids, refs[i].ids) << "request " << i;
+    EXPECT_EQ(c.text, refs[i].text) << "request " << i;
+  }
+  EXPECT_EQ(engine_->cache().pool().pages_used(), 0);
+}
+
+TEST_F(SchedulerTest, TokenBudgetAndChunkedPrefill) {
+  Load();
+  SchedulerOptions options;
+  options.max_num_batched_tokens = 16;
+  options.prefill_chunk = 8;
+  MakeScheduler(options);
+  SchedulerRequest long_prompt = Greedy(
+      "long", "Once upon a time there was a little girl named Lily who loved to play outside", 20);
+  ASSERT_GT(long_prompt.prompt.size(), 16u);
+  SchedulerRequest short_prompt = Greedy("short", "The dog", 20);
+  const GenerateResult ref_long = Reference(long_prompt, /*prefill_chunk=*/8);
+  const GenerateResult ref_short = Reference(short_prompt, 8);
+  Submit(long_prompt);
+  Submit(short_prompt);
+  int steps_before_first_long_token = 0;
+  while (scheduler_->Step()) {
+    const StepStats& st = scheduler_->last_step();
+    EXPECT_LE(st.prefill_tokens + st.decode_tokens, 16);
+    if (results_["long"].outputs == 0) ++steps_before_first_long_token;
+  }
+  // The long prompt went in chunks of at most 8 tokens.
+  EXPECT_GE(steps_before_first_long_token,
+            static_cast<int>((long_prompt.prompt.size() + 7) / 8) - 1);
+  EXPECT_EQ(results_["long"].ids, ref_long.ids);
+  EXPECT_EQ(results_["short"].ids, ref_short.ids);
+}
+
+TEST_F(SchedulerTest, AdmissionRespectsMaxNumSeqsFirstComeFirstServed) {
+  Load();
+  SchedulerOptions options;
+  options.max_num_seqs = 2;
+  MakeScheduler(options);
+  for (int i = 0; i < 4; ++i) {
+    SchedulerRequest r = Greedy("q" + std::to_string(i), kPrompts[i], 12);
+    r.ignore_eos = true;
+    Submit(r);
+  }
+  ASSERT_TRUE(scheduler_->Step());
+  EXPECT_EQ(scheduler_->last_step().ids, (std::vector<std::string>{"q0", "q1"}));
+  EXPECT_EQ(scheduler_->stats().running, 2);
+  EXPECT_EQ(scheduler_->stats().waiting, 2);
+  std::vector<std::string> finish_order;
+  while (scheduler_->Step()) {
+    EXPECT_LE(scheduler_->last_step().num_seqs, 2);
+    for (const auto& [id, c] : results_) {
+      if (c.finished &&
+          std::find(finish_order.begin(), finish_order.end(), id) == finish_order.end()) {
+        finish_order.push_back(id);
+      }
+    }
+  }
+  ASSERT_EQ(finish_order.size(), 4u);
+  // q2 and q3 only started once q0 and q1 were done.
+  EXPECT_TRUE((finish_order[0] == "q0" || finish_order[0] == "q1"));
+  EXPECT_TRUE((finish_order[2] == "q2" || finish_order[2] == "q3"));
+  for (const auto& [id, c] : results_) EXPECT_EQ(c.ids.size(), 12u) << id;
+}
+
+TEST_F(SchedulerTest, PreemptionByRecomputeKeepsTheOutput) {
+  // 600 pages of 512 bytes: room for ~15 blocks of 16 tokens (40 pages each), while four
+  // requests of 8 + 100 tokens need 28. One alone fits.
+  Load(600 * 512);
+  ASSERT_EQ(engine_->cache().pool().capacity_pages(), 600);
+  MakeScheduler();
+  std::vector<SchedulerRequest> requests;
+  std::vector<GenerateResult> refs;
+  for (int i = 0; i < 4; ++i) {
+    SchedulerRequest r = Greedy("p" + std::to_string(i), kPrompts[i], 100);
+    r.ignore_eos = true;
+    requests.push_back(r);
+    refs.push_back(Reference(r));
+  }
+  for (const auto& r : requests) Submit(r);
+  int preempted_steps = 0;
+  while (scheduler_->Step()) preempted_steps += scheduler_->last_step().preempted > 0;
+  EXPECT_GT(preempted_steps, 0);
+  EXPECT_GT(scheduler_->stats().preemptions_total, 0);
+  int preempted_requests = 0;
+  for (int i = 0; i < 4; ++i) {
+    const Collected& c = results_["p" + std::to_string(i)];
+    EXPECT_TRUE(c.finished);
+    EXPECT_TRUE(c.status.ok()) << c.status;
+    EXPECT_EQ(c.ids, refs[i].ids) << "request " << i;
+    EXPECT_EQ(c.text, refs[i].text) << "request " << i;
+    preempted_requests += c.preemptions > 0;
+  }
+  EXPECT_GT(preempted_requests, 0);
+  EXPECT_EQ(engine_->cache().pool().pages_used(), 0);
+}
+
+TEST_F(SchedulerTest, ARequestLargerThanTheCacheFailsCleanly) {
+  Load(128 * 512);  // 3 blocks: 48 tokens
+  MakeScheduler();
+  SchedulerRequest r = Greedy("big", "Once upon a time", 100);
+  r.ignore_eos = true;
+  Submit(r);
+  SchedulerRequest small = Greedy("small", "The dog", 4);
+  small.ignore_eos = true;
+  Submit(small);
+  RunAll();
+  const Collected& big = results_["big"];
+  EXPECT_TRUE(big.finished);
+  EXPECT_EQ(big.last_state, RequestState::kFailed);
+  EXPECT_TRUE(absl::IsResourceExhausted(big.status)) << big.status;
+  EXPECT_NE(big.status.message().find("KV cache memory"), std::string::npos);
+  EXPECT_TRUE(results_["small"].status.ok());
+  EXPECT_EQ(results_["small"].ids.size(), 4u);
+  EXPECT_EQ(engine_->cache().pool().pages_used(), 0);
+}
+
+TEST_F(SchedulerTest, CancelRunningAndWaitingRequests) {
+  Load();
+  SchedulerOptions options;
+  options.max_num_seqs = 1;
+  MakeScheduler(options);
+  SchedulerRequest running = Greedy("running", "Once upon a time", 500);
+  running.ignore_eos = true;
+  SchedulerRequest waiting = Greedy("waiting", "The dog", 500);
+  Submit(running);
+  Submit(waiting);
+  for (int i = 0; i < 5; ++i) ASSERT_TRUE(scheduler_->Step());
+  EXPECT_GT(engine_->cache().pool().pages_used(), 0);
+  EXPECT_EQ(scheduler_->stats().running, 1);
+  EXPECT_EQ(scheduler_->stats().waiting, 1);
+  scheduler_->Cancel("running");
+  scheduler_->Cancel("waiting");
+  scheduler_->Cancel("unknown");  // ignored
+  scheduler_->Step();
+  for (const char* id : {"running", "waiting"}) {
+    const Collected& c = results_[id];
+    EXPECT_TRUE(c.finished) << id;
+    EXPECT_EQ(c.last_state, RequestState::kCancelled) << id;
+    EXPECT_TRUE(absl::IsCancelled(c.status)) << id;
+  }
+  EXPECT_EQ(results_["running"].ids.size(), 5u);  // 5 steps: prefill (+1 token) and 4 decodes
+  EXPECT_TRUE(results_["waiting"].ids.empty());
+  EXPECT_EQ(engine_->cache().pool().pages_used(), 0);
+  EXPECT_EQ(scheduler_->stats().running, 0);
+  EXPECT_FALSE(scheduler_->HasWork());
+  // The id can be used again.
+  results_.erase("running");
+  Submit(Greedy("running", "Once upon a time", 3));
+  RunAll();
+  EXPECT_EQ(results_["running"].ids.size(), 3u);
+}
+
+TEST_F(SchedulerTest, DecodesKeepGoingWhileALongPromptIsPrefilled) {
+  Load();
+  SchedulerOptions options;
+  options.max_num_batched_tokens = 24;
+  options.prefill_chunk = 16;
+  MakeScheduler(options);
+  SchedulerRequest a = Greedy("a", "The dog", 100);
+  a.ignore_eos = true;
+  Submit(a);
+  ASSERT_TRUE(scheduler_->Step());  // a is decoding now
+  std::string long_text;
+  for (int i = 0; i < 12; ++i) long_text += "Lily and Tom went to the park to play with a ball. ";
+  SchedulerRequest b = Greedy("b", long_text, 10);
+  ASSERT_GT(b.prompt.size(), 150u);
+  Submit(b);
+  int prefill_steps = 0;
+  while (results_["b"].outputs == 0) {
+    const int before = results_["a"].outputs;
+    ASSERT_TRUE(scheduler_->Step());
+    ++prefill_steps;
+    EXPECT_EQ(results_["a"].outputs, before + 1) << "a got no token in step " << prefill_steps;
+    EXPECT_LE(scheduler_->last_step().prefill_tokens, 16);
+  }
+  EXPECT_GE(prefill_steps, static_cast<int>(b.prompt.size() / 16));
+  RunAll();
+  EXPECT_EQ(results_["b"].ids, Reference(b, 16).ids);
+}
+
+TEST_F(SchedulerTest, RefusesBadRequests) {
+  Load();
+  SchedulerOptions options;
+  options.max_waiting = 2;
+  options.max_model_len = 64;
+  MakeScheduler(options);
+  auto submit = [&](SchedulerRequest r) {
+    return scheduler_->Submit(std::move(r), [](const RequestOutput&) {});
+  };
+  SchedulerRequest empty = Greedy("e", "x", 4);
+  empty.prompt.clear();
+  EXPECT_TRUE(absl::IsInvalidArgument(submit(empty)));
+  SchedulerRequest bad_id = Greedy("b", "x", 4);
+  bad_id.prompt.push_back(100000);
+  EXPECT_TRUE(absl::IsInvalidArgument(submit(bad_id)));
+  SchedulerRequest too_long = Greedy("t", "Once upon a time", 60);
+  EXPECT_TRUE(absl::IsInvalidArgument(submit(too_long)));
+  SchedulerRequest bad_policy = Greedy("p", "x", 4);
+  bad_policy.kv_policy = "nonsense:x=1";
+  EXPECT_TRUE(absl::IsInvalidArgument(submit(bad_policy)));
+  SchedulerRequest bad_temperature = Greedy("t2", "x", 4);
+  bad_temperature.sampling.temperature = -1;
+  EXPECT_TRUE(absl::IsInvalidArgument(submit(bad_temperature)));
+  EXPECT_TRUE(submit(Greedy("one", "x", 4)).ok());
+  EXPECT_TRUE(absl::IsAlreadyExists(submit(Greedy("one", "y", 4))));
+  EXPECT_TRUE(submit(Greedy("two", "x", 4)).ok());
+  EXPECT_TRUE(absl::IsResourceExhausted(submit(Greedy("three", "x", 4))));  // queue full
+  SchedulerOptions bad;
+  bad.max_num_seqs = 0;
+  EXPECT_FALSE(Scheduler::Create(*engine_, bad).ok());
+  bad = {};
+  bad.max_model_len = 1 << 20;
+  EXPECT_FALSE(Scheduler::Create(*engine_, bad).ok());
+}
+
+TEST_F(SchedulerTest, StopStringsMatchGenerate) {
+  Load();
+  MakeScheduler();
+  SchedulerRequest probe = Greedy("probe", "Once upon a time", 40);
+  const GenerateResult free_run = Reference(probe);
+  // A word from the middle of the greedy output becomes the stop string.
+  const size_t at = free_run.text.find(' ', free_run.text.size() / 2);
+  ASSERT_NE(at, std::string::npos);
+  const std::string stop = free_run.text.substr(at, 4);
+  SchedulerRequest r = probe;
+  r.id = "stopped";
+  r.stop = {stop, "never appears"};
+  const GenerateResult ref = Reference(r);
+  ASSERT_EQ(ref.finish_reason, "stop");
+  Submit(r);
+  RunAll();
+  const Collected& c = results_["stopped"];
+  EXPECT_EQ(c.text, ref.text);
+  EXPECT_EQ(c.text.find(stop), std::string::npos);
+  EXPECT_EQ(c.finish_reason, "stop");
+  EXPECT_EQ(c.ids, ref.ids);
+}
+
+TEST_F(SchedulerTest, LogprobsAreNormalizedAndRanked) {
+  Load();
+  MakeScheduler();
+  SchedulerRequest r = Greedy("lp", "Once upon a time", 8);
+  r.ignore_eos = true;
+  r.logprobs = 3;
+  Submit(r);
+  RunAll();
+  const Collected& c = results_["lp"];
+  ASSERT_EQ(c.logprobs.size(), c.ids.size());
+  ASSERT_EQ(c.ids.size(), 8u);
+  for (size_t i = 0; i < c.ids.size(); ++i) {
+    const TokenLogprobs& lp = c.logprobs[i];
+    EXPECT_EQ(lp.id, c.ids[i]);
+    EXPECT_LE(lp.logprob, 0.0f);
+    ASSERT_EQ(lp.top.size(), 3u);
+    EXPECT_GE(lp.top[0].second, lp.top[1].second);
+    EXPECT_GE(lp.top[1].second, lp.top[2].second);
+    // Greedy picks the most likely token.
+    EXPECT_EQ(lp.top[0].first, lp.id);
+    EXPECT_FLOAT_EQ(lp.top[0].second, lp.logprob);
+    EXPECT_GT(lp.logprob, -20.0f);
+  }
+}
+
+TEST_F(SchedulerTest, SeededSamplingIsReproducibleAndMatchesGenerate) {
+  Load();
+  MakeScheduler();
+  SchedulerRequest r = Greedy("s1", "Once upon a time", 30);
+  r.sampling = SamplingParams();
+  r.sampling.temperature = 0.9f;
+  r.sampling.seed = 42;
+  const GenerateResult ref = Reference(r);
+  SchedulerRequest again = r;
+  again.id = "s2";
+  Submit(r);
+  Submit(again);
+  RunAll();
+  EXPECT_EQ(results_["s1"].ids, ref.ids);
+  EXPECT_EQ(results_["s2"].ids, ref.ids);
+}
+
+TEST_F(SchedulerTest, ZeroMaxTokensAndCancelAll) {
+  Load();
+  MakeScheduler();
+  Submit(Greedy("zero", "Once upon a time", 0));
+  RunAll();
+  EXPECT_TRUE(results_["zero"].finished);
+  EXPECT_EQ(results_["zero"].finish_reason, "length");
+  EXPECT_TRUE(results_["zero"].ids.empty());
+  SchedulerRequest r = Greedy("live", "Once upon a time", 200);
+  r.ignore_eos = true;
+  Submit(r);
+  scheduler_->Step();
+  Submit(Greedy("queued", "The dog", 5));
+  scheduler_->CancelAll(absl::UnavailableError("shutting down"));
+  for (const char* id : {"live", "queued"}) {
+    EXPECT_TRUE(results_[id].finished) << id;
+    EXPECT_EQ(results_[id].last_state, RequestState::kFailed) << id;
+    EXPECT_TRUE(absl::IsUnavailable(results_[id].status)) << id;
+  }
+  EXPECT_EQ(engine_->cache().pool().pages_used(), 0);
+  EXPECT_FALSE(scheduler_->Step());
+}
+
+}  // namespace
+}  // namespace kvasir::worker::service

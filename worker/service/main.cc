@@ -1,0 +1,102 @@
+// `kvasir-worker`: loads the engine and serves it (worker/service/worker_service.h) until SIGINT
+// or SIGTERM. Prints one line to stdout once serving, for scripts and `kvasir up`:
+//   kvasir-worker: name=worker-0 rpc=127.0.0.1:40123 http=127.0.0.1:40124
+#include <signal.h>
+
+#include <cstdio>
+#include <filesystem>
+
+#include "absl/strings/str_cat.h"
+#include "cli/args.h"
+#include "cli/common.h"
+#include "common/units.h"
+#include "model/model_files.h"
+#include "worker/service/worker_service.h"
+
+namespace {
+
+using kvasir::cli::Fail;
+
+int Main(int argc, char** argv) {
+  const std::string cmd = "kvasir-worker";
+  kvasir::cli::ArgParser p(
+      "kvasir-worker [options]",
+      "Serves a model with continuous batching: registers with the coordinator, takes requests "
+      "over RPC, streams tokens back. /health, /ready and /metrics on --http-port.");
+  kvasir::cli::EngineFlags engine_flags;
+  kvasir::worker::service::WorkerServiceOptions options;
+  kvasir::worker::service::SchedulerOptions& sched = options.scheduler;
+  int32_t port = 0, http_port = 0, heartbeat_ms = 500, step_delay_ms = 0, tp = 1;
+  engine_flags.Register(p);
+  p.AddString("host", &options.host, "ADDR", "address to bind the RPC and HTTP servers");
+  p.AddInt32("port", &port, "RPC port for the coordinator (0: any free port)");
+  p.AddInt32("http-port", &http_port, "HTTP port for /health, /ready, /metrics (0: any)");
+  p.AddString("advertise-host", &options.advertise_host, "ADDR",
+              "address the coordinator should dial (default: --host)");
+  p.AddString("coordinator", &options.coordinator, "HOST:PORT",
+              "the coordinator's RPC address (empty: standalone)");
+  p.AddString("name", &options.name, "NAME", "unique worker name (default: worker-<pid>)");
+  p.AddString("role", &options.role, "ROLE",
+              "both (prefill and decode); prefill and decode come with disaggregation");
+  p.AddInt32("max-model-len", &sched.max_model_len,
+             "tokens of one sequence at most, prompt included (0: the model's context)");
+  p.AddInt32("max-num-seqs", &sched.max_num_seqs, "sequences in one batch at most");
+  p.AddInt32("max-num-batched-tokens", &sched.max_num_batched_tokens,
+             "tokens in one forward step at most (decode tokens plus prefill chunks)");
+  p.AddInt32("prefill-chunk", &sched.prefill_chunk, "prompt tokens of one sequence per step");
+  p.AddInt32("max-waiting", &sched.max_waiting, "queued requests at most (then refused)");
+  p.AddString("kv-policy", &sched.default_kv_policy, "POLICY",
+              "KV policy of requests that name none (see kvasir generate --help)");
+  p.AddInt32("tensor-parallel-size", &tp, "tensor-parallel ranks (only 1 for now)");
+  p.AddInt32("heartbeat-interval-ms", &heartbeat_ms, "heartbeat period to the coordinator");
+  p.AddInt32("debug-step-delay-ms", &step_delay_ms,
+             "testing: sleep this long after every step (simulates a slow model)");
+  if (absl::Status s = p.Parse(argc, argv); !s.ok()) return Fail(cmd, s, 2);
+  if (p.help_requested()) {
+    std::fputs(p.Help().c_str(), stdout);
+    return 0;
+  }
+  if (tp != 1) {
+    return Fail(cmd,
+                absl::InvalidArgumentError(
+                    absl::StrCat("--tensor-parallel-size ", tp, ": only 1 is supported for now")),
+                2);
+  }
+  if (port < 0 || port > 65535 || http_port < 0 || http_port > 65535 || heartbeat_ms <= 0 ||
+      step_delay_ms < 0) {
+    return Fail(cmd, absl::InvalidArgumentError("a port, interval or delay is out of range"), 2);
+  }
+  options.rpc_port = static_cast<uint16_t>(port);
+  options.http_port = static_cast<uint16_t>(http_port);
+  options.heartbeat_interval = absl::Milliseconds(heartbeat_ms);
+  options.step_delay = absl::Milliseconds(step_delay_ms);
+
+  // Signals are taken by sigwait below; block them before any thread starts.
+  sigset_t signals;
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGINT);
+  sigaddset(&signals, SIGTERM);
+  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+
+  auto path = kvasir::model::ResolveModelPath(engine_flags.model);
+  if (!path.ok()) return Fail(cmd, path.status());
+  options.model_name = std::filesystem::path(*path).stem().string();
+  auto engine = kvasir::cli::LoadEngine(engine_flags);
+  if (!engine.ok()) return Fail(cmd, engine.status());
+  auto service = kvasir::worker::service::WorkerService::Start(**engine, options);
+  if (!service.ok()) return Fail(cmd, service.status());
+  std::printf("kvasir-worker: name=%s rpc=%s:%d http=%s:%d\n", (*service)->name().c_str(),
+              options.host.c_str(), (*service)->rpc_port(), options.host.c_str(),
+              (*service)->http_port());
+  std::fflush(stdout);
+
+  int signal = 0;
+  sigwait(&signals, &signal);
+  std::fprintf(stderr, "kvasir-worker: %s, stopping\n", signal == SIGINT ? "SIGINT" : "SIGTERM");
+  (*service)->Stop();
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) { return Main(argc, argv); }

@@ -1,0 +1,62 @@
+#include "worker/service/metrics.h"
+
+#include "prometheus/text_serializer.h"
+
+namespace kvasir::worker::service {
+
+WorkerMetrics::WorkerMetrics(prometheus::Registry& registry, const std::string& worker_name)
+    : running_(prometheus::BuildGauge()
+                   .Name("kvasir_num_requests_running")
+                   .Help("Requests admitted to the batch (prefill or decode) on this worker.")
+                   .Register(registry)
+                   .Add({})),
+      waiting_(prometheus::BuildGauge()
+                   .Name("kvasir_num_requests_waiting")
+                   .Help("Requests queued on this worker, preempted ones included.")
+                   .Register(registry)
+                   .Add({})),
+      kv_usage_(prometheus::BuildGauge()
+                    .Name("kvasir_kv_cache_usage_perc")
+                    .Help("Fraction of the KV cache pages in use (1 = full).")
+                    .Register(registry)
+                    .Add({{"worker", worker_name}})),
+      preemptions_(prometheus::BuildCounter()
+                       .Name("kvasir_num_preemptions_total")
+                       .Help("Requests preempted (KV memory full) and later recomputed.")
+                       .Register(registry)
+                       .Add({})),
+      prompt_tokens_(prometheus::BuildCounter()
+                         .Name("kvasir_prompt_tokens_total")
+                         .Help("Prompt tokens computed (recomputation after preemption included).")
+                         .Register(registry)
+                         .Add({})),
+      generation_tokens_(prometheus::BuildCounter()
+                             .Name("kvasir_generation_tokens_total")
+                             .Help("Tokens sampled.")
+                             .Register(registry)
+                             .Add({})),
+      steps_(prometheus::BuildCounter()
+                 .Name("kvasir_scheduler_steps_total")
+                 .Help("Forward steps run by the scheduler.")
+                 .Register(registry)
+                 .Add({})) {}
+
+void WorkerMetrics::Update(const SchedulerStats& stats) {
+  absl::MutexLock lock(&mu_);
+  running_.Set(stats.running);
+  waiting_.Set(stats.waiting);
+  kv_usage_.Set(stats.kv_usage());
+  preemptions_.Increment(static_cast<double>(stats.preemptions_total - last_.preemptions_total));
+  prompt_tokens_.Increment(
+      static_cast<double>(stats.prompt_tokens_total - last_.prompt_tokens_total));
+  generation_tokens_.Increment(
+      static_cast<double>(stats.generation_tokens_total - last_.generation_tokens_total));
+  steps_.Increment(static_cast<double>(stats.steps_total - last_.steps_total));
+  last_ = stats;
+}
+
+std::string MetricsText(const prometheus::Registry& registry) {
+  return prometheus::TextSerializer().Serialize(registry.Collect());
+}
+
+}  // namespace kvasir::worker::service

@@ -1,0 +1,39 @@
+// The worker's Prometheus metrics (served on its own /metrics): scheduler gauges and token
+// counters, names mirroring vLLM's with the kvasir_ prefix. Values are refreshed from the
+// scheduler's stats when scraped (Update), so the serving path touches no metric.
+#pragma once
+
+#include <string>
+
+#include "absl/synchronization/mutex.h"
+#include "prometheus/counter.h"
+#include "prometheus/gauge.h"
+#include "prometheus/registry.h"
+#include "worker/service/scheduler.h"
+
+namespace kvasir::worker::service {
+
+class WorkerMetrics {
+ public:
+  // Registers the families in `registry`, which must outlive this object.
+  WorkerMetrics(prometheus::Registry& registry, const std::string& worker_name);
+
+  // Sets the gauges and advances the counters to `stats`. Safe from any thread.
+  void Update(const SchedulerStats& stats);
+
+ private:
+  prometheus::Gauge& running_;
+  prometheus::Gauge& waiting_;
+  prometheus::Gauge& kv_usage_;
+  prometheus::Counter& preemptions_;
+  prometheus::Counter& prompt_tokens_;
+  prometheus::Counter& generation_tokens_;
+  prometheus::Counter& steps_;
+  absl::Mutex mu_;
+  SchedulerStats last_ ABSL_GUARDED_BY(mu_);
+};
+
+// The registry's metrics in Prometheus' text format.
+std::string MetricsText(const prometheus::Registry& registry);
+
+}  // namespace kvasir::worker::service

@@ -1,0 +1,480 @@
+// Scheduler (see scheduler.h).
+#include "worker/service/scheduler.h"
+
+#include <algorithm>
+#include <cmath>
+#include <numeric>
+
+#include "absl/strings/str_cat.h"
+#include "common/base/check.h"
+#include "common/log.h"
+#include "common/status_macros.h"
+#include "kvcache/policy.h"
+#include "model/tokenizer/tokenizer.h"
+
+namespace kvasir::worker::service {
+
+std::string_view RequestStateName(RequestState state) {
+  switch (state) {
+    case RequestState::kQueued:
+      return "queued";
+    case RequestState::kPrefill:
+      return "prefill";
+    case RequestState::kDecode:
+      return "decode";
+    case RequestState::kFinished:
+      return "finished";
+    case RequestState::kFailed:
+      return "failed";
+    case RequestState::kCancelled:
+      return "cancelled";
+  }
+  return "?";
+}
+
+struct Scheduler::Request {
+  Request(const model::Tokenizer& tokenizer, SchedulerRequest r,
+          std::shared_ptr<const kvcache::KvPolicy> p)
+      : req(std::move(r)),
+        policy(std::move(p)),
+        sampler(req.sampling),
+        decoder(tokenizer),
+        filter(req.stop) {}
+
+  SchedulerRequest req;
+  OutputSink sink;
+  std::shared_ptr<const kvcache::KvPolicy> policy;
+  RequestState state = RequestState::kQueued;
+  std::vector<int32_t> tokens;  // prompt, then the generated tokens
+  int32_t prompt_len = 0;
+  int32_t generated = 0;
+  kvcache::SequenceKv* seq = nullptr;  // while admitted
+  int64_t computed = 0;                // tokens whose KV is in seq
+  Sampler sampler;
+  model::StreamingDecoder decoder;
+  StopStringFilter filter;
+  uint64_t admission = 0;
+  int32_t preemptions = 0;
+  absl::Time arrival = absl::Now();
+  double queue_seconds = -1;  // set at the first admission
+  bool cancelled = false;
+
+  int64_t pending() const { return static_cast<int64_t>(tokens.size()) - computed; }
+};
+
+absl::StatusOr<std::unique_ptr<Scheduler>> Scheduler::Create(Engine& engine,
+                                                             SchedulerOptions options) {
+  const int32_t context = engine.config().context_length;
+  if (options.max_model_len <= 0) options.max_model_len = context;
+  if (options.max_model_len > context) {
+    return absl::InvalidArgumentError(absl::StrCat("max model len ", options.max_model_len,
+                                                   " exceeds the model's context of ", context));
+  }
+  if (options.max_num_seqs < 1 || options.max_num_batched_tokens < 1 || options.prefill_chunk < 1 ||
+      options.max_waiting < 0) {
+    return absl::InvalidArgumentError(
+        "max num seqs, max num batched tokens and prefill chunk must be >= 1, max waiting >= 0");
+  }
+  if (options.max_num_batched_tokens < options.max_num_seqs) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("max num batched tokens (", options.max_num_batched_tokens,
+                     ") must be at least max num seqs (", options.max_num_seqs,
+                     "): every running sequence "
+                     "needs one token per step"));
+  }
+  KVASIR_RETURN_IF_ERROR(engine.Policy(options.default_kv_policy).status());
+  return std::unique_ptr<Scheduler>(new Scheduler(engine, std::move(options)));
+}
+
+Scheduler::Scheduler(Engine& engine, SchedulerOptions options)
+    : engine_(engine), options_(std::move(options)) {
+  const kvcache::KvGeometry& g = engine_.cache().geometry();
+  pages_per_token_block_ = int64_t{2} * g.n_layer * g.n_head_kv;
+  PublishStats();
+}
+
+Scheduler::~Scheduler() {
+  for (auto& [id, r] : live_) {
+    if (r->seq != nullptr) engine_.cache().FreeSequence(r->seq->id());
+  }
+}
+
+absl::Status Scheduler::Submit(SchedulerRequest request, OutputSink sink) {
+  const int32_t n_vocab = engine_.tokenizer().n_vocab();
+  if (request.prompt.empty()) return absl::InvalidArgumentError("the prompt has no tokens");
+  for (int32_t id : request.prompt) {
+    if (id < 0 || id >= n_vocab) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("token id ", id, " is outside the vocabulary [0, ", n_vocab, ")"));
+    }
+  }
+  for (int32_t id : request.stop_ids) {
+    if (id < 0 || id >= n_vocab) {
+      return absl::InvalidArgumentError(absl::StrCat("stop token id ", id, " is out of range"));
+    }
+  }
+  if (request.max_tokens < 0) return absl::InvalidArgumentError("max tokens must be >= 0");
+  if (static_cast<int64_t>(request.prompt.size()) + request.max_tokens > options_.max_model_len) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "the prompt (", request.prompt.size(), " tokens) plus max tokens (", request.max_tokens,
+        ") exceeds the maximum model length of ", options_.max_model_len));
+  }
+  if (request.logprobs > 20) return absl::InvalidArgumentError("logprobs must be <= 20");
+  KVASIR_RETURN_IF_ERROR(request.sampling.Validate());
+  const std::string& spec =
+      request.kv_policy.empty() ? options_.default_kv_policy : request.kv_policy;
+  KVASIR_ASSIGN_OR_RETURN(auto policy, engine_.Policy(spec));
+  if (!sink) return absl::InvalidArgumentError("no output sink");
+
+  absl::MutexLock lock(&mu_);
+  if (queued_ >= options_.max_waiting) {
+    return absl::ResourceExhaustedError(
+        absl::StrCat("the worker's queue is full (", options_.max_waiting, " requests waiting)"));
+  }
+  if (request.id.empty()) request.id = absl::StrCat("req-", next_id_++);
+  if (ids_.contains(request.id)) {
+    return absl::AlreadyExistsError(absl::StrCat("request ", request.id, " is already live"));
+  }
+  ids_[request.id] = true;
+  auto r = std::make_unique<Request>(engine_.tokenizer(), std::move(request), std::move(policy));
+  r->tokens = r->req.prompt;
+  r->prompt_len = static_cast<int32_t>(r->tokens.size());
+  ++queued_;
+  inbox_.emplace_back(std::move(r), std::move(sink));
+  return absl::OkStatus();
+}
+
+void Scheduler::Cancel(std::string_view id) {
+  absl::MutexLock lock(&mu_);
+  cancels_.emplace_back(id);
+}
+
+bool Scheduler::HasWork() const {
+  absl::MutexLock lock(&mu_);
+  return !inbox_.empty() || !cancels_.empty() || stats_.running > 0 || stats_.waiting > 0;
+}
+
+bool Scheduler::WaitForWork(absl::Duration timeout) const {
+  absl::MutexLock lock(&mu_);
+  auto ready = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    return woken_ || !inbox_.empty() || !cancels_.empty() || stats_.running > 0 ||
+           stats_.waiting > 0;
+  };
+  mu_.AwaitWithTimeout(absl::Condition(&ready), timeout);
+  const bool work =
+      !inbox_.empty() || !cancels_.empty() || stats_.running > 0 || stats_.waiting > 0;
+  woken_ = false;
+  return work;
+}
+
+void Scheduler::Wake() {
+  absl::MutexLock lock(&mu_);
+  woken_ = true;
+}
+
+SchedulerStats Scheduler::stats() const {
+  absl::MutexLock lock(&mu_);
+  return stats_;
+}
+
+void Scheduler::PublishStats() {
+  const kvcache::PagePool& pool = engine_.cache().pool();
+  absl::MutexLock lock(&mu_);
+  stats_.running = static_cast<int32_t>(running_.size());
+  stats_.waiting = static_cast<int32_t>(waiting_.size());
+  stats_.kv_pages_used = pool.pages_used();
+  stats_.kv_pages_total = pool.capacity_pages();
+  stats_.preemptions_total = preemptions_total_;
+  stats_.steps_total = steps_total_;
+  stats_.prompt_tokens_total = prompt_tokens_total_;
+  stats_.generation_tokens_total = generation_tokens_total_;
+}
+
+void Scheduler::TakeInbox() {
+  std::vector<std::pair<std::unique_ptr<Request>, OutputSink>> inbox;
+  std::vector<std::string> cancels;
+  {
+    absl::MutexLock lock(&mu_);
+    inbox.swap(inbox_);
+    cancels.swap(cancels_);
+  }
+  for (auto& [r, sink] : inbox) {
+    r->sink = std::move(sink);
+    Request* raw = r.get();
+    live_[raw->req.id] = std::move(r);
+    waiting_.push_back(raw);
+  }
+  for (const std::string& id : cancels) {
+    auto it = live_.find(id);
+    if (it == live_.end()) continue;
+    Request& r = *it->second;
+    RequestOutput out;
+    Finish(r, RequestState::kCancelled, absl::CancelledError("the request was cancelled"), "", out);
+  }
+}
+
+bool Scheduler::CanAdmit(const Request& r) const {
+  if (running_.empty()) return true;  // alone it may still fit; if not, Step fails it cleanly
+  const kvcache::PagePool& pool = engine_.cache().pool();
+  const int64_t blocks =
+      (static_cast<int64_t>(r.tokens.size()) + pool.page_size() - 1) / pool.page_size();
+  // The whole sequence so far under a full cache, plus one block of headroom per running
+  // sequence so that admitting does not immediately preempt the others.
+  const int64_t need = (blocks + static_cast<int64_t>(running_.size())) * pages_per_token_block_;
+  return pool.pages_free() >= need;
+}
+
+void Scheduler::Admit(Request& r) {
+  r.seq = &engine_.cache().CreateSequence(r.policy);
+  r.computed = 0;
+  r.state = RequestState::kPrefill;
+  r.admission = ++next_admission_;
+  if (r.queue_seconds < 0) r.queue_seconds = absl::ToDoubleSeconds(absl::Now() - r.arrival);
+  running_.push_back(&r);
+}
+
+void Scheduler::Preempt(Request& r) {
+  KVASIR_LOG_SUBSYS(INFO, kWorker, "preempting request=%s tokens=%d (KV memory full)", r.req.id,
+                    static_cast<int>(r.tokens.size()));
+  engine_.cache().FreeSequence(r.seq->id());
+  r.seq = nullptr;
+  r.computed = 0;
+  r.state = RequestState::kQueued;
+  ++r.preemptions;
+  ++preemptions_total_;
+  running_.erase(std::find(running_.begin(), running_.end(), &r));
+  waiting_.push_front(&r);
+}
+
+void Scheduler::Remove(Request& r) {
+  if (r.seq != nullptr) {
+    engine_.cache().FreeSequence(r.seq->id());
+    r.seq = nullptr;
+  }
+  auto run = std::find(running_.begin(), running_.end(), &r);
+  if (run != running_.end()) running_.erase(run);
+  auto wait = std::find(waiting_.begin(), waiting_.end(), &r);
+  if (wait != waiting_.end()) waiting_.erase(wait);
+}
+
+void Scheduler::Emit(Request& r, RequestOutput& out) {
+  out.id = r.req.id;
+  out.state = r.state;
+  out.prompt_tokens = r.prompt_len;
+  out.completion_tokens = r.generated;
+  out.preemptions = r.preemptions;
+  out.queue_seconds = std::max(0.0, r.queue_seconds);
+  r.sink(out);
+}
+
+// Ends the request: frees its KV, emits `out` as its last output and forgets it.
+void Scheduler::Finish(Request& r, RequestState state, absl::Status status, std::string reason,
+                       RequestOutput& out) {
+  Remove(r);
+  r.state = state;
+  out.finished = true;
+  out.finish_reason = std::move(reason);
+  out.status = std::move(status);
+  Emit(r, out);
+  const std::string id = r.req.id;
+  {
+    absl::MutexLock lock(&mu_);
+    ids_.erase(id);
+    // Requests leave the queue count when they finish; waiting ones are counted in it.
+  }
+  live_.erase(id);  // destroys r
+}
+
+void Scheduler::SampleNext(Request& r, std::span<const float> logits, RequestOutput& out) {
+  const model::Tokenizer& tok = engine_.tokenizer();
+  if (r.req.logprobs >= 0) {
+    // log-softmax of the raw logits (before temperature and filters), as OpenAI reports them.
+    const float max = *std::max_element(logits.begin(), logits.end());
+    double sum = 0;
+    for (float x : logits) sum += std::exp(static_cast<double>(x) - max);
+    const float log_sum = static_cast<float>(std::log(sum));
+    TokenLogprobs lp;
+    const int32_t top = std::min<int32_t>(r.req.logprobs, static_cast<int32_t>(logits.size()));
+    if (top > 0) {
+      std::vector<int32_t> order(logits.size());
+      std::iota(order.begin(), order.end(), 0);
+      std::partial_sort(order.begin(), order.begin() + top, order.end(), [&](int32_t a, int32_t b) {
+        return logits[a] > logits[b] || (logits[a] == logits[b] && a < b);
+      });
+      for (int32_t i = 0; i < top; ++i) {
+        lp.top.emplace_back(order[i], logits[order[i]] - max - log_sum);
+      }
+    }
+    const int32_t id = r.sampler.Sample(logits, r.tokens);
+    lp.id = id;
+    lp.logprob = logits[id] - max - log_sum;
+    out.logprobs.push_back(std::move(lp));
+    out.ids.push_back(id);
+  } else {
+    out.ids.push_back(r.sampler.Sample(logits, r.tokens));
+  }
+  const int32_t id = out.ids.back();
+  ++generation_tokens_total_;
+  const bool stop_token =
+      (!r.req.ignore_eos && tok.IsEog(id)) ||
+      std::find(r.req.stop_ids.begin(), r.req.stop_ids.end(), id) != r.req.stop_ids.end();
+  std::string reason;
+  if (stop_token) {  // the stop token ends the output and is not part of it
+    out.ids.pop_back();
+    if (!out.logprobs.empty()) out.logprobs.pop_back();
+    reason = "stop";
+  } else {
+    r.tokens.push_back(id);
+    ++r.generated;
+    out.text += r.filter.Push(r.decoder.Push(id));
+    if (r.filter.stopped()) {
+      reason = "stop";
+    } else if (r.generated >= r.req.max_tokens ||
+               static_cast<int64_t>(r.tokens.size()) >= options_.max_model_len) {
+      reason = "length";
+    }
+  }
+  if (!reason.empty()) {
+    if (!r.filter.stopped()) out.text += r.filter.Push(r.decoder.Flush());
+    out.text += r.filter.Flush();
+    Finish(r, RequestState::kFinished, absl::OkStatus(), std::move(reason), out);
+    return;
+  }
+  r.state = RequestState::kDecode;
+  Emit(r, out);
+}
+
+void Scheduler::CancelAll(const absl::Status& status) {
+  TakeInbox();
+  std::vector<Request*> all;
+  for (auto& [id, r] : live_) all.push_back(r.get());
+  for (Request* r : all) {
+    RequestOutput out;
+    Finish(*r,
+           status.code() == absl::StatusCode::kCancelled ? RequestState::kCancelled
+                                                         : RequestState::kFailed,
+           status, "", out);
+  }
+  {
+    absl::MutexLock lock(&mu_);
+    queued_ = 0;
+  }
+  PublishStats();
+}
+
+bool Scheduler::Step() {
+  TakeInbox();
+  last_step_ = StepStats();
+  if (running_.empty() && waiting_.empty()) {
+    PublishStats();
+    absl::MutexLock lock(&mu_);
+    queued_ = static_cast<int32_t>(inbox_.size());
+    return false;
+  }
+
+  // Requests with nothing to generate finish at once.
+  for (size_t i = 0; i < waiting_.size();) {
+    Request& r = *waiting_[i];
+    if (r.req.max_tokens == 0) {
+      RequestOutput out;
+      Finish(r, RequestState::kFinished, absl::OkStatus(), "length", out);
+    } else {
+      ++i;
+    }
+  }
+
+  // Plan: decode tokens of running sequences first, then their prefill chunks, then admit.
+  std::vector<Planned> plan;
+  int64_t budget = options_.max_num_batched_tokens;
+  for (Request* r : running_) {
+    if (r->pending() == 1 && budget > 0) {
+      plan.push_back({r, 1});
+      --budget;
+    }
+  }
+  for (Request* r : running_) {
+    if (r->pending() > 1 && budget > 0) {
+      const int32_t n =
+          static_cast<int32_t>(std::min<int64_t>({r->pending(), budget, options_.prefill_chunk}));
+      plan.push_back({r, n});
+      budget -= n;
+    }
+  }
+  while (budget > 0 && static_cast<int32_t>(running_.size()) < options_.max_num_seqs &&
+         !waiting_.empty()) {
+    Request& r = *waiting_.front();
+    if (!CanAdmit(r)) break;  // first come, first served: nobody overtakes the head
+    waiting_.pop_front();
+    Admit(r);
+    const int32_t n =
+        static_cast<int32_t>(std::min<int64_t>({r.pending(), budget, options_.prefill_chunk}));
+    plan.push_back({&r, n});
+    budget -= n;
+  }
+
+  // Run it; when the KV pages run out, preempt the newest sequence and try again.
+  std::vector<StepSequence> batch;
+  while (!plan.empty()) {
+    batch.clear();
+    for (const Planned& p : plan) {
+      batch.push_back({p.request->seq,
+                       std::span<const int32_t>(p.request->tokens)
+                           .subspan(static_cast<size_t>(p.request->computed), p.count),
+                       false});
+    }
+    absl::Status status = engine_.runner().Forward(batch, logits_);
+    if (status.ok()) break;
+    if (!absl::IsResourceExhausted(status)) {
+      KVASIR_LOG_SUBSYS(ERROR, kWorker, "forward step failed: %s", status.ToString());
+      for (const Planned& p : plan) {
+        RequestOutput out;
+        Finish(*p.request, RequestState::kFailed,
+               absl::InternalError(absl::StrCat("forward pass failed: ", status.message())), "",
+               out);
+      }
+      plan.clear();
+      break;
+    }
+    Request* victim = *std::max_element(
+        running_.begin(), running_.end(),
+        [](const Request* a, const Request* b) { return a->admission < b->admission; });
+    plan.erase(std::remove_if(plan.begin(), plan.end(),
+                              [victim](const Planned& p) { return p.request == victim; }),
+               plan.end());
+    if (running_.size() == 1) {
+      RequestOutput out;
+      Finish(*victim, RequestState::kFailed,
+             absl::ResourceExhaustedError(
+                 absl::StrCat("the request needs more KV cache memory than this worker has (",
+                              victim->tokens.size(), " tokens; raise --kv-cache-memory)")),
+             "", out);
+    } else {
+      Preempt(*victim);
+      ++last_step_.preempted;
+    }
+  }
+
+  // Outputs: a sequence whose pending tokens are all computed samples its next token.
+  ++steps_total_;
+  const int32_t n_vocab = engine_.config().n_vocab;
+  for (size_t i = 0; i < plan.size(); ++i) {
+    Request& r = *plan[i].request;
+    const bool decode = r.state == RequestState::kDecode;
+    (decode ? last_step_.decode_tokens : last_step_.prefill_tokens) += plan[i].count;
+    if (!decode) prompt_tokens_total_ += plan[i].count;
+    last_step_.ids.push_back(r.req.id);
+    r.computed = r.seq->n_tokens();
+    if (r.pending() > 0) continue;  // more prompt chunks to come
+    RequestOutput out;
+    SampleNext(r, std::span<const float>(logits_).subspan(i * n_vocab, n_vocab), out);
+  }
+  last_step_.num_seqs = static_cast<int32_t>(plan.size());
+  PublishStats();
+  {
+    absl::MutexLock lock(&mu_);
+    queued_ = static_cast<int32_t>(inbox_.size() + waiting_.size());
+  }
+  return true;
+}
+
+}  // namespace kvasir::worker::service

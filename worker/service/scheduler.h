@@ -1,0 +1,193 @@
+// The continuous-batching scheduler of a worker: it owns the requests on this worker and, step
+// by step, packs decode tokens and prefill chunks of several sequences into one forward pass
+// under a token budget, admits waiting requests first-come first-served while sequences and KV
+// memory allow, preempts the newest request by recompute when the KV pages run out, samples, and
+// hands each request's new tokens and text to its sink.
+//
+// Request lifecycle (explicit, so that a prefill/decode split slots in later):
+//
+//   kQueued ──admit──▶ kPrefill ──last prompt chunk──▶ kDecode ──stop/length──▶ kFinished
+//      ▲                  │                              │
+//      └─────preempt──────┴──────────────────────────────┘      any state ──▶ kFailed, kCancelled
+//
+// A preempted request loses its KV and goes back to the front of the queue with the tokens it
+// generated so far; when admitted again it recomputes prompt + generated tokens, then continues
+// sampling with the same sampler state, so its output is the same as without the preemption.
+//
+// Thread contract: Submit, Cancel, WaitForWork, HasWork and stats() are safe from any thread.
+// Step and CancelAll run on the executor thread only (the engine's KV cache and runner belong to
+// it), and sinks are called there: they must not block.
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <deque>
+#include <functional>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+#include "absl/container/flat_hash_map.h"
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
+#include "worker/engine.h"
+#include "worker/sampler.h"
+
+namespace kvasir::worker::service {
+
+enum class RequestState { kQueued, kPrefill, kDecode, kFinished, kFailed, kCancelled };
+std::string_view RequestStateName(RequestState state);
+
+struct SchedulerOptions {
+  int32_t max_num_seqs = 16;             // sequences in one step (running requests) at most
+  int32_t max_num_batched_tokens = 512;  // token budget of one step (decode + prefill tokens)
+  int32_t prefill_chunk = 512;           // prompt tokens of one sequence in one step at most
+  int32_t max_waiting = 512;             // queued requests at most; Submit refuses beyond
+  int32_t max_model_len = 0;             // tokens of one sequence at most; 0: the model's context
+  std::string default_kv_policy = "full";
+};
+
+struct SchedulerRequest {
+  std::string id;               // unique among live requests ("" gets one)
+  std::vector<int32_t> prompt;  // token ids, BOS included when the model wants it
+  SamplingParams sampling;
+  int32_t max_tokens = 16;
+  std::vector<std::string> stop;  // stop strings (not part of the output)
+  std::vector<int32_t> stop_ids;  // stop tokens besides the end-of-generation ids
+  bool ignore_eos = false;
+  std::string kv_policy;  // "" = SchedulerOptions::default_kv_policy
+  int32_t logprobs = -1;  // < 0: none; n: the chosen token's logprob and the n most likely
+};
+
+struct TokenLogprobs {
+  int32_t id = 0;
+  float logprob = 0;
+  std::vector<std::pair<int32_t, float>> top;  // most likely first
+};
+
+// What one step produced for one request. The last output of a request has finished set.
+struct RequestOutput {
+  std::string id;
+  std::vector<int32_t> ids;             // new tokens
+  std::string text;                     // text that became final
+  std::vector<TokenLogprobs> logprobs;  // one per id when asked
+  RequestState state = RequestState::kQueued;
+  bool finished = false;
+  std::string finish_reason;  // "stop" or "length" when finished normally
+  absl::Status status;        // why, when kFailed or kCancelled
+  int32_t prompt_tokens = 0;
+  int32_t completion_tokens = 0;  // so far
+  int32_t preemptions = 0;
+  double queue_seconds = 0;  // arrival to first admission (set on every output)
+};
+
+using OutputSink = std::function<void(const RequestOutput& output)>;
+
+// The composition of the last step (for tests and metrics).
+struct StepStats {
+  int32_t num_seqs = 0;
+  int32_t prefill_tokens = 0;  // tokens of sequences still in (or finishing) their prefill
+  int32_t decode_tokens = 0;
+  int32_t preempted = 0;
+  std::vector<std::string> ids;  // requests in the step, in batch order
+};
+
+struct SchedulerStats {
+  int32_t running = 0;
+  int32_t waiting = 0;
+  int64_t kv_pages_used = 0;
+  int64_t kv_pages_total = 0;
+  int64_t preemptions_total = 0;
+  int64_t steps_total = 0;
+  int64_t prompt_tokens_total = 0;      // prompt tokens computed (recomputation included)
+  int64_t generation_tokens_total = 0;  // tokens sampled
+  double kv_usage() const {
+    return kv_pages_total > 0 ? static_cast<double>(kv_pages_used) / kv_pages_total : 0.0;
+  }
+};
+
+class Scheduler {
+ public:
+  // The engine must outlive the scheduler. InvalidArgument for bad options.
+  static absl::StatusOr<std::unique_ptr<Scheduler>> Create(Engine& engine,
+                                                           SchedulerOptions options);
+  ~Scheduler();
+
+  // Queues a request. Checked at once: InvalidArgument (empty prompt, token ids outside the
+  // vocabulary, prompt + max_tokens over max_model_len, bad sampling values or KV policy),
+  // AlreadyExists (a live request has this id), ResourceExhausted (the queue is full).
+  // On OK the sink will see the request's outputs, the last one with finished set.
+  absl::Status Submit(SchedulerRequest request, OutputSink sink);
+  // Cancels a live request: its KV is freed at the next step and its sink gets a last output in
+  // state kCancelled. Unknown ids are ignored.
+  void Cancel(std::string_view id);
+
+  // Runs one step: takes in submissions and cancellations, schedules, runs the forward pass and
+  // delivers outputs. False when there was nothing to do.
+  bool Step();
+  // Fails every live request with `status` (on shutdown). Executor thread.
+  void CancelAll(const absl::Status& status);
+
+  // True when a Step would do something.
+  bool HasWork() const;
+  // Blocks until there is work or `timeout` passes; returns HasWork().
+  bool WaitForWork(absl::Duration timeout) const;
+  // Wakes WaitForWork (for shutdown).
+  void Wake();
+
+  SchedulerStats stats() const;
+  const StepStats& last_step() const { return last_step_; }
+  const SchedulerOptions& options() const { return options_; }
+  int32_t max_model_len() const { return options_.max_model_len; }
+
+ private:
+  struct Request;
+  struct Planned {
+    Request* request;
+    int32_t count;  // tokens fed this step, from request->computed on
+  };
+
+  Scheduler(Engine& engine, SchedulerOptions options);
+  void TakeInbox();
+  bool CanAdmit(const Request& r) const;
+  void Admit(Request& r);
+  void Preempt(Request& r);
+  void Finish(Request& r, RequestState state, absl::Status status, std::string reason,
+              RequestOutput& out);
+  void SampleNext(Request& r, std::span<const float> logits, RequestOutput& out);
+  void Remove(Request& r);
+  void Emit(Request& r, RequestOutput& out);
+  void PublishStats();
+
+  Engine& engine_;
+  SchedulerOptions options_;
+  int64_t pages_per_token_block_ = 0;  // pages a full cache needs per page_size tokens
+
+  // Executor-thread state.
+  std::deque<Request*> waiting_;   // in arrival order (preempted ones go back to the front)
+  std::vector<Request*> running_;  // in admission order
+  absl::flat_hash_map<std::string, std::unique_ptr<Request>> live_;
+  std::vector<float> logits_;
+  uint64_t next_admission_ = 0;
+  StepStats last_step_;
+  int64_t steps_total_ = 0;
+  int64_t preemptions_total_ = 0;
+  int64_t prompt_tokens_total_ = 0;
+  int64_t generation_tokens_total_ = 0;
+
+  // Shared with other threads.
+  mutable absl::Mutex mu_;
+  std::vector<std::pair<std::unique_ptr<Request>, OutputSink>> inbox_ ABSL_GUARDED_BY(mu_);
+  std::vector<std::string> cancels_ ABSL_GUARDED_BY(mu_);
+  absl::flat_hash_map<std::string, bool> ids_ ABSL_GUARDED_BY(mu_);  // live ids
+  int64_t next_id_ ABSL_GUARDED_BY(mu_) = 1;
+  int32_t queued_ ABSL_GUARDED_BY(mu_) = 0;  // inbox + waiting
+  mutable bool woken_ ABSL_GUARDED_BY(mu_) = false;
+  SchedulerStats stats_ ABSL_GUARDED_BY(mu_);
+};
+
+}  // namespace kvasir::worker::service
