@@ -1,0 +1,113 @@
+#include "coordinator/metrics.h"
+
+namespace kvasir::coordinator {
+
+namespace {
+
+// vLLM's buckets, with finer steps at the low end for small models on CPUs.
+const prometheus::Histogram::BucketBoundaries kTtftBuckets = {
+    0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0};
+const prometheus::Histogram::BucketBoundaries kItlBuckets = {
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5};
+const prometheus::Histogram::BucketBoundaries kE2eBuckets = {
+    0.05, 0.1, 0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0, 40.0, 50.0, 60.0};
+
+}  // namespace
+
+CoordinatorMetrics::CoordinatorMetrics(prometheus::Registry& registry)
+    : success_(prometheus::BuildCounter()
+                   .Name("kvasir_request_success_total")
+                   .Help("Requests that completed, by finish reason.")
+                   .Register(registry)),
+      failure_(prometheus::BuildCounter()
+                   .Name("kvasir_request_failure_total")
+                   .Help("Requests that ended with an error (or a client that went away), by kind.")
+                   .Register(registry)),
+      ttft_(prometheus::BuildHistogram()
+                .Name("kvasir_time_to_first_token_seconds")
+                .Help("Time from the request's arrival to its first generated token.")
+                .Register(registry)
+                .Add({}, kTtftBuckets)),
+      itl_(prometheus::BuildHistogram()
+               .Name("kvasir_inter_token_latency_seconds")
+               .Help("Time between two generated tokens of a request.")
+               .Register(registry)
+               .Add({}, kItlBuckets)),
+      e2e_(prometheus::BuildHistogram()
+               .Name("kvasir_e2e_request_latency_seconds")
+               .Help("Time from the request's arrival to its last token.")
+               .Register(registry)
+               .Add({}, kE2eBuckets)),
+      prompt_tokens_(prometheus::BuildCounter()
+                         .Name("kvasir_prompt_tokens_total")
+                         .Help("Prompt tokens of completed requests.")
+                         .Register(registry)
+                         .Add({})),
+      generation_tokens_(prometheus::BuildCounter()
+                             .Name("kvasir_generation_tokens_total")
+                             .Help("Tokens generated and sent to clients.")
+                             .Register(registry)
+                             .Add({})),
+      running_(prometheus::BuildGauge()
+                   .Name("kvasir_num_requests_running")
+                   .Help("Requests in the workers' batches (from their last heartbeats).")
+                   .Register(registry)
+                   .Add({})),
+      waiting_(prometheus::BuildGauge()
+                   .Name("kvasir_num_requests_waiting")
+                   .Help("Requests queued on the workers (from their last heartbeats).")
+                   .Register(registry)
+                   .Add({})),
+      workers_alive_(prometheus::BuildGauge()
+                         .Name("kvasir_num_workers")
+                         .Help("Workers registered and alive.")
+                         .Register(registry)
+                         .Add({})),
+      worker_deaths_(prometheus::BuildCounter()
+                         .Name("kvasir_worker_deaths_total")
+                         .Help("Workers marked dead (missed heartbeats or a broken connection).")
+                         .Register(registry)
+                         .Add({})),
+      kv_usage_(prometheus::BuildGauge()
+                    .Name("kvasir_kv_cache_usage_perc")
+                    .Help("Fraction of each worker's KV cache pages in use (1 = full).")
+                    .Register(registry)) {}
+
+void CoordinatorMetrics::RequestSucceeded(const std::string& finished_reason) {
+  success_.Add({{"finished_reason", finished_reason}}).Increment();
+}
+
+void CoordinatorMetrics::RequestFailed(const std::string& reason) {
+  failure_.Add({{"reason", reason}}).Increment();
+}
+
+void CoordinatorMetrics::UpdateWorkers(const std::vector<WorkerView>& workers, int64_t deaths) {
+  absl::MutexLock lock(&mu_);
+  double running = 0, waiting = 0;
+  absl::flat_hash_map<std::string, prometheus::Gauge*> live;
+  for (const WorkerView& w : workers) {
+    running += w.load.running();
+    waiting += w.load.waiting();
+    prometheus::Gauge* gauge;
+    auto it = kv_gauges_.find(w.name);
+    if (it != kv_gauges_.end()) {
+      gauge = it->second;
+      kv_gauges_.erase(it);
+    } else {
+      gauge = &kv_usage_.Add({{"worker", w.name}});
+    }
+    gauge->Set(w.load.kv_usage());
+    live[w.name] = gauge;
+  }
+  for (auto& [name, gauge] : kv_gauges_) kv_usage_.Remove(gauge);  // workers that are gone
+  kv_gauges_ = std::move(live);
+  running_.Set(running);
+  waiting_.Set(waiting);
+  workers_alive_.Set(static_cast<double>(workers.size()));
+  if (deaths > deaths_seen_) {
+    worker_deaths_.Increment(static_cast<double>(deaths - deaths_seen_));
+    deaths_seen_ = deaths;
+  }
+}
+
+}  // namespace kvasir::coordinator

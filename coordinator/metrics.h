@@ -1,0 +1,60 @@
+// The coordinator's Prometheus metrics, served on its /metrics. Names mirror vLLM's with the
+// kvasir_ prefix (kvasir_time_to_first_token_seconds for vllm:time_to_first_token_seconds, ...);
+// durations in seconds, counters end in _total, labels stay low-cardinality (a finish reason,
+// an error kind, a worker name).
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include "absl/container/flat_hash_map.h"
+#include "absl/synchronization/mutex.h"
+#include "coordinator/registry.h"
+#include "prometheus/counter.h"
+#include "prometheus/family.h"
+#include "prometheus/gauge.h"
+#include "prometheus/histogram.h"
+#include "prometheus/registry.h"
+
+namespace kvasir::coordinator {
+
+class CoordinatorMetrics {
+ public:
+  // Registers the families in `registry`, which must outlive this object.
+  explicit CoordinatorMetrics(prometheus::Registry& registry);
+
+  // A request that completed: finished_reason "stop" or "length".
+  void RequestSucceeded(const std::string& finished_reason);
+  // A request that failed, by kind: "invalid_request", "unauthorized", "model_not_found",
+  // "context_length_exceeded", "body_too_large", "rate_limited", "unavailable", "timeout",
+  // "cancelled", "internal".
+  void RequestFailed(const std::string& reason);
+
+  prometheus::Histogram& time_to_first_token() { return ttft_; }
+  prometheus::Histogram& inter_token_latency() { return itl_; }
+  prometheus::Histogram& e2e_latency() { return e2e_; }
+  prometheus::Counter& prompt_tokens() { return prompt_tokens_; }
+  prometheus::Counter& generation_tokens() { return generation_tokens_; }
+
+  // Refreshes the gauges from the registry (before a scrape).
+  void UpdateWorkers(const std::vector<WorkerView>& workers, int64_t deaths);
+
+ private:
+  prometheus::Family<prometheus::Counter>& success_;
+  prometheus::Family<prometheus::Counter>& failure_;
+  prometheus::Histogram& ttft_;
+  prometheus::Histogram& itl_;
+  prometheus::Histogram& e2e_;
+  prometheus::Counter& prompt_tokens_;
+  prometheus::Counter& generation_tokens_;
+  prometheus::Gauge& running_;
+  prometheus::Gauge& waiting_;
+  prometheus::Gauge& workers_alive_;
+  prometheus::Counter& worker_deaths_;
+  prometheus::Family<prometheus::Gauge>& kv_usage_;
+  absl::Mutex mu_;
+  absl::flat_hash_map<std::string, prometheus::Gauge*> kv_gauges_ ABSL_GUARDED_BY(mu_);
+  int64_t deaths_seen_ ABSL_GUARDED_BY(mu_) = 0;
+};
+
+}  // namespace kvasir::coordinator

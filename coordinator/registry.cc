@@ -1,0 +1,158 @@
+// WorkerRegistry (see registry.h).
+#include "coordinator/registry.h"
+
+#include <algorithm>
+#include <tuple>
+
+#include "absl/strings/str_cat.h"
+#include "common/log.h"
+#include "common/status_macros.h"
+#include "transport/http/server.h"
+
+namespace kvasir::coordinator {
+
+WorkerRegistry::~WorkerRegistry() { Clear(); }
+
+absl::StatusOr<uint64_t> WorkerRegistry::Register(const serving::WorkerInfo& info) {
+  if (info.name().empty()) return absl::InvalidArgumentError("the worker has no name");
+  if (!options_.model.empty() && info.model() != options_.model) {
+    return absl::FailedPreconditionError(absl::StrCat("worker ", info.name(), " serves model '",
+                                                      info.model(), "', the coordinator serves '",
+                                                      options_.model, "'"));
+  }
+  if (options_.n_vocab > 0 && info.n_vocab() != options_.n_vocab) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("worker ", info.name(), " has a vocabulary of ", info.n_vocab(),
+                     " tokens, the coordinator's tokenizer ", options_.n_vocab));
+  }
+  KVASIR_ASSIGN_OR_RETURN(auto address, transport::http::ParseHostPort(info.rpc_address()));
+  KVASIR_ASSIGN_OR_RETURN(WorkerChannel channel, factory_(address.first, address.second));
+  Entry entry;
+  entry.view.name = info.name();
+  entry.view.rpc_address = info.rpc_address();
+  entry.view.http_address = info.http_address();
+  entry.view.role = info.role();
+  entry.view.last_heartbeat = absl::Now();
+  entry.channel = std::move(channel);
+  WorkerChannel replaced;  // destroyed outside the lock
+  uint64_t id;
+  {
+    absl::MutexLock lock(&mu_);
+    for (auto it = workers_.begin(); it != workers_.end(); ++it) {
+      if (it->second.view.name == info.name()) {
+        replaced = std::move(it->second.channel);
+        workers_.erase(it);
+        break;
+      }
+    }
+    id = next_id_++;
+    entry.view.id = id;
+    workers_[id] = std::move(entry);
+  }
+  KVASIR_LOG_SUBSYS(INFO, kCoordinator, "worker registered name=%s id=%d rpc=%s http=%s role=%s",
+                    info.name(), id, info.rpc_address(), info.http_address(), info.role());
+  return id;
+}
+
+bool WorkerRegistry::Heartbeat(uint64_t id, const serving::WorkerLoad& load) {
+  absl::MutexLock lock(&mu_);
+  auto it = workers_.find(id);
+  if (it == workers_.end()) return false;
+  it->second.view.load = load;
+  it->second.view.last_heartbeat = absl::Now();
+  return true;
+}
+
+std::vector<std::string> WorkerRegistry::Sweep(absl::Time now) {
+  std::vector<std::string> dead;
+  std::vector<WorkerChannel> dropped;
+  {
+    absl::MutexLock lock(&mu_);
+    for (auto it = workers_.begin(); it != workers_.end();) {
+      if (now - it->second.view.last_heartbeat > options_.heartbeat_timeout) {
+        dead.push_back(it->second.view.name);
+        dropped.push_back(std::move(it->second.channel));
+        workers_.erase(it++);
+        ++deaths_;
+      } else {
+        ++it;
+      }
+    }
+  }
+  for (const std::string& name : dead) {
+    KVASIR_LOG_SUBSYS(WARN, kCoordinator, "worker %s missed its heartbeats; marked dead", name);
+  }
+  return dead;
+}
+
+void WorkerRegistry::MarkDead(uint64_t id, const absl::Status& why) {
+  WorkerChannel dropped;
+  std::string name;
+  {
+    absl::MutexLock lock(&mu_);
+    auto it = workers_.find(id);
+    if (it == workers_.end()) return;
+    name = it->second.view.name;
+    dropped = std::move(it->second.channel);
+    workers_.erase(it);
+    ++deaths_;
+  }
+  KVASIR_LOG_SUBSYS(WARN, kCoordinator, "worker %s marked dead: %s", name, why.ToString());
+}
+
+std::optional<WorkerRegistry::Lease> WorkerRegistry::Pick(
+    const absl::flat_hash_set<uint64_t>& exclude) {
+  absl::MutexLock lock(&mu_);
+  Entry* best = nullptr;
+  auto key = [](const Entry& e) {
+    return std::make_tuple(e.view.inflight, e.view.load.kv_usage(), e.last_pick);
+  };
+  for (auto& [id, entry] : workers_) {
+    if (exclude.contains(id)) continue;
+    if (!entry.channel.connected || !entry.channel.connected()) continue;
+    if (best == nullptr || key(entry) < key(*best)) best = &entry;
+  }
+  if (best == nullptr) return std::nullopt;
+  ++best->view.inflight;
+  best->last_pick = ++picks_;
+  return Lease{best->view.id, best->view.name, best->channel.channel};
+}
+
+void WorkerRegistry::Release(uint64_t id) {
+  absl::MutexLock lock(&mu_);
+  auto it = workers_.find(id);
+  if (it != workers_.end() && it->second.view.inflight > 0) --it->second.view.inflight;
+}
+
+std::vector<WorkerView> WorkerRegistry::Snapshot() const {
+  std::vector<std::pair<WorkerView, std::function<bool()>>> views;
+  {
+    absl::MutexLock lock(&mu_);
+    for (const auto& [id, entry] : workers_) {
+      views.emplace_back(entry.view, entry.channel.connected);
+    }
+  }
+  std::vector<WorkerView> out;
+  for (auto& [view, connected] : views) {
+    view.connected = connected && connected();
+    out.push_back(std::move(view));
+  }
+  std::sort(out.begin(), out.end(),
+            [](const WorkerView& a, const WorkerView& b) { return a.id < b.id; });
+  return out;
+}
+
+int64_t WorkerRegistry::deaths() const {
+  absl::MutexLock lock(&mu_);
+  return deaths_;
+}
+
+void WorkerRegistry::Clear() {
+  absl::flat_hash_map<uint64_t, Entry> all;
+  {
+    absl::MutexLock lock(&mu_);
+    all.swap(workers_);
+  }
+}
+
+}  // namespace kvasir::coordinator

@@ -1,0 +1,100 @@
+// The coordinator's registry of workers and its router. Workers register over RPC and send
+// heartbeats with their load; a worker whose heartbeats stop for longer than the timeout, or
+// whose connection breaks in the middle of a request, is marked dead and dropped (it registers
+// again if it comes back). Pick() routes a request to the least-loaded live worker: fewest
+// requests in flight from this coordinator, then least KV in use, then the one picked least
+// recently.
+//
+// Thread contract: every method is safe from any thread. Channels are created on Register and
+// destroyed outside the lock once the last lease on a dropped worker is released.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/container/flat_hash_map.h"
+#include "absl/container/flat_hash_set.h"
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
+#include "transport/rpc/channel.h"
+#include "worker/service/worker_service.pb.h"
+
+namespace kvasir::coordinator {
+
+// A channel to one worker, and whether it is connected now (a worker is routable only then).
+struct WorkerChannel {
+  std::shared_ptr<transport::rpc::RpcChannel> channel;
+  std::function<bool()> connected;
+};
+using ChannelFactory =
+    std::function<absl::StatusOr<WorkerChannel>(const std::string& host, uint16_t port)>;
+
+struct WorkerView {
+  uint64_t id = 0;
+  std::string name;
+  std::string rpc_address;
+  std::string http_address;
+  std::string role;
+  bool connected = false;
+  int32_t inflight = 0;  // streams from this coordinator now
+  serving::WorkerLoad load;
+  absl::Time last_heartbeat;
+};
+
+class WorkerRegistry {
+ public:
+  struct Options {
+    absl::Duration heartbeat_timeout = absl::Seconds(3);
+    std::string model;    // the model the workers must serve (file stem); "" = any
+    int32_t n_vocab = 0;  // 0 = any
+  };
+  WorkerRegistry(Options options, ChannelFactory factory)
+      : options_(std::move(options)), factory_(std::move(factory)) {}
+  ~WorkerRegistry();
+
+  // Registers a worker, replacing one of the same name. FailedPrecondition when it serves
+  // another model, InvalidArgument for a malformed address. Returns its id.
+  absl::StatusOr<uint64_t> Register(const serving::WorkerInfo& info);
+  // Records a heartbeat. False when the id is unknown (dropped, or from before a restart).
+  bool Heartbeat(uint64_t id, const serving::WorkerLoad& load);
+  // Drops the workers whose last heartbeat is older than the timeout; returns their names.
+  std::vector<std::string> Sweep(absl::Time now);
+  // Drops a worker at once (its connection broke mid-request). No-op for unknown ids.
+  void MarkDead(uint64_t id, const absl::Status& why);
+
+  struct Lease {
+    uint64_t id = 0;
+    std::string name;
+    std::shared_ptr<transport::rpc::RpcChannel> channel;
+  };
+  // The least-loaded live, connected worker not in `exclude`, counted in flight until Release.
+  std::optional<Lease> Pick(const absl::flat_hash_set<uint64_t>& exclude = {});
+  void Release(uint64_t id);
+
+  std::vector<WorkerView> Snapshot() const;
+  // Workers dropped since the start (timeouts and broken connections).
+  int64_t deaths() const;
+  // Drops every worker (shutdown).
+  void Clear();
+
+ private:
+  struct Entry {
+    WorkerView view;
+    WorkerChannel channel;
+    uint64_t last_pick = 0;
+  };
+  Options options_;
+  ChannelFactory factory_;
+  mutable absl::Mutex mu_;
+  uint64_t next_id_ ABSL_GUARDED_BY(mu_) = 1;
+  uint64_t picks_ ABSL_GUARDED_BY(mu_) = 0;
+  int64_t deaths_ ABSL_GUARDED_BY(mu_) = 0;
+  absl::flat_hash_map<uint64_t, Entry> workers_ ABSL_GUARDED_BY(mu_);
+};
+
+}  // namespace kvasir::coordinator

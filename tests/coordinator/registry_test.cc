@@ -1,0 +1,167 @@
+// coordinator/registry: registration, heartbeats and their timeout, dead workers, and
+// least-loaded routing, with in-test channels (no sockets).
+#include "coordinator/registry.h"
+
+#include <atomic>
+#include <map>
+
+#include "gtest/gtest.h"
+
+namespace kvasir::coordinator {
+namespace {
+
+class NullChannel : public transport::rpc::RpcChannel {
+ public:
+  absl::StatusOr<std::string> Call(std::string_view, std::string_view,
+                                   const transport::rpc::CallOptions&) override {
+    return absl::UnimplementedError("test channel");
+  }
+  absl::StatusOr<std::unique_ptr<transport::rpc::ClientStream>> OpenStream(
+      std::string_view, std::string_view, const transport::rpc::CallOptions&) override {
+    return absl::UnimplementedError("test channel");
+  }
+};
+
+class RegistryTest : public ::testing::Test {
+ protected:
+  RegistryTest()
+      : registry_({.heartbeat_timeout = absl::Milliseconds(300), .model = "m", .n_vocab = 512},
+                  [this](const std::string& host, uint16_t port) -> absl::StatusOr<WorkerChannel> {
+                    const std::string address = host + ":" + std::to_string(port);
+                    auto connected = std::make_shared<std::atomic<bool>>(true);
+                    connected_[address] = connected;
+                    ++channels_created_;
+                    return WorkerChannel{std::make_shared<NullChannel>(),
+                                         [connected] { return connected->load(); }};
+                  }) {}
+
+  static serving::WorkerInfo Info(const std::string& name, int port) {
+    serving::WorkerInfo info;
+    info.set_name(name);
+    info.set_rpc_address("127.0.0.1:" + std::to_string(port));
+    info.set_http_address("127.0.0.1:1");
+    info.set_model("m");
+    info.set_n_vocab(512);
+    info.set_role("both");
+    return info;
+  }
+
+  static serving::WorkerLoad Load(double kv_usage) {
+    serving::WorkerLoad load;
+    load.set_kv_usage(kv_usage);
+    return load;
+  }
+
+  std::map<std::string, std::shared_ptr<std::atomic<bool>>> connected_;
+  int channels_created_ = 0;
+  WorkerRegistry registry_;
+};
+
+TEST_F(RegistryTest, RegistersAndRefusesOtherModels) {
+  auto a = registry_.Register(Info("a", 7001));
+  ASSERT_TRUE(a.ok()) << a.status();
+  auto b = registry_.Register(Info("b", 7002));
+  ASSERT_TRUE(b.ok());
+  EXPECT_NE(*a, *b);
+  EXPECT_EQ(registry_.Snapshot().size(), 2u);
+
+  serving::WorkerInfo other = Info("c", 7003);
+  other.set_model("other-model");
+  EXPECT_TRUE(absl::IsFailedPrecondition(registry_.Register(other).status()));
+  serving::WorkerInfo vocab = Info("c", 7003);
+  vocab.set_n_vocab(32000);
+  EXPECT_TRUE(absl::IsFailedPrecondition(registry_.Register(vocab).status()));
+  serving::WorkerInfo bad_address = Info("c", 7003);
+  bad_address.set_rpc_address("nowhere");
+  EXPECT_TRUE(absl::IsInvalidArgument(registry_.Register(bad_address).status()));
+  EXPECT_TRUE(absl::IsInvalidArgument(registry_.Register(Info("", 7004)).status()));
+  EXPECT_EQ(registry_.Snapshot().size(), 2u);
+
+  // The same name again replaces the old entry (a restarted worker).
+  auto a2 = registry_.Register(Info("a", 7005));
+  ASSERT_TRUE(a2.ok());
+  EXPECT_FALSE(registry_.Heartbeat(*a, Load(0)));
+  EXPECT_TRUE(registry_.Heartbeat(*a2, Load(0)));
+  const auto snapshot = registry_.Snapshot();
+  ASSERT_EQ(snapshot.size(), 2u);
+  EXPECT_EQ(snapshot[1].rpc_address, "127.0.0.1:7005");
+}
+
+TEST_F(RegistryTest, PicksTheLeastLoadedConnectedWorker) {
+  const uint64_t a = *registry_.Register(Info("a", 7001));
+  const uint64_t b = *registry_.Register(Info("b", 7002));
+  registry_.Heartbeat(a, Load(0.5));
+  registry_.Heartbeat(b, Load(0.1));
+  // Equal in-flight counts: the lower KV usage wins.
+  auto first = registry_.Pick();
+  ASSERT_TRUE(first.has_value());
+  EXPECT_EQ(first->id, b);
+  // Now b has one in flight: a.
+  auto second = registry_.Pick();
+  ASSERT_TRUE(second.has_value());
+  EXPECT_EQ(second->id, a);
+  // Both have one: b again (lower KV usage).
+  auto third = registry_.Pick();
+  EXPECT_EQ(third->id, b);
+  registry_.Release(b);
+  registry_.Release(b);
+  auto fourth = registry_.Pick();
+  EXPECT_EQ(fourth->id, b);
+  // Exclusion and disconnected workers.
+  auto only_a = registry_.Pick({b});
+  EXPECT_EQ(only_a->id, a);
+  connected_["127.0.0.1:7001"]->store(false);
+  auto not_a = registry_.Pick({b});
+  EXPECT_FALSE(not_a.has_value());
+  const auto snapshot = registry_.Snapshot();
+  EXPECT_FALSE(snapshot[0].connected);
+  EXPECT_TRUE(snapshot[1].connected);
+  EXPECT_EQ(snapshot[0].inflight, 2);
+}
+
+TEST_F(RegistryTest, SpreadsRequestsWhenIdle) {
+  const uint64_t a = *registry_.Register(Info("a", 7001));
+  const uint64_t b = *registry_.Register(Info("b", 7002));
+  std::map<uint64_t, int> count;
+  for (int i = 0; i < 10; ++i) {
+    auto lease = registry_.Pick();
+    ASSERT_TRUE(lease.has_value());
+    ++count[lease->id];
+    registry_.Release(lease->id);
+  }
+  EXPECT_EQ(count[a], 5);
+  EXPECT_EQ(count[b], 5);
+}
+
+TEST_F(RegistryTest, HeartbeatTimeoutAndMarkDead) {
+  const uint64_t a = *registry_.Register(Info("a", 7001));
+  const uint64_t b = *registry_.Register(Info("b", 7002));
+  EXPECT_TRUE(registry_.Sweep(absl::Now()).empty());
+  // b keeps beating, a does not.
+  const absl::Time later = absl::Now() + absl::Milliseconds(400);
+  absl::SleepFor(absl::Milliseconds(200));
+  EXPECT_TRUE(registry_.Heartbeat(b, Load(0)));
+  absl::SleepFor(absl::Milliseconds(200));
+  EXPECT_TRUE(registry_.Heartbeat(b, Load(0)));
+  const std::vector<std::string> dead = registry_.Sweep(later);
+  EXPECT_EQ(dead, std::vector<std::string>{"a"});
+  EXPECT_FALSE(registry_.Heartbeat(a, Load(0)));  // tells the worker to register again
+  EXPECT_EQ(registry_.deaths(), 1);
+  auto lease = registry_.Pick();
+  ASSERT_TRUE(lease.has_value());
+  EXPECT_EQ(lease->id, b);
+  // A broken connection kills at once; a lease held on it stays usable until released.
+  registry_.MarkDead(b, absl::UnavailableError("connection reset"));
+  EXPECT_FALSE(registry_.Pick().has_value());
+  EXPECT_NE(lease->channel, nullptr);
+  registry_.Release(lease->id);                            // no-op on a dropped worker
+  registry_.MarkDead(b, absl::UnavailableError("again"));  // no-op
+  EXPECT_EQ(registry_.deaths(), 2);
+  EXPECT_TRUE(registry_.Snapshot().empty());
+  // Registering again works.
+  ASSERT_TRUE(registry_.Register(Info("a", 7001)).ok());
+  EXPECT_TRUE(registry_.Pick().has_value());
+}
+
+}  // namespace
+}  // namespace kvasir::coordinator

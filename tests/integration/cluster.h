@@ -1,0 +1,270 @@
+// Helpers for the integration tests: a local cluster of real processes on loopback
+// (kvasir-coordinator and kvasir-worker from the build's bin/), HTTP calls against it, and
+// parsing of SSE streams and Prometheus text. Every wait has a deadline; the processes are killed
+// (SIGKILL) when the Cluster goes away, so no test can leave one behind.
+#pragma once
+
+#include <signal.h>
+
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "absl/time/clock.h"
+#include "nlohmann/json.hpp"
+#include "tests/testing/paths.h"
+#include "transport/child_process.h"
+#include "transport/http/client.h"
+
+namespace kvasir::integration {
+
+using json = nlohmann::json;
+
+inline std::string Bin(const std::string& name) {
+  return std::string(KVASIR_BINARY_DIR) + "/bin/" + name;
+}
+
+inline const std::string& StoriesModel() {
+  static const std::string path = testing::SharedPath("models/stories260K.gguf");
+  return path;
+}
+
+// The value of `key=` in a line such as "kvasir-worker: name=w rpc=127.0.0.1:1 http=...".
+inline std::string LineField(const std::string& line, const std::string& key) {
+  for (absl::string_view part : absl::StrSplit(line, ' ')) {
+    if (absl::StartsWith(part, key + "=")) return std::string(part.substr(key.size() + 1));
+  }
+  return "";
+}
+
+inline uint16_t PortOf(const std::string& host_port) {
+  uint32_t port = 0;
+  const size_t colon = host_port.rfind(':');
+  if (colon == std::string::npos ||
+      !absl::SimpleAtoi(absl::string_view(host_port).substr(colon + 1), &port)) {
+    return 0;
+  }
+  return static_cast<uint16_t>(port);
+}
+
+struct ClusterOptions {
+  std::string model = StoriesModel();
+  int workers = 1;
+  std::vector<std::string> coordinator_args;  // extra flags
+  std::vector<std::string> worker_args;       // extra flags for every worker
+  bool wait_ready = true;
+};
+
+struct HttpResult {
+  int status = 0;
+  std::string body;
+  json j;  // parsed body (discarded when not JSON)
+  std::map<std::string, std::string> headers;
+};
+
+class Cluster {
+ public:
+  static absl::StatusOr<std::unique_ptr<Cluster>> Start(const ClusterOptions& options) {
+    std::unique_ptr<Cluster> c(new Cluster);
+    std::vector<std::string> args = {Bin("kvasir-coordinator"),
+                                     "--model",
+                                     options.model,
+                                     "--port",
+                                     "0",
+                                     "--rpc-port",
+                                     "0",
+                                     "--worker-timeout-ms",
+                                     "1500",
+                                     "--heartbeat-interval-ms",
+                                     "100",
+                                     "--request-timeout-s",
+                                     "60"};
+    args.insert(args.end(), options.coordinator_args.begin(), options.coordinator_args.end());
+    auto coordinator = transport::ChildProcess::Spawn(args);
+    if (!coordinator.ok()) return coordinator.status();
+    c->coordinator_ = std::make_unique<transport::ChildProcess>(std::move(*coordinator));
+    auto line = c->coordinator_->ReadLine(absl::Seconds(30));
+    if (!line.ok()) {
+      return absl::UnavailableError(
+          absl::StrCat("the coordinator did not start: ", line.status().ToString()));
+    }
+    c->port_ = PortOf(LineField(*line, "http"));
+    c->rpc_ = LineField(*line, "rpc");
+    c->model_name_ = LineField(*line, "model");
+    for (int i = 0; i < options.workers; ++i) {
+      absl::Status s = c->AddWorker(options.model, options.worker_args);
+      if (!s.ok()) return s;
+    }
+    if (options.wait_ready) {
+      absl::Status s = c->WaitReady(options.workers, absl::Seconds(30));
+      if (!s.ok()) return s;
+    }
+    return c;
+  }
+
+  // Starts one more worker registered with this coordinator.
+  absl::Status AddWorker(const std::string& model, const std::vector<std::string>& extra) {
+    const int index = static_cast<int>(workers_.size());
+    std::vector<std::string> args = {Bin("kvasir-worker"),
+                                     "--model",
+                                     model,
+                                     "--coordinator",
+                                     rpc_,
+                                     "--name",
+                                     "worker-" + std::to_string(index),
+                                     "--threads",
+                                     "1",
+                                     "--quiet"};
+    args.insert(args.end(), extra.begin(), extra.end());
+    auto worker = transport::ChildProcess::Spawn(args);
+    if (!worker.ok()) return worker.status();
+    workers_.push_back(std::make_unique<transport::ChildProcess>(std::move(*worker)));
+    auto line = workers_.back()->ReadLine(absl::Seconds(60));
+    if (!line.ok()) {
+      return absl::UnavailableError(
+          absl::StrCat("worker ", index, " did not start: ", line.status().ToString()));
+    }
+    worker_http_ports_.push_back(PortOf(LineField(*line, "http")));
+    return absl::OkStatus();
+  }
+
+  // Until /ready answers 200 with `workers` workers ready.
+  absl::Status WaitReady(int workers, absl::Duration timeout) {
+    const absl::Time deadline = absl::Now() + timeout;
+    while (absl::Now() < deadline) {
+      HttpResult r = Get("/ready", {}, absl::Seconds(2));
+      if (r.status == 200 && r.j.is_object() && r.j.contains("workers_ready") &&
+          r.j["workers_ready"].is_number_integer() && r.j["workers_ready"].get<int>() == workers) {
+        return absl::OkStatus();
+      }
+      absl::SleepFor(absl::Milliseconds(50));
+    }
+    return absl::DeadlineExceededError(absl::StrCat("not ready with ", workers, " workers"));
+  }
+
+  HttpResult Request(const std::string& method, const std::string& target, const std::string& body,
+                     const std::vector<transport::http::HttpHeader>& headers,
+                     absl::Duration timeout, uint16_t port) const {
+    transport::http::HttpClientRequest request;
+    request.method = method;
+    request.target = target;
+    request.body = body;
+    request.headers = headers;
+    HttpResult result;
+    auto r = transport::http::HttpFetch("127.0.0.1", port, request, timeout);
+    if (!r.ok()) {
+      result.status = -1;
+      result.body = r.status().ToString();
+      return result;
+    }
+    result.status = r->status;
+    result.body = r->body;
+    for (const auto& h : r->headers) result.headers[h.name] = h.value;
+    result.j = json::parse(r->body, nullptr, false);
+    return result;
+  }
+  HttpResult Post(const std::string& target, const json& body,
+                  const std::vector<transport::http::HttpHeader>& headers = {},
+                  absl::Duration timeout = absl::Seconds(60)) const {
+    return Request("POST", target, body.dump(), headers, timeout, port_);
+  }
+  HttpResult PostRaw(const std::string& target, const std::string& body,
+                     absl::Duration timeout = absl::Seconds(60)) const {
+    return Request("POST", target, body, {}, timeout, port_);
+  }
+  HttpResult Get(const std::string& target,
+                 const std::vector<transport::http::HttpHeader>& headers = {},
+                 absl::Duration timeout = absl::Seconds(10)) const {
+    return Request("GET", target, "", headers, timeout, port_);
+  }
+  std::string WorkerMetrics(int i) const {
+    return Request("GET", "/metrics", "", {}, absl::Seconds(5), worker_http_ports_[i]).body;
+  }
+
+  // Opens a streamed request (the response header is read).
+  absl::StatusOr<std::unique_ptr<transport::http::HttpClientStream>> OpenStream(
+      const std::string& target, const json& body) const {
+    transport::http::HttpClientRequest request;
+    request.method = "POST";
+    request.target = target;
+    request.body = body.dump();
+    return transport::http::HttpClientStream::Open("127.0.0.1", port_, request, absl::Seconds(30));
+  }
+
+  uint16_t port() const { return port_; }
+  const std::string& model_name() const { return model_name_; }
+  transport::ChildProcess& worker(int i) { return *workers_[i]; }
+  transport::ChildProcess& coordinator() { return *coordinator_; }
+  int num_workers() const { return static_cast<int>(workers_.size()); }
+
+ private:
+  Cluster() = default;
+  std::unique_ptr<transport::ChildProcess> coordinator_;
+  std::vector<std::unique_ptr<transport::ChildProcess>> workers_;
+  std::vector<uint16_t> worker_http_ports_;
+  uint16_t port_ = 0;
+  std::string rpc_;
+  std::string model_name_;
+};
+
+// The events of an SSE body: the payload of every "data: " line. `framing_ok` is false when
+// something else than "data: <payload>\n\n" blocks appears.
+inline std::vector<std::string> SseEvents(const std::string& body, bool* framing_ok) {
+  std::vector<std::string> events;
+  *framing_ok = true;
+  size_t at = 0;
+  while (at < body.size()) {
+    const size_t end = body.find("\n\n", at);
+    if (end == std::string::npos) {
+      *framing_ok = false;
+      break;
+    }
+    const std::string block = body.substr(at, end - at);
+    if (!absl::StartsWith(block, "data: ") || block.find('\n') != std::string::npos) {
+      *framing_ok = false;
+    } else {
+      events.push_back(block.substr(6));
+    }
+    at = end + 2;
+  }
+  return events;
+}
+
+// The value of the first sample whose line starts with `series` (a name, or a name with its
+// labels), or nullopt.
+inline std::optional<double> MetricValue(const std::string& text, const std::string& series) {
+  for (absl::string_view line : absl::StrSplit(text, '\n')) {
+    if (!absl::StartsWith(line, series)) continue;
+    const absl::string_view rest = line.substr(series.size());
+    if (rest.empty() || (rest[0] != ' ' && rest[0] != '{')) continue;
+    const size_t space = line.rfind(' ');
+    double value = 0;
+    if (space != absl::string_view::npos && absl::SimpleAtod(line.substr(space + 1), &value)) {
+      return value;
+    }
+  }
+  return std::nullopt;
+}
+
+// Runs `kvasir generate ... --json --quiet` and returns its JSON.
+inline absl::StatusOr<json> KvasirGenerate(const std::vector<std::string>& extra) {
+  std::vector<std::string> args = {Bin("kvasir"), "generate", "--json", "--quiet"};
+  args.insert(args.end(), extra.begin(), extra.end());
+  auto child = transport::ChildProcess::Spawn(args);
+  if (!child.ok()) return child.status();
+  auto line = child->ReadLine(absl::Seconds(120));
+  if (!line.ok()) return line.status();
+  json j = json::parse(*line, nullptr, false);
+  if (j.is_discarded()) return absl::InternalError("kvasir generate printed no JSON: " + *line);
+  (void)child->Wait(absl::Seconds(10));
+  return j;
+}
+
+}  // namespace kvasir::integration
