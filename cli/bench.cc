@@ -1,5 +1,5 @@
 // `kvasir bench <subject>`: benchmarks that print a table, or one JSON object with --json.
-#include "transport/bench.h"
+#include "cachestore/bench.h"
 
 #include <cstdio>
 #include <iostream>
@@ -12,6 +12,7 @@
 #include "common/units.h"
 #include "kvcache/policy.h"
 #include "nlohmann/json.hpp"
+#include "transport/bench.h"
 #include "worker/engine_bench.h"
 
 namespace kvasir::cli {
@@ -178,6 +179,49 @@ int RunBenchTransport(int argc, char** argv) {
   return 0;
 }
 
+int RunBenchCachestore(int argc, char** argv) {
+  const std::string cmd = "kvasir bench cachestore";
+  ArgParser p("kvasir bench cachestore [--store HOST:PORT] [--json]",
+              "Measures put and get GB/s of 64 KiB to 16 MiB blocks and small (4 KiB) block "
+              "operations per second with p50/p99 latency, with 1 and 8 concurrent clients. "
+              "Without --store it starts its own kvasir-cachestore. In the same run it measures "
+              "raw UCX gets of the store's memory for the get/raw ratio; --redis adds "
+              "redis-benchmark against a local redis-server at the same value size.");
+  std::string store, ucx_tls;
+  bool json = false, redis = false, rpc = false, verify = false;
+  int64_t time_ms = 1000;
+  p.AddString("store", &store, "HOST:PORT", "a running kvasir-cachestore (default: start one)");
+  p.AddString("ucx-tls", &ucx_tls, "LIST", "UCX_TLS for the started store and the clients");
+  p.AddBool("rpc", &rpc, "carry data over the control plane instead of UCX");
+  p.AddBool("verify", &verify, "verify every block read (checksums)");
+  p.AddBool("redis", &redis, "also run redis-benchmark against a local redis-server");
+  p.AddInt("time-ms", &time_ms, "time per measured point in milliseconds");
+  p.AddBool("json", &json, "print one JSON object");
+  if (absl::Status s = p.Parse(argc, argv); !s.ok()) return Fail(cmd, s, 2);
+  if (p.help_requested()) {
+    std::fputs(p.Help().c_str(), stdout);
+    return 0;
+  }
+  if (time_ms <= 0) {
+    return Fail(cmd, absl::InvalidArgumentError("--time-ms must be positive"), 2);
+  }
+  cachestore::CachestoreBenchOptions o;
+  o.store = store;
+  o.ucx_tls = ucx_tls;
+  o.redis = redis;
+  o.verify_reads = verify;
+  if (rpc) o.data_path = cachestore::DataPath::kRpc;
+  o.time_per_point = absl::Milliseconds(time_ms);
+  auto r = cachestore::RunCachestoreBench(o);
+  if (!r.ok()) return Fail(cmd, r.status());
+  if (json) {
+    std::cout << cachestore::CachestoreBenchJson(*r).dump() << "\n";
+  } else {
+    std::cout << cachestore::CachestoreBenchTable(*r);
+  }
+  return 0;
+}
+
 }  // namespace
 
 int RunBench(int argc, char** argv) {
@@ -185,6 +229,7 @@ int RunBench(int argc, char** argv) {
       "usage: kvasir bench <subject> [options]\n\nsubjects:\n"
       "  engine      prefill and decode tokens/s, memory bandwidth\n"
       "  transport   UCX put/get bandwidth by message size, RPC round trip\n"
+      "  cachestore  block put/get GB/s and small-block ops/s of kvasir-cachestore\n"
       "\nRun 'kvasir bench <subject> --help' for its options.\n";
   if (argc < 2 || std::string(argv[1]) == "--help" || std::string(argv[1]) == "-h") {
     std::fputs(usage.c_str(), argc < 2 ? stderr : stdout);
@@ -193,6 +238,7 @@ int RunBench(int argc, char** argv) {
   const std::string subject = argv[1];
   if (subject == "engine") return RunBenchEngine(argc - 1, argv + 1);
   if (subject == "transport") return RunBenchTransport(argc - 1, argv + 1);
+  if (subject == "cachestore") return RunBenchCachestore(argc - 1, argv + 1);
   std::fprintf(stderr, "kvasir bench: unknown subject '%s'\n\n%s", subject.c_str(), usage.c_str());
   return 2;
 }

@@ -15,7 +15,8 @@ constexpr const char* kUsage =
     "commands:\n"
     "  generate   generate text from a prompt in this process\n"
     "  eval       quality of a KV policy against the full cache (perplexity, agreement)\n"
-    "  bench      benchmarks (engine, transport)\n"
+    "  bench      benchmarks (engine, transport, cachestore)\n"
+    "  up         start a local cluster (coordinator, workers) serving the OpenAI API\n"
     "  calibrate  fit the parameters of a KV policy to a model (pod)\n"
     "\n"
     "Run 'kvasir <command> --help' for the options of a command.\n";
