@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <vector>
 
 #include "common/base/check.h"
 #include "kernels/cpu/internal.h"
@@ -87,15 +88,52 @@ void RopeRef(float* x, int64_t n_tokens, int64_t token_stride, int n_heads, int 
   }
 }
 
+// The angles of a position, computed once per thread and kept: every layer and head of a forward
+// step rotates by the same positions, and pow/sincos in double precision cost more than the
+// rotation itself. Positions past kMaxCachedPos are computed each time.
+class RopeAngleCache {
+ public:
+  const float* Get(int32_t pos, int n_rot, float freq_base, float* scratch) {
+    if (pos < 0 || pos >= kMaxCachedPos) {
+      RopeAngles(pos, n_rot, freq_base, scratch);
+      return scratch;
+    }
+    if (n_rot != n_rot_ || freq_base != freq_base_) {
+      n_rot_ = n_rot;
+      freq_base_ = freq_base;
+      table_.clear();
+      have_.clear();
+    }
+    if (static_cast<size_t>(pos) >= have_.size()) {
+      const size_t size = std::max<size_t>(static_cast<size_t>(pos) + 1, have_.size() * 2);
+      have_.resize(size, 0);
+      table_.resize(size * static_cast<size_t>(n_rot));
+    }
+    float* entry = table_.data() + static_cast<size_t>(pos) * static_cast<size_t>(n_rot);
+    if (!have_[static_cast<size_t>(pos)]) {
+      RopeAngles(pos, n_rot, freq_base, entry);
+      have_[static_cast<size_t>(pos)] = 1;
+    }
+    return entry;
+  }
+
+ private:
+  static constexpr int32_t kMaxCachedPos = 1 << 17;
+  int n_rot_ = -1;
+  float freq_base_ = 0.0f;
+  std::vector<float> table_;
+  std::vector<uint8_t> have_;
+};
+
 void Rope(float* x, int64_t n_tokens, int64_t token_stride, int n_heads, int head_dim, int n_rot,
           const int32_t* pos, float freq_base, RopeLayout layout) {
   KVASIR_CHECK(n_rot >= 0 && n_rot <= head_dim && n_rot % 2 == 0 && n_rot <= kMaxRot);
   if (n_rot == 0) return;
-  float cos_sin[kMaxRot];
+  thread_local RopeAngleCache cache;
+  float scratch[kMaxRot];
   const bool avx2 = UseAvx2();
   for (int64_t t = 0; t < n_tokens; ++t) {
-    // Consecutive tokens of a prefill often share nothing, but a batch may repeat positions.
-    if (t == 0 || pos[t] != pos[t - 1]) RopeAngles(pos[t], n_rot, freq_base, cos_sin);
+    const float* cos_sin = cache.Get(pos[t], n_rot, freq_base, scratch);
     float* xt = x + t * token_stride;
     if (avx2) {
       avx2::RopeToken(xt, n_heads, head_dim, n_rot, cos_sin, layout);

@@ -139,6 +139,7 @@ void MicroQ4(const uint8_t* const* wrow, const QuantizedActs& a, int64_t t0, flo
   }
   alignas(32) float dw[MR][kChunk];
   alignas(32) float mw[MR][kChunk];
+  const int64_t ahead = MR * nb * static_cast<int64_t>(sizeof(Block));
 #pragma GCC unroll 8
   for (int r = 0; r < MR; ++r) {
 #pragma GCC unroll 8
@@ -146,6 +147,13 @@ void MicroQ4(const uint8_t* const* wrow, const QuantizedActs& a, int64_t t0, flo
   }
   for (int64_t c0 = 0; c0 < nb; c0 += kChunk) {
     const int cn = static_cast<int>(Min64(kChunk, nb - c0));
+    // The next MR rows follow these in memory: fetch their chunk while this one is computed.
+    for (int r = 0; r < MR; ++r) {
+      const char* next = reinterpret_cast<const char*>(blocks[r] + c0) + ahead;
+      for (int64_t off = 0; off < cn * static_cast<int64_t>(sizeof(Block)); off += 64) {
+        _mm_prefetch(next + off, _MM_HINT_T0);
+      }
+    }
 #pragma GCC unroll 8
     for (int r = 0; r < MR; ++r) {
       ConvertScalesQ4<kQ41>(reinterpret_cast<const uint8_t*>(blocks[r] + c0), cn, dw[r], mw[r]);
@@ -321,11 +329,14 @@ void MicroQ8_0(const uint8_t* const* wrow, const QuantizedActs& a, int64_t t0, f
     xd[t] = a.d_row(t0 + t);
   }
   const int64_t nb = a.blocks;
+  // The next MR rows follow these in memory: fetch them while these are computed.
+  const int64_t ahead = MR * nb * static_cast<int64_t>(sizeof(BlockQ8_0));
   for (int64_t b = 0; b < nb; ++b) {
     __m256i wv[MR], wabs[MR];
     __m256 bdw[MR];
 #pragma GCC unroll 8
     for (int r = 0; r < MR; ++r) {
+      _mm_prefetch(reinterpret_cast<const char*>(blocks[r] + b) + ahead, _MM_HINT_T0);
       wv[r] = LoadI8(blocks[r][b].qs);
       wabs[r] = _mm256_sign_epi8(wv[r], wv[r]);
       bdw[r] = _mm256_set1_ps(HalfToFloat(blocks[r][b].d));

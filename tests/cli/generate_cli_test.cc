@@ -13,6 +13,7 @@
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
 #include "tests/testing/paths.h"
+#include "tests/testing/safetensors_builder.h"
 
 namespace kvasir::cli {
 namespace {
@@ -189,6 +190,33 @@ TEST(GenerateCliTest, SafetensorsWithALyingHeader) {
   file += std::string(16, '\1');
   std::ofstream(dir + "/model.safetensors", std::ios::binary).write(file.data(), file.size());
   ExpectOneLineError(dir, "model.safetensors");
+}
+
+// A Hugging Face Llama folder whose tokenizer is a SentencePiece tokenizer.model (Llama-2's
+// layout), in the real binary: it links libprotobuf for the control plane, and libsentencepiece
+// carries a protobuf of its own; the two must not meet (model/tokenizer/sentencepiece_model.cc).
+// tests/testing/fixtures/spm400.model: BPE, 400 pieces, byte fallback, trained with spm_train on
+// the first 30000 bytes of ../shared/eval/shakespeare-public.txt.
+TEST(GenerateCliTest, HfFolderWithASentencePieceTokenizerModel) {
+  const std::string dir = TempDir() + "/hf_spm";
+  std::filesystem::create_directories(dir);
+  testing::TinyLlamaSpec spec;
+  spec.n_vocab = 400;
+  ASSERT_TRUE(testing::WriteTinyLlamaHfDir(dir, spec));
+  std::filesystem::copy_file(testing::RepoPath("tests/testing/fixtures/spm400.model"),
+                             dir + "/tokenizer.model",
+                             std::filesystem::copy_options::overwrite_existing);
+  RunResult r = Kvasir({"generate", "--model", dir, "--prompt", "To be, or not to be",
+                        "--max-tokens", "4", "--temperature", "0", "--ignore-eos", "--json"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  const nlohmann::json j = nlohmann::json::parse(r.out, nullptr, false);
+  ASSERT_FALSE(j.is_discarded()) << r.out;
+  ASSERT_TRUE(j["prompt_ids"].is_array());
+  // BOS, then fewer pieces than bytes: the merges of the trained model were applied.
+  ASSERT_GE(j["prompt_ids"].size(), 2u);
+  EXPECT_EQ(j["prompt_ids"][0], 1);
+  EXPECT_LT(j["prompt_ids"].size(), std::string("To be, or not to be").size());
+  EXPECT_EQ(j["ids"].size(), 4u);
 }
 
 }  // namespace
