@@ -1,15 +1,10 @@
 // The cachestore bench (see bench.h).
 #include "cachestore/bench.h"
 
-#include <arpa/inet.h>
-#include <netinet/in.h>
 #include <signal.h>
-#include <sys/socket.h>
-#include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
-#include <filesystem>
 #include <thread>
 
 #include "absl/strings/numbers.h"
@@ -29,35 +24,8 @@ namespace kvasir::cachestore {
 namespace {
 
 using transport::ChildProcess;
-
-std::string FindStoreBinary(const std::string& configured) {
-  if (!configured.empty()) return configured;
-  std::error_code ec;
-  const std::filesystem::path self = std::filesystem::read_symlink("/proc/self/exe", ec);
-  if (!ec) {
-    for (const auto& candidate : {self.parent_path() / "kvasir-cachestore",
-                                  self.parent_path().parent_path() / "bin" / "kvasir-cachestore"}) {
-      if (std::filesystem::exists(candidate, ec)) return candidate.string();
-    }
-  }
-  return "build/bin/kvasir-cachestore";
-}
-
-absl::StatusOr<uint16_t> FreePort() {
-  const int fd = socket(AF_INET, SOCK_STREAM, 0);
-  if (fd < 0) return absl::InternalError("socket");
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  socklen_t len = sizeof addr;
-  if (bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0 ||
-      getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len) != 0) {
-    close(fd);
-    return absl::InternalError("bind");
-  }
-  close(fd);
-  return ntohs(addr.sin_port);
-}
+using transport::FindSiblingBinary;
+using transport::FreeLoopbackPort;
 
 double Percentile(std::vector<double>& values, double p) {
   if (values.empty()) return 0;
@@ -115,7 +83,7 @@ absl::StatusOr<Store> StartOrFindStore(const CachestoreBenchOptions& o) {
     store.port = static_cast<uint16_t>(port);
     return store;
   }
-  std::vector<std::string> argv = {FindStoreBinary(o.store_binary),
+  std::vector<std::string> argv = {FindSiblingBinary(o.store_binary, "kvasir-cachestore"),
                                    "--port=0",
                                    "--no-http",
                                    "--capacity=1GiB",
@@ -367,7 +335,7 @@ absl::Status MeasureSmallOps(const CachestoreBenchOptions& o,
 
 // redis-benchmark's CSV: "test","rps","avg_latency_ms","min_latency_ms","p50_latency_ms",...
 absl::Status RunRedis(const CachestoreBenchOptions& o, CachestoreBenchResult& result) {
-  KVASIR_ASSIGN_OR_RETURN(uint16_t port, FreePort());
+  KVASIR_ASSIGN_OR_RETURN(uint16_t port, FreeLoopbackPort());
   KVASIR_ASSIGN_OR_RETURN(
       ChildProcess server,
       ChildProcess::Spawn({o.redis_server, "--port", std::to_string(port), "--bind", "127.0.0.1",

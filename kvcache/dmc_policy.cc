@@ -8,6 +8,7 @@
 #include "common/base/half.h"
 #include "common/status_macros.h"
 #include "kvcache/dmc_state.h"
+#include "kvcache/eviction_common.h"
 #include "kvcache/policies.h"
 
 namespace kvasir::kvcache {
@@ -357,20 +358,14 @@ std::unique_ptr<PolicyState> DmcPolicy::NewState(const KvGeometry& g) const {
 }
 
 absl::Status DmcPolicy::Reserve(KvCache& cache, SequenceKv& seq, int32_t n_new) const {
-  const KvGeometry& g = cache.geometry();
-  for (int32_t l = 0; l < g.n_layer; ++l) {
-    for (int32_t h = 0; h < g.n_head_kv; ++h) {
-      for (HeadTable* t : {&seq.k(l, h), &seq.v(l, h)}) {
-        // Worst case every token appends; the tail slot may be rewritten, so its page must be
-        // private.
-        // With a recent window the ring after the sinks is rewritten too.
-        const int32_t tail = std::max(0, t->length - 1);
-        const int32_t first_write = options_.recent > 0 ? std::min(options_.sink, tail) : tail;
-        KVASIR_RETURN_IF_ERROR(cache.Reserve(*t, t->length + n_new, first_write));
-      }
-    }
-  }
-  return absl::OkStatus();
+  return internal::ReserveEveryTable(cache, seq, [&](const HeadTable& t) {
+    // Worst case every token appends; the tail slot may be rewritten, so its page must be
+    // private.
+    // With a recent window the ring after the sinks is rewritten too.
+    const int32_t tail = std::max(0, t.length - 1);
+    const int32_t first_write = options_.recent > 0 ? std::min(options_.sink, tail) : tail;
+    return std::pair<int32_t, int32_t>(t.length + n_new, first_write);
+  });
 }
 
 absl::Status DmcPolicy::Attend(KvCache& cache, const LayerInputs& in,
@@ -456,13 +451,7 @@ absl::Status DmcPolicy::Attend(KvCache& cache, const LayerInputs& in,
 
 absl::Status DmcPolicy::EndStep(KvCache& cache, SequenceKv& seq, int32_t n_new) const {
   // Give back the pages reserved for appends that turned out to be merges.
-  const KvGeometry& g = cache.geometry();
-  for (int32_t l = 0; l < g.n_layer; ++l) {
-    for (int32_t h = 0; h < g.n_head_kv; ++h) {
-      cache.Truncate(seq.k(l, h), seq.k(l, h).length);
-      cache.Truncate(seq.v(l, h), seq.v(l, h).length);
-    }
-  }
+  internal::TruncateEveryTable(cache, seq);
   return absl::OkStatus();
 }
 

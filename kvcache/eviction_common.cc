@@ -5,6 +5,9 @@
 #include <cmath>
 #include <cstring>
 
+#include "absl/strings/str_cat.h"
+#include "common/strings.h"
+
 namespace kvasir::kvcache::internal {
 
 HeadRows RowsOf(const LayerInputs& in, const SeqSpan& span, int32_t kv_head, const KvGeometry& g) {
@@ -78,6 +81,26 @@ void TableAttention::Run(const HeadRows& rows, int32_t first, int32_t n, int32_t
   kernels::cpu::Attention(a);
 }
 
+void TruncateEveryTable(KvCache& cache, SequenceKv& seq) {
+  const KvGeometry& g = cache.geometry();
+  for (int32_t l = 0; l < g.n_layer; ++l) {
+    for (int32_t h = 0; h < g.n_head_kv; ++h) {
+      cache.Truncate(seq.k(l, h), seq.k(l, h).length);
+      cache.Truncate(seq.v(l, h), seq.v(l, h).length);
+    }
+  }
+}
+
+absl::Status CheckReserved(const KvCache& cache, const HeadTable& k, const HeadTable& v,
+                           int64_t need) {
+  const int64_t page_size = cache.pool().page_size();
+  if (static_cast<int64_t>(k.pages.size()) * page_size < need ||
+      static_cast<int64_t>(v.pages.size()) * page_size < need) {
+    return absl::FailedPreconditionError("KV tables were not reserved before Attend");
+  }
+  return absl::OkStatus();
+}
+
 void CopySlot(KvCache& cache, const HeadTable& table, int32_t from, int32_t to) {
   if (from == to) return;
   std::memcpy(cache.SlotPtr(table, to), cache.SlotPtr(table, from), cache.pool().slot_bytes());
@@ -132,6 +155,40 @@ bool StateReader::F32s(std::span<float> v) {
   if (remaining() / 4 < v.size()) return false;
   for (float& x : v) F32(x);
   return true;
+}
+
+void WriteStateHeader(StateWriter& w, const StateHeader& header) {
+  w.U32(header.magic);
+  w.U32(header.version);
+  w.I32(header.n_layer);
+  w.I32(header.n_head_kv);
+  w.I32(header.params[0]);
+  w.I32(header.params[1]);
+}
+
+absl::Status ReadStateHeader(StateReader& r, const StateHeader& expected, std::string_view spec) {
+  const char* policy = expected.policy;
+  uint32_t magic = 0, version = 0;
+  int32_t n_layer = 0, n_kv = 0, p0 = 0, p1 = 0;
+  if (!r.U32(magic) || magic != expected.magic) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(policy, " state: bad magic (not ", expected.article, " ", policy, " state)"));
+  }
+  if (!r.U32(version) || version != expected.version) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(policy, " state: unsupported version ", version));
+  }
+  if (!r.I32(n_layer) || !r.I32(n_kv) || !r.I32(p0) || !r.I32(p1)) {
+    return absl::InvalidArgumentError(absl::StrCat(policy, " state: truncated header"));
+  }
+  if (n_layer != expected.n_layer || n_kv != expected.n_head_kv || p0 != expected.params[0] ||
+      p1 != expected.params[1]) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        policy, " state: saved for ", n_layer, " layers x ", n_kv, " heads, ",
+        expected.param_names[0], " ", p0, ", ", expected.param_names[1], " ", p1, "; this is ",
+        ToAbsl(spec), " on ", expected.n_layer, " x ", expected.n_head_kv));
+  }
+  return absl::OkStatus();
 }
 
 }  // namespace kvasir::kvcache::internal

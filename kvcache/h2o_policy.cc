@@ -21,6 +21,17 @@ const H2oState* StateOf(const SequenceKv& seq) {
   return dynamic_cast<const H2oState*>(seq.state());
 }
 
+internal::StateHeader HeaderOf(const H2oState& state, int32_t budget, int32_t recent) {
+  return {.policy = "h2o",
+          .article = "an",
+          .magic = kH2oMagic,
+          .version = kH2oVersion,
+          .n_layer = state.n_layer(),
+          .n_head_kv = state.n_head_kv(),
+          .param_names = {"budget", "recent"},
+          .params = {budget, recent}};
+}
+
 }  // namespace
 
 std::string H2oPolicy::spec() const {
@@ -40,26 +51,19 @@ std::unique_ptr<PolicyState> H2oPolicy::NewState(const KvGeometry& geometry) con
 }
 
 absl::Status H2oPolicy::Reserve(KvCache& cache, SequenceKv& seq, int32_t n_new) const {
-  const KvGeometry& g = cache.geometry();
-  for (int32_t l = 0; l < g.n_layer; ++l) {
-    for (int32_t h = 0; h < g.n_head_kv; ++h) {
-      for (HeadTable* t : {&seq.k(l, h), &seq.v(l, h)}) {
-        const int64_t end = int64_t{t->length} + n_new;
-        const int32_t slots = static_cast<int32_t>(std::min<int64_t>(end, int64_t{budget_} + 1));
-        // An eviction refills the evicted slot, which may be any slot.
-        const int32_t first_write = end > budget_ ? 0 : t->length;
-        KVASIR_RETURN_IF_ERROR(cache.Reserve(*t, slots, first_write));
-      }
-    }
-  }
-  return absl::OkStatus();
+  return internal::ReserveEveryTable(cache, seq, [&](const HeadTable& t) {
+    const int64_t end = int64_t{t.length} + n_new;
+    const int32_t slots = static_cast<int32_t>(std::min<int64_t>(end, int64_t{budget_} + 1));
+    // An eviction refills the evicted slot, which may be any slot.
+    const int32_t first_write = end > budget_ ? 0 : t.length;
+    return std::pair<int32_t, int32_t>(slots, first_write);
+  });
 }
 
 absl::Status H2oPolicy::Attend(KvCache& cache, const LayerInputs& in,
                                kernels::cpu::CpuContext& ctx) const {
   const KvGeometry& g = cache.geometry();
   const int32_t n_kv = g.n_head_kv;
-  const int32_t page_size = cache.pool().page_size();
   for (const SeqSpan& span : in.seqs) {
     const H2oState* state = StateOf(*span.seq);
     if (state == nullptr || state->n_layer() != g.n_layer || state->n_head_kv() != n_kv) {
@@ -77,67 +81,55 @@ absl::Status H2oPolicy::Attend(KvCache& cache, const LayerInputs& in,
             " slots and the state ", head.token.size(), " (budget ", budget_, ")"));
       }
       const int64_t need = std::min<int64_t>(int64_t{kt.length} + span.count, budget_ + 1);
-      if (static_cast<int64_t>(kt.pages.size()) * page_size < need ||
-          static_cast<int64_t>(vt.pages.size()) * page_size < need) {
-        return absl::FailedPreconditionError("KV tables were not reserved before Attend");
-      }
+      KVASIR_RETURN_IF_ERROR(internal::CheckReserved(cache, kt, vt, need));
     }
   }
 
-  ctx.pool->ParallelFor(static_cast<int64_t>(in.seqs.size()) * n_kv, [&](int64_t task, int) {
-    const SeqSpan& span = in.seqs[static_cast<size_t>(task / n_kv)];
-    const int32_t h = static_cast<int32_t>(task % n_kv);
-    HeadTable& kt = span.seq->k(in.layer, h);
-    HeadTable& vt = span.seq->v(in.layer, h);
-    H2oState::Head& head = StateOf(*span.seq)->head(in.layer, h);
-    const internal::HeadRows rows = internal::RowsOf(in, span, h, g);
-    internal::RotateRows(rows, g);
-    const internal::TableAttention attention(cache, kt, vt);
-    const int64_t t0 = span.seq->n_tokens();
-    int32_t len = kt.length;
-    for (int32_t i = 0; i < span.count; ++i) {
-      const int32_t t = static_cast<int32_t>(t0 + i);
-      cache.WriteSlot(kt, len, rows.k + i * rows.k_stride);
-      cache.WriteSlot(vt, len, rows.v + i * rows.v_stride);
-      head.token.push_back(t);
-      head.score.push_back(0.0f);
-      ++len;
-      // The group's probabilities of this query are added straight into the scores.
-      attention.Run(rows, i, 1, len, nullptr, head.score.data());
-      if (len <= budget_) continue;
-      // Evict the lowest score among the tokens older than the `recent` newest (ties: oldest).
-      int32_t victim = -1;
-      for (int32_t s = 0; s < len; ++s) {
-        if (head.token[s] > t - recent_) continue;
-        if (victim < 0 || head.score[s] < head.score[victim] ||
-            (head.score[s] == head.score[victim] && head.token[s] < head.token[victim])) {
-          victim = s;
+  internal::ForEachHeadTask(
+      in, n_kv, ctx, [&](const SeqSpan& span, int32_t h, HeadTable& kt, HeadTable& vt) {
+        H2oState::Head& head = StateOf(*span.seq)->head(in.layer, h);
+        const internal::HeadRows rows = internal::RowsOf(in, span, h, g);
+        internal::RotateRows(rows, g);
+        const internal::TableAttention attention(cache, kt, vt);
+        const int64_t t0 = span.seq->n_tokens();
+        int32_t len = kt.length;
+        for (int32_t i = 0; i < span.count; ++i) {
+          const int32_t t = static_cast<int32_t>(t0 + i);
+          cache.WriteSlot(kt, len, rows.k + i * rows.k_stride);
+          cache.WriteSlot(vt, len, rows.v + i * rows.v_stride);
+          head.token.push_back(t);
+          head.score.push_back(0.0f);
+          ++len;
+          // The group's probabilities of this query are added straight into the scores.
+          attention.Run(rows, i, 1, len, nullptr, head.score.data());
+          if (len <= budget_) continue;
+          // Evict the lowest score among the tokens older than the `recent` newest (ties: oldest).
+          int32_t victim = -1;
+          for (int32_t s = 0; s < len; ++s) {
+            if (head.token[s] > t - recent_) continue;
+            if (victim < 0 || head.score[s] < head.score[victim] ||
+                (head.score[s] == head.score[victim] && head.token[s] < head.token[victim])) {
+              victim = s;
+            }
+          }
+          const int32_t last = len - 1;
+          if (victim != last) {
+            internal::CopySlot(cache, kt, last, victim);
+            internal::CopySlot(cache, vt, last, victim);
+            head.token[victim] = head.token[last];
+            head.score[victim] = head.score[last];
+          }
+          head.token.pop_back();
+          head.score.pop_back();
+          --len;
         }
-      }
-      const int32_t last = len - 1;
-      if (victim != last) {
-        internal::CopySlot(cache, kt, last, victim);
-        internal::CopySlot(cache, vt, last, victim);
-        head.token[victim] = head.token[last];
-        head.score[victim] = head.score[last];
-      }
-      head.token.pop_back();
-      head.score.pop_back();
-      --len;
-    }
-    kt.length = vt.length = len;
-  });
+        kt.length = vt.length = len;
+      });
   return absl::OkStatus();
 }
 
 absl::Status H2oPolicy::EndStep(KvCache& cache, SequenceKv& seq, int32_t n_new) const {
-  const KvGeometry& g = cache.geometry();
-  for (int32_t l = 0; l < g.n_layer; ++l) {
-    for (int32_t h = 0; h < g.n_head_kv; ++h) {
-      cache.Truncate(seq.k(l, h), seq.k(l, h).length);
-      cache.Truncate(seq.v(l, h), seq.v(l, h).length);
-    }
-  }
+  internal::TruncateEveryTable(cache, seq);
   return absl::OkStatus();
 }
 
@@ -145,12 +137,7 @@ absl::Status H2oPolicy::SaveState(const SequenceKv& seq, std::string& out) const
   const H2oState* state = StateOf(seq);
   if (state == nullptr) return absl::FailedPreconditionError("h2o: the sequence has no h2o state");
   internal::StateWriter w(out);
-  w.U32(kH2oMagic);
-  w.U32(kH2oVersion);
-  w.I32(state->n_layer());
-  w.I32(state->n_head_kv());
-  w.I32(budget_);
-  w.I32(recent_);
+  internal::WriteStateHeader(w, HeaderOf(*state, budget_, recent_));
   for (int32_t l = 0; l < state->n_layer(); ++l) {
     for (int32_t h = 0; h < state->n_head_kv(); ++h) {
       const H2oState::Head& head = state->head(l, h);
@@ -166,24 +153,8 @@ absl::Status H2oPolicy::LoadState(std::string_view in, SequenceKv& seq) const {
   H2oState* state = StateOf(seq);
   if (state == nullptr) return absl::FailedPreconditionError("h2o: the sequence has no h2o state");
   internal::StateReader r(in);
-  uint32_t magic = 0, version = 0;
-  int32_t n_layer = 0, n_kv = 0, budget = 0, recent = 0;
-  if (!r.U32(magic) || magic != kH2oMagic) {
-    return absl::InvalidArgumentError("h2o state: bad magic (not an h2o state)");
-  }
-  if (!r.U32(version) || version != kH2oVersion) {
-    return absl::InvalidArgumentError(absl::StrCat("h2o state: unsupported version ", version));
-  }
-  if (!r.I32(n_layer) || !r.I32(n_kv) || !r.I32(budget) || !r.I32(recent)) {
-    return absl::InvalidArgumentError("h2o state: truncated header");
-  }
-  if (n_layer != state->n_layer() || n_kv != state->n_head_kv() || budget != budget_ ||
-      recent != recent_) {
-    return absl::InvalidArgumentError(absl::StrCat("h2o state: saved for ", n_layer, " layers x ",
-                                                   n_kv, " heads, budget ", budget, ", recent ",
-                                                   recent, "; this is ", spec(), " on ",
-                                                   state->n_layer(), " x ", state->n_head_kv()));
-  }
+  KVASIR_RETURN_IF_ERROR(internal::ReadStateHeader(r, HeaderOf(*state, budget_, recent_), spec()));
+  const int32_t n_layer = state->n_layer(), n_kv = state->n_head_kv();
   std::vector<H2oState::Head> heads(static_cast<size_t>(n_layer) * n_kv);
   for (H2oState::Head& head : heads) {
     int32_t n = 0;

@@ -23,6 +23,17 @@ const LococoState* StateOf(const SequenceKv& seq) {
   return dynamic_cast<const LococoState*>(seq.state());
 }
 
+internal::StateHeader HeaderOf(const LococoState& state, int32_t slots, int32_t chunk) {
+  return {.policy = "lococo",
+          .article = "a",
+          .magic = kLococoMagic,
+          .version = kLococoVersion,
+          .n_layer = state.n_layer(),
+          .n_head_kv = state.n_head_kv(),
+          .param_names = {"slots", "chunk"},
+          .params = {slots, chunk}};
+}
+
 // Indices of the `k` largest scores[idx[i]] over i < idx.size() (ties: smaller i first), as
 // positions into idx, in increasing order.
 void TopK(std::span<const int32_t> idx, const float* scores, int32_t k, std::vector<int32_t>& out) {
@@ -168,20 +179,14 @@ void LococoPolicy::Compress(int32_t layer, int32_t hd, int32_t n, const float* k
 }
 
 absl::Status LococoPolicy::Reserve(KvCache& cache, SequenceKv& seq, int32_t n_new) const {
-  const KvGeometry& g = cache.geometry();
   const int64_t pending = seq.n_tokens() % chunk_;
   const bool compresses = pending + n_new >= chunk_;
-  for (int32_t l = 0; l < g.n_layer; ++l) {
-    for (int32_t h = 0; h < g.n_head_kv; ++h) {
-      for (HeadTable* t : {&seq.k(l, h), &seq.v(l, h)}) {
-        const int32_t slots = static_cast<int32_t>(
-            std::min<int64_t>(int64_t{t->length} + n_new, int64_t{slots_} + chunk_));
-        // A compression rewrites every slot.
-        KVASIR_RETURN_IF_ERROR(cache.Reserve(*t, slots, compresses ? 0 : t->length));
-      }
-    }
-  }
-  return absl::OkStatus();
+  return internal::ReserveEveryTable(cache, seq, [&](const HeadTable& t) {
+    const int32_t slots = static_cast<int32_t>(
+        std::min<int64_t>(int64_t{t.length} + n_new, int64_t{slots_} + chunk_));
+    // A compression rewrites every slot.
+    return std::pair<int32_t, int32_t>(slots, compresses ? 0 : t.length);
+  });
 }
 
 absl::Status LococoPolicy::Attend(KvCache& cache, const LayerInputs& in,
@@ -189,7 +194,6 @@ absl::Status LococoPolicy::Attend(KvCache& cache, const LayerInputs& in,
   const KvGeometry& g = cache.geometry();
   const int32_t n_kv = g.n_head_kv;
   const int32_t hd = g.head_dim;
-  const int32_t page_size = cache.pool().page_size();
   const int64_t max_len = int64_t{slots_} + chunk_;
   for (const SeqSpan& span : in.seqs) {
     const LococoState* state = StateOf(*span.seq);
@@ -208,75 +212,63 @@ absl::Status LococoPolicy::Attend(KvCache& cache, const LayerInputs& in,
             " slots and ", hh_size, " scores with ", pending, " tokens of the chunk pending"));
       }
       const int64_t need = std::min<int64_t>(int64_t{kt.length} + span.count, max_len);
-      if (static_cast<int64_t>(kt.pages.size()) * page_size < need ||
-          static_cast<int64_t>(vt.pages.size()) * page_size < need) {
-        return absl::FailedPreconditionError("KV tables were not reserved before Attend");
-      }
+      KVASIR_RETURN_IF_ERROR(internal::CheckReserved(cache, kt, vt, need));
     }
   }
 
-  ctx.pool->ParallelFor(static_cast<int64_t>(in.seqs.size()) * n_kv, [&](int64_t task, int) {
-    const SeqSpan& span = in.seqs[static_cast<size_t>(task / n_kv)];
-    const int32_t h = static_cast<int32_t>(task % n_kv);
-    HeadTable& kt = span.seq->k(in.layer, h);
-    HeadTable& vt = span.seq->v(in.layer, h);
-    std::vector<float>& hh = StateOf(*span.seq)->hh(in.layer, h);
-    const internal::HeadRows rows = internal::RowsOf(in, span, h, g);
-    internal::RotateRows(rows, g);
-    const internal::TableAttention attention(cache, kt, vt);
-    thread_local std::vector<int32_t> visible;
-    thread_local std::vector<float> old_k, old_v, new_k, new_v;
-    const int64_t t0 = span.seq->n_tokens();
-    int32_t len = kt.length;
-    for (int32_t i = 0; i < span.count;) {
-      // The part of the span that falls in the current chunk.
-      const int32_t in_chunk = static_cast<int32_t>((t0 + i) % chunk_);
-      const int32_t n = std::min(span.count - i, chunk_ - in_chunk);
-      visible.resize(n);
-      for (int32_t j = 0; j < n; ++j) {
-        cache.WriteSlot(kt, len + j, rows.k + (i + j) * rows.k_stride);
-        cache.WriteSlot(vt, len + j, rows.v + (i + j) * rows.v_stride);
-        visible[j] = len + j + 1;
-      }
-      hh.resize(static_cast<size_t>(len) + n, 0.0f);
-      kt.length = vt.length = len + n;
-      attention.Run(rows, i, n, len + n, visible.data(), hh.data());
-      len += n;
-      i += n;
-      if ((t0 + i) % chunk_ != 0) continue;
-      // The chunk is complete: compress if more than M slots are held; its scores are spent.
-      if (len > slots_) {
-        old_k.resize(static_cast<size_t>(len) * hd);
-        old_v.resize(static_cast<size_t>(len) * hd);
-        new_k.resize(static_cast<size_t>(slots_) * hd);
-        new_v.resize(static_cast<size_t>(slots_) * hd);
-        for (int32_t s = 0; s < len; ++s) {
-          cache.ReadSlot(kt, s, old_k.data() + static_cast<size_t>(s) * hd);
-          cache.ReadSlot(vt, s, old_v.data() + static_cast<size_t>(s) * hd);
+  internal::ForEachHeadTask(
+      in, n_kv, ctx, [&](const SeqSpan& span, int32_t h, HeadTable& kt, HeadTable& vt) {
+        std::vector<float>& hh = StateOf(*span.seq)->hh(in.layer, h);
+        const internal::HeadRows rows = internal::RowsOf(in, span, h, g);
+        internal::RotateRows(rows, g);
+        const internal::TableAttention attention(cache, kt, vt);
+        thread_local std::vector<int32_t> visible;
+        thread_local std::vector<float> old_k, old_v, new_k, new_v;
+        const int64_t t0 = span.seq->n_tokens();
+        int32_t len = kt.length;
+        for (int32_t i = 0; i < span.count;) {
+          // The part of the span that falls in the current chunk.
+          const int32_t in_chunk = static_cast<int32_t>((t0 + i) % chunk_);
+          const int32_t n = std::min(span.count - i, chunk_ - in_chunk);
+          visible.resize(n);
+          for (int32_t j = 0; j < n; ++j) {
+            cache.WriteSlot(kt, len + j, rows.k + (i + j) * rows.k_stride);
+            cache.WriteSlot(vt, len + j, rows.v + (i + j) * rows.v_stride);
+            visible[j] = len + j + 1;
+          }
+          hh.resize(static_cast<size_t>(len) + n, 0.0f);
+          kt.length = vt.length = len + n;
+          attention.Run(rows, i, n, len + n, visible.data(), hh.data());
+          len += n;
+          i += n;
+          if ((t0 + i) % chunk_ != 0) continue;
+          // The chunk is complete: compress if more than M slots are held; its scores are spent.
+          if (len > slots_) {
+            old_k.resize(static_cast<size_t>(len) * hd);
+            old_v.resize(static_cast<size_t>(len) * hd);
+            new_k.resize(static_cast<size_t>(slots_) * hd);
+            new_v.resize(static_cast<size_t>(slots_) * hd);
+            for (int32_t s = 0; s < len; ++s) {
+              cache.ReadSlot(kt, s, old_k.data() + static_cast<size_t>(s) * hd);
+              cache.ReadSlot(vt, s, old_v.data() + static_cast<size_t>(s) * hd);
+            }
+            Compress(in.layer, hd, len, old_k.data(), old_v.data(), hh.data(), new_k.data(),
+                     new_v.data());
+            for (int32_t s = 0; s < slots_; ++s) {
+              cache.WriteSlot(kt, s, new_k.data() + static_cast<size_t>(s) * hd);
+              cache.WriteSlot(vt, s, new_v.data() + static_cast<size_t>(s) * hd);
+            }
+            len = slots_;
+            kt.length = vt.length = len;
+          }
+          hh.clear();
         }
-        Compress(in.layer, hd, len, old_k.data(), old_v.data(), hh.data(), new_k.data(),
-                 new_v.data());
-        for (int32_t s = 0; s < slots_; ++s) {
-          cache.WriteSlot(kt, s, new_k.data() + static_cast<size_t>(s) * hd);
-          cache.WriteSlot(vt, s, new_v.data() + static_cast<size_t>(s) * hd);
-        }
-        len = slots_;
-        kt.length = vt.length = len;
-      }
-      hh.clear();
-    }
-  });
+      });
   return absl::OkStatus();
 }
 
 absl::Status LococoPolicy::EndStep(KvCache& cache, SequenceKv& seq, int32_t n_new) const {
-  const KvGeometry& g = cache.geometry();
-  for (int32_t l = 0; l < g.n_layer; ++l) {
-    for (int32_t h = 0; h < g.n_head_kv; ++h) {
-      cache.Truncate(seq.k(l, h), seq.k(l, h).length);
-      cache.Truncate(seq.v(l, h), seq.v(l, h).length);
-    }
-  }
+  internal::TruncateEveryTable(cache, seq);
   return absl::OkStatus();
 }
 
@@ -286,12 +278,7 @@ absl::Status LococoPolicy::SaveState(const SequenceKv& seq, std::string& out) co
     return absl::FailedPreconditionError("lococo: the sequence has no lococo state");
   }
   internal::StateWriter w(out);
-  w.U32(kLococoMagic);
-  w.U32(kLococoVersion);
-  w.I32(state->n_layer());
-  w.I32(state->n_head_kv());
-  w.I32(slots_);
-  w.I32(chunk_);
+  internal::WriteStateHeader(w, HeaderOf(*state, slots_, chunk_));
   for (int32_t l = 0; l < state->n_layer(); ++l) {
     for (int32_t h = 0; h < state->n_head_kv(); ++h) {
       const std::vector<float>& hh = state->hh(l, h);
@@ -308,24 +295,8 @@ absl::Status LococoPolicy::LoadState(std::string_view in, SequenceKv& seq) const
     return absl::FailedPreconditionError("lococo: the sequence has no lococo state");
   }
   internal::StateReader r(in);
-  uint32_t magic = 0, version = 0;
-  int32_t n_layer = 0, n_kv = 0, slots = 0, chunk = 0;
-  if (!r.U32(magic) || magic != kLococoMagic) {
-    return absl::InvalidArgumentError("lococo state: bad magic (not a lococo state)");
-  }
-  if (!r.U32(version) || version != kLococoVersion) {
-    return absl::InvalidArgumentError(absl::StrCat("lococo state: unsupported version ", version));
-  }
-  if (!r.I32(n_layer) || !r.I32(n_kv) || !r.I32(slots) || !r.I32(chunk)) {
-    return absl::InvalidArgumentError("lococo state: truncated header");
-  }
-  if (n_layer != state->n_layer() || n_kv != state->n_head_kv() || slots != slots_ ||
-      chunk != chunk_) {
-    return absl::InvalidArgumentError(absl::StrCat("lococo state: saved for ", n_layer,
-                                                   " layers x ", n_kv, " heads, slots ", slots,
-                                                   ", chunk ", chunk, "; this is ", spec(), " on ",
-                                                   state->n_layer(), " x ", state->n_head_kv()));
-  }
+  KVASIR_RETURN_IF_ERROR(internal::ReadStateHeader(r, HeaderOf(*state, slots_, chunk_), spec()));
+  const int32_t n_layer = state->n_layer(), n_kv = state->n_head_kv();
   std::vector<std::vector<float>> hhs(static_cast<size_t>(n_layer) * n_kv);
   for (std::vector<float>& hh : hhs) {
     int32_t n = 0;

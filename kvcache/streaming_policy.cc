@@ -22,28 +22,20 @@ int32_t StreamingPolicy::SlotOf(int64_t t) const {
 }
 
 absl::Status StreamingPolicy::Reserve(KvCache& cache, SequenceKv& seq, int32_t n_new) const {
-  const KvGeometry& g = cache.geometry();
   const int64_t cap = capacity();
   const int64_t end = seq.n_tokens() + n_new;
-  for (int32_t l = 0; l < g.n_layer; ++l) {
-    for (int32_t h = 0; h < g.n_head_kv; ++h) {
-      for (HeadTable* t : {&seq.k(l, h), &seq.v(l, h)}) {
-        const int32_t slots =
-            static_cast<int32_t>(std::min<int64_t>(t->length + int64_t{n_new}, cap));
-        // Once the ring wraps, any window slot may be overwritten.
-        const int32_t first_write = end > cap ? std::min(t->length, sink_) : t->length;
-        KVASIR_RETURN_IF_ERROR(cache.Reserve(*t, slots, first_write));
-      }
-    }
-  }
-  return absl::OkStatus();
+  return internal::ReserveEveryTable(cache, seq, [&](const HeadTable& t) {
+    const int32_t slots = static_cast<int32_t>(std::min<int64_t>(t.length + int64_t{n_new}, cap));
+    // Once the ring wraps, any window slot may be overwritten.
+    const int32_t first_write = end > cap ? std::min(t.length, sink_) : t.length;
+    return std::pair<int32_t, int32_t>(slots, first_write);
+  });
 }
 
 absl::Status StreamingPolicy::Attend(KvCache& cache, const LayerInputs& in,
                                      kernels::cpu::CpuContext& ctx) const {
   const KvGeometry& g = cache.geometry();
   const int32_t n_kv = g.n_head_kv;
-  const int32_t page_size = cache.pool().page_size();
   const int64_t cap = capacity();
   for (const SeqSpan& span : in.seqs) {
     const int64_t t0 = span.seq->n_tokens();
@@ -57,46 +49,41 @@ absl::Status StreamingPolicy::Attend(KvCache& cache, const LayerInputs& in,
             absl::StrCat("streaming: layer ", in.layer, " head ", h, " holds ", kt.length, "/",
                          vt.length, " slots, expected ", held, " after ", t0, " tokens"));
       }
-      if (static_cast<int64_t>(kt.pages.size()) * page_size < need ||
-          static_cast<int64_t>(vt.pages.size()) * page_size < need) {
-        return absl::FailedPreconditionError("KV tables were not reserved before Attend");
-      }
+      KVASIR_RETURN_IF_ERROR(internal::CheckReserved(cache, kt, vt, need));
     }
   }
 
-  ctx.pool->ParallelFor(static_cast<int64_t>(in.seqs.size()) * n_kv, [&](int64_t task, int) {
-    const SeqSpan& span = in.seqs[static_cast<size_t>(task / n_kv)];
-    const int32_t h = static_cast<int32_t>(task % n_kv);
-    HeadTable& kt = span.seq->k(in.layer, h);
-    HeadTable& vt = span.seq->v(in.layer, h);
-    const internal::HeadRows rows = internal::RowsOf(in, span, h, g);
-    internal::RotateRows(rows, g);
-    const internal::TableAttention attention(cache, kt, vt);
-    const int64_t t0 = span.seq->n_tokens();
+  internal::ForEachHeadTask(
+      in, n_kv, ctx, [&](const SeqSpan& span, int32_t h, HeadTable& kt, HeadTable& vt) {
+        const internal::HeadRows rows = internal::RowsOf(in, span, h, g);
+        internal::RotateRows(rows, g);
+        const internal::TableAttention attention(cache, kt, vt);
+        const int64_t t0 = span.seq->n_tokens();
 
-    // Tokens before the ring wraps: appended in order, causal prefix (exactly what `full` does).
-    const int32_t n_linear = static_cast<int32_t>(std::clamp<int64_t>(cap - t0, 0, span.count));
-    if (n_linear > 0) {
-      const int32_t base = static_cast<int32_t>(t0);
-      thread_local std::vector<int32_t> visible;
-      visible.resize(n_linear);
-      for (int32_t i = 0; i < n_linear; ++i) {
-        cache.WriteSlot(kt, base + i, rows.k + i * rows.k_stride);
-        cache.WriteSlot(vt, base + i, rows.v + i * rows.v_stride);
-        visible[i] = base + i + 1;
-      }
-      kt.length = vt.length = base + n_linear;
-      attention.Run(rows, 0, n_linear, base + n_linear, visible.data(), nullptr);
-    }
-    // Then one token at a time: it replaces the token leaving the window and sees every slot.
-    for (int32_t i = n_linear; i < span.count; ++i) {
-      const int32_t slot = SlotOf(t0 + i);
-      cache.WriteSlot(kt, slot, rows.k + i * rows.k_stride);
-      cache.WriteSlot(vt, slot, rows.v + i * rows.v_stride);
-      kt.length = vt.length = static_cast<int32_t>(cap);
-      attention.Run(rows, i, 1, static_cast<int32_t>(cap), nullptr, nullptr);
-    }
-  });
+        // Tokens before the ring wraps: appended in order, causal prefix (exactly what `full`
+        // does).
+        const int32_t n_linear = static_cast<int32_t>(std::clamp<int64_t>(cap - t0, 0, span.count));
+        if (n_linear > 0) {
+          const int32_t base = static_cast<int32_t>(t0);
+          thread_local std::vector<int32_t> visible;
+          visible.resize(n_linear);
+          for (int32_t i = 0; i < n_linear; ++i) {
+            cache.WriteSlot(kt, base + i, rows.k + i * rows.k_stride);
+            cache.WriteSlot(vt, base + i, rows.v + i * rows.v_stride);
+            visible[i] = base + i + 1;
+          }
+          kt.length = vt.length = base + n_linear;
+          attention.Run(rows, 0, n_linear, base + n_linear, visible.data(), nullptr);
+        }
+        // Then one token at a time: it replaces the token leaving the window and sees every slot.
+        for (int32_t i = n_linear; i < span.count; ++i) {
+          const int32_t slot = SlotOf(t0 + i);
+          cache.WriteSlot(kt, slot, rows.k + i * rows.k_stride);
+          cache.WriteSlot(vt, slot, rows.v + i * rows.v_stride);
+          kt.length = vt.length = static_cast<int32_t>(cap);
+          attention.Run(rows, i, 1, static_cast<int32_t>(cap), nullptr, nullptr);
+        }
+      });
   return absl::OkStatus();
 }
 

@@ -1,15 +1,9 @@
 // The transport bench (see bench.h).
 #include "transport/bench.h"
 
-#include <arpa/inet.h>
-#include <netinet/in.h>
-#include <sys/socket.h>
-#include <unistd.h>
-
 #include <algorithm>
 #include <atomic>
 #include <csignal>
-#include <filesystem>
 #include <set>
 #include <sstream>
 #include <thread>
@@ -28,36 +22,6 @@
 
 namespace kvasir::transport {
 namespace {
-
-std::string FindPeerBinary(const std::string& configured) {
-  if (!configured.empty()) return configured;
-  std::error_code ec;
-  const std::filesystem::path self = std::filesystem::read_symlink("/proc/self/exe", ec);
-  if (!ec) {
-    for (const auto& candidate :
-         {self.parent_path() / "kvasir-transport-peer",
-          self.parent_path().parent_path() / "bin" / "kvasir-transport-peer"}) {
-      if (std::filesystem::exists(candidate, ec)) return candidate.string();
-    }
-  }
-  return "build/bin/kvasir-transport-peer";
-}
-
-absl::StatusOr<uint16_t> FreePort() {
-  const int fd = socket(AF_INET, SOCK_STREAM, 0);
-  if (fd < 0) return absl::InternalError("socket");
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  socklen_t len = sizeof addr;
-  if (bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0 ||
-      getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len) != 0) {
-    close(fd);
-    return absl::InternalError("bind");
-  }
-  close(fd);
-  return ntohs(addr.sin_port);
-}
 
 // Condenses ucp_ep_print_info to the distinct "transport/device" pairs it names.
 std::string Lanes(const std::string& info) {
@@ -115,7 +79,7 @@ double Percentile(std::vector<double>& values, double p) {
 
 absl::StatusOr<double> RunUcxPerftest(const std::string& binary, const std::string& tls,
                                       const std::string& test, uint64_t bytes, int iterations) {
-  KVASIR_ASSIGN_OR_RETURN(uint16_t port, FreePort());
+  KVASIR_ASSIGN_OR_RETURN(uint16_t port, FreeLoopbackPort());
   const std::map<std::string, std::string> env = {{"UCX_TLS", tls}};
   KVASIR_ASSIGN_OR_RETURN(ChildProcess server,
                           ChildProcess::Spawn({binary, "-p", std::to_string(port)}, env));
@@ -161,7 +125,8 @@ absl::StatusOr<TransportBenchResult> RunTransportBench(const TransportBenchOptio
 
   KVASIR_ASSIGN_OR_RETURN(
       ChildProcess peer,
-      ChildProcess::Spawn({FindPeerBinary(options.peer_binary), "--mode=serve"}));
+      ChildProcess::Spawn(
+          {FindSiblingBinary(options.peer_binary, "kvasir-transport-peer"), "--mode=serve"}));
   KVASIR_ASSIGN_OR_RETURN(std::string line, peer.ReadLine(absl::Seconds(20)));
   uint32_t port = 0;
   absl::string_view port_text = line;

@@ -1,15 +1,19 @@
 // ChildProcess (see child_process.h).
 #include "transport/child_process.h"
 
+#include <arpa/inet.h>
 #include <fcntl.h>
+#include <netinet/in.h>
 #include <poll.h>
 #include <signal.h>
+#include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <cerrno>
 #include <cstdlib>
 #include <cstring>
+#include <filesystem>
 
 #include "absl/strings/str_cat.h"
 
@@ -133,6 +137,35 @@ absl::StatusOr<int> ChildProcess::Wait(absl::Duration timeout) {
 
 void ChildProcess::Signal(int signal) {
   if (pid_ > 0) kill(pid_, signal);
+}
+
+std::string FindSiblingBinary(const std::string& configured, const std::string& name) {
+  if (!configured.empty()) return configured;
+  std::error_code ec;
+  const std::filesystem::path self = std::filesystem::read_symlink("/proc/self/exe", ec);
+  if (!ec) {
+    for (const auto& candidate :
+         {self.parent_path() / name, self.parent_path().parent_path() / "bin" / name}) {
+      if (std::filesystem::exists(candidate, ec)) return candidate.string();
+    }
+  }
+  return "build/bin/" + name;
+}
+
+absl::StatusOr<uint16_t> FreeLoopbackPort() {
+  const int fd = socket(AF_INET, SOCK_STREAM, 0);
+  if (fd < 0) return absl::InternalError("socket");
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  socklen_t len = sizeof addr;
+  if (bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0 ||
+      getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len) != 0) {
+    close(fd);
+    return absl::InternalError("bind");
+  }
+  close(fd);
+  return ntohs(addr.sin_port);
 }
 
 }  // namespace kvasir::transport

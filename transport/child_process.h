@@ -1,10 +1,11 @@
-// A child process for multi-process tests and the transport bench: fork + exec with extra
-// environment variables, its stdout readable line by line with a deadline, and a kill on
-// destruction so no child outlives its test.
+// A child process for multi-process tests and the benches: fork + exec with extra environment
+// variables, its stdout readable line by line with a deadline, and a kill on destruction so no
+// child outlives its test; and what starting one needs (its binary, a free port for it).
 #pragma once
 
 #include <sys/types.h>
 
+#include <cstdint>
 #include <map>
 #include <string>
 #include <vector>
@@ -41,5 +42,12 @@ class ChildProcess {
   int stdout_fd_ = -1;
   std::string buffered_;
 };
+
+// The binary to start: `configured` when not empty, else `name` beside this executable or in
+// ../bin from it, else build/bin/<name> (relative to the working directory).
+std::string FindSiblingBinary(const std::string& configured, const std::string& name);
+
+// A TCP port on 127.0.0.1 that was free a moment ago (bound to port 0, then released).
+absl::StatusOr<uint16_t> FreeLoopbackPort();
 
 }  // namespace kvasir::transport

@@ -2,13 +2,16 @@
 // deterministic random q/k/v per (layer, token), a driver that feeds them to a policy through
 // Reserve/Attend/EndStep in any chunking (several sequences per step), a copy of a sequence into
 // a fresh cache through its tables and SaveState/LoadState, and the slow scalar pieces the
-// references are made of (RoPE of one head, dense attention over a list of keys).
+// references are made of (RoPE of one head, dense attention over a list of keys); and the checks
+// every such policy passes (same bits as `full` when nothing is dropped, a restored sequence
+// continues bit for bit).
 #pragma once
 
 #include <cmath>
 #include <cstring>
 #include <memory>
 #include <random>
+#include <string>
 #include <utility>
 #include <vector>
 
@@ -16,6 +19,7 @@
 #include "common/status_macros.h"
 #include "gtest/gtest.h"
 #include "kernels/cpu/ops.h"
+#include "kvcache/full_policy.h"
 #include "kvcache/kv_cache.h"
 #include "kvcache/policy.h"
 
@@ -271,6 +275,73 @@ class Driver {
 // Bitwise equality of float arrays (NaN patterns included).
 inline bool BitwiseEqual(const std::vector<float>& a, const std::vector<float>& b) {
   return a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size() * sizeof(float)) == 0;
+}
+
+// Driver d's outputs of sequence 0 for KV head h's query group in layer l, tokens [0, n), are
+// within `tol` of the reference's ([token * group + g][head_dim]).
+inline void ExpectHeadOutputsNear(Driver& d, const KvGeometry& g, int32_t l, int32_t h, int32_t n,
+                                  const std::vector<std::vector<double>>& ref, double tol) {
+  for (int32_t t = 0; t < n; ++t) {
+    for (int32_t gi = 0; gi < g.group(); ++gi) {
+      const float* out = d.Out(0, l, t) + int64_t{h * g.group() + gi} * g.head_dim;
+      for (int32_t e = 0; e < g.head_dim; ++e) {
+        ASSERT_NEAR(out[e], ref[t * g.group() + gi][e], tol) << "token " << t;
+      }
+    }
+  }
+}
+
+// The policy `spec` parses (a failed expectation and nullptr otherwise).
+inline std::shared_ptr<const KvPolicy> Parse(const std::string& spec, const KvGeometry& g) {
+  auto p = ParsePolicy(spec, g);
+  EXPECT_TRUE(p.ok()) << p.status();
+  return p.ok() ? *p : nullptr;
+}
+
+// The K and V slots of every (layer, KV head) of sequence 0 are the same in both drivers.
+inline void ExpectSameTables(const KvGeometry& g, Driver& a, Driver& b) {
+  for (int32_t l = 0; l < g.n_layer; ++l) {
+    for (int32_t h = 0; h < g.n_head_kv; ++h) {
+      EXPECT_EQ(a.Slots(a.seq(0).k(l, h)), b.Slots(b.seq(0).k(l, h)));
+      EXPECT_EQ(a.Slots(a.seq(0).v(l, h)), b.Slots(b.seq(0).v(l, h)));
+    }
+  }
+}
+
+// Feeds all of `in` under `spec` and under `full` in the same chunks: the outputs are the same
+// bits and the caches hold as many slots; with `same_tables`, the very same slots too.
+inline void ExpectEqualsFull(const KvGeometry& g, const Inputs& in, const std::string& spec,
+                             const std::vector<int32_t>& chunks, bool same_tables) {
+  SCOPED_TRACE(spec);
+  Driver p(g, Parse(spec, g)), f(g, std::make_shared<FullPolicy>());
+  p.AddSequence(&in);
+  f.AddSequence(&in);
+  ASSERT_TRUE(p.Feed(0, in.n_tokens, chunks).ok());
+  ASSERT_TRUE(f.Feed(0, in.n_tokens, chunks).ok());
+  EXPECT_TRUE(BitwiseEqual(p.outputs(0), f.outputs(0)));
+  EXPECT_EQ(p.cache().Usage(p.seq(0)).slots, f.cache().Usage(f.seq(0)).slots);
+  if (same_tables) ExpectSameTables(g, p, f);
+}
+
+// For every cut: a sequence fed up to the cut (in chunks `before`) and restored into a fresh cache
+// (Driver::Restore) continues, fed to the end in chunks `after`, with the original's bits.
+inline void ExpectRestoredContinuesBitForBit(const KvGeometry& g,
+                                             const std::shared_ptr<const KvPolicy>& policy,
+                                             const Inputs& in, const std::vector<int32_t>& cuts,
+                                             const std::vector<int32_t>& before,
+                                             const std::vector<int32_t>& after) {
+  for (int32_t cut : cuts) {
+    SCOPED_TRACE(cut);
+    Driver d(g, policy);
+    d.AddSequence(&in);
+    ASSERT_TRUE(d.Feed(0, cut, before).ok());
+    absl::Status st;
+    std::unique_ptr<Driver> r = d.Restore(0, &st);
+    ASSERT_TRUE(st.ok()) << st;
+    ASSERT_TRUE(d.Feed(0, in.n_tokens, after).ok());
+    ASSERT_TRUE(r->Feed(0, in.n_tokens, after).ok());
+    EXPECT_TRUE(BitwiseEqual(d.outputs(0), r->outputs(0)));
+  }
 }
 
 }  // namespace kvasir::kvcache::testing_util

@@ -7,7 +7,6 @@
 #include <set>
 
 #include "gtest/gtest.h"
-#include "kvcache/full_policy.h"
 #include "tests/kvcache/eviction_test_util.h"
 
 namespace kvasir::kvcache {
@@ -16,18 +15,16 @@ namespace {
 using testing_util::BitwiseEqual;
 using testing_util::DenseAttention;
 using testing_util::Driver;
+using testing_util::ExpectEqualsFull;
+using testing_util::ExpectHeadOutputsNear;
+using testing_util::ExpectRestoredContinuesBitForBit;
 using testing_util::Inputs;
+using testing_util::Parse;
 using testing_util::RandomInputs;
 using testing_util::RefK;
 using testing_util::RefQ;
 using testing_util::RefV;
 using testing_util::TestGeometry;
-
-std::shared_ptr<const KvPolicy> Parse(const std::string& spec, const KvGeometry& g) {
-  auto p = ParsePolicy(spec, g);
-  EXPECT_TRUE(p.ok()) << p.status();
-  return p.ok() ? *p : nullptr;
-}
 
 // The definition, one (layer, KV head) at a time: append, attend, add the group's probabilities,
 // evict the lowest score outside the `recent` newest (ties: oldest).
@@ -130,14 +127,7 @@ TEST(H2oPolicyTest, MatchesTheTokenByTokenReference) {
           EXPECT_NEAR(head.score[s], ref.score[j], 1e-4 * (1 + ref.score[j]));
         }
         // Every output.
-        for (int32_t t = 0; t < n; ++t) {
-          for (int32_t gi = 0; gi < g.group(); ++gi) {
-            const float* out = d.Out(0, l, t) + int64_t{h * g.group() + gi} * g.head_dim;
-            for (int32_t e = 0; e < g.head_dim; ++e) {
-              ASSERT_NEAR(out[e], ref.out[t * g.group() + gi][e], 1e-4) << "token " << t;
-            }
-          }
-        }
+        ASSERT_NO_FATAL_FAILURE(ExpectHeadOutputsNear(d, g, l, h, n, ref.out, 1e-4));
       }
     }
   }
@@ -189,14 +179,7 @@ TEST(H2oPolicyTest, EqualsFullBitForBitWhenTheBudgetCoversTheSequence) {
   const KvGeometry g = TestGeometry();
   const Inputs in = RandomInputs(g, 40, 30);
   for (const char* spec : {"h2o:budget=64,recent=4", "h2o:budget=40,recent=0"}) {
-    SCOPED_TRACE(spec);
-    Driver h(g, Parse(spec, g)), f(g, std::make_shared<FullPolicy>());
-    h.AddSequence(&in);
-    f.AddSequence(&in);
-    ASSERT_TRUE(h.Feed(0, 40, {9, 1, 4}).ok());
-    ASSERT_TRUE(f.Feed(0, 40, {9, 1, 4}).ok());
-    EXPECT_TRUE(BitwiseEqual(h.outputs(0), f.outputs(0)));
-    EXPECT_EQ(h.cache().Usage(h.seq(0)).slots, f.cache().Usage(f.seq(0)).slots);
+    ExpectEqualsFull(g, in, spec, {9, 1, 4}, /*same_tables=*/false);
   }
 }
 
@@ -261,18 +244,7 @@ TEST(H2oPolicyTest, RestoredSequenceContinuesBitForBit) {
   const int32_t n = 45;
   const Inputs in = RandomInputs(g, n, 60);
   auto policy = Parse("h2o:budget=9,recent=3", g);
-  for (int32_t cut : {4, 9, 23}) {
-    SCOPED_TRACE(cut);
-    Driver d(g, policy);
-    d.AddSequence(&in);
-    ASSERT_TRUE(d.Feed(0, cut, {5}).ok());
-    absl::Status st;
-    std::unique_ptr<Driver> r = d.Restore(0, &st);
-    ASSERT_TRUE(st.ok()) << st;
-    ASSERT_TRUE(d.Feed(0, n, {1, 4}).ok());
-    ASSERT_TRUE(r->Feed(0, n, {1, 4}).ok());
-    EXPECT_TRUE(BitwiseEqual(d.outputs(0), r->outputs(0)));
-  }
+  ExpectRestoredContinuesBitForBit(g, policy, in, {4, 9, 23}, {5}, {1, 4});
 }
 
 TEST(H2oPolicyTest, LoadStateRefusesBytesItDidNotWrite) {

@@ -8,7 +8,6 @@
 #include <random>
 
 #include "gtest/gtest.h"
-#include "kvcache/full_policy.h"
 #include "tests/kvcache/eviction_test_util.h"
 #include "tests/testing/safetensors_builder.h"
 
@@ -18,7 +17,12 @@ namespace {
 using testing_util::BitwiseEqual;
 using testing_util::DenseAttention;
 using testing_util::Driver;
+using testing_util::ExpectEqualsFull;
+using testing_util::ExpectHeadOutputsNear;
+using testing_util::ExpectRestoredContinuesBitForBit;
+using testing_util::ExpectSameTables;
 using testing_util::Inputs;
+using testing_util::Parse;
 using testing_util::RandomInputs;
 using testing_util::RefK;
 using testing_util::RefQ;
@@ -70,12 +74,6 @@ std::string WriteWeights(const testing::ScopedTempDir& dir, const std::string& n
   const std::string path = dir.File(name);
   EXPECT_TRUE(testing::GgufBuilder::WriteFile(path, bytes));
   return path;
-}
-
-std::shared_ptr<const KvPolicy> Parse(const std::string& spec, const KvGeometry& g) {
-  auto p = ParsePolicy(spec, g);
-  EXPECT_TRUE(p.ok()) << p.status();
-  return p.ok() ? *p : nullptr;
 }
 
 // Positions (into idx) of the k largest score[idx[i]], ties to the earlier i, by k passes of
@@ -317,14 +315,7 @@ TEST(LococoPolicyTest, ChunkByChunkPrefillEqualsTheReferenceLoop) {
         ExpectNear(d.Slots(d.seq(0).v(l, h)), ref.v, 1e-4);
         ASSERT_EQ(state->hh(l, h).size(), ref.hh.size());
         for (size_t j = 0; j < ref.hh.size(); ++j) EXPECT_NEAR(state->hh(l, h)[j], ref.hh[j], 1e-4);
-        for (int32_t t = 0; t < n; ++t) {
-          for (int32_t gi = 0; gi < g.group(); ++gi) {
-            const float* out = d.Out(0, l, t) + int64_t{h * g.group() + gi} * g.head_dim;
-            for (int32_t e = 0; e < g.head_dim; ++e) {
-              ASSERT_NEAR(out[e], ref.out[t * g.group() + gi][e], 1e-4) << "token " << t;
-            }
-          }
-        }
+        ASSERT_NO_FATAL_FAILURE(ExpectHeadOutputsNear(d, g, l, h, n, ref.out, 1e-4));
       }
     }
   }
@@ -345,12 +336,7 @@ TEST(LococoPolicyTest, EngineChunkingDoesNotChangeABit) {
   ASSERT_TRUE(one.Feed(0, n, {1}).ok());
   for (int32_t c : {37, 3, 1, 16, 18}) ASSERT_TRUE(chunked.Step({{1, 2}, {0, c}}).ok());
   EXPECT_TRUE(BitwiseEqual(one.outputs(0), chunked.outputs(0)));
-  for (int32_t l = 0; l < g.n_layer; ++l) {
-    for (int32_t h = 0; h < g.n_head_kv; ++h) {
-      EXPECT_EQ(one.Slots(one.seq(0).k(l, h)), chunked.Slots(chunked.seq(0).k(l, h)));
-      EXPECT_EQ(one.Slots(one.seq(0).v(l, h)), chunked.Slots(chunked.seq(0).v(l, h)));
-    }
-  }
+  ExpectSameTables(g, one, chunked);
 }
 
 TEST(LococoPolicyTest, F16CacheGivesTheSameBitsForAnyChunking) {
@@ -380,13 +366,7 @@ TEST(LococoPolicyTest, EqualsFullBitForBitWhenTheSlotsCoverTheSequence) {
   for (const std::string& spec :
        std::vector<std::string>{"lococo:slots=48,chunk=16", "lococo:slots=40,chunk=5",
                                 "lococo:slots=48,weights=" + path}) {
-    SCOPED_TRACE(spec);
-    Driver c(g, Parse(spec, g)), f(g, std::make_shared<FullPolicy>());
-    c.AddSequence(&in);
-    f.AddSequence(&in);
-    ASSERT_TRUE(c.Feed(0, 40, {9, 1, 4}).ok());
-    ASSERT_TRUE(f.Feed(0, 40, {9, 1, 4}).ok());
-    EXPECT_TRUE(BitwiseEqual(c.outputs(0), f.outputs(0)));
+    ExpectEqualsFull(g, in, spec, {9, 1, 4}, /*same_tables=*/false);
   }
 }
 
@@ -418,18 +398,8 @@ TEST(LococoPolicyTest, RestoredSequenceContinuesBitForBit) {
   const std::string path = WriteWeights(dir, "w.safetensors", WeightsFile(w).Build());
   const Inputs in = RandomInputs(g, n, 17);
   auto policy = Parse("lococo:slots=8,chunk=6,weights=" + path, g);
-  for (int32_t cut : {4, 12, 20, 27}) {  // mid-chunk, on a boundary, after compressions
-    SCOPED_TRACE(cut);
-    Driver d(g, policy);
-    d.AddSequence(&in);
-    ASSERT_TRUE(d.Feed(0, cut, {5}).ok());
-    absl::Status st;
-    std::unique_ptr<Driver> r = d.Restore(0, &st);
-    ASSERT_TRUE(st.ok()) << st;
-    ASSERT_TRUE(d.Feed(0, n, {1, 7}).ok());
-    ASSERT_TRUE(r->Feed(0, n, {1, 7}).ok());
-    EXPECT_TRUE(BitwiseEqual(d.outputs(0), r->outputs(0)));
-  }
+  // Cuts mid-chunk, on a boundary, after compressions.
+  ExpectRestoredContinuesBitForBit(g, policy, in, {4, 12, 20, 27}, {5}, {1, 7});
 }
 
 TEST(LococoPolicyTest, LoadStateRefusesBytesItDidNotWrite) {

@@ -7,7 +7,6 @@
 #include <set>
 
 #include "gtest/gtest.h"
-#include "kvcache/full_policy.h"
 #include "tests/kvcache/eviction_test_util.h"
 
 namespace kvasir::kvcache {
@@ -16,18 +15,15 @@ namespace {
 using testing_util::BitwiseEqual;
 using testing_util::DenseAttention;
 using testing_util::Driver;
+using testing_util::ExpectEqualsFull;
+using testing_util::ExpectRestoredContinuesBitForBit;
 using testing_util::Inputs;
+using testing_util::Parse;
 using testing_util::RandomInputs;
 using testing_util::RefK;
 using testing_util::RefQ;
 using testing_util::RefV;
 using testing_util::TestGeometry;
-
-std::shared_ptr<const KvPolicy> Parse(const std::string& spec, const KvGeometry& g) {
-  auto p = ParsePolicy(spec, g);
-  EXPECT_TRUE(p.ok()) << p.status();
-  return p.ok() ? *p : nullptr;
-}
 
 // Tokens visible to token t: the sinks and the window ending at t.
 std::vector<int32_t> Visible(int32_t t, int32_t sink, int32_t window) {
@@ -151,19 +147,7 @@ TEST(StreamingPolicyTest, EqualsFullBitForBitWhenTheWindowCoversTheSequence) {
   const Inputs in = RandomInputs(g, 40, 5);
   for (const char* spec : {"streaming:sink=4,window=100", "streaming:sink=4,window=36",
                            "streaming:sink=0,window=40"}) {
-    SCOPED_TRACE(spec);
-    Driver s(g, Parse(spec, g)), f(g, std::make_shared<FullPolicy>());
-    s.AddSequence(&in);
-    f.AddSequence(&in);
-    ASSERT_TRUE(s.Feed(0, 40, {7, 1, 3}).ok());
-    ASSERT_TRUE(f.Feed(0, 40, {7, 1, 3}).ok());
-    EXPECT_TRUE(BitwiseEqual(s.outputs(0), f.outputs(0)));
-    for (int32_t l = 0; l < g.n_layer; ++l) {
-      for (int32_t h = 0; h < g.n_head_kv; ++h) {
-        EXPECT_EQ(s.Slots(s.seq(0).k(l, h)), f.Slots(f.seq(0).k(l, h)));
-        EXPECT_EQ(s.Slots(s.seq(0).v(l, h)), f.Slots(f.seq(0).v(l, h)));
-      }
-    }
+    ExpectEqualsFull(g, in, spec, {7, 1, 3}, /*same_tables=*/true);
   }
 }
 
@@ -172,18 +156,7 @@ TEST(StreamingPolicyTest, RestoredSequenceContinuesBitForBit) {
   const int32_t n = 40;
   const Inputs in = RandomInputs(g, n, 6);
   auto policy = Parse("streaming:sink=2,window=7", g);
-  for (int32_t cut : {5, 9, 17}) {
-    SCOPED_TRACE(cut);
-    Driver d(g, policy);
-    d.AddSequence(&in);
-    ASSERT_TRUE(d.Feed(0, cut, {4}).ok());
-    absl::Status st;
-    std::unique_ptr<Driver> r = d.Restore(0, &st);
-    ASSERT_TRUE(st.ok()) << st;
-    ASSERT_TRUE(d.Feed(0, n, {1, 3}).ok());
-    ASSERT_TRUE(r->Feed(0, n, {1, 3}).ok());
-    EXPECT_TRUE(BitwiseEqual(d.outputs(0), r->outputs(0)));
-  }
+  ExpectRestoredContinuesBitForBit(g, policy, in, {5, 9, 17}, {4}, {1, 3});
   // The policy keeps no state: a non-empty blob is refused.
   Driver d(g, policy);
   d.AddSequence(&in);

@@ -8,30 +8,13 @@
 #include "gtest/gtest.h"
 #include "kvcache/codec.h"
 #include "kvcache/prefix_hash.h"
-#include "tests/testing/paths.h"
+#include "tests/worker/e2e_util.h"
 #include "worker/engine.h"
 
 namespace kvasir::worker {
 namespace {
 
-class CodecHandoffTest : public ::testing::TestWithParam<std::string> {
- protected:
-  static void SetUpTestSuite() {
-    EngineOptions o;
-    o.model = testing::SharedPath("models/stories260K.gguf");
-    o.prefault = false;
-    o.num_threads = 2;
-    auto e = Engine::Load(o);
-    ASSERT_TRUE(e.ok()) << e.status();
-    engine_ = e->release();
-  }
-  static void TearDownTestSuite() {
-    delete engine_;
-    engine_ = nullptr;
-  }
-  static Engine* engine_;
-};
-Engine* CodecHandoffTest::engine_ = nullptr;
+using CodecHandoffTest = e2e::StoriesSuite<::testing::TestWithParam<std::string>>;
 
 TEST_P(CodecHandoffTest, RestoredSequenceContinuesBitForBit) {
   Engine& e = *engine_;
@@ -49,10 +32,7 @@ TEST_P(CodecHandoffTest, RestoredSequenceContinuesBitForBit) {
   auto runner2 = CreateCpuRunner(c, e.weights(), **cache2, ro);
   ASSERT_TRUE(runner2.ok());
 
-  std::vector<int32_t> prompt = e.tokenizer().Encode(
-      "Once upon a time, there was a little girl named Lily. She loved to play outside in the "
-      "park with her friends. One day, she saw a big red ball under a tree.",
-      true, false);
+  const std::vector<int32_t> prompt = e2e::BallPrompt(e);
   ASSERT_GT(prompt.size(), 30u);
   kvcache::SequenceKv& a = e.cache().CreateSequence(*policy);
   std::vector<float> logits_a, logits_b;

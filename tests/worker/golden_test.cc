@@ -10,6 +10,7 @@
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
 #include "tests/testing/paths.h"
+#include "tests/worker/e2e_util.h"
 #include "worker/engine.h"
 
 namespace kvasir::worker {
@@ -42,23 +43,7 @@ std::vector<GoldenCase> ReadGolden(const std::string& path) {
   return cases;
 }
 
-class GoldenTest : public ::testing::Test {
- protected:
-  static void SetUpTestSuite() {
-    EngineOptions o;
-    o.model = testing::SharedPath("models/stories260K.gguf");
-    o.prefault = false;
-    auto e = Engine::Load(o);
-    ASSERT_TRUE(e.ok()) << e.status();
-    engine_ = e->release();
-  }
-  static void TearDownTestSuite() {
-    delete engine_;
-    engine_ = nullptr;
-  }
-  static Engine* engine_;
-};
-Engine* GoldenTest::engine_ = nullptr;
+using GoldenTest = e2e::StoriesSuite<::testing::Test, /*kNumThreads=*/0>;
 
 TEST_F(GoldenTest, MatchesLlamaCppGreedyOutputsAndLogits) {
   const auto cases = ReadGolden(testing::SharedPath("golden/stories260K_public.jsonl"));

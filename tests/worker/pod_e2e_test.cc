@@ -16,6 +16,7 @@
 #include "kvcache/pod_groups.h"
 #include "kvcache/pod_policy.h"
 #include "tests/testing/paths.h"
+#include "tests/worker/e2e_util.h"
 #include "worker/engine.h"
 #include "worker/pod_calibration.h"
 
@@ -44,61 +45,16 @@ int64_t ExpectedSlots(const kvcache::PodGroups& g, int64_t t, int32_t sink, int3
   return slots;
 }
 
-struct GreedyRun {
-  GenerateResult result;
-  std::vector<std::vector<float>> logits;  // every sampling step
-};
-
-GreedyRun Greedy(Engine& engine, const std::vector<int32_t>& prompt, const std::string& kv,
-                 int32_t max_tokens, int32_t prefill_chunk = 512) {
-  GenerateRequest req;
-  req.prompt = prompt;
-  req.sampling = SamplingParams::Greedy();
-  req.max_tokens = max_tokens;
-  req.ignore_eos = true;
-  req.kv_policy = kv;
-  req.prefill_chunk = prefill_chunk;
-  GreedyRun run;
-  auto r = Generate(engine, req, nullptr, [&](int, std::span<const float> logits) {
-    run.logits.emplace_back(logits.begin(), logits.end());
-  });
-  EXPECT_TRUE(r.ok()) << kv << ": " << r.status();
-  if (r.ok()) run.result = *r;
-  return run;
-}
-
-class PodStoriesTest : public ::testing::Test {
- protected:
-  static void SetUpTestSuite() {
-    EngineOptions o;
-    o.model = testing::SharedPath("models/stories260K.gguf");
-    o.prefault = false;
-    auto e = Engine::Load(o);
-    ASSERT_TRUE(e.ok()) << e.status();
-    engine_ = e->release();
-  }
-  static void TearDownTestSuite() {
-    delete engine_;
-    engine_ = nullptr;
-  }
-  static std::vector<int32_t> Prompt() {
-    return engine_->tokenizer().Encode(
-        "Once upon a time, there was a little girl named Lily. She loved to play outside in the "
-        "park with her friends. One day, she saw a big red ball under a tree.",
-        true, false);
-  }
-  static Engine* engine_;
-};
-Engine* PodStoriesTest::engine_ = nullptr;
+using PodStoriesTest = e2e::StoriesSuite<::testing::Test, /*kNumThreads=*/0>;
 
 TEST_F(PodStoriesTest, KeepingEverythingGivesExactlyFullsLogits) {
-  const std::vector<int32_t> prompt = Prompt();
-  const GreedyRun full = Greedy(*engine_, prompt, "full", 40, 16);
+  const std::vector<int32_t> prompt = e2e::BallPrompt(*engine_);
+  const e2e::GreedyRun full = e2e::Greedy(*engine_, prompt, "full", 40, 16);
   ASSERT_EQ(full.logits.size(), 40u);
   for (const std::string spec :
        {"pod:sink=4,window=4096,group_size=2", "pod:sink=2,window=8,group_size=1"}) {
     SCOPED_TRACE(spec);
-    const GreedyRun pod = Greedy(*engine_, prompt, spec, 40, 16);
+    const e2e::GreedyRun pod = e2e::Greedy(*engine_, prompt, spec, 40, 16);
     EXPECT_EQ(pod.result.ids, full.result.ids);
     ASSERT_EQ(pod.logits.size(), full.logits.size());
     for (size_t s = 0; s < full.logits.size(); ++s) {
@@ -109,10 +65,11 @@ TEST_F(PodStoriesTest, KeepingEverythingGivesExactlyFullsLogits) {
 }
 
 TEST_F(PodStoriesTest, HoldsWhatThePolicyPromises) {
-  const std::vector<int32_t> prompt = Prompt();
-  const GreedyRun full = Greedy(*engine_, prompt, "full", 60);
+  const std::vector<int32_t> prompt = e2e::BallPrompt(*engine_);
+  const e2e::GreedyRun full = e2e::Greedy(*engine_, prompt, "full", 60);
   const kvcache::PodGroups groups = kvcache::PodGroups::FixedSize(5, 4, 2);
-  const GreedyRun pod = Greedy(*engine_, prompt, "pod:sink=4,window=16,group_size=2", 60, 7);
+  const e2e::GreedyRun pod =
+      e2e::Greedy(*engine_, prompt, "pod:sink=4,window=16,group_size=2", 60, 7);
   const kvcache::KvUsage& u = pod.result.kv;
   ASSERT_EQ(u.tokens, static_cast<int64_t>(prompt.size()) + 59);
   EXPECT_EQ(u.slots, ExpectedSlots(groups, u.tokens, 4, 16));
@@ -186,7 +143,8 @@ TEST_F(PodStoriesTest, CalibrationOnShakespeareWritesALoadableFile) {
   ASSERT_TRUE(policy.ok()) << policy.status();
   EXPECT_EQ((*policy)->spec(), "pod:sink=4,window=32,groups=" + path);
   EXPECT_EQ(static_cast<const kvcache::PodPolicy&>(**policy).groups(), g);
-  const GreedyRun pod = Greedy(*engine_, Prompt(), "pod:groups=" + path, 30);
+  const e2e::GreedyRun pod =
+      e2e::Greedy(*engine_, e2e::BallPrompt(*engine_), "pod:groups=" + path, 30);
   EXPECT_EQ(pod.result.kv.slots, ExpectedSlots(g, pod.result.kv.tokens, 4, 32));
   std::filesystem::remove(path);
 
@@ -198,18 +156,15 @@ TEST_F(PodStoriesTest, CalibrationOnShakespeareWritesALoadableFile) {
 }
 
 // The default model (SmolLM2-135M-Instruct Q4_1), when installed.
-TEST(PodDefaultModelTest, LongPromptHoldsTheFormulaAndKeepAllEqualsFull) {
-  EngineOptions o;
-  o.model = "default";
-  o.prefault = false;
-  auto e = Engine::Load(o);
-  if (!e.ok()) GTEST_SKIP() << "default model not installed: " << e.status();
-  Engine& engine = **e;
+using PodDefaultModelTest = e2e::DefaultModelSuite</*kNumThreads=*/0>;
+
+TEST_F(PodDefaultModelTest, LongPromptHoldsTheFormulaAndKeepAllEqualsFull) {
+  Engine& engine = *engine_;
   const std::string text = ReadFile(testing::SharedPath("eval/shakespeare-public.txt"));
   std::vector<int32_t> prompt = engine.tokenizer().Encode(text.substr(0, 2400), true, false);
   ASSERT_GT(prompt.size(), 400u);
   const kvcache::PodGroups groups = kvcache::PodGroups::FixedSize(30, 3, 2);
-  const GreedyRun pod = Greedy(engine, prompt, "pod:sink=4,window=64,group_size=2", 6);
+  const e2e::GreedyRun pod = e2e::Greedy(engine, prompt, "pod:sink=4,window=64,group_size=2", 6);
   const kvcache::KvUsage& u = pod.result.kv;
   EXPECT_EQ(u.slots, ExpectedSlots(groups, u.tokens, 4, 64));
   EXPECT_NEAR(u.ratio(), 0.75 + 0.25 * 68.0 / u.tokens, 1e-12);
@@ -217,8 +172,8 @@ TEST(PodDefaultModelTest, LongPromptHoldsTheFormulaAndKeepAllEqualsFull) {
                static_cast<long long>(u.tokens), 100 * u.ratio(), pod.result.text.c_str());
 
   prompt.resize(120);
-  const GreedyRun full = Greedy(engine, prompt, "full", 6);
-  const GreedyRun all = Greedy(engine, prompt, "pod:sink=4,window=512,group_size=3", 6);
+  const e2e::GreedyRun full = e2e::Greedy(engine, prompt, "full", 6);
+  const e2e::GreedyRun all = e2e::Greedy(engine, prompt, "pod:sink=4,window=512,group_size=3", 6);
   EXPECT_EQ(all.result.ids, full.result.ids);
   ASSERT_EQ(all.logits.size(), full.logits.size());
   for (size_t s = 0; s < full.logits.size(); ++s) EXPECT_EQ(all.logits[s], full.logits[s]);
