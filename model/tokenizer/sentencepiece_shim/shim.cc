@@ -13,6 +13,7 @@
 
 #include <cstddef>
 #include <cstring>
+#include <exception>
 #include <new>
 #include <string>
 #include <vector>
@@ -40,7 +41,17 @@ __attribute__((visibility("default"))) void* kvasir_spm_load(const char* path, c
     CopyError("out of memory", error, error_size);
     return nullptr;
   }
-  const auto status = processor->Load(path);
+  // libsentencepiece reports a protobuf clash by throwing (see above); keep it inside the shim.
+  sentencepiece::util::Status status;
+  try {
+    status = processor->Load(path);
+  } catch (const std::exception& e) {
+    CopyError(std::string("libsentencepiece failed: ") + e.what() +
+                  " (a build with AddressSanitizer cannot isolate its protobuf copy)",
+              error, error_size);
+    delete processor;
+    return nullptr;
+  }
   if (!status.ok()) {
     CopyError(status.ToString(), error, error_size);
     delete processor;
