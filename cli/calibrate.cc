@@ -1,6 +1,6 @@
 // `kvasir calibrate <policy>`: fits the parameters of a KV policy to a model. Today `pod`: measures
 // per KV head how alike the layers' attention over distant tokens is on a text, groups the layers
-// and writes the groups file that `--kv pod:groups=FILE` reads (docs/compression-pod.md).
+// and writes the groups file that `--kv pod:groups=FILE` reads (docs/compression.md).
 #include <cmath>
 #include <cstdio>
 #include <fstream>

@@ -16,9 +16,9 @@ namespace {
 
 namespace cpu = kernels::cpu;
 
-// Free mode's default number of protected first slots (docs/compression-dmc.md).
+// Free mode's default number of protected first slots (docs/compression.md).
 constexpr int32_t kFreeDefaultSink = 4;
-// Free mode's default recent window (docs/compression-dmc.md).
+// Free mode's default recent window (docs/compression.md).
 constexpr int32_t kFreeDefaultRecent = 64;
 
 // A one-row CSR view over every reserved page of a table (slots past its length included), so

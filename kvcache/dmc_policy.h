@@ -2,7 +2,7 @@
 // (sequence, layer, KV head) a token appends a slot or merges into the tail slot, a windowed
 // weighted mean kept as running sums. mode=learned reads the decision and weight from element D-1
 // of k and q (DMC checkpoints); mode=free (training-free) merges keys close to the tail's mean,
-// steered to a target ratio. Details and equations: docs/compression-dmc.md.
+// steered to a target ratio. Details and equations: docs/compression.md.
 #pragma once
 
 #include <cstdint>

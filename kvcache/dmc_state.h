@@ -48,7 +48,7 @@ class State : public PolicyState {
   float* block(int32_t head) { return data_.data() + head * stride_; }
   int64_t floats_per_head() const { return stride_; }
 
-  // Serialized form (little-endian; see docs/compression-dmc.md). `mode` is written so that a
+  // Serialized form (little-endian; see docs/compression.md). `mode` is written so that a
   // learned state is never loaded as a free one.
   // `slots[head]` is the head's slot count (its K and V table length), written for checking.
   std::string Serialize(DmcMode mode, const KvGeometry& geometry,

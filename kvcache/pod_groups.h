@@ -1,7 +1,7 @@
 // The layer groups of the `pod` KV policy: for every KV head, the layers are split into runs of
 // consecutive layers, and each run's lowest layer (its anchor) lends its keys of distant tokens to
 // the other layers of the run. This file owns the in-memory form, its validation, the groups JSON
-// file (docs/compression-pod.md) and the greedy grouping that `kvasir calibrate pod` applies to
+// file (docs/compression.md) and the greedy grouping that `kvasir calibrate pod` applies to
 // measured similarities. Invariant of a valid PodGroups: anchor(l, h) <= l, anchor(0, h) == 0, and
 // anchor(l, h) is either l or anchor(l - 1, h) (groups are consecutive).
 #pragma once

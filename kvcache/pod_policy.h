@@ -3,7 +3,7 @@
 // distant tokens use the keys of the anchor layer of the (layer, KV head)'s group (kvcache/
 // pod_groups.h) and each layer's own values. Tables: V of every layer and K of anchor layers hold
 // every token in token order; K of a non-anchor (layer, head) is `sink` slots plus a ring of
-// `window` slots, so it never holds more than sink + window slots. docs/compression-pod.md.
+// `window` slots, so it never holds more than sink + window slots. docs/compression.md.
 //
 //   KVASIR_ASSIGN_OR_RETURN(auto policy, ParsePolicy("pod:sink=4,window=252,group_size=2", g));
 #pragma once

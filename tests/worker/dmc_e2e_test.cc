@@ -2,7 +2,7 @@
 // free mode that never merges gives full's greedy ids, the free mode reaches its ratio, the
 // learned mode keeps its invariants, and parallel prefill matches serial prefill. On the default
 // model (skipped when absent) the free mode's ratio and greedy agreement with full are measured.
-// DISABLED_DefaultModelQuality prints the figures of docs/compression-dmc.md.
+// DISABLED_DefaultModelQuality prints the figures of docs/compression.md.
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
@@ -103,7 +103,7 @@ TEST_F(DmcStoriesTest, FreeModeThatNeverMergesGivesFullsGreedyIds) {
 }
 
 // Slots per head: sink + recent + about (n - sink - recent) / ratio (the merge machinery's
-// share; the controller's error is bounded, docs/compression-dmc.md).
+// share; the controller's error is bounded, docs/compression.md).
 TEST_F(DmcStoriesTest, FreeModeHoldsWhatItsRatioPromises) {
   struct Case {
     std::string spec;
@@ -208,7 +208,7 @@ TEST_F(DmcDefaultModelTest, FreeModeReachesItsRatioAndAgreesWithFull) {
   EXPECT_LT(ppl_dmc, 1.3 * ppl_full);
 }
 
-// Figures for docs/compression-dmc.md: perplexity and teacher-forced top-1 agreement with full on
+// Figures for docs/compression.md: perplexity and teacher-forced top-1 agreement with full on
 // ../shared/eval/shakespeare-public.txt, windows of KVASIR_DMC_EVAL_WINDOW tokens (default
 // 1024), for several specs. Slow; run by hand:
 //   build/tests/kvasir_worker_tests --gtest_also_run_disabled_tests \
