@@ -78,6 +78,7 @@ function(kvasir_add_test name)
   gtest_discover_tests(kvasir_${name}_tests
                        WORKING_DIRECTORY ${PROJECT_SOURCE_DIR}
                        PROPERTIES LABELS "${ARG_LABELS}" TIMEOUT ${ARG_TIMEOUT}
+                                  SKIP_REGULAR_EXPRESSION "KVASIR_SHARED_FIXTURES_MISSING"
                        DISCOVERY_TIMEOUT 60)
 endfunction()
 
