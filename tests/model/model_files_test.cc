@@ -466,9 +466,18 @@ TEST(ResolveModelPathTest, ExplicitPathsPassThrough) {
 }
 
 TEST(ResolveModelPathTest, EnvironmentComesFirst) {
-  ScopedEnv env("KVASIR_MODEL", StoriesPath().c_str());
-  EXPECT_EQ(*ResolveModelPath("default"), StoriesPath());
-  EXPECT_EQ(*ResolveModelPath(""), StoriesPath());
+  const std::string file = (std::filesystem::temp_directory_path() /
+                            ("kvasir_env_model_" + std::to_string(::getpid()) + ".gguf"))
+                               .string();
+  std::ofstream(file) << "x";
+  ScopedEnv env("KVASIR_MODEL", file.c_str());
+  absl::StatusOr<std::string> first = ResolveModelPath("default");
+  ASSERT_TRUE(first.ok()) << first.status();
+  EXPECT_EQ(*first, file);
+  absl::StatusOr<std::string> empty = ResolveModelPath("");
+  ASSERT_TRUE(empty.ok()) << empty.status();
+  EXPECT_EQ(*empty, file);
+  std::filesystem::remove(file);
   ScopedEnv missing("KVASIR_MODEL", "/no/such/file.gguf");
   absl::StatusOr<std::string> r = ResolveModelPath("default");
   ASSERT_FALSE(r.ok());

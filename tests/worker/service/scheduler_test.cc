@@ -123,8 +123,8 @@ const char* const kPrompts[] = {
 };
 
 TEST_F(SchedulerTest, SingleGreedyRequestMatchesGenerate) {
-  Load();
-  MakeScheduler();
+  ASSERT_NO_FATAL_FAILURE(Load());
+  ASSERT_NO_FATAL_FAILURE(MakeScheduler());
   SchedulerRequest r = Greedy("a", "Once upon a time", 40);
   const GenerateResult ref = Reference(r);
   Submit(r);
@@ -143,8 +143,8 @@ TEST_F(SchedulerTest, SingleGreedyRequestMatchesGenerate) {
 }
 
 TEST_F(SchedulerTest, BatchedRequestsGiveTheSameTokensAsAlone) {
-  Load();
-  MakeScheduler();
+  ASSERT_NO_FATAL_FAILURE(Load());
+  ASSERT_NO_FATAL_FAILURE(MakeScheduler());
   std::vector<SchedulerRequest> requests;
   std::vector<GenerateResult> refs;
   for (int i = 0; i < 6; ++i) {
@@ -167,11 +167,11 @@ TEST_F(SchedulerTest, BatchedRequestsGiveTheSameTokensAsAlone) {
 }
 
 TEST_F(SchedulerTest, TokenBudgetAndChunkedPrefill) {
-  Load();
+  ASSERT_NO_FATAL_FAILURE(Load());
   SchedulerOptions options;
   options.max_num_batched_tokens = 16;
   options.prefill_chunk = 8;
-  MakeScheduler(options);
+  ASSERT_NO_FATAL_FAILURE(MakeScheduler(options));
   SchedulerRequest long_prompt = Greedy(
       "long", "Once upon a time there was a little girl named Lily who loved to play outside", 20);
   ASSERT_GT(long_prompt.prompt.size(), 16u);
@@ -194,10 +194,10 @@ TEST_F(SchedulerTest, TokenBudgetAndChunkedPrefill) {
 }
 
 TEST_F(SchedulerTest, AdmissionRespectsMaxNumSeqsFirstComeFirstServed) {
-  Load();
+  ASSERT_NO_FATAL_FAILURE(Load());
   SchedulerOptions options;
   options.max_num_seqs = 2;
-  MakeScheduler(options);
+  ASSERT_NO_FATAL_FAILURE(MakeScheduler(options));
   for (int i = 0; i < 4; ++i) {
     SchedulerRequest r = Greedy("q" + std::to_string(i), kPrompts[i], 12);
     r.ignore_eos = true;
@@ -227,9 +227,9 @@ TEST_F(SchedulerTest, AdmissionRespectsMaxNumSeqsFirstComeFirstServed) {
 TEST_F(SchedulerTest, PreemptionByRecomputeKeepsTheOutput) {
   // 600 pages of 512 bytes: room for ~15 blocks of 16 tokens (40 pages each), while four
   // requests of 8 + 100 tokens need 28. One alone fits.
-  Load(600 * 512);
+  ASSERT_NO_FATAL_FAILURE(Load(600 * 512));
   ASSERT_EQ(engine_->cache().pool().capacity_pages(), 600);
-  MakeScheduler();
+  ASSERT_NO_FATAL_FAILURE(MakeScheduler());
   std::vector<SchedulerRequest> requests;
   std::vector<GenerateResult> refs;
   for (int i = 0; i < 4; ++i) {
@@ -258,7 +258,7 @@ TEST_F(SchedulerTest, PreemptionByRecomputeKeepsTheOutput) {
 
 TEST_F(SchedulerTest, ARequestLargerThanTheCacheFailsCleanly) {
   Load(128 * 512);  // 3 blocks: 48 tokens
-  MakeScheduler();
+  ASSERT_NO_FATAL_FAILURE(MakeScheduler());
   SchedulerRequest r = Greedy("big", "Once upon a time", 100);
   r.ignore_eos = true;
   Submit(r);
@@ -277,10 +277,10 @@ TEST_F(SchedulerTest, ARequestLargerThanTheCacheFailsCleanly) {
 }
 
 TEST_F(SchedulerTest, CancelRunningAndWaitingRequests) {
-  Load();
+  ASSERT_NO_FATAL_FAILURE(Load());
   SchedulerOptions options;
   options.max_num_seqs = 1;
-  MakeScheduler(options);
+  ASSERT_NO_FATAL_FAILURE(MakeScheduler(options));
   SchedulerRequest running = Greedy("running", "Once upon a time", 500);
   running.ignore_eos = true;
   SchedulerRequest waiting = Greedy("waiting", "The dog", 500);
@@ -313,11 +313,11 @@ TEST_F(SchedulerTest, CancelRunningAndWaitingRequests) {
 }
 
 TEST_F(SchedulerTest, DecodesKeepGoingWhileALongPromptIsPrefilled) {
-  Load();
+  ASSERT_NO_FATAL_FAILURE(Load());
   SchedulerOptions options;
   options.max_num_batched_tokens = 24;
   options.prefill_chunk = 16;
-  MakeScheduler(options);
+  ASSERT_NO_FATAL_FAILURE(MakeScheduler(options));
   SchedulerRequest a = Greedy("a", "The dog", 100);
   a.ignore_eos = true;
   Submit(a);
@@ -341,11 +341,11 @@ TEST_F(SchedulerTest, DecodesKeepGoingWhileALongPromptIsPrefilled) {
 }
 
 TEST_F(SchedulerTest, RefusesBadRequests) {
-  Load();
+  ASSERT_NO_FATAL_FAILURE(Load());
   SchedulerOptions options;
   options.max_waiting = 2;
   options.max_model_len = 64;
-  MakeScheduler(options);
+  ASSERT_NO_FATAL_FAILURE(MakeScheduler(options));
   auto submit = [&](SchedulerRequest r) {
     return scheduler_->Submit(std::move(r), [](const RequestOutput&) {});
   };
@@ -376,8 +376,8 @@ TEST_F(SchedulerTest, RefusesBadRequests) {
 }
 
 TEST_F(SchedulerTest, StopStringsMatchGenerate) {
-  Load();
-  MakeScheduler();
+  ASSERT_NO_FATAL_FAILURE(Load());
+  ASSERT_NO_FATAL_FAILURE(MakeScheduler());
   SchedulerRequest probe = Greedy("probe", "Once upon a time", 40);
   const GenerateResult free_run = Reference(probe);
   // A word from the middle of the greedy output becomes the stop string.
@@ -399,8 +399,8 @@ TEST_F(SchedulerTest, StopStringsMatchGenerate) {
 }
 
 TEST_F(SchedulerTest, LogprobsAreNormalizedAndRanked) {
-  Load();
-  MakeScheduler();
+  ASSERT_NO_FATAL_FAILURE(Load());
+  ASSERT_NO_FATAL_FAILURE(MakeScheduler());
   SchedulerRequest r = Greedy("lp", "Once upon a time", 8);
   r.ignore_eos = true;
   r.logprobs = 3;
@@ -424,8 +424,8 @@ TEST_F(SchedulerTest, LogprobsAreNormalizedAndRanked) {
 }
 
 TEST_F(SchedulerTest, SeededSamplingIsReproducibleAndMatchesGenerate) {
-  Load();
-  MakeScheduler();
+  ASSERT_NO_FATAL_FAILURE(Load());
+  ASSERT_NO_FATAL_FAILURE(MakeScheduler());
   SchedulerRequest r = Greedy("s1", "Once upon a time", 30);
   r.sampling = SamplingParams();
   r.sampling.temperature = 0.9f;
@@ -441,8 +441,8 @@ TEST_F(SchedulerTest, SeededSamplingIsReproducibleAndMatchesGenerate) {
 }
 
 TEST_F(SchedulerTest, ZeroMaxTokensAndCancelAll) {
-  Load();
-  MakeScheduler();
+  ASSERT_NO_FATAL_FAILURE(Load());
+  ASSERT_NO_FATAL_FAILURE(MakeScheduler());
   Submit(Greedy("zero", "Once upon a time", 0));
   RunAll();
   EXPECT_TRUE(results_["zero"].finished);
