@@ -257,7 +257,7 @@ TEST_F(SchedulerTest, PreemptionByRecomputeKeepsTheOutput) {
 }
 
 TEST_F(SchedulerTest, ARequestLargerThanTheCacheFailsCleanly) {
-  Load(128 * 512);  // 3 blocks: 48 tokens
+  ASSERT_NO_FATAL_FAILURE(Load(128 * 512));  // 3 blocks: 48 tokens
   ASSERT_NO_FATAL_FAILURE(MakeScheduler());
   SchedulerRequest r = Greedy("big", "Once upon a time", 100);
   r.ignore_eos = true;
