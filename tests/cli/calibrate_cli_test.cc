@@ -13,48 +13,15 @@
 
 #include "gtest/gtest.h"
 #include "kvcache/pod_groups.h"
+#include "tests/cli/cli_runner.h"
 #include "tests/testing/paths.h"
 
 namespace kvasir::cli {
 namespace {
 
-struct Result {
-  int exit_code = -1;
-  std::string out;
-  std::string err;
-};
-
-std::string ReadAll(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  return {std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
-}
-
-std::string Dir() {
-  const std::string dir = (std::filesystem::temp_directory_path() /
-                           ("kvasir_calibrate_test_" + std::to_string(::getpid())))
-                              .string();
-  std::filesystem::create_directories(dir);
-  return dir;
-}
-
-std::string Quote(const std::string& s) {
-  std::string q = "'";
-  for (char c : s) q += c == '\'' ? std::string("'\\''") : std::string(1, c);
-  return q + "'";
-}
-
-Result Kvasir(const std::vector<std::string>& args) {
-  const std::string dir = Dir();
-  std::string cmd = "timeout 300 " + std::string(KVASIR_BINARY_DIR) + "/bin/kvasir";
-  for (const auto& a : args) cmd += " " + Quote(a);
-  cmd += " >" + dir + "/out 2>" + dir + "/err";
-  Result r;
-  const int status = std::system(cmd.c_str());
-  r.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-  r.out = ReadAll(dir + "/out");
-  r.err = ReadAll(dir + "/err");
-  return r;
-}
+using cli_test::Kvasir;
+using cli_test::TempDir;
+using Result = cli_test::RunResult;
 
 const std::string kStories = testing::SharedPath("models/stories260K.gguf");
 const std::string kText = testing::SharedPath("eval/shakespeare-public.txt");
@@ -84,7 +51,7 @@ TEST(CalibrateCliTest, HelpAndUsageErrors) {
 }
 
 TEST(CalibrateCliTest, WritesAGroupsFileThePolicyReads) {
-  const std::string out = Dir() + "/groups.json";
+  const std::string out = TempDir() + "/groups.json";
   Result r = Kvasir({"calibrate", "pod", "--model", kStories, "--text", kText, "--out", out,
                      "--window", "32", "--max-tokens", "400", "--chunk-tokens", "200", "--queries",
                      "8", "--threshold", "0.1"});
@@ -108,7 +75,7 @@ TEST(CalibrateCliTest, WritesAGroupsFileThePolicyReads) {
   auto fixed = kvcache::ParsePodGroupsJson(r.out);
   ASSERT_TRUE(fixed.ok()) << fixed.status() << "\n" << r.out;
   EXPECT_EQ(fixed->groups, kvcache::PodGroups::FixedSize(5, 4, 2));
-  std::filesystem::remove_all(Dir());
+  std::filesystem::remove_all(TempDir());
 }
 
 }  // namespace

@@ -12,55 +12,17 @@
 
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
+#include "tests/cli/cli_runner.h"
 #include "tests/testing/paths.h"
 #include "tests/testing/safetensors_builder.h"
 
 namespace kvasir::cli {
 namespace {
 
-struct RunResult {
-  int exit_code = -1;
-  std::string out;
-  std::string err;
-};
-
-std::string ReadAll(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  return {std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
-}
-
-std::string TempDir() {
-  std::string dir =
-      (std::filesystem::temp_directory_path() / ("kvasir_cli_test_" + std::to_string(::getpid())))
-          .string();
-  std::filesystem::create_directories(dir);
-  return dir;
-}
-
-std::string Quote(const std::string& s) {
-  std::string q = "'";
-  for (char c : s) {
-    if (c == '\'') {
-      q += "'\\''";
-    } else {
-      q += c;
-    }
-  }
-  return q + "'";
-}
-
-RunResult Kvasir(const std::vector<std::string>& args) {
-  const std::string dir = TempDir();
-  std::string cmd = "timeout 300 " + std::string(KVASIR_BINARY_DIR) + "/bin/kvasir";
-  for (const auto& a : args) cmd += " " + Quote(a);
-  cmd += " >" + dir + "/out 2>" + dir + "/err";
-  RunResult r;
-  const int status = std::system(cmd.c_str());
-  r.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-  r.out = ReadAll(dir + "/out");
-  r.err = ReadAll(dir + "/err");
-  return r;
-}
+using cli_test::Kvasir;
+using cli_test::ReadAll;
+using cli_test::RunResult;
+using cli_test::TempDir;
 
 int CountLines(const std::string& s) {
   int n = 0;

@@ -1,0 +1,55 @@
+// Runs the real `kvasir` binary in a child process for the CLI tests: exit code, stdout, stderr.
+#pragma once
+
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <iterator>
+#include <string>
+#include <vector>
+
+namespace kvasir::cli::cli_test {
+
+struct RunResult {
+  int exit_code = -1;
+  std::string out;
+  std::string err;
+};
+
+inline std::string ReadAll(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  return {std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
+}
+
+// A scratch folder of this test process, created on first use.
+inline std::string TempDir() {
+  std::string dir =
+      (std::filesystem::temp_directory_path() / ("kvasir_cli_test_" + std::to_string(::getpid())))
+          .string();
+  std::filesystem::create_directories(dir);
+  return dir;
+}
+
+inline std::string Quote(const std::string& s) {
+  std::string q = "'";
+  for (char c : s) q += c == '\'' ? std::string("'\\''") : std::string(1, c);
+  return q + "'";
+}
+
+inline RunResult Kvasir(const std::vector<std::string>& args) {
+  const std::string dir = TempDir();
+  std::string cmd = "timeout 300 " + std::string(KVASIR_BINARY_DIR) + "/bin/kvasir";
+  for (const auto& a : args) cmd += " " + Quote(a);
+  cmd += " >" + dir + "/out 2>" + dir + "/err";
+  RunResult r;
+  const int status = std::system(cmd.c_str());
+  r.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  r.out = ReadAll(dir + "/out");
+  r.err = ReadAll(dir + "/err");
+  return r;
+}
+
+}  // namespace kvasir::cli::cli_test
