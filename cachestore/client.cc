@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <cstring>
 #include <map>
+#include <thread>
 
 #include "absl/strings/str_cat.h"
 #include "cachestore/protocol.h"
@@ -44,13 +45,116 @@ absl::Status StoreRestarted() {
   return absl::UnavailableError("the cachestore restarted; retry the call");
 }
 
+// How long a quiet client keeps the leases of finished reads before it sends their release on
+// its own; a busy one sends them with its next open-read.
+constexpr absl::Duration kReleaseDelay = absl::Milliseconds(2);
+// Deadline of a release the client sends on its own (a lost one only delays the store until the
+// lease expires).
+constexpr absl::Duration kReleaseTimeout = absl::Milliseconds(200);
+
 }  // namespace
 
-StoreClient::StoreClient(ClientOptions options) : options_(std::move(options)) {}
+// The leases of finished reads, waiting for release. They belong to one store process: leases of
+// another (a restart in between) are dropped, not sent.
+class StoreClient::Releases {
+ public:
+  void Add(uint64_t instance, std::span<const LeaseId> leases) {
+    absl::MutexLock lock(&mu);
+    if (instance != this->instance) {
+      waiting.clear();
+      this->instance = instance;
+    }
+    if (waiting.empty()) oldest = absl::Now();
+    waiting.insert(waiting.end(), leases.begin(), leases.end());
+  }
+
+  // Up to kMaxBatchItems leases to release with a request to store process `instance`.
+  std::vector<LeaseId> Take(uint64_t instance) {
+    absl::MutexLock lock(&mu);
+    if (instance != this->instance) {
+      waiting.clear();
+      return {};
+    }
+    return TakeLocked();
+  }
+
+  std::vector<LeaseId> TakeLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
+    std::vector<LeaseId> out;
+    if (waiting.size() <= static_cast<size_t>(kMaxBatchItems)) {
+      out.swap(waiting);
+    } else {
+      out.assign(waiting.end() - kMaxBatchItems, waiting.end());
+      waiting.resize(waiting.size() - kMaxBatchItems);
+    }
+    return out;
+  }
+
+  absl::Mutex mu;
+  uint64_t instance ABSL_GUARDED_BY(mu) = 0;
+  std::vector<LeaseId> waiting ABSL_GUARDED_BY(mu);
+  absl::Time oldest ABSL_GUARDED_BY(mu);     // when the first of `waiting` was added
+  bool sending ABSL_GUARDED_BY(mu) = false;  // a release call is on its way
+  bool stop ABSL_GUARDED_BY(mu) = false;
+  std::thread thread;  // runs ReleaseLoop
+};
+
+StoreClient::StoreClient(ClientOptions options)
+    : options_(std::move(options)), releases_(std::make_unique<Releases>()) {}
 
 StoreClient::~StoreClient() {
-  if (rpc_) rpc_->Stop();
+  if (releases_->thread.joinable()) {
+    {
+      absl::MutexLock lock(&releases_->mu);
+      releases_->stop = true;
+    }
+    releases_->thread.join();
+  }
+  if (rpc_) {
+    FlushReleases(absl::Now() + kReleaseTimeout);
+    rpc_->Stop();
+  }
   ucx_.reset();
+}
+
+void StoreClient::ReleaseLoop() {
+  Releases& r = *releases_;
+  absl::MutexLock lock(&r.mu);
+  while (!r.stop) {
+    r.mu.Await(absl::Condition(
+        +[](Releases* r) ABSL_NO_THREAD_SAFETY_ANALYSIS { return r->stop || !r->waiting.empty(); },
+        &r));
+    if (r.stop) break;
+    // Sleep until the oldest waiting lease is kReleaseDelay old. Reads taking the leases meanwhile
+    // do not wake this thread (a busy client costs it one wake-up per delay).
+    const absl::Time due = r.oldest + kReleaseDelay;
+    r.mu.AwaitWithDeadline(absl::Condition(&r.stop), due);
+    if (r.stop || r.sending || absl::Now() < due) continue;
+    r.mu.Unlock();
+    FlushReleases(absl::Now() + kReleaseTimeout);
+    r.mu.Lock();
+  }
+}
+
+void StoreClient::FlushReleases(absl::Time deadline) {
+  Releases& r = *releases_;
+  absl::MutexLock lock(&r.mu);
+  // A release on its way (from the releaser thread) goes first, so that a call made after this
+  // one returns finds every earlier read's lease released.
+  r.mu.AwaitWithDeadline(
+      absl::Condition(
+          +[](Releases* r) ABSL_NO_THREAD_SAFETY_ANALYSIS { return !r->sending; }, &r),
+      deadline);
+  while (!r.waiting.empty() && !r.sending) {
+    LeaseList release;
+    for (LeaseId lease : r.TakeLocked()) release.add_leases(lease);
+    r.sending = true;
+    r.mu.Unlock();
+    // A lost release only delays the store until the lease expires.
+    (void)CallRpc(kReleaseMethod, release.SerializeAsString(),
+                  std::max(deadline, absl::Now() + kReleaseTimeout));
+    r.mu.Lock();
+    r.sending = false;
+  }
 }
 
 absl::StatusOr<std::unique_ptr<StoreClient>> StoreClient::Connect(ClientOptions options) {
@@ -88,6 +192,7 @@ absl::StatusOr<std::unique_ptr<StoreClient>> StoreClient::Connect(ClientOptions 
   }
   const absl::Time deadline = absl::Now() + options.connect_timeout;
   KVASIR_RETURN_IF_ERROR(client->CurrentSession(deadline).status());
+  client->releases_->thread = std::thread([c = client.get()] { c->ReleaseLoop(); });
   return client;
 }
 
@@ -97,6 +202,15 @@ absl::Time StoreClient::Deadline(absl::Duration timeout) const {
 
 absl::StatusOr<std::string> StoreClient::Call(const char* method, const std::string& request,
                                               absl::Time deadline) {
+  const std::string_view m = method;
+  if (m != kHelloMethod && m != kOpenReadMethod && m != kReadMethod && m != kReleaseMethod) {
+    FlushReleases(deadline);
+  }
+  return CallRpc(method, request, deadline);
+}
+
+absl::StatusOr<std::string> StoreClient::CallRpc(const char* method, const std::string& request,
+                                                 absl::Time deadline) {
   const absl::Duration left = deadline - absl::Now();
   if (left <= absl::ZeroDuration()) {
     return absl::DeadlineExceededError(absl::StrCat(method, ": deadline passed"));
@@ -588,6 +702,7 @@ absl::StatusOr<std::vector<absl::StatusOr<uint64_t>>> StoreClient::GetBatch(
     OpenReadRequest request;
     request.set_inline_max_bytes(inline_max);
     for (size_t i = begin; i < end; ++i) ToProto(keys[i], request.add_keys());
+    for (LeaseId lease : releases_->Take(session->instance)) request.add_release_leases(lease);
     const absl::Time sent = absl::Now();
     absl::StatusOr<std::string> reply =
         Call(kOpenReadMethod, request.SerializeAsString(), deadline);
@@ -604,7 +719,7 @@ absl::StatusOr<std::vector<absl::StatusOr<uint64_t>>> StoreClient::GetBatch(
       }
       if (release.leases_size() > 0) {
         (void)Call(kReleaseMethod, release.SerializeAsString(),
-                   std::max(deadline, absl::Now() + absl::Milliseconds(200)));
+                   std::max(deadline, absl::Now() + kReleaseTimeout));
       }
       reply = StoreRestarted();
     }
@@ -674,13 +789,7 @@ absl::StatusOr<std::vector<absl::StatusOr<uint64_t>>> StoreClient::GetBatch(
         for (auto& [i, op] : items) results[i] = s;
       }
     }
-    if (!leases.empty()) {
-      LeaseList release;
-      for (LeaseId lease : leases) release.add_leases(lease);
-      // A lost release only delays the store until the lease expires.
-      (void)Call(kReleaseMethod, release.SerializeAsString(),
-                 std::max(deadline, absl::Now() + absl::Milliseconds(200)));
-    }
+    if (!leases.empty()) releases_->Add(session->instance, leases);
     begin = end;
   }
   if (options_.verify_reads) {

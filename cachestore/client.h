@@ -11,9 +11,11 @@
 //   KVASIR_RETURN_IF_ERROR(client->Put(block_bytes).status());
 //
 // Writes are two-phase (reserve, write, commit; abort on failure), so a block is visible only once
-// whole and verified. Reads are verified here too (header, payload XXH3, key) unless
-// verify_reads is off. If the store restarts, the client notices the reconnection and sets up its
-// session again before the next call. Every method is safe from any thread.
+// whole and verified. A read holds a lease on its blocks while their bytes move; the client
+// releases it off the read path: with its next read, before any other call it makes, or after
+// 2 ms of quiet, whichever comes first. Reads are verified here too (header, payload XXH3, key)
+// unless verify_reads is off. If the store restarts, the client notices the reconnection and sets
+// up its session again before the next call. Every method is safe from any thread.
 #pragma once
 
 #include <cstdint>
@@ -154,13 +156,21 @@ class StoreClient {
   std::vector<uint64_t> arena_sizes() const;
 
   struct Session;
+  class Releases;
 
  private:
   explicit StoreClient(ClientOptions options);
   absl::StatusOr<std::shared_ptr<const Session>> CurrentSession(absl::Time deadline);
   absl::StatusOr<std::shared_ptr<const Session>> NewSession(absl::Time deadline);
+  // Sends the leases waiting for release first, except for the calls that cannot conflict with
+  // them (hello, open-read, which carries them itself, and read pieces).
   absl::StatusOr<std::string> Call(const char* method, const std::string& request,
                                    absl::Time deadline);
+  absl::StatusOr<std::string> CallRpc(const char* method, const std::string& request,
+                                      absl::Time deadline);
+  // Releases the leases waiting for it now (waiting for a release already on its way).
+  void FlushReleases(absl::Time deadline);
+  void ReleaseLoop();  // the releaser thread
   absl::Time Deadline(absl::Duration timeout) const;
   absl::Status Transfer(const Session& session, bool put, uint32_t arena,
                         std::span<const transport::RmaOp> ops, absl::Time deadline);
@@ -174,6 +184,7 @@ class StoreClient {
   mutable absl::Mutex mu_;
   std::shared_ptr<const Session> session_ ABSL_GUARDED_BY(mu_);
   std::vector<std::unique_ptr<std::byte[]>> heap_buffers_ ABSL_GUARDED_BY(mu_);
+  std::unique_ptr<Releases> releases_;
 };
 
 }  // namespace kvasir::cachestore

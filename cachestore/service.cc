@@ -248,6 +248,7 @@ void StoreService::Impl::RegisterHandlers() {
                        inline_max * static_cast<uint64_t>(request->keys_size()) > kHeavyBytes;
     Serve(call, "open_read", heavy,
           [this, call, request, inline_max]() -> absl::StatusOr<std::string> {
+            for (uint64_t lease : request->release_leases()) (void)store->Release(lease);
             OpenReadResponse response;
             response.set_instance(instance);
             uint64_t inline_total = 0;

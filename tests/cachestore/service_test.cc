@@ -205,6 +205,7 @@ TEST_P(StoreServiceTest, ConcurrentClientsWriteAndReadTheSameBlocks) {
   EXPECT_EQ(failures.load(), 0);
   EXPECT_EQ(stored.load(), static_cast<int>(blocks.size())) << "each block stored exactly once";
   EXPECT_EQ(service->store().stats().memory_blocks, blocks.size());
+  clients.clear();  // a closing client releases the leases of its last reads
   EXPECT_EQ(service->store().stats().active_read_leases, 0u);
 }
 
@@ -256,6 +257,43 @@ TEST(StoreServiceLeaseTest, LeasesOfVanishedClientsExpire) {
       << metrics->body;
   EXPECT_NE(metrics->body.find("kvasir_cachestore_lease_expiries_total{kind=\"reservation\"} 1"),
             std::string::npos);
+}
+
+TEST(StoreServiceLeaseTest, ReadLeasesAreReleasedOffTheReadPath) {
+  auto service = StartService();  // leases last 30 s: nothing here waits for an expiry
+  ASSERT_NE(service, nullptr);
+  auto reader = ConnectClient(*service, DataPath::kUcx);
+  auto other = ConnectClient(*service, DataPath::kAuto);
+  ASSERT_NE(reader, nullptr);
+  ASSERT_NE(other, nullptr);
+  const auto blocks = Blocks(131, 3, 128 << 10);  // over the inline size: reads take leases
+  for (const std::string& b : blocks) ASSERT_TRUE(reader->Put(AsBytes(b)).ok());
+  std::string out(256 << 10, '\0');
+
+  // Back-to-back reads: each open-read carries the release of the read before, so at most the
+  // last read's lease is held, however fast the reads come.
+  for (int i = 0; i < 30; ++i) {
+    const std::string& b = blocks[i % blocks.size()];
+    ASSERT_EQ(*reader->Get(KeyOf(b), testing::AsWritable(out)), b.size());
+    ASSERT_LE(service->store().stats().active_read_leases, 1u) << "read " << i;
+  }
+  // The reader's next call of another kind sends the release first.
+  auto stats = reader->Stats();
+  ASSERT_TRUE(stats.ok()) << stats.status();
+  EXPECT_EQ(stats->active_read_leases(), 0u);
+
+  // A reader that goes quiet releases on its own, long before the lease would expire: another
+  // client can then remove the block.
+  ASSERT_TRUE(reader->Get(KeyOf(blocks[0]), testing::AsWritable(out)).ok());
+  const absl::Time deadline = absl::Now() + absl::Seconds(5);
+  while (service->store().stats().active_read_leases > 0 && absl::Now() < deadline) {
+    absl::SleepFor(absl::Milliseconds(1));
+  }
+  EXPECT_EQ(service->store().stats().active_read_leases, 0u);
+  auto removed = other->Remove(std::vector<BlockKey>{KeyOf(blocks[0])});
+  ASSERT_TRUE(removed.ok()) << removed.status();
+  EXPECT_TRUE((*removed)[0].ok()) << (*removed)[0];
+  EXPECT_EQ(service->store().stats().expiries_read, 0u);
 }
 
 TEST(StoreServiceHttpTest, HealthAndMetrics) {
