@@ -133,13 +133,18 @@ TEST_F(RpcTest, UnaryCallsAndErrors) {
 }
 
 TEST_F(RpcTest, ConcurrentCallsFromManyThreads) {
+  // Callers write their requests to the socket themselves once the connection is ready; large
+  // requests that the socket takes only in part queue behind for the I/O thread. Frames of
+  // different callers must never interleave.
   auto client = Client();
+  ASSERT_TRUE(client->WaitConnected(absl::Seconds(5)).ok());
   std::vector<std::thread> threads;
   std::atomic<int> ok{0};
   for (int t = 0; t < 8; ++t) {
     threads.emplace_back([&, t] {
       for (int i = 0; i < 50; ++i) {
-        const std::string msg = std::to_string(t * 1000 + i);
+        std::string msg = std::to_string(t * 1000 + i);
+        if (t % 2 == 1 && i % 10 == 0) msg.resize(3 << 20, static_cast<char>('a' + t));
         auto r = client->Call("echo", msg);
         if (r.ok() && *r == msg) ok.fetch_add(1);
       }
@@ -166,13 +171,18 @@ TEST_F(RpcTest, HandshakeRefusesADifferentPrefixHash) {
 
 TEST_F(RpcTest, DeadlineExceededWhenThePeerDoesNotAnswer) {
   auto client = Client();
-  const absl::Time start = absl::Now();
-  auto r = client->Call("hang", "", {.timeout = absl::Milliseconds(200)});
-  const absl::Duration took = absl::Now() - start;
-  EXPECT_EQ(r.status().code(), absl::StatusCode::kDeadlineExceeded) << r.status();
-  EXPECT_GE(took, absl::Milliseconds(190));
-  EXPECT_LT(took, absl::Seconds(2));
-  EXPECT_EQ(*client->Call("echo", "still works"), "still works");
+  // Twice: the first call may wait for the connection (the I/O thread keeps its deadline), the
+  // second is sent by the caller on the ready connection (the caller keeps it).
+  for (int round = 0; round < 2; ++round) {
+    if (round == 1) ASSERT_TRUE(client->WaitConnected(absl::Seconds(5)).ok());
+    const absl::Time start = absl::Now();
+    auto r = client->Call("hang", "", {.timeout = absl::Milliseconds(200)});
+    const absl::Duration took = absl::Now() - start;
+    EXPECT_EQ(r.status().code(), absl::StatusCode::kDeadlineExceeded) << r.status();
+    EXPECT_GE(took, absl::Milliseconds(190));
+    EXPECT_LT(took, absl::Seconds(2));
+    EXPECT_EQ(*client->Call("echo", "still works"), "still works");
+  }
 }
 
 TEST(RpcServerTest, CancellationReachesTheServer) {

@@ -80,9 +80,14 @@ struct RpcClient::Core : std::enable_shared_from_this<Core> {
   asio::steady_timer backoff_timer;
   absl::Duration backoff;
   std::mt19937_64 rng;
-  uint64_t next_call_id = 1;
-  absl::flat_hash_map<uint64_t, std::shared_ptr<CallState>> active;  // sent, awaiting an answer
-  std::deque<std::shared_ptr<CallState>> waiting;                    // waiting for a connection
+  std::deque<std::shared_ptr<CallState>> waiting;  // waiting for a connection
+
+  // Shared with calling threads, which send unary calls themselves while the connection is ready.
+  absl::Mutex calls_mu;
+  uint64_t next_call_id ABSL_GUARDED_BY(calls_mu) = 1;
+  // Sent, awaiting an answer.
+  absl::flat_hash_map<uint64_t, std::shared_ptr<CallState>> active ABSL_GUARDED_BY(calls_mu);
+  std::shared_ptr<Connection> ready_conn ABSL_GUARDED_BY(calls_mu);  // set while kReady
   absl::Status last_error = absl::UnavailableError("not connected yet");
 
   // Any thread.
@@ -110,7 +115,10 @@ struct RpcClient::Core : std::enable_shared_from_this<Core> {
     call->done = true;
     if (call->timer) call->timer->cancel();
     if (call->call_id != 0) {
-      active.erase(call->call_id);
+      {
+        absl::MutexLock lock(&calls_mu);
+        active.erase(call->call_id);
+      }
       if (!answered && conn && !conn->closed() && state == State::kReady) {
         Frame cancel;
         cancel.set_kind(FRAME_KIND_CANCEL);
@@ -164,23 +172,64 @@ struct RpcClient::Core : std::enable_shared_from_this<Core> {
   }
 
   void Send(const std::shared_ptr<CallState>& call) {
-    Frame frame;
-    frame.set_kind(FRAME_KIND_REQUEST);
-    call->call_id = next_call_id++;
-    frame.set_call_id(call->call_id);
-    frame.set_method(call->method);
-    frame.set_payload(call->request);
-    frame.set_server_stream(call->stream);
-    const absl::Duration left = call->deadline - absl::Now();
-    frame.set_timeout_us(
-        static_cast<uint64_t>(std::max<int64_t>(1, absl::ToInt64Microseconds(left))));
-    absl::Status sent = conn->Send(frame);
+    {
+      absl::MutexLock lock(&calls_mu);
+      call->call_id = next_call_id++;
+      active.emplace(call->call_id, call);
+    }
+    absl::Status sent = conn->Send(RequestFrame(*call, call->call_id));
     if (!sent.ok()) {
+      {
+        absl::MutexLock lock(&calls_mu);
+        active.erase(call->call_id);
+      }
       call->call_id = 0;
       Complete(call, Annotate(sent, absl::StrCat(call->method, ": request not sent")));
-      return;
     }
-    active.emplace(call->call_id, call);
+  }
+
+  static Frame RequestFrame(const CallState& call, uint64_t call_id) {
+    Frame frame;
+    frame.set_kind(FRAME_KIND_REQUEST);
+    frame.set_call_id(call_id);
+    frame.set_method(call.method);
+    frame.set_payload(call.request);
+    frame.set_server_stream(call.stream);
+    const absl::Duration left = call.deadline - absl::Now();
+    frame.set_timeout_us(
+        static_cast<uint64_t>(std::max<int64_t>(1, absl::ToInt64Microseconds(left))));
+    return frame;
+  }
+
+  // A unary call sent from the calling thread, without waking the I/O thread: false when the
+  // connection is not ready (the call then goes through Submit). The call's deadline is kept by
+  // the caller (see RpcClient::Call), not by a timer.
+  bool SendDirect(const std::shared_ptr<CallState>& call) {
+    std::shared_ptr<Connection> c;
+    uint64_t id;
+    {
+      absl::MutexLock lock(&calls_mu);
+      if (ready_conn == nullptr || call->deadline <= absl::Now()) return false;
+      c = ready_conn;
+      id = next_call_id++;
+      call->call_id = id;
+      active.emplace(id, call);
+    }
+    // From here the call belongs to the I/O thread (an answer may arrive at once).
+    absl::Status sent = c->Send(RequestFrame(*call, id));
+    if (!sent.ok()) {
+      // The connection closed under us: its close handler fails the call (if it ran after the
+      // call was registered); otherwise this does.
+      asio::post(io, [self = shared_from_this(), call, sent] {
+        self->Complete(call, Annotate(sent, absl::StrCat(call->method, ": request not sent")));
+      });
+    }
+    return true;
+  }
+
+  void SetReadyConnection(std::shared_ptr<Connection> c) {
+    absl::MutexLock lock(&calls_mu);
+    ready_conn = std::move(c);
   }
 
   void Cancel(const std::shared_ptr<CallState>& call, absl::Status status) {
@@ -277,6 +326,7 @@ struct RpcClient::Core : std::enable_shared_from_this<Core> {
                           frame.hello().role(), frame.hello().name()};
       }
       SetConnected(true, absl::OkStatus());
+      SetReadyConnection(conn);
       auto pending = std::move(waiting);
       waiting.clear();
       for (auto& call : pending) {
@@ -284,9 +334,13 @@ struct RpcClient::Core : std::enable_shared_from_this<Core> {
       }
       return;
     }
-    auto it = active.find(frame.call_id());
-    if (it == active.end()) return;  // cancelled or timed out here already
-    std::shared_ptr<CallState> call = it->second;
+    std::shared_ptr<CallState> call;
+    {
+      absl::MutexLock lock(&calls_mu);
+      auto it = active.find(frame.call_id());
+      if (it == active.end()) return;  // cancelled or timed out here already
+      call = it->second;
+    }
     switch (frame.kind()) {
       case FRAME_KIND_RESPONSE:
         if (call->stream) break;
@@ -317,9 +371,7 @@ struct RpcClient::Core : std::enable_shared_from_this<Core> {
     if (state == State::kStopped) return;
     const absl::Status lost = absl::UnavailableError(
         absl::StrCat("connection lost: ", reason.ok() ? "closed" : reason.message()));
-    auto calls = std::move(active);
-    active.clear();
-    for (auto& [id, call] : calls) {
+    for (auto& [id, call] : TakeActive()) {
       call->call_id = 0;  // nothing to cancel on a dead connection
       Complete(call, Annotate(lost, call->method));
     }
@@ -327,8 +379,18 @@ struct RpcClient::Core : std::enable_shared_from_this<Core> {
     AttemptFailed(lost);
   }
 
+  // Stops direct sends and takes the calls awaiting an answer.
+  absl::flat_hash_map<uint64_t, std::shared_ptr<CallState>> TakeActive() {
+    absl::MutexLock lock(&calls_mu);
+    ready_conn = nullptr;
+    auto calls = std::move(active);
+    active.clear();
+    return calls;
+  }
+
   void AttemptFailed(const absl::Status& status) {
     if (state == State::kStopped) return;
+    SetReadyConnection(nullptr);
     last_error = status;
     ++conn_generation;  // late callbacks of this attempt are ignored
     if (conn) conn->Close(absl::OkStatus());
@@ -367,9 +429,7 @@ struct RpcClient::Core : std::enable_shared_from_this<Core> {
     backoff_timer.cancel();
     if (attempt_timer) attempt_timer->cancel();
     if (resolver) resolver->cancel();
-    auto calls = std::move(active);
-    active.clear();
-    for (auto& [id, call] : calls) {
+    for (auto& [id, call] : TakeActive()) {
       call->call_id = 0;
       Complete(call, absl::UnavailableError("rpc client stopped"));
     }
@@ -384,12 +444,11 @@ struct RpcClient::Core : std::enable_shared_from_this<Core> {
 
 namespace {
 
+bool HasFinal(CallState* call) ABSL_NO_THREAD_SAFETY_ANALYSIS { return call->final.has_value(); }
+
 // Blocks until the call has ended (or, defensively, well past its deadline).
 void AwaitFinal(CallState& call) ABSL_EXCLUSIVE_LOCKS_REQUIRED(call.mu) {
-  call.mu.AwaitWithDeadline(
-      absl::Condition(
-          +[](CallState* c) ABSL_NO_THREAD_SAFETY_ANALYSIS { return c->final.has_value(); }, &call),
-      call.deadline + kCallerGrace);
+  call.mu.AwaitWithDeadline(absl::Condition(&HasFinal, &call), call.deadline + kCallerGrace);
 }
 
 class RpcClientStream final : public ClientStream {
@@ -473,10 +532,13 @@ absl::Status RpcClient::WaitConnected(absl::Duration timeout) {
 
 namespace {
 
+// Sends the call: a unary call on a ready connection from this thread (`*direct` is then true and
+// the caller keeps the deadline), anything else through the I/O thread.
 std::shared_ptr<CallState> StartCall(const std::shared_ptr<RpcClient::Core>& core,
                                      std::string_view method, std::string_view request,
                                      const CallOptions& options, bool stream,
-                                     const RpcClient::Options& client_options, uint64_t* token_id) {
+                                     const RpcClient::Options& client_options, uint64_t* token_id,
+                                     bool* direct) {
   const absl::Duration timeout =
       options.timeout > absl::ZeroDuration() ? options.timeout : client_options.default_timeout;
   auto call = std::make_shared<CallState>(method, request, stream, absl::Now() + timeout,
@@ -493,7 +555,9 @@ std::shared_ptr<CallState> StartCall(const std::shared_ptr<RpcClient::Core>& cor
       });
     });
   }
-  asio::post(core->io, [core, call] { core->Submit(call); });
+  // A call whose token is cancelled already is ended by the Cancel posted above, never sent.
+  *direct = !stream && !(options.cancel && options.cancel->cancelled()) && core->SendDirect(call);
+  if (!*direct) asio::post(core->io, [core, call] { core->Submit(call); });
   return call;
 }
 
@@ -502,12 +566,24 @@ std::shared_ptr<CallState> StartCall(const std::shared_ptr<RpcClient::Core>& cor
 absl::StatusOr<std::string> RpcClient::Call(std::string_view method, std::string_view request,
                                             const CallOptions& options) {
   uint64_t token_id = 0;
-  std::shared_ptr<CallState> call =
-      StartCall(core_, method, request, options, /*stream=*/false, core_->options, &token_id);
+  bool direct = false;
+  std::shared_ptr<CallState> call = StartCall(core_, method, request, options, /*stream=*/false,
+                                              core_->options, &token_id, &direct);
   absl::Status status;
   std::string response;
   {
     absl::MutexLock lock(&call->mu);
+    if (direct &&
+        !call->mu.AwaitWithDeadline(absl::Condition(&HasFinal, call.get()), call->deadline)) {
+      // No answer within the deadline: the I/O thread ends the call (and cancels it on the
+      // server); its verdict comes at once.
+      call->mu.Unlock();
+      asio::post(core_->io, [core = core_, call] {
+        core->Cancel(call, absl::DeadlineExceededError(
+                               absl::StrCat(call->method, ": no answer within the deadline")));
+      });
+      call->mu.Lock();
+    }
     AwaitFinal(*call);
     if (!call->final.has_value()) {
       status = absl::DeadlineExceededError(absl::StrCat(call->method, ": no verdict"));
@@ -525,8 +601,9 @@ absl::StatusOr<std::unique_ptr<ClientStream>> RpcClient::OpenStream(std::string_
                                                                     std::string_view request,
                                                                     const CallOptions& options) {
   uint64_t token_id = 0;
-  std::shared_ptr<CallState> call =
-      StartCall(core_, method, request, options, /*stream=*/true, core_->options, &token_id);
+  bool direct = false;
+  std::shared_ptr<CallState> call = StartCall(core_, method, request, options, /*stream=*/true,
+                                              core_->options, &token_id, &direct);
   return std::unique_ptr<ClientStream>(
       new RpcClientStream(std::move(call), core_, options.cancel, token_id));
 }

@@ -1,8 +1,11 @@
 // Framed connection (see connection.h).
 #include "transport/rpc/connection.h"
 
+#include <sys/socket.h>
+
 #include <utility>
 
+#include "boost/asio/post.hpp"
 #include "boost/asio/write.hpp"
 #include "common/log.h"
 #include "common/strings.h"
@@ -35,7 +38,7 @@ void Connection::DoRead() {
   socket_.async_read_some(
       asio::buffer(read_buffer_),
       [self = shared_from_this()](const boost::system::error_code& ec, size_t n) {
-        if (self->closed_) return;
+        if (self->closed()) return;
         if (ec) {
           self->Close(ec == asio::error::eof ? absl::UnavailableError("peer closed the connection")
                                              : absl::UnavailableError("read: " + ec.message()));
@@ -43,7 +46,7 @@ void Connection::DoRead() {
         }
         self->decoder_.Append(std::string_view(self->read_buffer_.data(), n));
         const FrameHandler on_frame = self->on_frame_;
-        while (!self->closed_) {
+        while (!self->closed()) {
           absl::StatusOr<std::optional<Frame>> next = self->decoder_.Next();
           if (!next.ok()) {
             self->Close(next.status());
@@ -52,43 +55,73 @@ void Connection::DoRead() {
           if (!next->has_value()) break;
           on_frame(std::move(**next));
         }
-        if (!self->closed_) self->DoRead();
+        if (!self->closed()) self->DoRead();
       });
 }
 
 absl::Status Connection::Send(const Frame& frame) {
-  if (closed_ || close_after_flush_) return absl::FailedPreconditionError("connection closed");
   absl::StatusOr<std::string> bytes = EncodeFrame(frame, max_frame_bytes_);
+  absl::MutexLock lock(&write_mu_);
+  if (closed_.load(std::memory_order_relaxed) || close_after_flush_) {
+    return absl::FailedPreconditionError("connection closed");
+  }
   if (!bytes.ok()) return bytes.status();
-  queued_bytes_ += bytes->size();
-  write_queue_.push_back(*std::move(bytes));
-  if (!writing_) DoWrite();
+  std::string_view rest = *bytes;
+  if (!writing_) {
+    // Nothing queued: write now, from this thread. What the socket does not take (or an error,
+    // which the I/O thread's write then reports) goes to the queue.
+    const ssize_t n =
+        ::send(socket_.native_handle(), rest.data(), rest.size(), MSG_DONTWAIT | MSG_NOSIGNAL);
+    if (n > 0) rest.remove_prefix(static_cast<size_t>(n));
+    if (rest.empty()) return absl::OkStatus();
+    writing_ = true;
+    asio::post(socket_.get_executor(), [self = shared_from_this()] { self->DoWrite(); });
+  }
+  write_queue_.emplace_back(rest);
   return absl::OkStatus();
 }
 
 void Connection::DoWrite() {
-  if (write_queue_.empty()) {
-    writing_ = false;
-    if (close_after_flush_) Close(pending_close_reason_);
+  const std::string* front = nullptr;
+  {
+    absl::MutexLock lock(&write_mu_);
+    if (closed_.load(std::memory_order_relaxed)) return;
+    if (!write_queue_.empty()) {
+      front = &write_queue_.front();  // deque elements stay put while others are appended
+    } else {
+      writing_ = false;
+      if (!close_after_flush_) return;
+    }
+  }
+  if (front == nullptr) {
+    Close(pending_close_reason_);
     return;
   }
-  writing_ = true;
-  asio::async_write(socket_, asio::buffer(write_queue_.front()),
+  asio::async_write(socket_, asio::buffer(*front),
                     [self = shared_from_this()](const boost::system::error_code& ec, size_t) {
-                      if (self->closed_) return;
+                      if (self->closed()) return;
                       if (ec) {
                         self->Close(absl::UnavailableError("write: " + ec.message()));
                         return;
                       }
-                      self->queued_bytes_ -= self->write_queue_.front().size();
-                      self->write_queue_.pop_front();
+                      {
+                        absl::MutexLock lock(&self->write_mu_);
+                        self->write_queue_.pop_front();
+                      }
                       self->DoWrite();
                     });
 }
 
 void Connection::Close(const absl::Status& reason) {
-  if (closed_) return;
-  closed_ = true;
+  {
+    absl::MutexLock lock(&write_mu_);
+    if (closed_.load(std::memory_order_relaxed)) return;
+    closed_.store(true, std::memory_order_release);
+    boost::system::error_code ec;
+    socket_.shutdown(asio::ip::tcp::socket::shutdown_both, ec);
+    socket_.close(ec);
+    write_queue_.clear();
+  }
   if (absl::IsUnavailable(reason)) {
     KVASIR_LOG_SUBSYS(INFO, kTransport, "rpc connection closed peer=%s reason=%s", peer_,
                       reason.ToString());
@@ -96,11 +129,6 @@ void Connection::Close(const absl::Status& reason) {
     KVASIR_LOG_SUBSYS(WARN, kTransport, "rpc connection closed peer=%s reason=%s", peer_,
                       reason.ToString());
   }
-  boost::system::error_code ec;
-  socket_.shutdown(asio::ip::tcp::socket::shutdown_both, ec);
-  socket_.close(ec);
-  write_queue_.clear();
-  queued_bytes_ = 0;
   on_frame_ = nullptr;  // DoRead runs a copy, so this may happen inside the handler
   if (on_close_) {
     CloseHandler handler = std::move(on_close_);
@@ -110,10 +138,14 @@ void Connection::Close(const absl::Status& reason) {
 }
 
 void Connection::CloseAfterFlush(const absl::Status& reason) {
-  if (closed_ || close_after_flush_) return;
-  close_after_flush_ = true;
-  pending_close_reason_ = reason;
-  if (!writing_) Close(reason);
+  {
+    absl::MutexLock lock(&write_mu_);
+    if (closed_.load(std::memory_order_relaxed) || close_after_flush_) return;
+    close_after_flush_ = true;
+    pending_close_reason_ = reason;
+    if (writing_) return;  // DoWrite closes once the queue is empty
+  }
+  Close(reason);
 }
 
 }  // namespace kvasir::transport::rpc
