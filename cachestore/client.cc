@@ -702,10 +702,16 @@ absl::StatusOr<std::vector<absl::StatusOr<uint64_t>>> StoreClient::GetBatch(
     OpenReadRequest request;
     request.set_inline_max_bytes(inline_max);
     for (size_t i = begin; i < end; ++i) ToProto(keys[i], request.add_keys());
-    for (LeaseId lease : releases_->Take(session->instance)) request.add_release_leases(lease);
+    const std::vector<LeaseId> releasing = releases_->Take(session->instance);
+    for (LeaseId lease : releasing) request.add_release_leases(lease);
     const absl::Time sent = absl::Now();
     absl::StatusOr<std::string> reply =
         Call(kOpenReadMethod, request.SerializeAsString(), deadline);
+    if (!reply.ok() && !releasing.empty()) {
+      // The store may not have seen them: keep them for the next call (a second release of a
+      // lease only answers NotFound; lease ids are not reused).
+      releases_->Add(session->instance, releasing);
+    }
     OpenReadResponse response;
     if (reply.ok() && (!response.ParseFromString(*reply) ||
                        response.grants_size() != static_cast<int>(end - begin))) {
