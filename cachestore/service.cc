@@ -186,30 +186,26 @@ void StoreService::Impl::RegisterHandlers() {
           });
   });
 
-  server->RegisterUnary(kCommitMethod, [this](std::shared_ptr<ServerCall> call) {
-    auto request = std::make_shared<LeaseList>();
-    if (!request->ParseFromString(call->request())) return call->Finish(Malformed("commit"));
-    if (absl::Status s = CheckItems(request->leases(), "commit"); !s.ok()) return call->Finish(s);
-    // Checksums of large blocks and disk writes leave the I/O thread.
-    Serve(call, "commit", true, [this, request]() -> absl::StatusOr<std::string> {
-      StatusList response;
-      for (uint64_t lease : request->leases()) {
-        ToProto(store->Commit(lease), response.add_statuses());
-      }
-      return response.SerializeAsString();
+  // Commit, Abort and Release: one store call per lease of a LeaseList, one status each.
+  const auto lease_method = [this](const char* method, std::string_view op, bool heavy,
+                                   absl::Status (BlockStore::*fn)(LeaseId)) {
+    server->RegisterUnary(method, [this, op, heavy, fn](std::shared_ptr<ServerCall> call) {
+      auto request = std::make_shared<LeaseList>();
+      if (!request->ParseFromString(call->request())) return call->Finish(Malformed(op));
+      if (absl::Status s = CheckItems(request->leases(), op); !s.ok()) return call->Finish(s);
+      Serve(call, op, heavy, [this, request, fn]() -> absl::StatusOr<std::string> {
+        StatusList response;
+        for (uint64_t lease : request->leases()) {
+          ToProto((store.get()->*fn)(lease), response.add_statuses());
+        }
+        return response.SerializeAsString();
+      });
     });
-  });
-
-  server->RegisterUnary(kAbortMethod, [this](std::shared_ptr<ServerCall> call) {
-    Serve(call, "abort", false, [this, call]() -> absl::StatusOr<std::string> {
-      LeaseList request;
-      if (!request.ParseFromString(call->request())) return Malformed("abort");
-      KVASIR_RETURN_IF_ERROR(CheckItems(request.leases(), "abort"));
-      StatusList response;
-      for (uint64_t lease : request.leases()) ToProto(store->Abort(lease), response.add_statuses());
-      return response.SerializeAsString();
-    });
-  });
+  };
+  // Checksums of large blocks and disk writes leave the I/O thread.
+  lease_method(kCommitMethod, "commit", /*heavy=*/true, &BlockStore::Commit);
+  lease_method(kAbortMethod, "abort", /*heavy=*/false, &BlockStore::Abort);
+  lease_method(kReleaseMethod, "release", /*heavy=*/false, &BlockStore::Release);
 
   server->RegisterUnary(kPutInlineMethod, [this](std::shared_ptr<ServerCall> call) {
     auto request = std::make_shared<PutInlineRequest>();
@@ -290,19 +286,6 @@ void StoreService::Impl::RegisterHandlers() {
                             std::as_writable_bytes(std::span<char>(data.data(), data.size()))));
             return data;
           });
-  });
-
-  server->RegisterUnary(kReleaseMethod, [this](std::shared_ptr<ServerCall> call) {
-    Serve(call, "release", false, [this, call]() -> absl::StatusOr<std::string> {
-      LeaseList request;
-      if (!request.ParseFromString(call->request())) return Malformed("release");
-      KVASIR_RETURN_IF_ERROR(CheckItems(request.leases(), "release"));
-      StatusList response;
-      for (uint64_t lease : request.leases()) {
-        ToProto(store->Release(lease), response.add_statuses());
-      }
-      return response.SerializeAsString();
-    });
   });
 
   const auto key_method = [this](const char* method, std::string_view op,

@@ -33,6 +33,22 @@ std::string_view AsChars(std::span<const std::byte> bytes) {
   return {reinterpret_cast<const char*>(bytes.data()), bytes.size()};
 }
 
+// Keeps `e` in `lru` exactly while it is evictable there; a touch moves it to the front (most
+// recently used).
+template <typename Entry>
+void Relink(std::list<Entry*>& lru, typename std::list<Entry*>::iterator& at, bool& linked,
+            Entry* e, bool evictable, bool touch) {
+  if (linked && (!evictable || touch)) {
+    lru.erase(at);
+    linked = false;
+  }
+  if (evictable && !linked) {
+    lru.push_front(e);
+    at = lru.begin();
+    linked = true;
+  }
+}
+
 }  // namespace
 
 BlockStore::BlockStore(StoreOptions options, std::unique_ptr<DiskTier> disk)
@@ -168,24 +184,8 @@ void BlockStore::AddEntryLocked(std::unique_ptr<Entry> entry) {
 void BlockStore::UpdateLruLocked(Entry* e, bool touch) {
   const bool memory_evictable = e->in_memory() && e->readers == 0 && e->pins == 0;
   const bool disk_evictable = e->on_disk && !e->loading && e->pins == 0;
-  if (e->in_memory_lru && (!memory_evictable || touch)) {
-    memory_lru_.erase(e->memory_lru);
-    e->in_memory_lru = false;
-  }
-  if (memory_evictable && !e->in_memory_lru) {
-    memory_lru_.push_front(e);
-    e->memory_lru = memory_lru_.begin();
-    e->in_memory_lru = true;
-  }
-  if (e->in_disk_lru && (!disk_evictable || touch)) {
-    disk_lru_.erase(e->disk_lru);
-    e->in_disk_lru = false;
-  }
-  if (disk_evictable && !e->in_disk_lru) {
-    disk_lru_.push_front(e);
-    e->disk_lru = disk_lru_.begin();
-    e->in_disk_lru = true;
-  }
+  Relink(memory_lru_, e->memory_lru, e->in_memory_lru, e, memory_evictable, touch);
+  Relink(disk_lru_, e->disk_lru, e->in_disk_lru, e, disk_evictable, touch);
 }
 
 void BlockStore::DropIfEmptyLocked(Entry* e) {

@@ -2,6 +2,7 @@
 
 #include <cmath>
 #include <cstdlib>
+#include <type_traits>
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
@@ -38,37 +39,33 @@ void ArgParser::AddStrings(std::string name, std::vector<std::string>* out, std:
   };
 }
 
-void ArgParser::AddInt(std::string name, int64_t* out, std::string help) {
-  Option& o = Add(name, "N", std::move(help), absl::StrCat(*out));
-  o.set = [out, name](std::string_view v) {
+namespace {
+
+// The setter of an integer option: the whole value must parse as a T.
+template <typename T>
+std::function<absl::Status(std::string_view)> IntegerSetter(T* out, std::string name) {
+  return [out, name = std::move(name)](std::string_view v) {
     if (!absl::SimpleAtoi(ToAbsl(v), out)) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("--", name, " wants an integer, got '", ToAbsl(v), "'"));
+      return absl::InvalidArgumentError(absl::StrCat(
+          "--", name, " wants ", std::is_signed_v<T> ? "an integer" : "a non-negative integer",
+          ", got '", ToAbsl(v), "'"));
     }
     return absl::OkStatus();
   };
+}
+
+}  // namespace
+
+void ArgParser::AddInt(std::string name, int64_t* out, std::string help) {
+  Add(name, "N", std::move(help), absl::StrCat(*out)).set = IntegerSetter(out, name);
 }
 
 void ArgParser::AddInt32(std::string name, int32_t* out, std::string help) {
-  Option& o = Add(name, "N", std::move(help), absl::StrCat(*out));
-  o.set = [out, name](std::string_view v) {
-    if (!absl::SimpleAtoi(ToAbsl(v), out)) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("--", name, " wants an integer, got '", ToAbsl(v), "'"));
-    }
-    return absl::OkStatus();
-  };
+  Add(name, "N", std::move(help), absl::StrCat(*out)).set = IntegerSetter(out, name);
 }
 
 void ArgParser::AddUint64(std::string name, uint64_t* out, std::string help) {
-  Option& o = Add(name, "N", std::move(help), absl::StrCat(*out));
-  o.set = [out, name](std::string_view v) {
-    if (!absl::SimpleAtoi(ToAbsl(v), out)) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("--", name, " wants a non-negative integer, got '", ToAbsl(v), "'"));
-    }
-    return absl::OkStatus();
-  };
+  Add(name, "N", std::move(help), absl::StrCat(*out)).set = IntegerSetter(out, name);
 }
 
 void ArgParser::AddFloat(std::string name, float* out, std::string help) {

@@ -3,6 +3,7 @@
 #include "transport/fault/fault_decorators.h"
 
 #include "absl/strings/str_cat.h"
+#include "common/status_macros.h"
 #include "common/strings.h"
 
 namespace kvasir::transport::fault {
@@ -74,33 +75,28 @@ absl::Status FaultBulkTransport::SendMessage(PeerId peer, uint16_t id, std::stri
   return inner_.SendMessage(peer, id, header, payload, timeout - (absl::Now() - start));
 }
 
-absl::StatusOr<std::string> FaultRpcChannel::Call(std::string_view method, std::string_view request,
-                                                  const rpc::CallOptions& options) {
+absl::StatusOr<rpc::CallOptions> FaultRpcChannel::ApplyToCall(std::string_view kind,
+                                                              std::string_view method,
+                                                              const rpc::CallOptions& options) {
   const absl::Duration timeout =
       options.timeout > absl::ZeroDuration() ? options.timeout : default_timeout_;
   const absl::Time start = absl::Now();
-  if (absl::Status s =
-          Apply(*schedule_, absl::StrCat("call:", ToAbsl(method)), timeout, options.cancel);
-      !s.ok()) {
-    return s;
-  }
+  KVASIR_RETURN_IF_ERROR(
+      Apply(*schedule_, absl::StrCat(ToAbsl(kind), ":", ToAbsl(method)), timeout, options.cancel));
   rpc::CallOptions rest = options;
   rest.timeout = timeout - (absl::Now() - start);
+  return rest;
+}
+
+absl::StatusOr<std::string> FaultRpcChannel::Call(std::string_view method, std::string_view request,
+                                                  const rpc::CallOptions& options) {
+  KVASIR_ASSIGN_OR_RETURN(rpc::CallOptions rest, ApplyToCall("call", method, options));
   return inner_.Call(method, request, rest);
 }
 
 absl::StatusOr<std::unique_ptr<rpc::ClientStream>> FaultRpcChannel::OpenStream(
     std::string_view method, std::string_view request, const rpc::CallOptions& options) {
-  const absl::Duration timeout =
-      options.timeout > absl::ZeroDuration() ? options.timeout : default_timeout_;
-  const absl::Time start = absl::Now();
-  if (absl::Status s =
-          Apply(*schedule_, absl::StrCat("stream:", ToAbsl(method)), timeout, options.cancel);
-      !s.ok()) {
-    return s;
-  }
-  rpc::CallOptions rest = options;
-  rest.timeout = timeout - (absl::Now() - start);
+  KVASIR_ASSIGN_OR_RETURN(rpc::CallOptions rest, ApplyToCall("stream", method, options));
   return inner_.OpenStream(method, request, rest);
 }
 

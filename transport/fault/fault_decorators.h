@@ -66,6 +66,11 @@ class FaultRpcChannel final : public rpc::RpcChannel {
       const rpc::CallOptions& options = {}) override;
 
  private:
+  // Applies the schedule to operation "<kind>:<method>"; the options for the inner channel, with
+  // the time the fault took off the deadline, or the fault's error.
+  absl::StatusOr<rpc::CallOptions> ApplyToCall(std::string_view kind, std::string_view method,
+                                               const rpc::CallOptions& options);
+
   rpc::RpcChannel& inner_;
   std::shared_ptr<FaultSchedule> schedule_;
   absl::Duration default_timeout_;  // the deadline a dropped call waits out if it set none
