@@ -66,38 +66,39 @@ absl::Status Connection::Send(const Frame& frame) {
     return absl::FailedPreconditionError("connection closed");
   }
   if (!bytes.ok()) return bytes.status();
-  std::string_view rest = *bytes;
   if (!writing_) {
     // Nothing queued: write now, from this thread. What the socket does not take (or an error,
     // which the I/O thread's write then reports) goes to the queue.
     const ssize_t n =
-        ::send(socket_.native_handle(), rest.data(), rest.size(), MSG_DONTWAIT | MSG_NOSIGNAL);
-    if (n > 0) rest.remove_prefix(static_cast<size_t>(n));
-    if (rest.empty()) return absl::OkStatus();
+        ::send(socket_.native_handle(), bytes->data(), bytes->size(), MSG_DONTWAIT | MSG_NOSIGNAL);
+    if (n > 0 && static_cast<size_t>(n) == bytes->size()) return absl::OkStatus();
+    front_written_ = n > 0 ? static_cast<size_t>(n) : 0;
     writing_ = true;
     asio::post(socket_.get_executor(), [self = shared_from_this()] { self->DoWrite(); });
   }
-  write_queue_.emplace_back(rest);
+  write_queue_.push_back(*std::move(bytes));
   return absl::OkStatus();
 }
 
 void Connection::DoWrite() {
-  const std::string* front = nullptr;
+  std::string_view front;
   {
     absl::MutexLock lock(&write_mu_);
     if (closed_.load(std::memory_order_relaxed)) return;
     if (!write_queue_.empty()) {
-      front = &write_queue_.front();  // deque elements stay put while others are appended
+      // Deque elements stay put while others are appended.
+      front = std::string_view(write_queue_.front()).substr(front_written_);
+      front_written_ = 0;
     } else {
       writing_ = false;
       if (!close_after_flush_) return;
     }
   }
-  if (front == nullptr) {
+  if (front.data() == nullptr) {
     Close(pending_close_reason_);
     return;
   }
-  asio::async_write(socket_, asio::buffer(*front),
+  asio::async_write(socket_, asio::buffer(front.data(), front.size()),
                     [self = shared_from_this()](const boost::system::error_code& ec, size_t) {
                       if (self->closed()) return;
                       if (ec) {

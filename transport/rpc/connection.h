@@ -62,7 +62,8 @@ class Connection : public std::enable_shared_from_this<Connection> {
   // write_mu_ too, so a direct write never reaches a descriptor that was closed and reused.
   absl::Mutex write_mu_;
   std::deque<std::string> write_queue_ ABSL_GUARDED_BY(write_mu_);  // front: being written
-  bool writing_ ABSL_GUARDED_BY(write_mu_) = false;  // the I/O thread owns the write side
+  size_t front_written_ ABSL_GUARDED_BY(write_mu_) = 0;  // of the front, sent by Send already
+  bool writing_ ABSL_GUARDED_BY(write_mu_) = false;      // the I/O thread owns the write side
   bool close_after_flush_ ABSL_GUARDED_BY(write_mu_) = false;
   std::atomic<bool> closed_{false};
   absl::Status pending_close_reason_;  // I/O thread
