@@ -16,6 +16,7 @@
 #include "cachestore/protocol.h"
 #include "cachestore/synthetic_blocks.h"
 #include "common/log.h"
+#include "common/stats.h"
 #include "common/status_macros.h"
 #include "common/strings.h"
 #include "transport/child_process.h"
@@ -26,12 +27,6 @@ namespace {
 using transport::ChildProcess;
 using transport::FindSiblingBinary;
 using transport::FreeLoopbackPort;
-
-double Percentile(std::vector<double>& values, double p) {
-  if (values.empty()) return 0;
-  std::sort(values.begin(), values.end());
-  return values[std::min(values.size() - 1, static_cast<size_t>(p * values.size()))];
-}
 
 std::span<const std::byte> Bytes(const std::string& s) {
   return std::as_bytes(std::span<const char>(s.data(), s.size()));

@@ -2,6 +2,7 @@
 #include "cachestore/bench.h"
 
 #include <cstdio>
+#include <cstdlib>
 #include <iostream>
 
 #include "absl/strings/numbers.h"
@@ -9,6 +10,7 @@
 #include "absl/strings/str_split.h"
 #include "cli/commands.h"
 #include "cli/common.h"
+#include "cli/serve_bench.h"
 #include "common/units.h"
 #include "kvcache/policy.h"
 #include "nlohmann/json.hpp"
@@ -222,6 +224,65 @@ int RunBenchCachestore(int argc, char** argv) {
   return 0;
 }
 
+int RunBenchServe(int argc, char** argv) {
+  const std::string cmd = "kvasir bench serve";
+  ArgParser p("kvasir bench serve [--host H] [--port P] [options] [--json]",
+              "Load against a running coordinator (started by 'kvasir up' or 'make serve'), "
+              "shaped like vLLM's benchmark_serving: --num-prompts streamed /v1/completions "
+              "requests with random prompts of common words, arriving as a Poisson process at "
+              "--request-rate (0: all at once), at most --max-concurrency in flight, each "
+              "generating exactly --output-len tokens (ignore_eos). Reports request and token "
+              "throughput, and mean, median and p99 of time to first token, time per output "
+              "token, inter-token latency and end-to-end latency.");
+  ServeBenchOptions o;
+  int32_t port = o.port, timeout_s = 300;
+  int64_t seed = 0;
+  float rate = 0;
+  bool json = false;
+  p.AddString("host", &o.host, "HOST", "the coordinator's address");
+  p.AddInt32("port", &port, "the coordinator's HTTP port");
+  p.AddString("model", &o.model, "NAME", "served model name (default: the first of /v1/models)");
+  p.AddInt32("num-prompts", &o.num_prompts, "requests to send");
+  p.AddFloat("request-rate", &rate, "requests per second, Poisson arrivals; 0 sends all at once");
+  p.AddInt32("max-concurrency", &o.max_concurrency, "requests in flight at most");
+  p.AddInt32("input-len", &o.input_words, "prompt length in words (about one token each)");
+  p.AddInt32("output-len", &o.output_tokens, "tokens generated per request");
+  p.AddInt("seed", &seed, "seed of the prompts and arrival times");
+  p.AddString("api-key", &o.api_key, "KEY", "bearer token (default: $OPENAI_API_KEY)");
+  p.AddInt32("request-timeout-s", &timeout_s, "deadline of each request");
+  p.AddBool("json", &json, "print one JSON object");
+  if (absl::Status s = p.Parse(argc, argv); !s.ok()) return Fail(cmd, s, 2);
+  if (p.help_requested()) {
+    std::fputs(p.Help().c_str(), stdout);
+    return 0;
+  }
+  if (port < 1 || port > 65535) {
+    return Fail(cmd, absl::InvalidArgumentError("--port must be in 1..65535"), 2);
+  }
+  o.port = static_cast<uint16_t>(port);
+  o.request_rate = rate;
+  o.seed = static_cast<uint64_t>(seed);
+  o.request_timeout = absl::Seconds(timeout_s);
+  if (o.api_key.empty()) {
+    if (const char* key = std::getenv("OPENAI_API_KEY")) o.api_key = key;
+  }
+  if (absl::Status s = CheckServeBenchOptions(o); !s.ok()) return Fail(cmd, s, 2);
+  if (!json) {
+    std::fprintf(stderr, "%s: %d requests against %s:%d ...\n", cmd.c_str(), o.num_prompts,
+                 o.host.c_str(), port);
+  }
+  auto r = RunServeBench(o);
+  if (!r.ok()) {
+    return Fail(cmd, r.status(), absl::IsInvalidArgument(r.status()) ? 2 : 1);
+  }
+  if (json) {
+    std::cout << ServeBenchJson(*r).dump() << "\n";
+  } else {
+    std::cout << FormatServeBench(*r);
+  }
+  return r->failed == 0 ? 0 : 1;
+}
+
 }  // namespace
 
 int RunBench(int argc, char** argv) {
@@ -230,6 +291,7 @@ int RunBench(int argc, char** argv) {
       "  engine      prefill and decode tokens/s, memory bandwidth\n"
       "  transport   UCX put/get bandwidth by message size, RPC round trip\n"
       "  cachestore  block put/get GB/s and small-block ops/s of kvasir-cachestore\n"
+      "  serve       load against a running coordinator: throughput, TTFT, ITL\n"
       "\nRun 'kvasir bench <subject> --help' for its options.\n";
   if (argc < 2 || std::string(argv[1]) == "--help" || std::string(argv[1]) == "-h") {
     std::fputs(usage.c_str(), argc < 2 ? stderr : stdout);
@@ -239,6 +301,7 @@ int RunBench(int argc, char** argv) {
   if (subject == "engine") return RunBenchEngine(argc - 1, argv + 1);
   if (subject == "transport") return RunBenchTransport(argc - 1, argv + 1);
   if (subject == "cachestore") return RunBenchCachestore(argc - 1, argv + 1);
+  if (subject == "serve") return RunBenchServe(argc - 1, argv + 1);
   std::fprintf(stderr, "kvasir bench: unknown subject '%s'\n\n%s", subject.c_str(), usage.c_str());
   return 2;
 }

@@ -13,6 +13,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
 #include "common/log.h"
+#include "common/stats.h"
 #include "common/status_macros.h"
 #include "transport/child_process.h"
 #include "transport/peer_service.h"
@@ -66,13 +67,6 @@ absl::StatusOr<double> MeasureRma(BulkTransport& transport, PeerId peer, const R
     elapsed = absl::Now() - start;
   } while (elapsed < duration || calls < 3);
   return static_cast<double>(bytes) / absl::ToDoubleSeconds(elapsed) / 1e9;
-}
-
-double Percentile(std::vector<double>& values, double p) {
-  if (values.empty()) return 0;
-  std::sort(values.begin(), values.end());
-  const size_t index = std::min(values.size() - 1, static_cast<size_t>(p * values.size()));
-  return values[index];
 }
 
 }  // namespace

@@ -1,0 +1,84 @@
+// `kvasir bench serve` as a user runs it: against a real coordinator and worker, its JSON must
+// account for every request and token, and its latencies must be consistent with each other;
+// against nothing, it fails fast with a clear message.
+#include "gtest/gtest.h"
+#include "tests/integration/cluster.h"
+
+namespace kvasir::integration {
+namespace {
+
+// Runs `kvasir bench serve` with `args`; its exit code and stdout (the JSON line with --json).
+struct BenchRun {
+  int exit_code = -1;
+  std::string out;
+};
+
+BenchRun RunBenchServe(std::vector<std::string> args, absl::Duration timeout) {
+  args.insert(args.begin(), {Bin("kvasir"), "bench", "serve"});
+  BenchRun run;
+  auto child = transport::ChildProcess::Spawn(args);
+  EXPECT_TRUE(child.ok()) << child.status();
+  if (!child.ok()) return run;
+  const absl::Time deadline = absl::Now() + timeout;
+  for (;;) {
+    auto line = child->ReadLine(deadline - absl::Now());
+    if (!line.ok()) break;  // end of output (or the deadline: Wait reports it)
+    run.out += *line + "\n";
+  }
+  auto code = child->Wait(std::max(deadline - absl::Now(), absl::Seconds(1)));
+  EXPECT_TRUE(code.ok()) << code.status();
+  if (code.ok()) run.exit_code = *code;
+  return run;
+}
+
+TEST(ServeBenchTest, AccountsForEveryRequestAndToken) {
+  auto cluster = Cluster::Start({});
+  ASSERT_TRUE(cluster.ok()) << cluster.status();
+  constexpr int kPrompts = 10, kOutput = 12;
+  const BenchRun run = RunBenchServe(
+      {"--port", std::to_string((*cluster)->port()), "--num-prompts", std::to_string(kPrompts),
+       "--max-concurrency", "3", "--request-rate", "40", "--input-len", "16", "--output-len",
+       std::to_string(kOutput), "--seed", "7", "--json"},
+      absl::Seconds(120));
+  ASSERT_EQ(run.exit_code, 0) << run.out;
+  const json r = json::parse(run.out, nullptr, false);
+  ASSERT_FALSE(r.is_discarded()) << run.out;
+  EXPECT_EQ(r["model"], (*cluster)->model_name());
+  EXPECT_EQ(r["completed"], kPrompts);
+  EXPECT_EQ(r["failed"], 0);
+  // ignore_eos: every request generates exactly --output-len tokens.
+  EXPECT_EQ(r["output_tokens"], kPrompts * kOutput);
+  EXPECT_GE(r["input_tokens"].get<int64_t>(), kPrompts * 16);
+  const double duration = r["duration_s"];
+  ASSERT_GT(duration, 0);
+  EXPECT_NEAR(r["request_throughput"].get<double>(), kPrompts / duration, 1e-6);
+  EXPECT_NEAR(r["output_throughput"].get<double>(), kPrompts * kOutput / duration, 1e-6);
+  for (const char* metric : {"ttft", "tpot", "itl", "e2e"}) {
+    const json& m = r[metric];
+    EXPECT_GT(m["median_ms"].get<double>(), 0) << metric;
+    EXPECT_LE(m["median_ms"].get<double>(), m["p99_ms"].get<double>()) << metric;
+  }
+  // A request's first token comes before its end, and every request ends within the run.
+  EXPECT_LT(r["ttft"]["median_ms"].get<double>(), r["e2e"]["median_ms"].get<double>());
+  EXPECT_LE(r["e2e"]["p99_ms"].get<double>(), duration * 1000 + 1);
+  // The coordinator counted the same requests.
+  HttpResult metrics = (*cluster)->Get("/metrics");
+  ASSERT_EQ(metrics.status, 200);
+  EXPECT_NE(metrics.body.find("kvasir_time_to_first_token_seconds"), std::string::npos);
+}
+
+TEST(ServeBenchTest, FailsFastWithoutACoordinatorAndOnBadOptions) {
+  const absl::Time start = absl::Now();
+  BenchRun run = RunBenchServe({"--port", "1", "--num-prompts", "2"}, absl::Seconds(30));
+  EXPECT_EQ(run.exit_code, 1);
+  EXPECT_LT(absl::Now() - start, absl::Seconds(15));
+  run = RunBenchServe({"--num-prompts", "0"}, absl::Seconds(30));
+  EXPECT_EQ(run.exit_code, 2);
+  run = RunBenchServe({"--port", "70000"}, absl::Seconds(30));
+  EXPECT_EQ(run.exit_code, 2);
+  run = RunBenchServe({"--request-rate", "fast"}, absl::Seconds(30));
+  EXPECT_EQ(run.exit_code, 2);
+}
+
+}  // namespace
+}  // namespace kvasir::integration
