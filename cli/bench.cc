@@ -1,11 +1,13 @@
 // `kvasir bench <subject>`: benchmarks that print a table, or one JSON object with --json.
 #include "cachestore/bench.h"
 
+#include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <iostream>
 
 #include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
 #include "cli/commands.h"
@@ -230,20 +232,21 @@ int RunBenchServe(int argc, char** argv) {
               "Load against a running coordinator (started by 'kvasir up' or 'make serve'), "
               "shaped like vLLM's benchmark_serving: --num-prompts streamed /v1/completions "
               "requests with random prompts of common words, arriving as a Poisson process at "
-              "--request-rate (0: all at once), at most --max-concurrency in flight, each "
+              "--request-rate (inf: all at once), at most --max-concurrency in flight, each "
               "generating exactly --output-len tokens (ignore_eos). Reports request and token "
               "throughput, and mean, median and p99 of time to first token, time per output "
               "token, inter-token latency and end-to-end latency.");
   ServeBenchOptions o;
   int32_t port = o.port, timeout_s = 300;
   int64_t seed = 0;
-  float rate = 0;
+  std::string rate = "inf";
   bool json = false;
   p.AddString("host", &o.host, "HOST", "the coordinator's address");
   p.AddInt32("port", &port, "the coordinator's HTTP port");
   p.AddString("model", &o.model, "NAME", "served model name (default: the first of /v1/models)");
   p.AddInt32("num-prompts", &o.num_prompts, "requests to send");
-  p.AddFloat("request-rate", &rate, "requests per second, Poisson arrivals; 0 sends all at once");
+  p.AddString("request-rate", &rate, "R",
+              "requests per second, Poisson arrivals; inf (or 0) sends all at once");
   p.AddInt32("max-concurrency", &o.max_concurrency, "requests in flight at most");
   p.AddInt32("input-len", &o.input_words, "prompt length in words (about one token each)");
   p.AddInt32("output-len", &o.output_tokens, "tokens generated per request");
@@ -260,7 +263,14 @@ int RunBenchServe(int argc, char** argv) {
     return Fail(cmd, absl::InvalidArgumentError("--port must be in 1..65535"), 2);
   }
   o.port = static_cast<uint16_t>(port);
-  o.request_rate = rate;
+  if (rate != "inf" && (!absl::SimpleAtod(rate, &o.request_rate) ||
+                        !std::isfinite(o.request_rate) || o.request_rate < 0)) {
+    return Fail(
+        cmd,
+        absl::InvalidArgumentError(absl::StrCat(
+            "--request-rate wants a number of requests per second or inf, got '", rate, "'")),
+        2);
+  }
   o.seed = static_cast<uint64_t>(seed);
   o.request_timeout = absl::Seconds(timeout_s);
   if (o.api_key.empty()) {

@@ -299,24 +299,25 @@ json ServeBenchJson(const ServeBenchResult& r) {
   const auto latency = [](const LatencySummary& s) {
     return json{{"mean_ms", s.mean_ms}, {"median_ms", s.median_ms}, {"p99_ms", s.p99_ms}};
   };
-  json out = {{"model", r.model},
-              {"num_prompts", r.options.num_prompts},
-              {"request_rate", r.options.request_rate},
-              {"max_concurrency", r.options.max_concurrency},
-              {"input_words", r.options.input_words},
-              {"output_tokens_per_request", r.options.output_tokens},
-              {"completed", r.completed},
-              {"failed", r.failed},
-              {"duration_s", r.duration_s},
-              {"input_tokens", r.input_tokens},
-              {"output_tokens", r.output_tokens},
-              {"request_throughput", r.request_throughput},
-              {"output_throughput", r.output_throughput},
-              {"total_token_throughput", r.total_token_throughput},
-              {"ttft", latency(r.ttft)},
-              {"tpot", latency(r.tpot)},
-              {"itl", latency(r.itl)},
-              {"e2e", latency(r.e2e)}};
+  json out = {
+      {"model", r.model},
+      {"num_prompts", r.options.num_prompts},
+      {"request_rate", r.options.request_rate > 0 ? json(r.options.request_rate) : json("inf")},
+      {"max_concurrency", r.options.max_concurrency},
+      {"input_words", r.options.input_words},
+      {"output_tokens_per_request", r.options.output_tokens},
+      {"completed", r.completed},
+      {"failed", r.failed},
+      {"duration_s", r.duration_s},
+      {"input_tokens", r.input_tokens},
+      {"output_tokens", r.output_tokens},
+      {"request_throughput", r.request_throughput},
+      {"output_throughput", r.output_throughput},
+      {"total_token_throughput", r.total_token_throughput},
+      {"ttft", latency(r.ttft)},
+      {"tpot", latency(r.tpot)},
+      {"itl", latency(r.itl)},
+      {"e2e", latency(r.e2e)}};
   if (r.failed > 0) out["first_error"] = r.first_error;
   return out;
 }

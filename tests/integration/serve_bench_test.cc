@@ -44,6 +44,7 @@ TEST(ServeBenchTest, AccountsForEveryRequestAndToken) {
   const json r = json::parse(run.out, nullptr, false);
   ASSERT_FALSE(r.is_discarded()) << run.out;
   EXPECT_EQ(r["model"], (*cluster)->model_name());
+  EXPECT_EQ(r["request_rate"], 40.0);
   EXPECT_EQ(r["completed"], kPrompts);
   EXPECT_EQ(r["failed"], 0);
   // ignore_eos: every request generates exactly --output-len tokens.
