@@ -245,6 +245,7 @@ int RunBenchServe(int argc, char** argv) {
   p.AddInt32("port", &port, "the coordinator's HTTP port");
   p.AddString("model", &o.model, "NAME", "served model name (default: the first of /v1/models)");
   p.AddInt32("num-prompts", &o.num_prompts, "requests to send");
+  p.AddBool("chat", &o.chat, "use /v1/chat/completions (the prompt as one user message)");
   p.AddString("request-rate", &rate, "R",
               "requests per second, Poisson arrivals; inf (or 0) sends all at once");
   p.AddInt32("max-concurrency", &o.max_concurrency, "requests in flight at most");

@@ -77,16 +77,17 @@ RequestRecord RunRequest(const ServeBenchOptions& o, const std::string& model,
   const absl::Time deadline = start + o.request_timeout;
   http::HttpClientRequest request;
   request.method = "POST";
-  request.target = "/v1/completions";
+  request.target = o.chat ? "/v1/chat/completions" : "/v1/completions";
   request.headers = AuthHeaders(o);
-  request.body = json{{"model", model},
-                      {"prompt", prompt},
-                      {"max_tokens", o.output_tokens},
-                      {"temperature", 0},
-                      {"ignore_eos", true},
-                      {"stream", true},
-                      {"stream_options", {{"include_usage", true}}}}
-                     .dump();
+  json body = {{"model", model},   {"max_tokens", o.output_tokens},
+               {"temperature", 0}, {"ignore_eos", true},
+               {"stream", true},   {"stream_options", {{"include_usage", true}}}};
+  if (o.chat) {
+    body["messages"] = json::array({{{"role", "user"}, {"content", prompt}}});
+  } else {
+    body["prompt"] = prompt;
+  }
+  request.body = body.dump();
   auto fail = [&](std::string why) {
     rec.ok = false;
     rec.error = std::move(why);
@@ -127,10 +128,22 @@ RequestRecord RunRequest(const ServeBenchOptions& o, const std::string& model,
         rec.completion_tokens = chunk["usage"].value("completion_tokens", int64_t{0});
         usage_seen = true;
       }
-      const json* choices = chunk.contains("choices") ? &chunk["choices"] : nullptr;
-      if (choices == nullptr || !choices->is_array() || choices->empty()) continue;
-      const json& text = (*choices)[0]["text"];
-      if (!text.is_string() || text.get_ref<const std::string&>().empty()) continue;
+      // The new text: choices[0].text (completions) or choices[0].delta.content (chat).
+      const auto choices = chunk.find("choices");
+      if (choices == chunk.end() || !choices->is_array() || choices->empty()) continue;
+      const json& choice = (*choices)[0];
+      const json* holder = &choice;
+      if (o.chat) {
+        const auto delta = choice.find("delta");
+        if (delta == choice.end()) continue;
+        holder = &*delta;
+      }
+      if (!holder->is_object()) continue;
+      const auto text = holder->find(o.chat ? "content" : "text");
+      if (text == holder->end() || !text->is_string() ||
+          text->get_ref<const std::string&>().empty()) {
+        continue;
+      }
       if (!last_chunk.has_value()) {
         rec.ttft_ms = absl::ToDoubleMilliseconds(now - start);
       } else {
@@ -267,8 +280,8 @@ std::string FormatServeBench(const ServeBenchResult& r) {
   const ServeBenchOptions& o = r.options;
   std::string out = absl::StrFormat(
       "serving bench against %s:%d, model %s\n"
-      "%d requests, %s, at most %d in flight, prompts of %d words, %d new tokens each\n\n",
-      o.host, o.port, r.model, o.num_prompts,
+      "%d %s requests, %s, at most %d in flight, prompts of %d words, %d new tokens each\n\n",
+      o.host, o.port, r.model, o.num_prompts, o.chat ? "chat" : "completion",
       o.request_rate > 0 ? absl::StrFormat("%.2f req/s (Poisson)", o.request_rate)
                          : std::string("all at once"),
       o.max_concurrency, o.input_words, o.output_tokens);
@@ -301,6 +314,7 @@ json ServeBenchJson(const ServeBenchResult& r) {
   };
   json out = {
       {"model", r.model},
+      {"endpoint", r.options.chat ? "/v1/chat/completions" : "/v1/completions"},
       {"num_prompts", r.options.num_prompts},
       {"request_rate", r.options.request_rate > 0 ? json(r.options.request_rate) : json("inf")},
       {"max_concurrency", r.options.max_concurrency},

@@ -1,6 +1,7 @@
 // `kvasir bench serve`: load against a running coordinator, shaped like vLLM's benchmark_serving.
 // Requests arrive by a Poisson process at --request-rate (or all at once), at most
-// --max-concurrency are in flight, each a streamed /v1/completions call with a random prompt of
+// --max-concurrency are in flight, each a streamed /v1/completions call (or, with --chat, a
+// /v1/chat/completions call with the prompt as the user message) with a random prompt of
 // common words and a fixed number of new tokens (ignore_eos). Reported: request and token
 // throughput, and mean/median/p99 of time to first token (TTFT), time per output token after the
 // first (TPOT), inter-token latency (ITL, between streamed chunks) and end-to-end latency.
@@ -25,6 +26,7 @@ struct ServeBenchOptions {
   std::string host = "127.0.0.1";
   uint16_t port = 8000;
   std::string model;         // served model name; "" = the first one /v1/models lists
+  bool chat = false;         // /v1/chat/completions (one user message) instead of /v1/completions
   int num_prompts = 64;      // requests sent in all
   double request_rate = 0;   // requests per second (Poisson arrivals); 0 = all at once
   int max_concurrency = 16;  // requests in flight at once

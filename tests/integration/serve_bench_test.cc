@@ -62,6 +62,18 @@ TEST(ServeBenchTest, AccountsForEveryRequestAndToken) {
   // A request's first token comes before its end, and every request ends within the run.
   EXPECT_LT(r["ttft"]["median_ms"].get<double>(), r["e2e"]["median_ms"].get<double>());
   EXPECT_LE(r["e2e"]["p99_ms"].get<double>(), duration * 1000 + 1);
+  // The chat endpoint, measured the same way.
+  const BenchRun chat =
+      RunBenchServe({"--port", std::to_string((*cluster)->port()), "--chat", "--num-prompts", "4",
+                     "--output-len", "6", "--input-len", "8", "--json"},
+                    absl::Seconds(120));
+  ASSERT_EQ(chat.exit_code, 0) << chat.out;
+  const json c = json::parse(chat.out, nullptr, false);
+  ASSERT_FALSE(c.is_discarded()) << chat.out;
+  EXPECT_EQ(c["endpoint"], "/v1/chat/completions");
+  EXPECT_EQ(c["completed"], 4);
+  EXPECT_EQ(c["output_tokens"], 4 * 6);
+  EXPECT_GT(c["ttft"]["median_ms"].get<double>(), 0);
   // The coordinator counted the same requests.
   HttpResult metrics = (*cluster)->Get("/metrics");
   ASSERT_EQ(metrics.status, 200);
