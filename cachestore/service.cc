@@ -239,6 +239,9 @@ void StoreService::Impl::RegisterHandlers() {
     auto request = std::make_shared<OpenReadRequest>();
     if (!request->ParseFromString(call->request())) return call->Finish(Malformed("open-read"));
     if (absl::Status s = CheckItems(request->keys(), "open-read"); !s.ok()) return call->Finish(s);
+    if (absl::Status s = CheckItems(request->release_leases(), "open-read releases"); !s.ok()) {
+      return call->Finish(s);
+    }
     const uint64_t inline_max = std::min(request->inline_max_bytes(), options.max_inline_bytes);
     const bool heavy = store->options().disk_dir.size() > 0 ||
                        inline_max * static_cast<uint64_t>(request->keys_size()) > kHeavyBytes;

@@ -123,9 +123,15 @@ RequestRecord RunRequest(const ServeBenchOptions& o, const std::string& model,
       json chunk = json::parse(data, nullptr, /*allow_exceptions=*/false);
       if (chunk.is_discarded()) return fail("a streamed chunk is not JSON: " + data.substr(0, 200));
       if (chunk.contains("error")) return fail("error in the stream: " + chunk["error"].dump());
-      if (chunk.contains("usage") && chunk["usage"].is_object()) {
-        rec.prompt_tokens = chunk["usage"].value("prompt_tokens", int64_t{0});
-        rec.completion_tokens = chunk["usage"].value("completion_tokens", int64_t{0});
+      if (const auto usage = chunk.find("usage"); usage != chunk.end() && usage->is_object()) {
+        const auto prompt_tokens = usage->find("prompt_tokens");
+        const auto completion_tokens = usage->find("completion_tokens");
+        if (prompt_tokens == usage->end() || !prompt_tokens->is_number_integer() ||
+            completion_tokens == usage->end() || !completion_tokens->is_number_integer()) {
+          return fail("the usage chunk has no integer token counts: " + usage->dump());
+        }
+        rec.prompt_tokens = prompt_tokens->get<int64_t>();
+        rec.completion_tokens = completion_tokens->get<int64_t>();
         usage_seen = true;
       }
       // The new text: choices[0].text (completions) or choices[0].delta.content (chat).
@@ -185,11 +191,16 @@ absl::StatusOr<std::string> FirstModel(const ServeBenchOptions& o) {
         absl::StrCat("GET /v1/models answered HTTP ", r->status, ": ", r->body.substr(0, 300)));
   }
   json models = json::parse(r->body, nullptr, false);
-  if (models.is_discarded() || !models.contains("data") || !models["data"].is_array() ||
-      models["data"].empty() || !models["data"][0].contains("id")) {
+  const json* id = nullptr;
+  if (models.is_object() && models.contains("data") && models["data"].is_array() &&
+      !models["data"].empty() && models["data"][0].is_object() &&
+      models["data"][0].contains("id")) {
+    id = &models["data"][0]["id"];
+  }
+  if (id == nullptr || !id->is_string()) {
     return absl::UnavailableError("GET /v1/models lists no model");
   }
-  return models["data"][0]["id"].get<std::string>();
+  return id->get<std::string>();
 }
 
 }  // namespace

@@ -361,6 +361,11 @@ TEST(StoreServiceInputTest, MalformedRequestsGetErrorsAndTheServiceCarriesOn) {
   read.set_length(10);
   EXPECT_EQ(rpc->Call(kReadMethod, read.SerializeAsString(), opts).status().code(),
             absl::StatusCode::kNotFound);
+  OpenReadRequest open;
+  for (int i = 0; i <= kMaxBatchItems; ++i) open.add_release_leases(static_cast<uint64_t>(i) + 1);
+  EXPECT_EQ(rpc->Call(kOpenReadMethod, open.SerializeAsString(), opts).status().code(),
+            absl::StatusCode::kInvalidArgument)
+      << "more piggy-backed releases than a batch may carry";
   PutInlineRequest put;
   put.add_blocks("not a block");
   PutInlineResponse put_response;

@@ -171,17 +171,26 @@ struct RpcClient::Core : std::enable_shared_from_this<Core> {
     if (state == State::kIdle) Connect();
   }
 
+  // Gives the call its id and enters it among those awaiting an answer.
+  uint64_t RegisterLocked(const std::shared_ptr<CallState>& call)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(calls_mu) {
+    const uint64_t id = next_call_id++;
+    call->call_id = id;
+    active.emplace(id, call);
+    return id;
+  }
+
   void Send(const std::shared_ptr<CallState>& call) {
+    uint64_t id;
     {
       absl::MutexLock lock(&calls_mu);
-      call->call_id = next_call_id++;
-      active.emplace(call->call_id, call);
+      id = RegisterLocked(call);
     }
-    absl::Status sent = conn->Send(RequestFrame(*call, call->call_id));
+    absl::Status sent = conn->Send(RequestFrame(*call, id));
     if (!sent.ok()) {
       {
         absl::MutexLock lock(&calls_mu);
-        active.erase(call->call_id);
+        active.erase(id);
       }
       call->call_id = 0;
       Complete(call, Annotate(sent, absl::StrCat(call->method, ": request not sent")));
@@ -211,9 +220,7 @@ struct RpcClient::Core : std::enable_shared_from_this<Core> {
       absl::MutexLock lock(&calls_mu);
       if (ready_conn == nullptr || call->deadline <= absl::Now()) return false;
       c = ready_conn;
-      id = next_call_id++;
-      call->call_id = id;
-      active.emplace(id, call);
+      id = RegisterLocked(call);
     }
     // From here the call belongs to the I/O thread (an answer may arrive at once).
     absl::Status sent = c->Send(RequestFrame(*call, id));
@@ -379,7 +386,8 @@ struct RpcClient::Core : std::enable_shared_from_this<Core> {
     AttemptFailed(lost);
   }
 
-  // Stops direct sends and takes the calls awaiting an answer.
+  // Stops direct sends and takes the calls awaiting an answer. Every way out of kReady (a lost
+  // connection, Stop) passes here.
   absl::flat_hash_map<uint64_t, std::shared_ptr<CallState>> TakeActive() {
     absl::MutexLock lock(&calls_mu);
     ready_conn = nullptr;
@@ -390,7 +398,6 @@ struct RpcClient::Core : std::enable_shared_from_this<Core> {
 
   void AttemptFailed(const absl::Status& status) {
     if (state == State::kStopped) return;
-    SetReadyConnection(nullptr);
     last_error = status;
     ++conn_generation;  // late callbacks of this attempt are ignored
     if (conn) conn->Close(absl::OkStatus());
@@ -532,13 +539,11 @@ absl::Status RpcClient::WaitConnected(absl::Duration timeout) {
 
 namespace {
 
-// Sends the call: a unary call on a ready connection from this thread (`*direct` is then true and
-// the caller keeps the deadline), anything else through the I/O thread.
+// Creates the call and ties it to its cancel token; sending is the caller's next step.
 std::shared_ptr<CallState> StartCall(const std::shared_ptr<RpcClient::Core>& core,
                                      std::string_view method, std::string_view request,
                                      const CallOptions& options, bool stream,
-                                     const RpcClient::Options& client_options, uint64_t* token_id,
-                                     bool* direct) {
+                                     const RpcClient::Options& client_options, uint64_t* token_id) {
   const absl::Duration timeout =
       options.timeout > absl::ZeroDuration() ? options.timeout : client_options.default_timeout;
   auto call = std::make_shared<CallState>(method, request, stream, absl::Now() + timeout,
@@ -555,10 +560,13 @@ std::shared_ptr<CallState> StartCall(const std::shared_ptr<RpcClient::Core>& cor
       });
     });
   }
-  // A call whose token is cancelled already is ended by the Cancel posted above, never sent.
-  *direct = !stream && !(options.cancel && options.cancel->cancelled()) && core->SendDirect(call);
-  if (!*direct) asio::post(core->io, [core, call] { core->Submit(call); });
   return call;
+}
+
+// Sends the call through the I/O thread (it waits for a connection and keeps the deadline).
+void SubmitOnIoThread(const std::shared_ptr<RpcClient::Core>& core,
+                      const std::shared_ptr<CallState>& call) {
+  asio::post(core->io, [core, call] { core->Submit(call); });
 }
 
 }  // namespace
@@ -566,9 +574,12 @@ std::shared_ptr<CallState> StartCall(const std::shared_ptr<RpcClient::Core>& cor
 absl::StatusOr<std::string> RpcClient::Call(std::string_view method, std::string_view request,
                                             const CallOptions& options) {
   uint64_t token_id = 0;
-  bool direct = false;
-  std::shared_ptr<CallState> call = StartCall(core_, method, request, options, /*stream=*/false,
-                                              core_->options, &token_id, &direct);
+  std::shared_ptr<CallState> call =
+      StartCall(core_, method, request, options, /*stream=*/false, core_->options, &token_id);
+  // On a ready connection this thread sends the call and keeps its deadline. A call whose token
+  // is cancelled already is ended by the Cancel that StartCall posted, never sent.
+  const bool direct = !(options.cancel && options.cancel->cancelled()) && core_->SendDirect(call);
+  if (!direct) SubmitOnIoThread(core_, call);
   absl::Status status;
   std::string response;
   {
@@ -601,9 +612,9 @@ absl::StatusOr<std::unique_ptr<ClientStream>> RpcClient::OpenStream(std::string_
                                                                     std::string_view request,
                                                                     const CallOptions& options) {
   uint64_t token_id = 0;
-  bool direct = false;
-  std::shared_ptr<CallState> call = StartCall(core_, method, request, options, /*stream=*/true,
-                                              core_->options, &token_id, &direct);
+  std::shared_ptr<CallState> call =
+      StartCall(core_, method, request, options, /*stream=*/true, core_->options, &token_id);
+  SubmitOnIoThread(core_, call);
   return std::unique_ptr<ClientStream>(
       new RpcClientStream(std::move(call), core_, options.cancel, token_id));
 }

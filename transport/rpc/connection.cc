@@ -85,16 +85,16 @@ void Connection::DoWrite() {
   {
     absl::MutexLock lock(&write_mu_);
     if (closed_.load(std::memory_order_relaxed)) return;
-    if (!write_queue_.empty()) {
+    if (write_queue_.empty()) {
+      writing_ = false;
+      if (!close_after_flush_) return;
+    } else {
       // Deque elements stay put while others are appended.
       front = std::string_view(write_queue_.front()).substr(front_written_);
       front_written_ = 0;
-    } else {
-      writing_ = false;
-      if (!close_after_flush_) return;
     }
   }
-  if (front.data() == nullptr) {
+  if (front.empty()) {  // the queue ran dry with a close waiting for it
     Close(pending_close_reason_);
     return;
   }

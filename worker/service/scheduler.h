@@ -43,14 +43,14 @@ enum class RequestState { kQueued, kPrefill, kDecode, kFinished, kFailed, kCance
 std::string_view RequestStateName(RequestState state);
 
 struct SchedulerOptions {
-  int32_t max_num_seqs = 16;             // sequences in one step (running requests) at most
+  int32_t max_num_seqs = 16;  // sequences in one step (running requests) at most
   // Token budget of one step (decode + prefill tokens). Every running decode waits for the whole
   // step, so this bounds the inter-token latency tail; on the CPU 256 gave the same throughput as
   // 512 with a p99 inter-token latency 35-45 % lower (docs/performance.md, serving).
   int32_t max_num_batched_tokens = 256;
-  int32_t prefill_chunk = 512;           // prompt tokens of one sequence in one step at most
-  int32_t max_waiting = 512;             // queued requests at most; Submit refuses beyond
-  int32_t max_model_len = 0;             // tokens of one sequence at most; 0: the model's context
+  int32_t prefill_chunk = 512;  // prompt tokens of one sequence in one step at most
+  int32_t max_waiting = 512;    // queued requests at most; Submit refuses beyond
+  int32_t max_model_len = 0;    // tokens of one sequence at most; 0: the model's context
   std::string default_kv_policy = "full";
 };
 
