@@ -251,6 +251,8 @@ int RunBenchServe(int argc, char** argv) {
   p.AddInt32("max-concurrency", &o.max_concurrency, "requests in flight at most");
   p.AddInt32("input-len", &o.input_words, "prompt length in words (about one token each)");
   p.AddInt32("output-len", &o.output_tokens, "tokens generated per request");
+  p.AddString("kv-policy", &o.kv_policy, "NAME|SPEC",
+              "kv_policy of every request (a configured name or a spec; default: the server's)");
   p.AddInt("seed", &seed, "seed of the prompts and arrival times");
   p.AddString("api-key", &o.api_key, "KEY", "bearer token (default: $OPENAI_API_KEY)");
   p.AddInt32("request-timeout-s", &timeout_s, "deadline of each request");

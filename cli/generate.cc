@@ -1,5 +1,5 @@
 // `kvasir generate`: one prompt through the single-process engine, streaming the text to stdout,
-// or one JSON object with --json (DESIGN.md, Contracts).
+// or one JSON object with --json (README.md, docs/serving.md).
 #include <chrono>
 #include <cstdio>
 #include <iostream>
@@ -118,7 +118,10 @@ int RunGenerate(int argc, char** argv) {
     // Invalid UTF-8 cannot reach here (the streaming decoder replaces it), but be safe.
     std::cout << out.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) << "\n";
   } else {
+    // Flushed before the stats go to stderr, so that they start on a line of their own even when
+    // both streams go to one pipe.
     std::fputc('\n', stdout);
+    std::fflush(stdout);
     if (!engine_flags.quiet) {
       std::fprintf(stderr,
                    "prompt %d tokens, %.1f tokens/s; generated %zu tokens, %.1f tokens/s; "

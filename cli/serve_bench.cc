@@ -82,6 +82,7 @@ RequestRecord RunRequest(const ServeBenchOptions& o, const std::string& model,
   json body = {{"model", model},   {"max_tokens", o.output_tokens},
                {"temperature", 0}, {"ignore_eos", true},
                {"stream", true},   {"stream_options", {{"include_usage", true}}}};
+  if (!o.kv_policy.empty()) body["kv_policy"] = o.kv_policy;
   if (o.chat) {
     body["messages"] = json::array({{{"role", "user"}, {"content", prompt}}});
   } else {

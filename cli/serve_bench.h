@@ -34,6 +34,7 @@ struct ServeBenchOptions {
   int output_tokens = 64;    // max_tokens of every request, with ignore_eos
   uint64_t seed = 0;         // prompts and arrival times
   std::string api_key;       // sent as a bearer token when not empty
+  std::string kv_policy;     // the kv_policy field of every request ("" = the server's default)
   absl::Duration request_timeout = absl::Seconds(300);  // per request, from its start
 };
 

@@ -1,8 +1,14 @@
 // `kvasir up`: a local cluster in one command. Starts the coordinator, the cachestore and N
 // workers as child processes (binaries beside this one), waits until /ready answers 200 with every
 // worker registered, prints where it listens and a curl example, and on Ctrl-C or SIGTERM stops
-// every process (SIGTERM, then SIGKILL after a grace period). A child that dies stops the cluster
-// too.
+// every process (SIGTERM, then SIGKILL after a grace period).
+//
+// Once the cluster is ready, `kvasir up` supervises it: a child that dies is restarted with the
+// same command line (the coordinator and the cachestore on the ports they had, so that the others
+// find them again), after a back-off that doubles with every quick death in a row (0.5 s up to
+// 30 s; a child that ran a minute starts again from 0.5 s). Each restart is logged and reported to
+// the coordinator, which counts it in kvasir_process_restarts_total{process}. During start-up a
+// child that dies still stops everything: that is a configuration error, not bad luck.
 #include <signal.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -19,18 +25,50 @@
 #include "cli/commands.h"
 #include "cli/common.h"
 #include "common/strings.h"
+#include "kvcache/prefix_hash.h"
 #include "model/model_files.h"
 #include "nlohmann/json.hpp"
 #include "transport/child_process.h"
 #include "transport/http/client.h"
+#include "transport/rpc/client.h"
+#include "worker/service/worker_service.pb.h"
 
 namespace kvasir::cli {
 namespace {
 
 struct Child {
   std::string name;
+  std::vector<std::string> argv;  // to start it again
   transport::ChildProcess process;
+  bool running = true;
+  absl::Time started = absl::Now();
+  absl::Time restart_at;  // when !running
+  int quick_deaths = 0;   // in a row, for the back-off
+  int64_t restarts = 0;
+  bool announced = true;  // its first line (where it listens) was read
 };
+
+// The back-off before restarting a child that died for the n-th time in a row (n >= 1).
+absl::Duration Backoff(int n) {
+  return std::min(absl::Milliseconds(500) * (int64_t{1} << std::min(n - 1, 10)), absl::Seconds(30));
+}
+
+// "exit code 3" or "signal 9".
+std::string ExitText(int code) {
+  return code > 128 ? absl::StrCat("signal ", code - 128) : absl::StrCat("exit code ", code);
+}
+
+// Replaces the value that follows `flag` in argv (or appends both).
+void SetFlag(std::vector<std::string>& argv, const std::string& flag, const std::string& value) {
+  for (size_t i = 0; i + 1 < argv.size(); ++i) {
+    if (argv[i] == flag) {
+      argv[i + 1] = value;
+      return;
+    }
+  }
+  argv.push_back(flag);
+  argv.push_back(value);
+}
 
 // The value of `key=` in a line such as "kvasir-coordinator: http=... rpc=127.0.0.1:4000".
 std::string Field(const std::string& line, std::string_view key) {
@@ -51,9 +89,12 @@ bool Exited(pid_t pid) {
 
 // SIGTERM to everyone (workers first), then wait; SIGKILL whoever is left after the grace.
 void StopAll(std::vector<Child>& children, absl::Duration grace) {
-  for (auto it = children.rbegin(); it != children.rend(); ++it) it->process.Signal(SIGTERM);
+  for (auto it = children.rbegin(); it != children.rend(); ++it) {
+    if (it->running) it->process.Signal(SIGTERM);
+  }
   const absl::Time deadline = absl::Now() + grace;
   for (auto it = children.rbegin(); it != children.rend(); ++it) {
+    if (!it->running) continue;
     absl::StatusOr<int> code =
         it->process.Wait(std::max(deadline - absl::Now(), absl::Milliseconds(1)));
     if (!code.ok()) {
@@ -62,6 +103,91 @@ void StopAll(std::vector<Child>& children, absl::Duration grace) {
   }
   children.clear();
 }
+
+// Restarts the children that die, and reports every restart to the coordinator.
+class Supervisor {
+ public:
+  Supervisor(std::string coordinator_host, uint16_t coordinator_port)
+      : host_(std::move(coordinator_host)), port_(coordinator_port) {}
+
+  void Tick(std::vector<Child>& children) {
+    const absl::Time now = absl::Now();
+    for (Child& c : children) {
+      if (c.running && Exited(c.process.pid())) {
+        const absl::StatusOr<int> code = c.process.Wait(absl::Milliseconds(100));
+        c.running = false;
+        c.quick_deaths = now - c.started > absl::Minutes(1) ? 1 : c.quick_deaths + 1;
+        c.restart_at = now + Backoff(c.quick_deaths);
+        std::fprintf(stderr, "kvasir up: %s died (%s); restarting it in %s\n", c.name.c_str(),
+                     code.ok() ? ExitText(*code).c_str() : "status unknown",
+                     absl::FormatDuration(c.restart_at - now).c_str());
+      }
+      if (!c.running && now >= c.restart_at) {
+        auto process = transport::ChildProcess::Spawn(c.argv);
+        if (!process.ok()) {
+          c.restart_at = now + Backoff(++c.quick_deaths);
+          std::fprintf(stderr, "kvasir up: cannot restart %s: %s\n", c.name.c_str(),
+                       std::string(process.status().message()).c_str());
+          continue;
+        }
+        c.process = std::move(*process);
+        c.running = true;
+        c.started = now;
+        c.announced = false;
+        ++c.restarts;
+        report_pending_ = true;
+        std::fprintf(stderr, "kvasir up: %s restarted (pid %d, restart %lld)\n", c.name.c_str(),
+                     c.process.pid(), static_cast<long long>(c.restarts));
+      }
+      if (c.running && !c.announced) {
+        // Its first line says it serves (a worker prints it once its model is loaded).
+        if (c.process.ReadLine(absl::ZeroDuration()).ok()) {
+          c.announced = true;
+          std::fprintf(stderr, "kvasir up: %s is back\n", c.name.c_str());
+        }
+      }
+    }
+    // The totals go to the coordinator (all of them: it may be a restarted one that knows none),
+    // once at start so that the series exist, then after each restart until it answers.
+    if (report_pending_ && now >= next_report_) {
+      next_report_ = now + absl::Seconds(1);
+      if (Report(children)) report_pending_ = false;
+    }
+  }
+
+ private:
+  bool Report(const std::vector<Child>& children) {
+    if (client_ == nullptr) {
+      transport::rpc::RpcClient::Options o;
+      o.host = host_;
+      o.port = port_;
+      o.handshake.role = "supervisor";
+      o.handshake.name = "kvasir-up";
+      o.handshake.prefix_hash_test_vector = kvcache::PrefixHashTestVector();
+      o.connect_timeout = absl::Milliseconds(500);
+      o.default_timeout = absl::Seconds(1);
+      auto client = transport::rpc::RpcClient::Create(o);
+      if (!client.ok()) return false;
+      client_ = std::move(*client);
+    }
+    serving::ProcessRestartsRequest request;
+    for (const Child& c : children) {
+      serving::ProcessRestarts* p = request.add_processes();
+      p->set_process(c.name);
+      p->set_restarts_total(c.restarts);
+    }
+    serving::ProcessRestartsResponse response;
+    return transport::rpc::CallProto(*client_, "coordinator.ProcessRestarts", request, &response,
+                                     {.timeout = absl::Seconds(1)})
+        .ok();
+  }
+
+  std::string host_;
+  uint16_t port_;
+  std::unique_ptr<transport::rpc::RpcClient> client_;
+  bool report_pending_ = true;
+  absl::Time next_report_ = absl::InfinitePast();
+};
 
 }  // namespace
 
@@ -72,8 +198,9 @@ int RunUp(int argc, char** argv) {
               "an OpenAI-compatible HTTP API, and stops it on Ctrl-C or SIGTERM. The cachestore "
               "holds KV blocks for the disaggregated prefill/decode path; workers of this "
               "version do not use it yet.");
-  std::string model = "default", host = "127.0.0.1", kv = "full", api_key_file, kv_cache_memory,
+  std::string model = "default", host = "127.0.0.1", kv, api_key_file, kv_cache_memory,
               cachestore_capacity = "1GiB";
+  std::vector<std::string> kv_policies;
   bool no_cachestore = false;
   std::vector<std::string> served_names;
   int32_t port = 8000, workers = 1, threads = 0, max_num_seqs = 0, max_num_batched_tokens = 0,
@@ -82,7 +209,11 @@ int RunUp(int argc, char** argv) {
   p.AddString("host", &host, "ADDR", "HTTP address of the coordinator");
   p.AddInt32("port", &port, "HTTP port of the coordinator (0: any free port)");
   p.AddInt32("workers", &workers, "worker processes (each serves the whole model)");
-  p.AddString("kv", &kv, "POLICY", "KV cache policy of requests that name none");
+  p.AddStrings("kv-policy", &kv_policies, "[NAME=]SPEC",
+               "a KV policy the workers offer, loaded at start-up (repeatable). Files (groups=, "
+               "weights=) are named only here; requests select the policy by NAME");
+  p.AddString("kv", &kv, "NAME|SPEC",
+              "KV policy of requests that name none (default: the first --kv-policy, or full)");
   p.AddInt32("threads", &threads, "compute threads per worker (0: the cores divided by workers)");
   p.AddString("kv-cache-memory", &kv_cache_memory, "BYTES", "KV cache size per worker (4GiB)");
   p.AddInt32("max-num-seqs", &max_num_seqs, "sequences per batch per worker (0: default)");
@@ -168,7 +299,7 @@ int RunUp(int argc, char** argv) {
   }
   auto coordinator = transport::ChildProcess::Spawn(args);
   if (!coordinator.ok()) return fail(coordinator.status());
-  children.push_back({"coordinator", std::move(*coordinator)});
+  children.push_back({.name = "coordinator", .argv = args, .process = std::move(*coordinator)});
   auto line = children.back().process.ReadLine(absl::Seconds(60));
   if (!line.ok()) {
     return fail(absl::UnavailableError("the coordinator did not start (see its messages above)"));
@@ -180,23 +311,29 @@ int RunUp(int argc, char** argv) {
     const size_t colon = http.rfind(':');
     return colon == std::string::npos ? port : std::atoi(http.c_str() + colon + 1);
   }();
+  // Restarts come back on the same ports, so that workers and clients find it again.
+  SetFlag(children.back().argv, "--port", std::to_string(actual_port));
+  SetFlag(children.back().argv, "--rpc-port", rpc.substr(rpc.rfind(':') + 1));
   std::printf("kvasir up: coordinator pid=%d http=%s rpc=%s\n", children.back().process.pid(),
               http.c_str(), rpc.c_str());
   std::fflush(stdout);
 
   // Cachestore: its first line is "PORT <rpc port> HTTP <http port>".
   if (!no_cachestore) {
-    auto store = transport::ChildProcess::Spawn({cachestore_bin, "--host", "127.0.0.1", "--port",
-                                                 "0", "--http-port", "0", "--capacity",
-                                                 cachestore_capacity, "--name", "cachestore"});
+    std::vector<std::string> store_args = {
+        cachestore_bin,      "--host", "127.0.0.1", "--port", "0", "--http-port", "0", "--capacity",
+        cachestore_capacity, "--name", "cachestore"};
+    auto store = transport::ChildProcess::Spawn(store_args);
     if (!store.ok()) return fail(store.status());
-    children.push_back({"cachestore", std::move(*store)});
+    children.push_back({.name = "cachestore", .argv = store_args, .process = std::move(*store)});
     auto store_line = children.back().process.ReadLine(absl::Seconds(60));
     std::vector<std::string> words;
     if (store_line.ok()) words = absl::StrSplit(*store_line, ' ', absl::SkipEmpty());
     if (words.size() < 4 || words[0] != "PORT" || words[2] != "HTTP") {
       return fail(absl::UnavailableError("the cachestore did not start (see its messages above)"));
     }
+    SetFlag(children.back().argv, "--port", words[1]);
+    SetFlag(children.back().argv, "--http-port", words[3]);
     std::printf("kvasir up: cachestore pid=%d rpc=127.0.0.1:%s http=127.0.0.1:%s capacity=%s\n",
                 children.back().process.pid(), words[1].c_str(), words[3].c_str(),
                 cachestore_capacity.c_str());
@@ -213,12 +350,18 @@ int RunUp(int argc, char** argv) {
                                   rpc,
                                   "--name",
                                   absl::StrCat("worker-", i),
-                                  "--kv-policy",
-                                  kv,
                                   "--threads",
                                   std::to_string(threads),
                                   "--host",
                                   "127.0.0.1"};
+    for (const std::string& policy : kv_policies) {
+      w.push_back("--kv-policy");
+      w.push_back(policy);
+    }
+    if (!kv.empty()) {
+      w.push_back("--default-kv-policy");
+      w.push_back(kv);
+    }
     if (!kv_cache_memory.empty()) {
       w.push_back("--kv-cache-memory");
       w.push_back(kv_cache_memory);
@@ -237,7 +380,8 @@ int RunUp(int argc, char** argv) {
     }
     auto worker = transport::ChildProcess::Spawn(w);
     if (!worker.ok()) return fail(worker.status());
-    children.push_back({absl::StrCat("worker-", i), std::move(*worker)});
+    children.push_back(
+        {.name = absl::StrCat("worker-", i), .argv = w, .process = std::move(*worker)});
   }
   for (size_t i = first_worker; i < children.size(); ++i) {
     auto worker_line = children[i].process.ReadLine(absl::Seconds(ready_timeout_s));
@@ -291,13 +435,18 @@ int RunUp(int argc, char** argv) {
       "the capital of France?\"}], \"max_tokens\": 64}'\n"
       "\n"
       "Ctrl-C stops every process.\n",
-      model_name.c_str(), base.c_str(), workers, workers == 1 ? "" : "s", kv.c_str(), base.c_str(),
-      api_key_file.empty() ? "" : " -H \"Authorization: Bearer $KEY\"", model_name.c_str());
+      model_name.c_str(), base.c_str(), workers, workers == 1 ? "" : "s",
+      kv.empty() ? (kv_policies.empty() ? "full" : kv_policies.front().c_str()) : kv.c_str(),
+      base.c_str(), api_key_file.empty() ? "" : " -H \"Authorization: Bearer $KEY\"",
+      model_name.c_str());
   std::fflush(stdout);
 
-  // Serve until a signal, or until a child dies.
+  // Serve until a signal; restart the children that die.
+  const size_t colon = rpc.rfind(':');
+  Supervisor supervisor(rpc.substr(0, colon),
+                        static_cast<uint16_t>(std::atoi(rpc.c_str() + colon + 1)));
   while (true) {
-    timespec tick{0, 200 * 1000 * 1000};
+    timespec tick{0, 100 * 1000 * 1000};
     const int signal = sigtimedwait(&signals, nullptr, &tick);
     if (signal > 0) {
       std::printf("kvasir up: %s, stopping\n", signal == SIGINT ? "SIGINT" : "SIGTERM");
@@ -307,13 +456,7 @@ int RunUp(int argc, char** argv) {
       std::fflush(stdout);
       return 0;
     }
-    for (const Child& c : children) {
-      if (Exited(c.process.pid())) {
-        std::fprintf(stderr, "kvasir up: %s exited; stopping the cluster\n", c.name.c_str());
-        StopAll(children, absl::Seconds(10));
-        return 1;
-      }
-    }
+    supervisor.Tick(children);
   }
 }
 

@@ -5,6 +5,8 @@
 
 #include <algorithm>
 #include <filesystem>
+#include <map>
+#include <optional>
 #include <random>
 
 #include "absl/container/flat_hash_set.h"
@@ -14,6 +16,7 @@
 #include "common/log.h"
 #include "common/status_macros.h"
 #include "common/strings.h"
+#include "kvcache/policy.h"
 #include "kvcache/prefix_hash.h"
 #include "prometheus/text_serializer.h"
 #include "transport/rpc/client.h"
@@ -45,6 +48,10 @@ std::pair<ApiError, std::string> FromWorkerStatus(const absl::Status& status) {
       if (absl::StrContains(status.message(), "maximum model length")) {
         e.code = "context_length_exceeded";
         kind = "context_length_exceeded";
+      } else if (absl::StartsWith(status.message(), "kv_policy")) {
+        e.code = "invalid_kv_policy";
+        e.param = "kv_policy";
+        kind = "invalid_request";
       } else {
         kind = "invalid_request";
       }
@@ -89,6 +96,42 @@ bool ConstantTimeEquals(std::string_view a, std::string_view b) {
     diff |= x ^ y;
   }
   return diff == 0;
+}
+
+// The KV policies the registered workers were configured with, by name (workers started together
+// are configured alike; a name offered by any worker is listed once).
+std::map<std::string, serving::KvPolicyInfo> ConfiguredPolicies(
+    const std::vector<WorkerView>& workers) {
+  std::map<std::string, serving::KvPolicyInfo> out;
+  for (const WorkerView& w : workers) {
+    for (const serving::KvPolicyInfo& p : w.kv_policies) out.emplace(p.name(), p);
+  }
+  return out;
+}
+
+// A request's kv_policy, checked before it reaches a worker: a configured name, or a spec of a
+// known policy that names no file. The messages are fixed or quote the request's own text (never
+// a file's path, size or contents: nothing is opened here or on the worker).
+std::optional<ApiError> CheckKvPolicy(const std::string& kv_policy,
+                                      const std::vector<WorkerView>& workers) {
+  if (kv_policy.empty()) return std::nullopt;
+  auto invalid = [](std::string message) {
+    return InvalidRequest(std::move(message), "kv_policy", "invalid_kv_policy");
+  };
+  if (kv_policy.size() > 256) return invalid("kv_policy is longer than 256 characters.");
+  const auto configured = ConfiguredPolicies(workers);
+  if (configured.count(kv_policy)) return std::nullopt;
+  auto args = kvcache::PolicyArgs::Parse(kv_policy, kvcache::PolicySource::kRequest);
+  if (!args.ok()) return invalid(std::string(args.status().message()));
+  if (!kvcache::IsPolicyKind(args->name())) {
+    std::string names;
+    for (const auto& [name, info] : configured) {
+      absl::StrAppend(&names, names.empty() ? "" : ", ", name);
+    }
+    return invalid(absl::StrCat("kv_policy names no configured policy and no known policy kind",
+                                names.empty() ? "." : absl::StrCat(" (configured: ", names, ").")));
+  }
+  return std::nullopt;
 }
 
 }  // namespace
@@ -456,8 +499,31 @@ absl::StatusOr<std::unique_ptr<Coordinator>> Coordinator::Start(CoordinatorOptio
       return;
     }
     serving::HeartbeatResponse response;
-    response.set_known(self->registry_->Heartbeat(request.worker_id(), request.load()));
+    response.set_known(
+        self->registry_->Heartbeat(request.worker_id(), request.name(), request.load()));
     call->Finish(response.SerializeAsString());
+  });
+  c->rpc_->RegisterUnary("coordinator.ProcessRestarts", [self](
+                                                            std::shared_ptr<rpc::ServerCall> call) {
+    serving::ProcessRestartsRequest request;
+    if (!request.ParseFromString(call->request()) || request.processes_size() > 256) {
+      call->Finish(absl::InvalidArgumentError("malformed coordinator.ProcessRestarts request"));
+      return;
+    }
+    for (const serving::ProcessRestarts& p : request.processes()) {
+      // Label values stay short and printable (a process name such as "worker-3").
+      const bool printable = std::all_of(p.process().begin(), p.process().end(), [](char ch) {
+        return absl::ascii_isalnum(static_cast<unsigned char>(ch)) || ch == '-' || ch == '_';
+      });
+      if (p.process().empty() || p.process().size() > 64 || !printable || p.restarts_total() < 0) {
+        call->Finish(absl::InvalidArgumentError("coordinator.ProcessRestarts: bad entry"));
+        return;
+      }
+    }
+    for (const serving::ProcessRestarts& p : request.processes()) {
+      self->metrics_->SetProcessRestarts(p.process(), p.restarts_total());
+    }
+    call->Finish(serving::ProcessRestartsResponse().SerializeAsString());
   });
   KVASIR_RETURN_IF_ERROR(c->rpc_->Start());
 
@@ -623,12 +689,19 @@ void Coordinator::HandleHttp(http::HttpRequest request,
     responder->Send(std::move(r));
   } else if (path == "/v1/models" || absl::StartsWith(path, "/v1/models/")) {
     if (!get) return wrong_method();
+    // Extension: the KV policies a request's kv_policy can name (file paths never shown).
+    json policies = json::array();
+    for (const auto& [name, p] : ConfiguredPolicies(registry_->Snapshot())) {
+      policies.push_back(
+          {{"name", name}, {"kind", p.kind()}, {"spec", p.spec()}, {"default", p.is_default()}});
+    }
     auto model_json = [&](const std::string& name) {
       return json{{"id", name},
                   {"object", "model"},
                   {"created", started_unix_},
                   {"owned_by", "kvasir"},
-                  {"max_model_len", max_model_len_}};
+                  {"max_model_len", max_model_len_},
+                  {"kv_policies", policies}};
     };
     if (path == "/v1/models") {
       json data = json::array();
@@ -711,6 +784,10 @@ void Coordinator::HandleGeneration(const http::HttpRequest& http_request, Endpoi
                                 "model", "model_not_found");
     e.http_status = 404;
     SendError(*responder, e, "model_not_found");
+    return;
+  }
+  if (auto e = CheckKvPolicy(request.kv_policy, registry_->Snapshot())) {
+    SendError(*responder, *e, "invalid_request");
     return;
   }
   const bool chat = endpoint == Endpoint::kChat;

@@ -6,7 +6,7 @@
 // workers dropped), serves /health, /ready and /metrics, and cancels the generation on the
 // worker when the client goes away.
 //
-// Endpoints (DESIGN.md, Contracts): POST /v1/completions, POST /v1/chat/completions,
+// Endpoints (docs/serving.md): POST /v1/completions, POST /v1/chat/completions,
 // GET /v1/models, POST /tokenize, POST /detokenize, GET /health, GET /ready, GET /metrics.
 //
 // Failure policy: a choice whose worker is lost or refuses before producing any token is retried

@@ -71,7 +71,22 @@ CoordinatorMetrics::CoordinatorMetrics(prometheus::Registry& registry)
       kv_usage_(prometheus::BuildGauge()
                     .Name("kvasir_kv_cache_usage_perc")
                     .Help("Fraction of each worker's KV cache pages in use (1 = full).")
+                    .Register(registry)),
+      restarts_(prometheus::BuildCounter()
+                    .Name("kvasir_process_restarts_total")
+                    .Help("Processes of the cluster restarted by the supervisor (kvasir up) "
+                          "after they died, by process.")
                     .Register(registry)) {}
+
+void CoordinatorMetrics::SetProcessRestarts(const std::string& process, int64_t total) {
+  absl::MutexLock lock(&mu_);
+  prometheus::Counter& counter = restarts_.Add({{"process", process}});
+  int64_t& seen = restarts_seen_[process];
+  if (total > seen) {
+    counter.Increment(static_cast<double>(total - seen));
+    seen = total;
+  }
+}
 
 void CoordinatorMetrics::RequestSucceeded(const std::string& finished_reason) {
   success_.Add({{"finished_reason", finished_reason}}).Increment();

@@ -36,6 +36,10 @@ class CoordinatorMetrics {
   prometheus::Counter& prompt_tokens() { return prompt_tokens_; }
   prometheus::Counter& generation_tokens() { return generation_tokens_; }
 
+  // kvasir_process_restarts_total{process}: the supervisor's total for one process (a counter:
+  // it only moves up, by the difference to the last total seen).
+  void SetProcessRestarts(const std::string& process, int64_t total);
+
   // Refreshes the gauges from the registry (before a scrape).
   void UpdateWorkers(const std::vector<WorkerView>& workers, int64_t deaths);
 
@@ -52,7 +56,9 @@ class CoordinatorMetrics {
   prometheus::Gauge& workers_alive_;
   prometheus::Counter& worker_deaths_;
   prometheus::Family<prometheus::Gauge>& kv_usage_;
+  prometheus::Family<prometheus::Counter>& restarts_;
   absl::Mutex mu_;
+  absl::flat_hash_map<std::string, int64_t> restarts_seen_ ABSL_GUARDED_BY(mu_);
   absl::flat_hash_map<std::string, prometheus::Gauge*> kv_gauges_ ABSL_GUARDED_BY(mu_);
   int64_t deaths_seen_ ABSL_GUARDED_BY(mu_) = 0;
 };

@@ -32,6 +32,7 @@ absl::StatusOr<uint64_t> WorkerRegistry::Register(const serving::WorkerInfo& inf
   entry.view.rpc_address = info.rpc_address();
   entry.view.http_address = info.http_address();
   entry.view.role = info.role();
+  entry.view.kv_policies.assign(info.kv_policies().begin(), info.kv_policies().end());
   entry.view.last_heartbeat = absl::Now();
   entry.channel = std::move(channel);
   WorkerChannel replaced;  // destroyed outside the lock
@@ -54,10 +55,11 @@ absl::StatusOr<uint64_t> WorkerRegistry::Register(const serving::WorkerInfo& inf
   return id;
 }
 
-bool WorkerRegistry::Heartbeat(uint64_t id, const serving::WorkerLoad& load) {
+bool WorkerRegistry::Heartbeat(uint64_t id, std::string_view name,
+                               const serving::WorkerLoad& load) {
   absl::MutexLock lock(&mu_);
   auto it = workers_.find(id);
-  if (it == workers_.end()) return false;
+  if (it == workers_.end() || it->second.view.name != name) return false;
   it->second.view.load = load;
   it->second.view.last_heartbeat = absl::Now();
   return true;

@@ -14,6 +14,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "absl/container/flat_hash_map.h"
@@ -44,6 +45,7 @@ struct WorkerView {
   int32_t inflight = 0;  // streams from this coordinator now
   serving::WorkerLoad load;
   absl::Time last_heartbeat;
+  std::vector<serving::KvPolicyInfo> kv_policies;  // what it was configured with
 };
 
 class WorkerRegistry {
@@ -60,8 +62,10 @@ class WorkerRegistry {
   // Registers a worker, replacing one of the same name. FailedPrecondition when it serves
   // another model, InvalidArgument for a malformed address. Returns its id.
   absl::StatusOr<uint64_t> Register(const serving::WorkerInfo& info);
-  // Records a heartbeat. False when the id is unknown (dropped, or from before a restart).
-  bool Heartbeat(uint64_t id, const serving::WorkerLoad& load);
+  // Records a heartbeat. False when no worker of this name holds the id (dropped, or registered
+  // with a coordinator that restarted since: ids start again at 1, so an old id may now be
+  // another worker's).
+  bool Heartbeat(uint64_t id, std::string_view name, const serving::WorkerLoad& load);
   // Drops the workers whose last heartbeat is older than the timeout; returns their names.
   std::vector<std::string> Sweep(absl::Time now);
   // Drops a worker at once (its connection broke mid-request). No-op for unknown ids.

@@ -320,7 +320,7 @@ PolicyResult MakeLococoPolicy(PolicyArgs& args, const KvGeometry& geometry) {
   LococoPolicy::Options o;
   KVASIR_ASSIGN_OR_RETURN(o.slots, args.Int("slots", 128, 2, 1 << 20));
   KVASIR_ASSIGN_OR_RETURN(o.chunk, args.Int("chunk", 16, 1, 1 << 20));
-  KVASIR_ASSIGN_OR_RETURN(o.weights_path, args.String("weights", ""));
+  KVASIR_ASSIGN_OR_RETURN(o.weights_path, args.File("weights"));
   const bool has_lambda = args.Has("lambda");
   KVASIR_ASSIGN_OR_RETURN(double lambda, args.Float("lambda", 0.0, -1e6, 1e6));
   KVASIR_RETURN_IF_ERROR(args.Finish());

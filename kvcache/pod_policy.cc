@@ -390,7 +390,7 @@ PolicyResult MakePodPolicy(PolicyArgs& args, const KvGeometry& geometry) {
   const bool has_window = args.Has("window");
   KVASIR_ASSIGN_OR_RETURN(int32_t sink, args.Int("sink", 4, 0, 1 << 30));
   KVASIR_ASSIGN_OR_RETURN(int32_t window, args.Int("window", 252, 1, 1 << 30));
-  KVASIR_ASSIGN_OR_RETURN(std::string path, args.String("groups", ""));
+  KVASIR_ASSIGN_OR_RETURN(std::string path, args.File("groups"));
   const bool has_group_size = args.Has("group_size");
   KVASIR_ASSIGN_OR_RETURN(int32_t group_size, args.Int("group_size", 2, 1, 1 << 30));
   KVASIR_RETURN_IF_ERROR(args.Finish());

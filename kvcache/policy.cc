@@ -43,13 +43,21 @@ constexpr PolicyEntry kPolicies[] = {
 }  // namespace
 
 absl::StatusOr<std::shared_ptr<const KvPolicy>> ParsePolicy(std::string_view spec,
-                                                            const KvGeometry& geometry) {
-  KVASIR_ASSIGN_OR_RETURN(PolicyArgs args, PolicyArgs::Parse(spec.empty() ? "full" : spec));
+                                                            const KvGeometry& geometry,
+                                                            PolicySource source) {
+  KVASIR_ASSIGN_OR_RETURN(PolicyArgs args, PolicyArgs::Parse(spec.empty() ? "full" : spec, source));
   for (const PolicyEntry& e : kPolicies) {
     if (args.name() == e.name) return e.make(args, geometry);
   }
   return absl::InvalidArgumentError(
       absl::StrCat("unknown KV policy '", args.name(), "'; known policies:\n", PolicyHelp()));
+}
+
+bool IsPolicyKind(std::string_view name) {
+  for (const PolicyEntry& e : kPolicies) {
+    if (name == e.name) return true;
+  }
+  return false;
 }
 
 std::string PolicyHelp() {

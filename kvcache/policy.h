@@ -15,6 +15,7 @@
 #include "absl/status/statusor.h"
 #include "kernels/cpu/ops.h"
 #include "kvcache/kv_cache.h"
+#include "kvcache/policy_args.h"
 
 namespace kvasir::kvcache {
 
@@ -76,9 +77,14 @@ class KvPolicy {
   }
 };
 
-// Parses a policy spec string (docs/compression.md). InvalidArgument names the bad part.
-absl::StatusOr<std::shared_ptr<const KvPolicy>> ParsePolicy(std::string_view spec,
-                                                            const KvGeometry& geometry);
+// Parses a policy spec string (docs/compression.md). InvalidArgument names the bad part. A spec
+// from a request (PolicySource::kRequest) that names a file is refused with PermissionDenied
+// before anything is opened; only the process's own command line may name files.
+absl::StatusOr<std::shared_ptr<const KvPolicy>> ParsePolicy(
+    std::string_view spec, const KvGeometry& geometry,
+    PolicySource source = PolicySource::kTrusted);
+// The names of the policies ParsePolicy knows ("full", "streaming", ...).
+bool IsPolicyKind(std::string_view name);
 // One line per policy with its parameters, for --help.
 std::string PolicyHelp();
 

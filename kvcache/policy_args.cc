@@ -6,12 +6,30 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
+#include "common/base/check.h"
 #include "common/strings.h"
 
 namespace kvasir::kvcache {
 
-absl::StatusOr<PolicyArgs> PolicyArgs::Parse(std::string_view spec) {
+bool IsFileParameter(std::string_view key) {
+  // Every parameter that names a file, in any policy; File() accepts only these. Future file
+  // parameters (DMC checkpoints, trained adapters) are added here first.
+  for (std::string_view k : {"groups", "weights", "checkpoint", "adapter", "file", "path"}) {
+    if (key == k) return true;
+  }
+  return false;
+}
+
+absl::Status FileParameterRefused(std::string_view key) {
+  return absl::PermissionDeniedError(absl::StrCat(
+      "kv_policy may not name a file (parameter '", ToAbsl(key),
+      "'): files are server configuration. Select a policy the server was started with "
+      "(--kv-policy NAME=SPEC; GET /v1/models lists them) or give a spec without files."));
+}
+
+absl::StatusOr<PolicyArgs> PolicyArgs::Parse(std::string_view spec, PolicySource source) {
   PolicyArgs args;
+  args.source_ = source;
   const size_t colon = spec.find(':');
   args.name_ = std::string(absl::StripAsciiWhitespace(ToAbsl(spec.substr(0, colon))));
   if (args.name_.empty()) return absl::InvalidArgumentError("empty KV policy spec");
@@ -27,6 +45,10 @@ absl::StatusOr<PolicyArgs> PolicyArgs::Parse(std::string_view spec) {
     }
     std::string key(absl::StripAsciiWhitespace(item.substr(0, eq)));
     std::string value(absl::StripAsciiWhitespace(item.substr(eq + 1)));
+    // Refused whatever the policy: before any factory could look at the value.
+    if (source == PolicySource::kRequest && IsFileParameter(key)) {
+      return FileParameterRefused(key);
+    }
     if (!args.values_.emplace(key, value).second) {
       return absl::InvalidArgumentError(
           absl::StrCat("KV policy '", args.name_, "': '", key, "' is given twice"));
@@ -83,6 +105,25 @@ absl::StatusOr<bool> PolicyArgs::Bool(const std::string& key, bool def) {
   if (it->second == "false" || it->second == "0") return false;
   return absl::InvalidArgumentError(absl::StrCat("KV policy '", name_, "': ", key,
                                                  " must be true or false, got '", it->second, "'"));
+}
+
+absl::StatusOr<std::string> PolicyArgs::File(const std::string& key) {
+  KVASIR_CHECK(IsFileParameter(key));
+  used_.insert(key);
+  auto it = values_.find(key);
+  if (it == values_.end()) return std::string();
+  if (source_ != PolicySource::kTrusted) return FileParameterRefused(key);
+  return it->second;
+}
+
+std::string PolicyArgs::Redacted() const {
+  std::string out = name_;
+  const char* sep = ":";
+  for (const auto& [key, value] : values_) {
+    absl::StrAppend(&out, sep, key, "=", IsFileParameter(key) ? "<file>" : value);
+    sep = ",";
+  }
+  return out;
 }
 
 absl::Status PolicyArgs::Finish() const {

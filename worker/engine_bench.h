@@ -1,5 +1,5 @@
-// `kvasir bench engine`: the engine's speed on this machine, measured the way DESIGN.md's
-// "Performance" section asks: prefill and decode tokens/s at batch 1, 4 and 16, the machine's
+// `kvasir bench engine`: the engine's speed on this machine, measured as docs/performance.md
+// describes: prefill and decode tokens/s at batch 1, 4 and 16, the machine's
 // memory read bandwidth, and how close batch-1 decode comes to it. Every figure is the median of
 // several runs after a warm-up run.
 #pragma once

@@ -3,7 +3,8 @@
 // the sequence's own KV policy; logits come out for the rows asked for.
 //
 // This is the CPU implementation. A CUDA runner implements the same Forward contract later
-// (STYLE.md 5.7); everything above it (generator, scheduler, services) sees only ModelRunner.
+// (planned, docs/kernels.md); everything above it (generator, scheduler, services) sees only
+// ModelRunner.
 //
 // Thread contract: one thread calls Forward at a time; the kernels use the runner's thread pool.
 #pragma once

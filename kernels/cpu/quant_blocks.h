@@ -1,6 +1,6 @@
 // Block layouts of the quantized weight types (ggml's, byte for byte) and of the 8-bit activation
 // buffers that MatMul quantizes x into (Kvasir's own, never stored). Private to kernels/cpu.
-// See ../shared/reference/model-formats.md §3.4 for the dequantization formulas.
+// The dequantization formulas are in docs/kernels.md.
 #pragma once
 
 #include <cstddef>

@@ -39,11 +39,14 @@ inline std::string Quote(const std::string& s) {
   return q + "'";
 }
 
-inline RunResult Kvasir(const std::vector<std::string>& args) {
+// With merge_stderr, stderr goes to the same pipe as stdout (into `out`), as in `2>&1 | less`;
+// exit_code is then the pipe's (cat's).
+inline RunResult Kvasir(const std::vector<std::string>& args, bool merge_stderr = false) {
   const std::string dir = TempDir();
   std::string cmd = "timeout 300 " + std::string(KVASIR_BINARY_DIR) + "/bin/kvasir";
   for (const auto& a : args) cmd += " " + Quote(a);
-  cmd += " >" + dir + "/out 2>" + dir + "/err";
+  cmd += merge_stderr ? " 2>&1 | cat >" + dir + "/out; : >" + dir + "/err"
+                      : " >" + dir + "/out 2>" + dir + "/err";
   RunResult r;
   const int status = std::system(cmd.c_str());
   r.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;

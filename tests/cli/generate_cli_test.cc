@@ -60,6 +60,17 @@ TEST(GenerateCliTest, StreamsTextToStdout) {
   EXPECT_NE(r.err.find("tokens/s"), std::string::npos) << r.err;
 }
 
+TEST(GenerateCliTest, StatsLineStartsOnItsOwnLineWhenStreamsShareAPipe) {
+  RunResult r = Kvasir({"generate", "--model", kStories, "--prompt", "Once upon a time",
+                        "--max-tokens", "8", "--temperature", "0"},
+                       /*merge_stderr=*/true);
+  const size_t stats = r.out.find("prompt ");
+  ASSERT_NE(stats, std::string::npos) << r.out;
+  ASSERT_GT(stats, 0u) << r.out;
+  EXPECT_EQ(r.out[stats - 1], '\n') << r.out;
+  EXPECT_NE(r.out.find("tokens/s", stats), std::string::npos) << r.out;
+}
+
 TEST(GenerateCliTest, SameSeedSameOutput) {
   std::vector<std::string> args = {
       "generate", "--model", kStories,       "--prompt", "Once",   "--temperature", "1.0",

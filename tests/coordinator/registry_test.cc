@@ -80,18 +80,28 @@ TEST_F(RegistryTest, RegistersAndRefusesOtherModels) {
   // The same name again replaces the old entry (a restarted worker).
   auto a2 = registry_.Register(Info("a", 7005));
   ASSERT_TRUE(a2.ok());
-  EXPECT_FALSE(registry_.Heartbeat(*a, Load(0)));
-  EXPECT_TRUE(registry_.Heartbeat(*a2, Load(0)));
+  EXPECT_FALSE(registry_.Heartbeat(*a, "a", Load(0)));
+  EXPECT_TRUE(registry_.Heartbeat(*a2, "a", Load(0)));
   const auto snapshot = registry_.Snapshot();
   ASSERT_EQ(snapshot.size(), 2u);
   EXPECT_EQ(snapshot[1].rpc_address, "127.0.0.1:7005");
 }
 
+// After a coordinator restart ids start again at 1: a worker that still holds its old id must not
+// take another worker's registration for its own (it would never register again).
+TEST_F(RegistryTest, AHeartbeatWithAnotherWorkersIdIsNotKnown) {
+  auto b = registry_.Register(Info("b", 7002));
+  ASSERT_TRUE(b.ok());
+  EXPECT_TRUE(registry_.Heartbeat(*b, "b", Load(0)));
+  EXPECT_FALSE(registry_.Heartbeat(*b, "a", Load(0)));
+  EXPECT_FALSE(registry_.Heartbeat(*b + 1000, "b", Load(0)));
+}
+
 TEST_F(RegistryTest, PicksTheLeastLoadedConnectedWorker) {
   const uint64_t a = *registry_.Register(Info("a", 7001));
   const uint64_t b = *registry_.Register(Info("b", 7002));
-  registry_.Heartbeat(a, Load(0.5));
-  registry_.Heartbeat(b, Load(0.1));
+  registry_.Heartbeat(a, "a", Load(0.5));
+  registry_.Heartbeat(b, "b", Load(0.1));
   // Equal in-flight counts: the lower KV usage wins.
   auto first = registry_.Pick();
   ASSERT_TRUE(first.has_value());
@@ -140,12 +150,12 @@ TEST_F(RegistryTest, HeartbeatTimeoutAndMarkDead) {
   // b keeps beating, a does not.
   const absl::Time later = absl::Now() + absl::Milliseconds(400);
   absl::SleepFor(absl::Milliseconds(200));
-  EXPECT_TRUE(registry_.Heartbeat(b, Load(0)));
+  EXPECT_TRUE(registry_.Heartbeat(b, "b", Load(0)));
   absl::SleepFor(absl::Milliseconds(200));
-  EXPECT_TRUE(registry_.Heartbeat(b, Load(0)));
+  EXPECT_TRUE(registry_.Heartbeat(b, "b", Load(0)));
   const std::vector<std::string> dead = registry_.Sweep(later);
   EXPECT_EQ(dead, std::vector<std::string>{"a"});
-  EXPECT_FALSE(registry_.Heartbeat(a, Load(0)));  // tells the worker to register again
+  EXPECT_FALSE(registry_.Heartbeat(a, "a", Load(0)));  // tells the worker to register again
   EXPECT_EQ(registry_.deaths(), 1);
   auto lease = registry_.Pick();
   ASSERT_TRUE(lease.has_value());

@@ -253,6 +253,17 @@ inline std::optional<double> MetricValue(const std::string& text, const std::str
   return std::nullopt;
 }
 
+// Polls until `predicate` holds or `timeout` passes.
+template <typename F>
+bool Eventually(F predicate, absl::Duration timeout) {
+  const absl::Time deadline = absl::Now() + timeout;
+  while (absl::Now() < deadline) {
+    if (predicate()) return true;
+    absl::SleepFor(absl::Milliseconds(50));
+  }
+  return predicate();
+}
+
 // Runs `kvasir generate ... --json --quiet` and returns its JSON.
 inline absl::StatusOr<json> KvasirGenerate(const std::vector<std::string>& extra) {
   std::vector<std::string> args = {Bin("kvasir"), "generate", "--json", "--quiet"};

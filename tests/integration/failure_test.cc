@@ -10,17 +10,6 @@
 namespace kvasir::integration {
 namespace {
 
-// Polls until `predicate` holds or `timeout` passes.
-template <typename F>
-bool Eventually(F predicate, absl::Duration timeout) {
-  const absl::Time deadline = absl::Now() + timeout;
-  while (absl::Now() < deadline) {
-    if (predicate()) return true;
-    absl::SleepFor(absl::Milliseconds(50));
-  }
-  return predicate();
-}
-
 TEST(FailureTest, ClientDisconnectCancelsTheGenerationAndFreesKv) {
   auto cluster = Cluster::Start({.worker_args = {"--debug-step-delay-ms", "20"}});
   ASSERT_TRUE(cluster.ok()) << cluster.status();

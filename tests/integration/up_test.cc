@@ -2,7 +2,11 @@
 // answers, serves, and stops every process on SIGTERM (and SIGINT).
 #include <signal.h>
 
+#include <atomic>
 #include <cerrno>
+#include <map>
+#include <optional>
+#include <thread>
 
 #include "absl/strings/numbers.h"
 #include "gtest/gtest.h"
@@ -22,17 +26,27 @@ std::vector<pid_t> PidsIn(const std::vector<std::string>& lines) {
 
 bool Gone(pid_t pid) { return kill(pid, 0) != 0 && errno == ESRCH; }
 
-void RunUpAndStop(int signal) {
-  auto up = transport::ChildProcess::Spawn({Bin("kvasir"), "up", "--model", StoriesModel(),
-                                            "--port", "0", "--workers", "2", "--threads", "1"});
-  ASSERT_TRUE(up.ok()) << up.status();
+// A running `kvasir up` and what it printed.
+struct Up {
+  std::optional<transport::ChildProcess> process;
   std::vector<std::string> lines;
+  uint16_t port = 0;                  // the coordinator's HTTP port
+  uint16_t store_port = 0;            // the cachestore's HTTP port
+  std::map<std::string, pid_t> pids;  // by process name ("coordinator", "worker-0", ...)
+};
+
+// Starts `kvasir up` with two workers and reads its lines up to the curl example.
+void StartUp(Up& up) {
+  auto child = transport::ChildProcess::Spawn({Bin("kvasir"), "up", "--model", StoriesModel(),
+                                               "--port", "0", "--workers", "2", "--threads", "1"});
+  ASSERT_TRUE(child.ok()) << child.status();
+  up.process.emplace(std::move(*child));
   std::string base;
   const absl::Time deadline = absl::Now() + absl::Seconds(60);
   while (base.empty() && absl::Now() < deadline) {
-    auto line = up->ReadLine(deadline - absl::Now());
+    auto line = up.process->ReadLine(deadline - absl::Now());
     ASSERT_TRUE(line.ok()) << line.status();
-    lines.push_back(*line);
+    up.lines.push_back(*line);
     const size_t at = line->find(" at http://");
     if (absl::StrContains(*line, "ready: serving") && at != std::string::npos) {
       base = line->substr(at + 4);
@@ -43,49 +57,143 @@ void RunUpAndStop(int signal) {
   // The curl example follows.
   bool curl = false;
   for (int i = 0; i < 4 && !curl; ++i) {
-    auto line = up->ReadLine(absl::Seconds(5));
+    auto line = up.process->ReadLine(absl::Seconds(5));
     ASSERT_TRUE(line.ok());
     curl = absl::StrContains(*line, "curl http://");
   }
   EXPECT_TRUE(curl);
-  const std::vector<pid_t> pids = PidsIn(lines);
-  ASSERT_EQ(pids.size(), 4u);  // coordinator, cachestore and two workers
-  // The cachestore answers on its HTTP port.
-  std::string store_http;
-  for (const std::string& line : lines) {
-    if (absl::StrContains(line, "cachestore pid=")) store_http = LineField(line, "http");
+  for (const std::string& line : up.lines) {
+    int pid = 0;
+    if (!absl::StartsWith(line, "kvasir up: ") || !absl::SimpleAtoi(LineField(line, "pid"), &pid) ||
+        pid <= 0) {
+      continue;
+    }
+    const std::string rest = line.substr(std::string("kvasir up: ").size());
+    up.pids[rest.substr(0, rest.find(' '))] = pid;
+    if (absl::StrContains(line, "cachestore pid=")) up.store_port = PortOf(LineField(line, "http"));
   }
-  uint32_t store_port = 0;
-  ASSERT_TRUE(absl::SimpleAtoi(store_http.substr(store_http.rfind(':') + 1), &store_port))
-      << store_http;
-  transport::http::HttpClientRequest health;
-  health.target = "/health";
-  auto store_health = transport::http::HttpFetch("127.0.0.1", static_cast<uint16_t>(store_port),
-                                                 health, absl::Seconds(10));
-  ASSERT_TRUE(store_health.ok()) << store_health.status();
-  EXPECT_EQ(store_health->status, 200);
-  // It serves.
   const size_t colon = base.rfind(':');
   uint32_t port = 0;
   ASSERT_TRUE(absl::SimpleAtoi(base.substr(colon + 1, base.find('/', colon) - colon - 1), &port))
       << base;
-  transport::http::HttpClientRequest post;
-  post.method = "POST";
-  post.target = "/v1/completions";
-  post.body = R"({"prompt": "Once upon a time", "max_tokens": 8})";
-  auto r =
-      transport::http::HttpFetch("127.0.0.1", static_cast<uint16_t>(port), post, absl::Seconds(30));
+  up.port = static_cast<uint16_t>(port);
+}
+
+absl::StatusOr<transport::http::HttpClientResponse> Fetch(
+    uint16_t port, const std::string& method, const std::string& target,
+    const std::string& body = "", absl::Duration timeout = absl::Seconds(30)) {
+  transport::http::HttpClientRequest request;
+  request.method = method;
+  request.target = target;
+  request.body = body;
+  return transport::http::HttpFetch("127.0.0.1", port, request, timeout);
+}
+
+void RunUpAndStop(int signal) {
+  Up up;
+  ASSERT_NO_FATAL_FAILURE(StartUp(up));
+  std::vector<pid_t> pids;
+  for (const auto& [name, pid] : up.pids) pids.push_back(pid);
+  ASSERT_EQ(pids.size(), 4u);  // coordinator, cachestore and two workers
+  // The cachestore answers on its HTTP port.
+  auto store_health = Fetch(up.store_port, "GET", "/health");
+  ASSERT_TRUE(store_health.ok()) << store_health.status();
+  EXPECT_EQ(store_health->status, 200);
+  // It serves.
+  const std::string completion = R"({"prompt": "Once upon a time", "max_tokens": 8})";
+  auto r = Fetch(up.port, "POST", "/v1/completions", completion);
   ASSERT_TRUE(r.ok()) << r.status();
   EXPECT_EQ(r->status, 200) << r->body;
   // It stops cleanly, children included.
-  up->Signal(signal);
-  auto code = up->Wait(absl::Seconds(30));
+  up.process->Signal(signal);
+  auto code = up.process->Wait(absl::Seconds(30));
   ASSERT_TRUE(code.ok()) << code.status();
   EXPECT_EQ(*code, 0);
   for (pid_t pid : pids) EXPECT_TRUE(Gone(pid)) << "pid " << pid << " is still there";
-  auto refused =
-      transport::http::HttpFetch("127.0.0.1", static_cast<uint16_t>(port), post, absl::Seconds(2));
-  EXPECT_FALSE(refused.ok());
+  EXPECT_FALSE(Fetch(up.port, "POST", "/v1/completions", completion, absl::Seconds(2)).ok());
+}
+
+std::optional<double> Restarts(uint16_t port, const std::string& process) {
+  auto m = Fetch(port, "GET", "/metrics", "", absl::Seconds(5));
+  if (!m.ok() || m->status != 200) return std::nullopt;
+  return MetricValue(m->body, "kvasir_process_restarts_total{process=\"" + process + "\"}");
+}
+
+bool ReadyWithTwoWorkers(uint16_t port) {
+  auto r = Fetch(port, "GET", "/ready", "", absl::Seconds(2));
+  if (!r.ok() || r->status != 200) return false;
+  const json j = json::parse(r->body, nullptr, false);
+  return j.is_object() && j.contains("workers_ready") && j["workers_ready"] == 2;
+}
+
+// kill -9 of a worker, of the cachestore and of the coordinator under a steady load: each comes
+// back within seconds (the coordinator and the cachestore on their old ports), the restarts are
+// counted in /metrics, and every request ends (answered or cleanly refused) before its deadline.
+TEST(UpTest, SurvivesKillOfEachKindOfChildUnderLoad) {
+  Up up;
+  ASSERT_NO_FATAL_FAILURE(StartUp(up));
+  ASSERT_EQ(up.pids.size(), 4u);
+  // Every series exists from the start, at 0.
+  ASSERT_TRUE(Eventually([&] { return Restarts(up.port, "worker-0") == 0; }, absl::Seconds(10)));
+
+  // Load: four clients in a loop, each request with a 30 s deadline of its own.
+  std::atomic<bool> stop{false};
+  std::atomic<int> ok{0}, refused{0}, hung{0};
+  std::vector<std::thread> clients;
+  for (int t = 0; t < 4; ++t) {
+    clients.emplace_back([&] {
+      while (!stop.load()) {
+        const absl::Time begin = absl::Now();
+        auto r = Fetch(up.port, "POST", "/v1/completions",
+                       R"({"prompt": "Once upon a time", "max_tokens": 24})", absl::Seconds(30));
+        const bool late = absl::Now() - begin >= absl::Seconds(29);
+        if (late || (!r.ok() && r.status().code() == absl::StatusCode::kDeadlineExceeded)) {
+          ++hung;
+        } else if (r.ok() && r->status == 200) {
+          ++ok;
+        } else {
+          ++refused;  // a clean error (503 while no worker could take it, or connection refused)
+          absl::SleepFor(absl::Milliseconds(50));
+        }
+      }
+    });
+  }
+  absl::SleepFor(absl::Seconds(1));
+
+  for (const std::string& victim : {"worker-0", "cachestore", "coordinator"}) {
+    SCOPED_TRACE(victim);
+    const int ok_before = ok.load();
+    ASSERT_EQ(kill(up.pids[victim], SIGKILL), 0);
+    const absl::Time killed = absl::Now();
+    EXPECT_TRUE(Eventually([&] { return Restarts(up.port, victim) == 1; }, absl::Seconds(30)));
+    EXPECT_TRUE(Eventually([&] { return ReadyWithTwoWorkers(up.port); }, absl::Seconds(30)));
+    if (victim == "cachestore") {
+      EXPECT_TRUE(Eventually(
+          [&] {
+            auto h = Fetch(up.store_port, "GET", "/health", "", absl::Seconds(2));
+            return h.ok() && h->status == 200;
+          },
+          absl::Seconds(30)));
+    }
+    // Serving again: requests complete after the restart.
+    EXPECT_TRUE(Eventually([&] { return ok.load() > ok_before + 4; }, absl::Seconds(30)));
+    std::fprintf(stderr, "%s: back and serving %.1f s after kill -9\n", victim.c_str(),
+                 absl::ToDoubleSeconds(absl::Now() - killed));
+  }
+  stop = true;
+  for (std::thread& t : clients) t.join();
+  EXPECT_EQ(hung.load(), 0);
+  EXPECT_GT(ok.load(), 10);
+  std::fprintf(stderr, "requests: %d answered, %d refused cleanly, %d hung\n", ok.load(),
+               refused.load(), hung.load());
+  // Only the victims were restarted.
+  EXPECT_EQ(Restarts(up.port, "worker-1"), 0);
+
+  up.process->Signal(SIGTERM);
+  auto code = up.process->Wait(absl::Seconds(30));
+  ASSERT_TRUE(code.ok()) << code.status();
+  EXPECT_EQ(*code, 0);
+  EXPECT_FALSE(Fetch(up.port, "GET", "/health", "", absl::Seconds(2)).ok());
 }
 
 TEST(UpTest, StartsServesAndStopsOnSigterm) { RunUpAndStop(SIGTERM); }

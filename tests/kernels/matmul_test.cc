@@ -70,7 +70,7 @@ Matrix MatrixOf(DType t, const uint8_t* data, int64_t rows, int64_t cols) {
   return m;
 }
 
-// Just enough of GGUF (../shared/reference/model-formats.md §3.1) to find 2-D tensors by name,
+// Just enough of GGUF (docs/model.md) to find 2-D tensors by name,
 // bounds-checked; any surprise returns false.
 class MiniGguf {
  public:

@@ -1,7 +1,7 @@
-// The one conversion from UCX status codes to absl::Status (STYLE.md 5.5): unreachable peers and
-// reset connections are Unavailable, timeouts DeadlineExceeded, out-of-memory ResourceExhausted,
-// cancellation Cancelled, bad arguments InvalidArgument; the rest Internal, with UCX's own name
-// for the code in the message.
+// The one conversion from UCX status codes to absl::Status (docs/transport.md): unreachable peers
+// and reset connections are Unavailable, timeouts DeadlineExceeded, out-of-memory
+// ResourceExhausted, cancellation Cancelled, bad arguments InvalidArgument; the rest Internal, with
+// UCX's own name for the code in the message.
 #pragma once
 
 #include <string_view>

@@ -45,8 +45,12 @@ int Main(int argc, char** argv) {
              "tokens in one forward step at most (decode tokens plus prefill chunks)");
   p.AddInt32("prefill-chunk", &sched.prefill_chunk, "prompt tokens of one sequence per step");
   p.AddInt32("max-waiting", &sched.max_waiting, "queued requests at most (then refused)");
-  p.AddString("kv-policy", &sched.default_kv_policy, "POLICY",
-              "KV policy of requests that name none (see kvasir generate --help)");
+  std::vector<std::string> kv_policies;
+  p.AddStrings("kv-policy", &kv_policies, "[NAME=]SPEC",
+               "a KV policy this worker offers (repeatable; see kvasir generate --help). Files "
+               "(groups=, weights=) are named only here: requests select the policy by NAME");
+  p.AddString("default-kv-policy", &sched.default_kv_policy, "NAME|SPEC",
+              "KV policy of requests that name none (default: the first --kv-policy, or full)");
   p.AddInt32("tensor-parallel-size", &tp, "tensor-parallel ranks (only 1 for now)");
   p.AddInt32("heartbeat-interval-ms", &heartbeat_ms, "heartbeat period to the coordinator");
   p.AddInt32("debug-step-delay-ms", &step_delay_ms,
@@ -65,6 +69,9 @@ int Main(int argc, char** argv) {
   if (port < 0 || port > 65535 || http_port < 0 || http_port > 65535 || heartbeat_ms <= 0 ||
       step_delay_ms < 0) {
     return Fail(cmd, absl::InvalidArgumentError("a port, interval or delay is out of range"), 2);
+  }
+  for (const std::string& v : kv_policies) {
+    sched.kv_policies.push_back(kvasir::worker::ParsePolicyConfig(v));
   }
   options.rpc_port = static_cast<uint16_t>(port);
   options.http_port = static_cast<uint16_t>(http_port);

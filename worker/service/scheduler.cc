@@ -5,6 +5,7 @@
 #include <cmath>
 #include <numeric>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "common/base/check.h"
 #include "common/log.h"
@@ -82,12 +83,15 @@ absl::StatusOr<std::unique_ptr<Scheduler>> Scheduler::Create(Engine& engine,
                      "): every running sequence "
                      "needs one token per step"));
   }
-  KVASIR_RETURN_IF_ERROR(engine.Policy(options.default_kv_policy).status());
-  return std::unique_ptr<Scheduler>(new Scheduler(engine, std::move(options)));
+  KVASIR_ASSIGN_OR_RETURN(auto policies,
+                          PolicyRegistry::Create(engine.cache().geometry(), options.kv_policies,
+                                                 options.default_kv_policy));
+  return std::unique_ptr<Scheduler>(new Scheduler(engine, std::move(options), std::move(policies)));
 }
 
-Scheduler::Scheduler(Engine& engine, SchedulerOptions options)
-    : engine_(engine), options_(std::move(options)) {
+Scheduler::Scheduler(Engine& engine, SchedulerOptions options,
+                     std::unique_ptr<PolicyRegistry> policies)
+    : engine_(engine), options_(std::move(options)), policies_(std::move(policies)) {
   const kvcache::KvGeometry& g = engine_.cache().geometry();
   pages_per_token_block_ = int64_t{2} * g.n_layer * g.n_head_kv;
   PublishStats();
@@ -121,9 +125,13 @@ absl::Status Scheduler::Submit(SchedulerRequest request, OutputSink sink) {
   }
   if (request.logprobs > 20) return absl::InvalidArgumentError("logprobs must be <= 20");
   KVASIR_RETURN_IF_ERROR(request.sampling.Validate());
-  const std::string& spec =
-      request.kv_policy.empty() ? options_.default_kv_policy : request.kv_policy;
-  KVASIR_ASSIGN_OR_RETURN(auto policy, engine_.Policy(spec));
+  // One shared object per policy: requests that select the same one batch their attention.
+  auto policy = policies_->Resolve(request.kv_policy);
+  if (!policy.ok()) {
+    const absl::string_view why = policy.status().message();
+    return absl::InvalidArgumentError(
+        absl::StartsWith(why, "kv_policy") ? std::string(why) : absl::StrCat("kv_policy: ", why));
+  }
   if (!sink) return absl::InvalidArgumentError("no output sink");
 
   absl::MutexLock lock(&mu_);
@@ -136,7 +144,7 @@ absl::Status Scheduler::Submit(SchedulerRequest request, OutputSink sink) {
     return absl::AlreadyExistsError(absl::StrCat("request ", request.id, " is already live"));
   }
   ids_[request.id] = true;
-  auto r = std::make_unique<Request>(engine_.tokenizer(), std::move(request), std::move(policy));
+  auto r = std::make_unique<Request>(engine_.tokenizer(), std::move(request), *std::move(policy));
   r->tokens = r->req.prompt;
   r->prompt_len = static_cast<int32_t>(r->tokens.size());
   ++queued_;

@@ -35,6 +35,7 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "worker/engine.h"
+#include "worker/policy_registry.h"
 #include "worker/sampler.h"
 
 namespace kvasir::worker::service {
@@ -51,7 +52,10 @@ struct SchedulerOptions {
   int32_t prefill_chunk = 512;  // prompt tokens of one sequence in one step at most
   int32_t max_waiting = 512;    // queued requests at most; Submit refuses beyond
   int32_t max_model_len = 0;    // tokens of one sequence at most; 0: the model's context
-  std::string default_kv_policy = "full";
+  // Policies the operator configured (files allowed), and the one of requests that name none: a
+  // configured name or a spec ("" = the first configured, else "full"). See PolicyRegistry.
+  std::vector<PolicyConfig> kv_policies;
+  std::string default_kv_policy;
 };
 
 struct SchedulerRequest {
@@ -62,7 +66,7 @@ struct SchedulerRequest {
   std::vector<std::string> stop;  // stop strings (not part of the output)
   std::vector<int32_t> stop_ids;  // stop tokens besides the end-of-generation ids
   bool ignore_eos = false;
-  std::string kv_policy;  // "" = SchedulerOptions::default_kv_policy
+  std::string kv_policy;  // "" = the default; a configured name; a spec without files
   int32_t logprobs = -1;  // < 0: none; n: the chosen token's logprob and the n most likely
 };
 
@@ -121,7 +125,8 @@ class Scheduler {
   ~Scheduler();
 
   // Queues a request. Checked at once: InvalidArgument (empty prompt, token ids outside the
-  // vocabulary, prompt + max_tokens over max_model_len, bad sampling values or KV policy),
+  // vocabulary, prompt + max_tokens over max_model_len, bad sampling values; a KV policy that is
+  // not configured, malformed or names a file: the message starts with "kv_policy"),
   // AlreadyExists (a live request has this id), ResourceExhausted (the queue is full).
   // On OK the sink will see the request's outputs, the last one with finished set.
   absl::Status Submit(SchedulerRequest request, OutputSink sink);
@@ -145,6 +150,7 @@ class Scheduler {
   SchedulerStats stats() const;
   const StepStats& last_step() const { return last_step_; }
   const SchedulerOptions& options() const { return options_; }
+  const PolicyRegistry& policies() const { return *policies_; }
   int32_t max_model_len() const { return options_.max_model_len; }
 
  private:
@@ -154,7 +160,7 @@ class Scheduler {
     int32_t count;  // tokens fed this step, from request->computed on
   };
 
-  Scheduler(Engine& engine, SchedulerOptions options);
+  Scheduler(Engine& engine, SchedulerOptions options, std::unique_ptr<PolicyRegistry> policies);
   void TakeInbox();
   bool CanAdmit(const Request& r) const;
   void Admit(Request& r);
@@ -168,6 +174,7 @@ class Scheduler {
 
   Engine& engine_;
   SchedulerOptions options_;
+  std::unique_ptr<PolicyRegistry> policies_;
   int64_t pages_per_token_block_ = 0;  // pages a full cache needs per page_size tokens
 
   // Executor-thread state.

@@ -255,6 +255,13 @@ void WorkerService::HeartbeatLoop() {
       const kvcache::PagePool& pool = engine_.cache().pool();
       info->set_kv_capacity_bytes(static_cast<int64_t>(pool.capacity_pages()) *
                                   static_cast<int64_t>(pool.page_bytes()));
+      for (const PolicyListing& l : scheduler_->policies().listing()) {
+        serving::KvPolicyInfo* p = info->add_kv_policies();
+        p->set_name(l.name);
+        p->set_kind(l.kind);
+        p->set_spec(l.spec);
+        p->set_is_default(l.is_default);
+      }
       serving::RegisterResponse response;
       absl::Status status = rpc::CallProto(*coordinator_client_, "coordinator.Register", request,
                                            &response, call_options);

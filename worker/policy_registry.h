@@ -1,0 +1,87 @@
+// The KV policies a server offers: the ones configured on its command line, loaded and validated
+// once at start-up, and the file-less specs its clients name, each parsed once. Every request that
+// selects the same policy gets the same policy object, so the forward pass batches their
+// sequences into one attention call per layer (it groups sequences by policy object).
+//
+//   --kv-policy pod-cal=pod:groups=/srv/pod.json    configured, by name (files allowed here)
+//   --kv-policy streaming:sink=4,window=252         configured, named by its spec
+//   request "kv_policy": "pod-cal"                  the configured object
+//   request "kv_policy": "h2o:budget=128"           parsed once as a request spec (no files)
+//   request "kv_policy": "pod:groups=/etc/shadow"   PermissionDenied, nothing opened
+//
+// Thread contract: every method is safe from any thread.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "kvcache/kv_cache.h"
+#include "kvcache/policy.h"
+
+namespace kvasir::worker {
+
+// One --kv-policy value: "NAME=SPEC" or a bare SPEC (then the name is the canonical spec).
+struct PolicyConfig {
+  std::string name;  // "" for a bare spec
+  std::string spec;
+};
+// Splits a --kv-policy value. "NAME=SPEC" when the text before the first '=' is a name (letters,
+// digits, '-', '_', '.'; not a policy kind such as "full"); otherwise the whole value is a spec.
+PolicyConfig ParsePolicyConfig(std::string_view value);
+
+// What a server shows its clients of a configured policy: never a file path.
+struct PolicyListing {
+  std::string name;
+  std::string kind;         // "full", "pod", ...
+  std::string spec;         // canonical, with file paths replaced by "<file>"
+  bool is_default = false;  // used by requests that name no policy
+};
+
+class PolicyRegistry {
+ public:
+  // Request specs kept parsed at most (beyond, they are parsed per request and not shared).
+  static constexpr size_t kMaxRequestSpecs = 64;
+
+  // Loads every configured policy (files are read here, once). `default_policy` is a configured
+  // name or a spec; "" means the first configured policy, or "full" when there is none.
+  // InvalidArgument (with the file's name: this is the operator's own command line) when a
+  // policy does not load, a name is malformed or given twice.
+  static absl::StatusOr<std::unique_ptr<PolicyRegistry>> Create(
+      const kvcache::KvGeometry& geometry, const std::vector<PolicyConfig>& configured,
+      const std::string& default_policy);
+
+  // The policy a request's kv_policy selects: "" the default, a configured name, or a spec
+  // without file parameters. InvalidArgument for an unknown name or a bad spec,
+  // PermissionDenied for a spec that names a file (nothing is opened).
+  absl::StatusOr<std::shared_ptr<const kvcache::KvPolicy>> Resolve(std::string_view kv_policy);
+
+  const std::vector<PolicyListing>& listing() const { return listing_; }
+  const std::string& default_name() const { return default_name_; }
+  // Request specs parsed and kept so far (for tests).
+  size_t request_specs() const;
+
+ private:
+  PolicyRegistry(const kvcache::KvGeometry& geometry) : geometry_(geometry) {}
+
+  kvcache::KvGeometry geometry_;
+  // Configured policies by name (a bare spec is named by its canonical spec), set at Create.
+  std::map<std::string, std::shared_ptr<const kvcache::KvPolicy>, std::less<>> configured_;
+  std::vector<PolicyListing> listing_;
+  std::string default_name_;
+  std::shared_ptr<const kvcache::KvPolicy> default_;
+
+  mutable absl::Mutex mu_;
+  // Request specs as given, and by canonical spec (so "streaming" and "streaming:sink=4" share).
+  std::map<std::string, std::shared_ptr<const kvcache::KvPolicy>, std::less<>> by_text_
+      ABSL_GUARDED_BY(mu_);
+  std::map<std::string, std::shared_ptr<const kvcache::KvPolicy>, std::less<>> by_spec_
+      ABSL_GUARDED_BY(mu_);
+};
+
+}  // namespace kvasir::worker
