@@ -1,24 +1,31 @@
 // The hand-off that disaggregated serving rests on: a sequence prefilled, encoded into KV blocks,
 // decoded into a fresh cache (another runner over the same weights) and decoded further gives the
-// same logits, bit for bit, as the uninterrupted sequence; for every KV policy.
+// same logits, bit for bit, as the uninterrupted sequence; for every KV policy, with the blocks
+// handed over in memory, and through a cachestore (PushSequence / PullSequence, over UCX and over
+// the RPC fallback).
 #include <cstring>
 #include <string>
 #include <vector>
 
+#include "cachestore/service.h"
 #include "gtest/gtest.h"
 #include "kvcache/codec.h"
 #include "kvcache/prefix_hash.h"
 #include "tests/worker/e2e_util.h"
 #include "worker/engine.h"
+#include "worker/kv_transfer.h"
 
 namespace kvasir::worker {
 namespace {
 
-using CodecHandoffTest = e2e::StoriesSuite<::testing::TestWithParam<std::string>>;
+enum class Via { kMemory, kStoreUcx, kStoreRpc };
+
+using CodecHandoffTest = e2e::StoriesSuite<::testing::TestWithParam<std::tuple<std::string, Via>>>;
 
 TEST_P(CodecHandoffTest, RestoredSequenceContinuesBitForBit) {
   Engine& e = *engine_;
-  auto policy = e.Policy(GetParam());
+  const auto& [spec, via] = GetParam();
+  auto policy = e.Policy(spec);
   ASSERT_TRUE(policy.ok()) << policy.status();
   const model::ModelConfig& c = e.config();
 
@@ -43,15 +50,54 @@ TEST_P(CodecHandoffTest, RestoredSequenceContinuesBitForBit) {
   StepSequence s2{&a, std::span<const int32_t>(prompt).subspan(half), false};
   ASSERT_TRUE(e.runner().Forward({&s2, 1}, logits_a).ok());
 
-  kvcache::SnapshotInfo info;
-  info.model_fingerprint = e.files().fingerprint();
-  info.prefix_hash = kvcache::PrefixHashes(prompt).back();
-  info.max_block_bytes = 16 << 10;  // several blocks
-  auto blocks = kvcache::EncodeSequence(e.cache(), a, info);
-  ASSERT_TRUE(blocks.ok()) << blocks.status();
-  auto restored = kvcache::DecodeSequence(**cache2, *blocks, *policy, info.model_fingerprint);
-  ASSERT_TRUE(restored.ok()) << restored.status();
-  kvcache::SequenceKv* b = *restored;
+  const uint64_t fingerprint = e.files().fingerprint();
+  kvcache::SequenceKv* b = nullptr;
+  if (via == Via::kMemory) {
+    kvcache::SnapshotInfo info;
+    info.model_fingerprint = fingerprint;
+    info.prefix_hash = kvcache::PrefixHashes(prompt).back();
+    info.max_block_bytes = 16 << 10;  // several blocks
+    auto blocks = kvcache::EncodeSequence(e.cache(), a, info);
+    ASSERT_TRUE(blocks.ok()) << blocks.status();
+    auto restored = kvcache::DecodeSequence(**cache2, *blocks, *policy, fingerprint);
+    ASSERT_TRUE(restored.ok()) << restored.status();
+    b = *restored;
+  } else {
+    cachestore::ServiceOptions so;
+    so.http = false;
+    so.store.memory_capacity_bytes = 64 << 20;
+    so.store.arena_bytes = 32 << 20;
+    so.ucx = via == Via::kStoreUcx ? cachestore::UcxMode::kAuto : cachestore::UcxMode::kOff;
+    auto service = cachestore::StoreService::Start(so);
+    ASSERT_TRUE(service.ok()) << service.status();
+    cachestore::ClientOptions co;
+    co.port = (*service)->port();
+    co.data_path = via == Via::kStoreUcx ? cachestore::DataPath::kUcx : cachestore::DataPath::kRpc;
+    auto store = cachestore::StoreClient::Connect(co);
+    ASSERT_TRUE(store.ok()) << store.status();
+    auto sent = PushSequence(**store, e.cache(), a, prompt, fingerprint);
+    ASSERT_TRUE(sent.ok()) << sent.status();
+    EXPECT_GE(sent->blocks, 1);
+    EXPECT_GT(sent->bytes, sent->kv_bytes);  // headers and checksums on top of the KV
+    EXPECT_EQ(sent->kv_bytes, e.cache().Usage(a).bytes);
+    // Another prompt, or the same one cut short, finds nothing.
+    std::vector<int32_t> shorter(prompt.begin(), prompt.end() - 1);
+    EXPECT_TRUE(
+        absl::IsNotFound(PullSequence(**store, **cache2, *policy, shorter, fingerprint).status()));
+    KvTransferStats got;
+    auto restored =
+        PullSequence(**store, **cache2, *policy, prompt, fingerprint, absl::Seconds(10), &got);
+    ASSERT_TRUE(restored.ok()) << restored.status();
+    b = *restored;
+    EXPECT_EQ(got.bytes, sent->bytes);
+    EXPECT_EQ(got.blocks, sent->blocks);
+    // No lease or reservation is left behind.
+    auto stats = (*store)->Stats();
+    ASSERT_TRUE(stats.ok()) << stats.status();
+    EXPECT_EQ(stats->active_reservations(), 0u);
+    EXPECT_EQ(stats->active_read_leases(), 0u);
+  }
+
   EXPECT_EQ(b->n_tokens(), a.n_tokens());
   EXPECT_EQ((*cache2)->Usage(*b).bytes, e.cache().Usage(a).bytes);
 
@@ -74,16 +120,20 @@ TEST_P(CodecHandoffTest, RestoredSequenceContinuesBitForBit) {
 }
 
 // Small budgets so that every policy actually compresses within ~60 tokens.
-INSTANTIATE_TEST_SUITE_P(Policies, CodecHandoffTest,
-                         ::testing::Values("full", "streaming:sink=4,window=16",
-                                           "h2o:budget=24,recent=8", "dmc:mode=free,ratio=3",
-                                           "dmc:mode=learned", "pod:sink=4,window=16",
-                                           "lococo:slots=16,chunk=4"),
-                         [](const ::testing::TestParamInfo<std::string>& info) {
-                           std::string name = info.param.substr(0, info.param.find(':'));
-                           if (info.param.find("learned") != std::string::npos) name += "_learned";
-                           return name;
-                         });
+INSTANTIATE_TEST_SUITE_P(
+    Policies, CodecHandoffTest,
+    ::testing::Combine(::testing::Values("full", "streaming:sink=4,window=16",
+                                         "h2o:budget=24,recent=8", "dmc:mode=free,ratio=3",
+                                         "dmc:mode=learned", "pod:sink=4,window=16",
+                                         "lococo:slots=16,chunk=4"),
+                       ::testing::Values(Via::kMemory, Via::kStoreUcx, Via::kStoreRpc)),
+    [](const ::testing::TestParamInfo<std::tuple<std::string, Via>>& info) {
+      const std::string& spec = std::get<0>(info.param);
+      std::string name = spec.substr(0, spec.find(':'));
+      if (spec.find("learned") != std::string::npos) name += "_learned";
+      const Via via = std::get<1>(info.param);
+      return name + (via == Via::kMemory ? "_memory" : via == Via::kStoreUcx ? "_ucx" : "_rpc");
+    });
 
 }  // namespace
 }  // namespace kvasir::worker

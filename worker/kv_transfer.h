@@ -1,0 +1,69 @@
+// Moving a sequence's compressed KV between workers through the cachestore: the data path that
+// disaggregated serving (a prefill worker hands a sequence to a decode worker) and prefix reuse
+// rest on. The sender encodes the sequence with the block codec (kvcache/codec.h: every table the
+// policy keeps, its per-sequence state, a checksum per block) and writes the blocks to the store
+// (two-phase puts; over UCX when the store offers it). The receiver finds the snapshot by the
+// hash of its tokens, reads the blocks (one-sided UCX gets of the store's exported memory, or the
+// RPC fallback), verifies every checksum, and restores the sequence in its own cache under the
+// same policy, where it continues bit for bit as the sender's would have.
+//
+//   // prefill worker, after the prompt's last chunk:
+//   KVASIR_ASSIGN_OR_RETURN(KvTransferStats sent, PushSequence(store, cache, seq, prompt, fp));
+//   // decode worker:
+//   KVASIR_ASSIGN_OR_RETURN(SequenceKv* seq, PullSequence(store, cache, policy, prompt, fp));
+//
+// Status: the library and its tests. Wiring it into the scheduler (roles prefill/decode, the
+// coordinator's two-phase routing, the failure policy) is planned; see docs/disaggregation.md.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <span>
+
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "cachestore/block_key.h"
+#include "cachestore/client.h"
+#include "kvcache/kv_cache.h"
+#include "kvcache/policy.h"
+
+namespace kvasir::worker {
+
+struct KvTransferStats {
+  int64_t blocks = 0;
+  int64_t bytes = 0;     // block bytes moved (payload and headers)
+  int64_t kv_bytes = 0;  // what the policy holds (KvUsage::bytes): bytes / kv_bytes is the overhead
+  double seconds = 0;
+};
+
+// The hash a snapshot of exactly `tokens` is stored under: the prefix hash chain over the whole
+// blocks, extended by the partial last block when there is one (so two prompts that differ only
+// in their tail never share a key), or the chain's seed for an empty prompt.
+uint64_t SnapshotHash(std::span<const int32_t> tokens);
+
+// The key space of a whole-model snapshot (TP 1) under `policy`.
+cachestore::KeySpace SnapshotKeySpace(uint64_t model_fingerprint, const kvcache::KvPolicy& policy,
+                                      const kvcache::KvGeometry& geometry);
+
+// Encodes `seq` after `tokens` (its n_tokens must equal tokens.size()) and writes every block.
+// A block the store already holds, or that another writer is storing now, counts as sent.
+absl::StatusOr<KvTransferStats> PushSequence(cachestore::StoreClient& store,
+                                             const kvcache::KvCache& cache,
+                                             const kvcache::SequenceKv& seq,
+                                             std::span<const int32_t> tokens,
+                                             uint64_t model_fingerprint,
+                                             absl::Duration timeout = absl::Seconds(10));
+
+// Finds the snapshot of exactly `tokens` under `policy`, reads and verifies its blocks, and
+// restores the sequence in `cache`. NotFound when the store does not hold it whole; DataLoss when
+// a block fails its checksum; ResourceExhausted when `cache` has no room. On error nothing stays
+// allocated in `cache`, and the store's read leases are released.
+absl::StatusOr<kvcache::SequenceKv*> PullSequence(cachestore::StoreClient& store,
+                                                  kvcache::KvCache& cache,
+                                                  std::shared_ptr<const kvcache::KvPolicy> policy,
+                                                  std::span<const int32_t> tokens,
+                                                  uint64_t model_fingerprint,
+                                                  absl::Duration timeout = absl::Seconds(10),
+                                                  KvTransferStats* stats = nullptr);
+
+}  // namespace kvasir::worker
