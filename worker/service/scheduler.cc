@@ -12,6 +12,7 @@
 #include "common/status_macros.h"
 #include "kvcache/policy.h"
 #include "model/tokenizer/tokenizer.h"
+#include "worker/kv_transfer.h"
 
 namespace kvasir::worker::service {
 
@@ -61,10 +62,18 @@ struct Scheduler::Request {
   bool cancelled = false;
 
   int64_t pending() const { return static_cast<int64_t>(tokens.size()) - computed; }
+  // The tokens whose KV a hand-off moves: the prompt but its last token.
+  std::span<const int32_t> handoff_tokens() const {
+    return std::span<const int32_t>(req.prompt).first(req.prompt.size() - 1);
+  }
+
+  std::string kv_source;  // of the last admission (kDecode)
+  int64_t kv_transfer_bytes = 0;
 };
 
 absl::StatusOr<std::unique_ptr<Scheduler>> Scheduler::Create(Engine& engine,
-                                                             SchedulerOptions options) {
+                                                             SchedulerOptions options,
+                                                             cachestore::StoreClient* store) {
   const int32_t context = engine.config().context_length;
   if (options.max_model_len <= 0) options.max_model_len = context;
   if (options.max_model_len > context) {
@@ -86,12 +95,13 @@ absl::StatusOr<std::unique_ptr<Scheduler>> Scheduler::Create(Engine& engine,
   KVASIR_ASSIGN_OR_RETURN(auto policies,
                           PolicyRegistry::Create(engine.cache().geometry(), options.kv_policies,
                                                  options.default_kv_policy));
-  return std::unique_ptr<Scheduler>(new Scheduler(engine, std::move(options), std::move(policies)));
+  return std::unique_ptr<Scheduler>(
+      new Scheduler(engine, std::move(options), std::move(policies), store));
 }
 
 Scheduler::Scheduler(Engine& engine, SchedulerOptions options,
-                     std::unique_ptr<PolicyRegistry> policies)
-    : engine_(engine), options_(std::move(options)), policies_(std::move(policies)) {
+                     std::unique_ptr<PolicyRegistry> policies, cachestore::StoreClient* store)
+    : engine_(engine), options_(std::move(options)), policies_(std::move(policies)), store_(store) {
   const kvcache::KvGeometry& g = engine_.cache().geometry();
   pages_per_token_block_ = int64_t{2} * g.n_layer * g.n_head_kv;
   PublishStats();
@@ -125,6 +135,15 @@ absl::Status Scheduler::Submit(SchedulerRequest request, OutputSink sink) {
   }
   if (request.logprobs > 20) return absl::InvalidArgumentError("logprobs must be <= 20");
   KVASIR_RETURN_IF_ERROR(request.sampling.Validate());
+  if (request.handoff != KvHandoff::kNone) {
+    if (store_ == nullptr) {
+      return absl::FailedPreconditionError(
+          "this worker has no cachestore: it cannot hand KV over (start it with --cachestore)");
+    }
+    if (request.prompt.size() < 2) {
+      return absl::InvalidArgumentError("a KV hand-off needs a prompt of at least 2 tokens");
+    }
+  }
   // One shared object per policy: requests that select the same one batch their attention.
   auto policy = policies_->Resolve(request.kv_policy);
   if (!policy.ok()) {
@@ -233,12 +252,57 @@ bool Scheduler::CanAdmit(const Request& r) const {
 }
 
 void Scheduler::Admit(Request& r) {
-  r.seq = &engine_.cache().CreateSequence(r.policy);
-  r.computed = 0;
+  if (r.req.handoff == KvHandoff::kPrefill) {
+    r.tokens.resize(r.req.prompt.size() - 1);  // the last prompt token is the decode side's
+  }
+  if (r.req.handoff != KvHandoff::kDecode || !PullPromptKv(r)) {
+    r.seq = &engine_.cache().CreateSequence(r.policy);
+    r.computed = 0;
+  }
   r.state = RequestState::kPrefill;
   r.admission = ++next_admission_;
   if (r.queue_seconds < 0) r.queue_seconds = absl::ToDoubleSeconds(absl::Now() - r.arrival);
   running_.push_back(&r);
+}
+
+bool Scheduler::PullPromptKv(Request& r) {
+  KvTransferStats stats;
+  auto seq = PullSequence(*store_, engine_.cache(), r.policy, r.handoff_tokens(),
+                          engine_.files().fingerprint(), options_.kv_transfer_timeout, &stats);
+  if (!seq.ok()) {
+    const absl::Status& s = seq.status();
+    const char* why = absl::IsNotFound(s)            ? "not_found"
+                      : absl::IsDataLoss(s)          ? "checksum"
+                      : absl::IsDeadlineExceeded(s)  ? "timeout"
+                      : absl::IsUnavailable(s)       ? "unavailable"
+                      : absl::IsResourceExhausted(s) ? "no_memory"
+                                                     : "error";
+    KVASIR_LOG_SUBSYS(INFO, kWorker, "request=%s: KV not taken from the store (%s); recomputing",
+                      r.req.id, s.ToString());
+    r.kv_source = absl::StrCat("recompute:", why);
+    return false;
+  }
+  r.seq = *seq;
+  r.computed = r.seq->n_tokens();
+  r.kv_source = "store";
+  r.kv_transfer_bytes += stats.bytes;
+  return true;
+}
+
+void Scheduler::PushPromptKv(Request& r) {
+  auto sent = PushSequence(*store_, engine_.cache(), *r.seq, r.handoff_tokens(),
+                           engine_.files().fingerprint(), options_.kv_transfer_timeout);
+  RequestOutput out;
+  if (!sent.ok()) {
+    Finish(
+        r, RequestState::kFailed,
+        absl::Status(sent.status().code(), absl::StrCat("writing the KV to the cachestore failed: ",
+                                                        sent.status().message())),
+        "", out);
+    return;
+  }
+  r.kv_transfer_bytes += sent->bytes;
+  Finish(r, RequestState::kFinished, absl::OkStatus(), "prefilled", out);
 }
 
 void Scheduler::Preempt(Request& r) {
@@ -272,6 +336,8 @@ void Scheduler::Emit(Request& r, RequestOutput& out) {
   out.completion_tokens = r.generated;
   out.preemptions = r.preemptions;
   out.queue_seconds = std::max(0.0, r.queue_seconds);
+  out.kv_source = r.kv_source;
+  out.kv_transfer_bytes = r.kv_transfer_bytes;
   r.sink(out);
 }
 
@@ -473,6 +539,10 @@ bool Scheduler::Step() {
     last_step_.ids.push_back(r.req.id);
     r.computed = r.seq->n_tokens();
     if (r.pending() > 0) continue;  // more prompt chunks to come
+    if (r.req.handoff == KvHandoff::kPrefill) {
+      PushPromptKv(r);
+      continue;
+    }
     RequestOutput out;
     SampleNext(r, std::span<const float>(logits_).subspan(i * n_vocab, n_vocab), out);
   }

@@ -34,6 +34,7 @@
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
+#include "cachestore/client.h"
 #include "worker/engine.h"
 #include "worker/policy_registry.h"
 #include "worker/sampler.h"
@@ -41,6 +42,16 @@
 namespace kvasir::worker::service {
 
 enum class RequestState { kQueued, kPrefill, kDecode, kFinished, kFailed, kCancelled };
+
+// A request's part in disaggregated serving (docs/disaggregation.md). The prefill side computes
+// the KV of all prompt tokens but the last and writes it to the cachestore; the decode side reads
+// it, computes the last prompt token itself (which gives the logits of the first sample, so its
+// sampler, stop strings and text start exactly as in a monolithic run) and decodes on.
+enum class KvHandoff {
+  kNone,     // prefill and decode here
+  kPrefill,  // prefill prompt[0, n-1), push its KV, finish with finish_reason "prefilled"
+  kDecode,   // pull the KV of prompt[0, n-1) from the store (recompute it when that fails)
+};
 std::string_view RequestStateName(RequestState state);
 
 struct SchedulerOptions {
@@ -51,7 +62,8 @@ struct SchedulerOptions {
   int32_t max_num_batched_tokens = 256;
   int32_t prefill_chunk = 512;  // prompt tokens of one sequence in one step at most
   int32_t max_waiting = 512;    // queued requests at most; Submit refuses beyond
-  int32_t max_model_len = 0;    // tokens of one sequence at most; 0: the model's context
+  absl::Duration kv_transfer_timeout = absl::Seconds(10);  // one KV push or pull to the store
+  int32_t max_model_len = 0;  // tokens of one sequence at most; 0: the model's context
   // Policies the operator configured (files allowed), and the one of requests that name none: a
   // configured name or a spec ("" = the first configured, else "full"). See PolicyRegistry.
   std::vector<PolicyConfig> kv_policies;
@@ -68,6 +80,7 @@ struct SchedulerRequest {
   bool ignore_eos = false;
   std::string kv_policy;  // "" = the default; a configured name; a spec without files
   int32_t logprobs = -1;  // < 0: none; n: the chosen token's logprob and the n most likely
+  KvHandoff handoff = KvHandoff::kNone;  // kPrefill and kDecode need a scheduler with a store
 };
 
 struct TokenLogprobs {
@@ -90,6 +103,10 @@ struct RequestOutput {
   int32_t completion_tokens = 0;  // so far
   int32_t preemptions = 0;
   double queue_seconds = 0;  // arrival to first admission (set on every output)
+  // KvHandoff::kDecode: where the prompt's KV came from at the last admission: "store", or
+  // "recompute:<why>" (not found, checksum, timeout, unavailable, ...). "" otherwise.
+  std::string kv_source;
+  int64_t kv_transfer_bytes = 0;  // block bytes pushed (kPrefill) or pulled (kDecode)
 };
 
 using OutputSink = std::function<void(const RequestOutput& output)>;
@@ -119,9 +136,10 @@ struct SchedulerStats {
 
 class Scheduler {
  public:
-  // The engine must outlive the scheduler. InvalidArgument for bad options.
-  static absl::StatusOr<std::unique_ptr<Scheduler>> Create(Engine& engine,
-                                                           SchedulerOptions options);
+  // The engine (and the store, when given) must outlive the scheduler. InvalidArgument for bad
+  // options. Without a store, requests with a KV hand-off are refused.
+  static absl::StatusOr<std::unique_ptr<Scheduler>> Create(
+      Engine& engine, SchedulerOptions options, cachestore::StoreClient* store = nullptr);
   ~Scheduler();
 
   // Queues a request. Checked at once: InvalidArgument (empty prompt, token ids outside the
@@ -160,7 +178,12 @@ class Scheduler {
     int32_t count;  // tokens fed this step, from request->computed on
   };
 
-  Scheduler(Engine& engine, SchedulerOptions options, std::unique_ptr<PolicyRegistry> policies);
+  Scheduler(Engine& engine, SchedulerOptions options, std::unique_ptr<PolicyRegistry> policies,
+            cachestore::StoreClient* store);
+  // KvHandoff::kDecode at admission: the prompt's KV from the store, or false (recompute).
+  bool PullPromptKv(Request& r);
+  // KvHandoff::kPrefill once its prompt is computed: push the KV and finish the request.
+  void PushPromptKv(Request& r);
   void TakeInbox();
   bool CanAdmit(const Request& r) const;
   void Admit(Request& r);
@@ -175,6 +198,7 @@ class Scheduler {
   Engine& engine_;
   SchedulerOptions options_;
   std::unique_ptr<PolicyRegistry> policies_;
+  cachestore::StoreClient* store_ = nullptr;
   int64_t pages_per_token_block_ = 0;  // pages a full cache needs per page_size tokens
 
   // Executor-thread state.

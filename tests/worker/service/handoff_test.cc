@@ -1,0 +1,181 @@
+// The scheduler's KV hand-off (disaggregated prefill and decode) on two engines over the same
+// model and an in-process cachestore: for every policy, a request prefilled on one scheduler and
+// decoded on the other gives the monolithic run's tokens and text, greedy and seeded; a decode
+// request whose KV is not in the store recomputes the prompt and still gives the same output; and
+// the store keeps no reservation or lease.
+#include <map>
+#include <string>
+#include <vector>
+
+#include "cachestore/service.h"
+#include "gtest/gtest.h"
+#include "tests/testing/paths.h"
+#include "worker/engine.h"
+#include "worker/service/scheduler.h"
+
+namespace kvasir::worker::service {
+namespace {
+
+struct Collected {
+  std::vector<int32_t> ids;
+  std::string text;
+  bool finished = false;
+  std::string finish_reason;
+  absl::Status status;
+  std::string kv_source;
+  int64_t kv_transfer_bytes = 0;
+};
+
+std::unique_ptr<Engine> LoadStories() {
+  EngineOptions options;
+  options.model = testing::SharedPath("models/stories260K.gguf");
+  options.num_threads = 1;
+  options.prefault = false;
+  auto engine = Engine::Load(options);
+  EXPECT_TRUE(engine.ok()) << engine.status();
+  return engine.ok() ? std::move(*engine) : nullptr;
+}
+
+// Runs one request alone on `scheduler` until it finishes.
+Collected RunAlone(Scheduler& scheduler, SchedulerRequest request) {
+  Collected c;
+  absl::Status s = scheduler.Submit(std::move(request), [&c](const RequestOutput& out) {
+    c.ids.insert(c.ids.end(), out.ids.begin(), out.ids.end());
+    c.text += out.text;
+    c.finished = out.finished;
+    c.finish_reason = out.finish_reason;
+    c.status = out.status;
+    c.kv_source = out.kv_source;
+    c.kv_transfer_bytes = out.kv_transfer_bytes;
+  });
+  EXPECT_TRUE(s.ok()) << s;
+  for (int steps = 0; s.ok() && scheduler.Step(); ++steps) {
+    if (steps > 10000) {
+      ADD_FAILURE() << "the scheduler did not finish";
+      break;
+    }
+  }
+  return c;
+}
+
+class HandoffTest : public ::testing::TestWithParam<std::string> {
+ protected:
+  void SetUp() override {
+    prefill_engine_ = LoadStories();
+    decode_engine_ = LoadStories();
+    ASSERT_NE(prefill_engine_, nullptr);
+    ASSERT_NE(decode_engine_, nullptr);
+    cachestore::ServiceOptions so;
+    so.http = false;
+    so.store.memory_capacity_bytes = 64 << 20;
+    so.store.arena_bytes = 32 << 20;
+    auto service = cachestore::StoreService::Start(so);
+    ASSERT_TRUE(service.ok()) << service.status();
+    service_ = std::move(*service);
+    cachestore::ClientOptions co;
+    co.port = service_->port();
+    auto store = cachestore::StoreClient::Connect(co);
+    ASSERT_TRUE(store.ok()) << store.status();
+    store_ = std::move(*store);
+    SchedulerOptions o;
+    o.prefill_chunk = 16;  // the prompt in several chunks, as under load
+    auto mono = Scheduler::Create(*prefill_engine_, o);
+    auto prefill = Scheduler::Create(*prefill_engine_, o, store_.get());
+    auto decode = Scheduler::Create(*decode_engine_, o, store_.get());
+    ASSERT_TRUE(mono.ok() && prefill.ok() && decode.ok());
+    mono_ = std::move(*mono);
+    prefill_ = std::move(*prefill);
+    decode_ = std::move(*decode);
+  }
+
+  SchedulerRequest Request(const std::string& id, const std::string& text,
+                           SamplingParams sampling) {
+    SchedulerRequest r;
+    r.id = id;
+    r.prompt = prefill_engine_->tokenizer().Encode(text, true, false);
+    r.sampling = sampling;
+    r.max_tokens = 32;
+    r.kv_policy = GetParam();
+    return r;
+  }
+
+  std::unique_ptr<Engine> prefill_engine_, decode_engine_;
+  std::unique_ptr<cachestore::StoreService> service_;
+  std::unique_ptr<cachestore::StoreClient> store_;
+  std::unique_ptr<Scheduler> mono_, prefill_, decode_;
+};
+
+constexpr char kPrompt[] =
+    "Once upon a time, there was a little girl named Lily. She loved to play outside in the sun "
+    "with her big red ball. One day, she saw a small dog in the park and";
+
+TEST_P(HandoffTest, PrefillHereDecodeThereEqualsOneWorker) {
+  SamplingParams seeded;
+  seeded.temperature = 0.9f;
+  seeded.seed = 11;
+  for (const SamplingParams& sampling : {SamplingParams::Greedy(), seeded}) {
+    SCOPED_TRACE(sampling.temperature);
+    const SchedulerRequest base = Request("r", kPrompt, sampling);
+    ASSERT_GT(base.prompt.size(), 40u);
+    const Collected mono = RunAlone(*mono_, base);
+    ASSERT_TRUE(mono.status.ok()) << mono.status;
+    ASSERT_FALSE(mono.ids.empty());
+
+    SchedulerRequest p = base;
+    p.handoff = KvHandoff::kPrefill;
+    const Collected pre = RunAlone(*prefill_, p);
+    ASSERT_TRUE(pre.status.ok()) << pre.status;
+    EXPECT_EQ(pre.finish_reason, "prefilled");
+    EXPECT_TRUE(pre.ids.empty());
+    EXPECT_GT(pre.kv_transfer_bytes, 0);
+
+    SchedulerRequest d = base;
+    d.handoff = KvHandoff::kDecode;
+    const Collected dec = RunAlone(*decode_, d);
+    ASSERT_TRUE(dec.status.ok()) << dec.status;
+    EXPECT_EQ(dec.kv_source, "store");
+    EXPECT_EQ(dec.kv_transfer_bytes, pre.kv_transfer_bytes);
+    EXPECT_EQ(dec.ids, mono.ids);
+    EXPECT_EQ(dec.text, mono.text);
+    EXPECT_EQ(dec.finish_reason, mono.finish_reason);
+  }
+  // Nothing was prefilled for this prompt: the decode side recomputes it, same output.
+  const SchedulerRequest other =
+      Request("o", "The little dog ran to the big tree and", SamplingParams::Greedy());
+  const Collected mono = RunAlone(*mono_, other);
+  SchedulerRequest d = other;
+  d.handoff = KvHandoff::kDecode;
+  const Collected dec = RunAlone(*decode_, d);
+  ASSERT_TRUE(dec.status.ok()) << dec.status;
+  EXPECT_EQ(dec.kv_source, "recompute:not_found");
+  EXPECT_EQ(dec.ids, mono.ids);
+  // Every KV page is back, and the store holds no reservation or lease.
+  EXPECT_EQ(prefill_engine_->cache().pool().pages_used(), 0);
+  EXPECT_EQ(decode_engine_->cache().pool().pages_used(), 0);
+  auto stats = store_->Stats();
+  ASSERT_TRUE(stats.ok()) << stats.status();
+  EXPECT_EQ(stats->active_reservations(), 0u);
+  EXPECT_EQ(stats->active_read_leases(), 0u);
+}
+
+TEST(HandoffRefusalTest, NeedsAStoreAndTwoPromptTokens) {
+  auto engine = LoadStories();
+  ASSERT_NE(engine, nullptr);
+  auto scheduler = Scheduler::Create(*engine, {});
+  ASSERT_TRUE(scheduler.ok());
+  SchedulerRequest r;
+  r.prompt = engine->tokenizer().Encode("Once upon a time", true, false);
+  r.handoff = KvHandoff::kPrefill;
+  EXPECT_TRUE(absl::IsFailedPrecondition((*scheduler)->Submit(r, [](const RequestOutput&) {})));
+}
+
+INSTANTIATE_TEST_SUITE_P(Policies, HandoffTest,
+                         ::testing::Values("full", "streaming:sink=4,window=16",
+                                           "h2o:budget=24,recent=8", "dmc:mode=free,ratio=3",
+                                           "pod:sink=4,window=16", "lococo:slots=16,chunk=4"),
+                         [](const ::testing::TestParamInfo<std::string>& info) {
+                           return info.param.substr(0, info.param.find(':'));
+                         });
+
+}  // namespace
+}  // namespace kvasir::worker::service
