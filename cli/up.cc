@@ -20,6 +20,7 @@
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "cli/args.h"
 #include "cli/commands.h"
@@ -56,6 +57,16 @@ absl::Duration Backoff(int n) {
 // "exit code 3" or "signal 9".
 std::string ExitText(int code) {
   return code > 128 ? absl::StrCat("signal ", code - 128) : absl::StrCat("exit code ", code);
+}
+
+// "2 workers", "1 prefill + 1 decode workers", "1 worker + 1 prefill + 2 decode workers".
+std::string WorkerSummary(int both, int prefill, int decode) {
+  std::vector<std::string> parts;
+  if (both > 0) parts.push_back(absl::StrCat(both));
+  if (prefill > 0) parts.push_back(absl::StrCat(prefill, " prefill"));
+  if (decode > 0) parts.push_back(absl::StrCat(decode, " decode"));
+  return absl::StrCat(absl::StrJoin(parts, " + "),
+                      both + prefill + decode == 1 ? " worker" : " workers");
 }
 
 // Replaces the value that follows `flag` in argv (or appends both).
@@ -193,22 +204,32 @@ class Supervisor {
 
 int RunUp(int argc, char** argv) {
   const std::string cmd = "kvasir up";
-  ArgParser p("kvasir up [--model M] [--host H] [--port P] [--workers N] [--kv POLICY]",
-              "Starts a local cluster (coordinator, cachestore and workers) serving the model over "
-              "an OpenAI-compatible HTTP API, and stops it on Ctrl-C or SIGTERM. The cachestore "
-              "holds KV blocks for the disaggregated prefill/decode path; workers of this "
-              "version do not use it yet.");
+  ArgParser p(
+      "kvasir up [--model M] [--host H] [--port P] [--workers N | --prefill-workers N "
+      "--decode-workers M] [--kv-policy NAME=SPEC] [--kv POLICY]",
+      "Starts a local cluster (coordinator, cachestore and workers) serving the model over "
+      "an OpenAI-compatible HTTP API, restarts any process of it that dies, and stops it "
+      "on Ctrl-C or SIGTERM. With --prefill-workers and --decode-workers, prompts are "
+      "computed on prefill workers and their compressed KV moves through the cachestore "
+      "to decode workers (disaggregated serving).");
   std::string model = "default", host = "127.0.0.1", kv, api_key_file, kv_cache_memory,
               cachestore_capacity = "1GiB";
   std::vector<std::string> kv_policies;
   bool no_cachestore = false;
   std::vector<std::string> served_names;
-  int32_t port = 8000, workers = 1, threads = 0, max_num_seqs = 0, max_num_batched_tokens = 0,
-          max_model_len = 0, ready_timeout_s = 600, tp = 1;
+  int32_t port = 8000, workers = -1, prefill_workers = 0, decode_workers = 0, threads = 0,
+          max_num_seqs = 0, max_num_batched_tokens = 0, max_model_len = 0, ready_timeout_s = 600,
+          tp = 1;
   p.AddString("model", &model, "PATH", "a .gguf file, a Hugging Face folder, or 'default'");
   p.AddString("host", &host, "ADDR", "HTTP address of the coordinator");
   p.AddInt32("port", &port, "HTTP port of the coordinator (0: any free port)");
-  p.AddInt32("workers", &workers, "worker processes (each serves the whole model)");
+  p.AddInt32("workers", &workers,
+             "worker processes that prefill and decode (role both; default 1 without "
+             "--prefill-workers/--decode-workers)");
+  p.AddInt32("prefill-workers", &prefill_workers,
+             "workers that only prefill and write the KV to the cachestore");
+  p.AddInt32("decode-workers", &decode_workers,
+             "workers that read the KV from the cachestore and decode");
   p.AddStrings("kv-policy", &kv_policies, "[NAME=]SPEC",
                "a KV policy the workers offer, loaded at start-up (repeatable). Files (groups=, "
                "weights=) are named only here; requests select the policy by NAME");
@@ -232,9 +253,33 @@ int RunUp(int argc, char** argv) {
     std::fputs(p.Help().c_str(), stdout);
     return 0;
   }
-  if (workers < 1 || workers > 64) {
-    return Fail(cmd, absl::InvalidArgumentError("--workers must be in [1, 64]"), 2);
+  const bool disaggregated = prefill_workers > 0 || decode_workers > 0;
+  if (workers < 0) workers = disaggregated ? 0 : 1;
+  if (disaggregated && (prefill_workers < 1 || decode_workers < 1)) {
+    return Fail(
+        cmd,
+        absl::InvalidArgumentError(
+            "disaggregated serving needs --prefill-workers and --decode-workers, both >= 1"),
+        2);
   }
+  if (disaggregated && no_cachestore) {
+    return Fail(cmd,
+                absl::InvalidArgumentError(
+                    "--prefill-workers/--decode-workers move KV through the cachestore: drop "
+                    "--no-cachestore"),
+                2);
+  }
+  if (workers > 64 || prefill_workers < 0 || prefill_workers > 64 || decode_workers < 0 ||
+      decode_workers > 64 || workers + prefill_workers + decode_workers < 1) {
+    return Fail(cmd, absl::InvalidArgumentError("worker counts must be in [0, 64], at least 1"), 2);
+  }
+  // (name, role) of every worker.
+  std::vector<std::pair<std::string, std::string>> roles;
+  for (int i = 0; i < workers; ++i) roles.emplace_back(absl::StrCat("worker-", i), "both");
+  for (int i = 0; i < prefill_workers; ++i)
+    roles.emplace_back(absl::StrCat("prefill-", i), "prefill");
+  for (int i = 0; i < decode_workers; ++i) roles.emplace_back(absl::StrCat("decode-", i), "decode");
+  const int total_workers = static_cast<int>(roles.size());
   if (tp != 1) {
     return Fail(cmd, absl::InvalidArgumentError("--tensor-parallel-size: only 1 for now"), 2);
   }
@@ -260,7 +305,7 @@ int RunUp(int argc, char** argv) {
     }
   }
   if (threads <= 0) {
-    threads = std::max(1, static_cast<int>(std::thread::hardware_concurrency()) / workers);
+    threads = std::max(1, static_cast<int>(std::thread::hardware_concurrency()) / total_workers);
   }
 
   // Signals are taken with sigtimedwait below. Children inherit the mask; ours block and
@@ -319,6 +364,7 @@ int RunUp(int argc, char** argv) {
   std::fflush(stdout);
 
   // Cachestore: its first line is "PORT <rpc port> HTTP <http port>".
+  std::string store_rpc;
   if (!no_cachestore) {
     std::vector<std::string> store_args = {
         cachestore_bin,      "--host", "127.0.0.1", "--port", "0", "--http-port", "0", "--capacity",
@@ -332,6 +378,7 @@ int RunUp(int argc, char** argv) {
     if (words.size() < 4 || words[0] != "PORT" || words[2] != "HTTP") {
       return fail(absl::UnavailableError("the cachestore did not start (see its messages above)"));
     }
+    store_rpc = absl::StrCat("127.0.0.1:", words[1]);
     SetFlag(children.back().argv, "--port", words[1]);
     SetFlag(children.back().argv, "--http-port", words[3]);
     std::printf("kvasir up: cachestore pid=%d rpc=127.0.0.1:%s http=127.0.0.1:%s capacity=%s\n",
@@ -342,18 +389,14 @@ int RunUp(int argc, char** argv) {
 
   // Workers.
   const size_t first_worker = children.size();
-  for (int i = 0; i < workers; ++i) {
-    std::vector<std::string> w = {worker_bin,
-                                  "--model",
-                                  *path,
-                                  "--coordinator",
-                                  rpc,
-                                  "--name",
-                                  absl::StrCat("worker-", i),
-                                  "--threads",
-                                  std::to_string(threads),
-                                  "--host",
-                                  "127.0.0.1"};
+  for (const auto& [name, role] : roles) {
+    std::vector<std::string> w = {
+        worker_bin, "--model", *path,       "--coordinator",         rpc,      "--name",   name,
+        "--role",   role,      "--threads", std::to_string(threads), "--host", "127.0.0.1"};
+    if (role != "both") {
+      w.push_back("--cachestore");
+      w.push_back(store_rpc);
+    }
     for (const std::string& policy : kv_policies) {
       w.push_back("--kv-policy");
       w.push_back(policy);
@@ -380,8 +423,7 @@ int RunUp(int argc, char** argv) {
     }
     auto worker = transport::ChildProcess::Spawn(w);
     if (!worker.ok()) return fail(worker.status());
-    children.push_back(
-        {.name = absl::StrCat("worker-", i), .argv = w, .process = std::move(*worker)});
+    children.push_back({.name = name, .argv = w, .process = std::move(*worker)});
   }
   for (size_t i = first_worker; i < children.size(); ++i) {
     auto worker_line = children[i].process.ReadLine(absl::Seconds(ready_timeout_s));
@@ -415,7 +457,7 @@ int RunUp(int argc, char** argv) {
     if (r.ok() && r->status == 200) {
       const auto body = nlohmann::json::parse(r->body, nullptr, false);
       auto ready = body.is_object() ? body.find("workers_ready") : body.end();
-      if (ready != body.end() && ready->is_number_integer() && ready->get<int>() >= workers) {
+      if (ready != body.end() && ready->is_number_integer() && ready->get<int>() >= total_workers) {
         break;
       }
     }
@@ -428,14 +470,15 @@ int RunUp(int argc, char** argv) {
       "http://", host.find(':') != std::string::npos ? absl::StrCat("[", host, "]") : host, ":",
       actual_port);
   std::printf(
-      "kvasir up: ready: serving %s at %s/v1 (%d worker%s, KV policy %s)\n"
+      "kvasir up: ready: serving %s at %s/v1 (%s, KV policy %s)\n"
       "\n"
       "  curl %s/v1/chat/completions -H 'Content-Type: application/json'%s \\\n"
       "    -d '{\"model\": \"%s\", \"messages\": [{\"role\": \"user\", \"content\": \"What is "
       "the capital of France?\"}], \"max_tokens\": 64}'\n"
       "\n"
       "Ctrl-C stops every process.\n",
-      model_name.c_str(), base.c_str(), workers, workers == 1 ? "" : "s",
+      model_name.c_str(), base.c_str(),
+      WorkerSummary(workers, prefill_workers, decode_workers).c_str(),
       kv.empty() ? (kv_policies.empty() ? "full" : kv_policies.front().c_str()) : kv.c_str(),
       base.c_str(), api_key_file.empty() ? "" : " -H \"Authorization: Bearer $KEY\"",
       model_name.c_str());

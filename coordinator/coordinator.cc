@@ -185,6 +185,15 @@ class Coordinator::Generation : public std::enable_shared_from_this<Generation> 
   }
 
   void RunChoice(int index) {
+    // Disaggregated when decode workers are registered: the prompt's KV is computed on a prefill
+    // worker and moves through the cachestore to a decode worker, which recomputes it when that
+    // fails (each departure from the plan is counted in kvasir_disagg_fallbacks_total).
+    const bool disaggregated = c_->registry_->HasRole("decode");
+    serving::Handoff handoff = serving::HANDOFF_NONE;
+    if (disaggregated && base_.prompt_size() >= 2) {
+      handoff = serving::HANDOFF_DECODE;
+      RunPrefill(index);
+    }
     absl::flat_hash_set<uint64_t> tried;
     absl::Status status;
     bool got_event = false;
@@ -193,7 +202,8 @@ class Coordinator::Generation : public std::enable_shared_from_this<Generation> 
         status = absl::CancelledError("the request was cancelled");
         break;
       }
-      std::optional<WorkerRegistry::Lease> lease = c_->registry_->Pick(tried);
+      std::optional<WorkerRegistry::Lease> lease =
+          c_->registry_->Pick(tried, disaggregated ? "decode" : "");
       if (!lease) {
         status = absl::UnavailableError(tried.empty() ? "no worker is available for this model"
                                                       : "no other worker is available to retry on");
@@ -203,6 +213,7 @@ class Coordinator::Generation : public std::enable_shared_from_this<Generation> 
       serving::GenerateRequest call = base_;
       call.set_request_id(absl::StrCat(meta_.id, "-", index, "-", attempt));
       call.mutable_sampling()->set_seed(seed_ + static_cast<uint64_t>(index));
+      call.set_handoff(handoff);
       rpc::CallOptions options;
       options.timeout = deadline_ - absl::Now();
       options.cancel = cancel_[index];
@@ -253,11 +264,65 @@ class Coordinator::Generation : public std::enable_shared_from_this<Generation> 
   }
 
  private:
+  // The prefill half of a disaggregated choice: a prefill worker computes the prompt's KV and
+  // writes it to the cachestore. Best effort: on any failure the decode worker recomputes it.
+  void RunPrefill(int index) {
+    std::optional<WorkerRegistry::Lease> lease = c_->registry_->Pick({}, "prefill");
+    if (!lease) {
+      c_->metrics_->DisaggFallback("no_prefill_worker");
+      return;
+    }
+    serving::GenerateRequest call = base_;
+    call.set_request_id(absl::StrCat(meta_.id, "-", index, "-prefill"));
+    call.mutable_sampling()->set_seed(seed_ + static_cast<uint64_t>(index));
+    call.set_handoff(serving::HANDOFF_PREFILL);
+    rpc::CallOptions options;
+    options.timeout = deadline_ - absl::Now();
+    options.cancel = cancel_[index];
+    options.wait_for_ready = false;
+    absl::Status status = absl::DeadlineExceededError("the request's deadline passed");
+    bool prefilled = false;
+    if (options.timeout > absl::ZeroDuration()) {
+      auto stream =
+          lease->channel->OpenStream("worker.Generate", call.SerializeAsString(), options);
+      status = stream.status();
+      while (status.ok()) {
+        absl::StatusOr<std::optional<std::string>> message = (*stream)->Read();
+        if (!message.ok()) {
+          status = message.status();
+        } else if (message->has_value()) {
+          serving::GenerateEvent event;
+          if (!event.ParseFromString(**message)) {
+            status = absl::InternalError("malformed event from the prefill worker");
+            break;
+          }
+          if (event.finish_reason() == "prefilled") {
+            prefilled = true;
+            c_->metrics_->kv_transfer_bytes().Increment(
+                static_cast<double>(event.kv_transfer_bytes()));
+          }
+          continue;
+        }
+        break;
+      }
+    }
+    c_->registry_->Release(lease->id);
+    if (prefilled && status.ok()) return;
+    if (cancel_[index]->cancelled()) return;
+    if (absl::IsUnavailable(status)) c_->registry_->MarkDead(lease->id, status);
+    KVASIR_LOG_SUBSYS(INFO, kCoordinator,
+                      "request=%s choice=%d: prefill on %s failed (%s); the decode worker "
+                      "recomputes the prompt",
+                      meta_.id, index, lease->name, status.ToString());
+    c_->metrics_->DisaggFallback("prefill_failed");
+  }
+
   struct Choice {
     ChoiceOutput out;
     int64_t completion_tokens = 0;
     bool sent_role = false;
     bool got_token = false;
+    bool counted_kv_source = false;
     absl::Time last_token;
   };
 
@@ -307,6 +372,14 @@ class Coordinator::Generation : public std::enable_shared_from_this<Generation> 
     ch.out.logprobs.insert(ch.out.logprobs.end(), logprobs.begin(), logprobs.end());
     ch.completion_tokens = event.completion_tokens();
     if (event.prompt_tokens() > 0) prompt_tokens_ = event.prompt_tokens();
+    if (!event.kv_source().empty() && !ch.counted_kv_source) {
+      ch.counted_kv_source = true;
+      if (absl::StartsWith(event.kv_source(), "recompute:")) {
+        c_->metrics_->DisaggFallback(event.kv_source().substr(std::string("recompute:").size()));
+      } else {
+        c_->metrics_->kv_transfer_bytes().Increment(static_cast<double>(event.kv_transfer_bytes()));
+      }
+    }
     if (!event.finish_reason().empty()) ch.out.finish_reason = event.finish_reason();
     if (!request_.stream) return;
     StartStreamLocked();

@@ -76,7 +76,22 @@ CoordinatorMetrics::CoordinatorMetrics(prometheus::Registry& registry)
                     .Name("kvasir_process_restarts_total")
                     .Help("Processes of the cluster restarted by the supervisor (kvasir up) "
                           "after they died, by process.")
-                    .Register(registry)) {}
+                    .Register(registry)),
+      fallbacks_(prometheus::BuildCounter()
+                     .Name("kvasir_disagg_fallbacks_total")
+                     .Help("Disaggregated requests that left the planned path (prefill worker, "
+                           "then KV from the store), by reason.")
+                     .Register(registry)),
+      kv_transfer_bytes_(prometheus::BuildCounter()
+                             .Name("kvasir_kv_transfer_bytes_total")
+                             .Help("KV block bytes written to and read from the cachestore for "
+                                   "disaggregated requests.")
+                             .Register(registry)
+                             .Add({})) {}
+
+void CoordinatorMetrics::DisaggFallback(const std::string& reason) {
+  fallbacks_.Add({{"reason", reason}}).Increment();
+}
 
 void CoordinatorMetrics::SetProcessRestarts(const std::string& process, int64_t total) {
   absl::MutexLock lock(&mu_);

@@ -36,6 +36,14 @@ class CoordinatorMetrics {
   prometheus::Counter& prompt_tokens() { return prompt_tokens_; }
   prometheus::Counter& generation_tokens() { return generation_tokens_; }
 
+  // kvasir_disagg_fallbacks_total{reason}: a disaggregated request that did not take the planned
+  // path (no prefill worker, the prefill failed, the decode worker recomputed the prompt because
+  // the KV was not found, failed its checksum, timed out, ...).
+  void DisaggFallback(const std::string& reason);
+  // kvasir_kv_transfer_bytes_total: KV block bytes written to and read from the cachestore for
+  // disaggregated requests.
+  prometheus::Counter& kv_transfer_bytes() { return kv_transfer_bytes_; }
+
   // kvasir_process_restarts_total{process}: the supervisor's total for one process (a counter:
   // it only moves up, by the difference to the last total seen).
   void SetProcessRestarts(const std::string& process, int64_t total);
@@ -57,6 +65,8 @@ class CoordinatorMetrics {
   prometheus::Counter& worker_deaths_;
   prometheus::Family<prometheus::Gauge>& kv_usage_;
   prometheus::Family<prometheus::Counter>& restarts_;
+  prometheus::Family<prometheus::Counter>& fallbacks_;
+  prometheus::Counter& kv_transfer_bytes_;
   absl::Mutex mu_;
   absl::flat_hash_map<std::string, int64_t> restarts_seen_ ABSL_GUARDED_BY(mu_);
   absl::flat_hash_map<std::string, prometheus::Gauge*> kv_gauges_ ABSL_GUARDED_BY(mu_);

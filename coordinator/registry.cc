@@ -102,8 +102,18 @@ void WorkerRegistry::MarkDead(uint64_t id, const absl::Status& why) {
   KVASIR_LOG_SUBSYS(WARN, kCoordinator, "worker %s marked dead: %s", name, why.ToString());
 }
 
+bool WorkerRegistry::HasRole(std::string_view role) const {
+  absl::MutexLock lock(&mu_);
+  for (const auto& [id, entry] : workers_) {
+    if (entry.view.role == role && entry.channel.connected && entry.channel.connected()) {
+      return true;
+    }
+  }
+  return false;
+}
+
 std::optional<WorkerRegistry::Lease> WorkerRegistry::Pick(
-    const absl::flat_hash_set<uint64_t>& exclude) {
+    const absl::flat_hash_set<uint64_t>& exclude, std::string_view role) {
   absl::MutexLock lock(&mu_);
   Entry* best = nullptr;
   auto key = [](const Entry& e) {
@@ -111,6 +121,7 @@ std::optional<WorkerRegistry::Lease> WorkerRegistry::Pick(
   };
   for (auto& [id, entry] : workers_) {
     if (exclude.contains(id)) continue;
+    if (!role.empty() && entry.view.role != role) continue;
     if (!entry.channel.connected || !entry.channel.connected()) continue;
     if (best == nullptr || key(entry) < key(*best)) best = &entry;
   }

@@ -76,8 +76,12 @@ class WorkerRegistry {
     std::string name;
     std::shared_ptr<transport::rpc::RpcChannel> channel;
   };
-  // The least-loaded live, connected worker not in `exclude`, counted in flight until Release.
-  std::optional<Lease> Pick(const absl::flat_hash_set<uint64_t>& exclude = {});
+  // The least-loaded live, connected worker not in `exclude` (and of `role`, unless empty),
+  // counted in flight until Release.
+  std::optional<Lease> Pick(const absl::flat_hash_set<uint64_t>& exclude = {},
+                            std::string_view role = "");
+  // True when a live, connected worker has this role.
+  bool HasRole(std::string_view role) const;
   void Release(uint64_t id);
 
   std::vector<WorkerView> Snapshot() const;

@@ -35,10 +35,13 @@ struct Up {
   std::map<std::string, pid_t> pids;  // by process name ("coordinator", "worker-0", ...)
 };
 
-// Starts `kvasir up` with two workers and reads its lines up to the curl example.
-void StartUp(Up& up) {
-  auto child = transport::ChildProcess::Spawn({Bin("kvasir"), "up", "--model", StoriesModel(),
-                                               "--port", "0", "--workers", "2", "--threads", "1"});
+// Starts `kvasir up` (two workers unless `workers` says otherwise) and reads its lines up to the
+// curl example.
+void StartUp(Up& up, std::vector<std::string> workers = {"--workers", "2"}) {
+  std::vector<std::string> args = {Bin("kvasir"), "up", "--model",   StoriesModel(),
+                                   "--port",      "0",  "--threads", "1"};
+  args.insert(args.end(), workers.begin(), workers.end());
+  auto child = transport::ChildProcess::Spawn(args);
   ASSERT_TRUE(child.ok()) << child.status();
   up.process.emplace(std::move(*child));
   std::string base;
@@ -194,6 +197,70 @@ TEST(UpTest, SurvivesKillOfEachKindOfChildUnderLoad) {
   ASSERT_TRUE(code.ok()) << code.status();
   EXPECT_EQ(*code, 0);
   EXPECT_FALSE(Fetch(up.port, "GET", "/health", "", absl::Seconds(2)).ok());
+}
+
+// Greedy completions through a disaggregated cluster (1 prefill worker, 1 decode worker, the KV
+// moving through the cachestore) equal `kvasir generate` for every policy; the KV did move (bytes
+// counted, no fallback); and after kill -9 of the prefill worker and then of the decode worker
+// every request is still answered with the same text (recomputed on the decode worker while the
+// prefill worker is down, counted as a fallback).
+TEST(UpTest, DisaggregatedGreedyEqualsGenerateAndSurvivesKills) {
+  Up up;
+  ASSERT_NO_FATAL_FAILURE(StartUp(up, {"--prefill-workers", "1", "--decode-workers", "1"}));
+  ASSERT_TRUE(up.pids.count("prefill-0") && up.pids.count("decode-0"));
+  const std::string prompt =
+      "Once upon a time, there was a little girl named Lily. She loved to play outside in the "
+      "sun with her big red ball. One day, she saw a small dog in the park and";
+  auto complete = [&](const std::string& policy) -> std::string {
+    json body = {{"prompt", prompt}, {"max_tokens", 24}, {"temperature", 0}};
+    if (!policy.empty()) body["kv_policy"] = policy;
+    auto r = Fetch(up.port, "POST", "/v1/completions", body.dump());
+    if (!r.ok()) return "error: " + r.status().ToString();
+    const json j = json::parse(r->body, nullptr, false);
+    if (r->status != 200 || !j.is_object()) return "error: " + r->body;
+    return j["choices"][0]["text"].get<std::string>();
+  };
+  for (const std::string policy :
+       {"full", "streaming:sink=4,window=16", "h2o:budget=24,recent=8", "dmc:mode=free,ratio=3",
+        "pod:sink=4,window=16", "lococo:slots=16,chunk=4"}) {
+    SCOPED_TRACE(policy);
+    auto expected = KvasirGenerate({"--model", StoriesModel(), "--prompt", prompt, "--max-tokens",
+                                    "24", "--temperature", "0", "--kv", policy});
+    ASSERT_TRUE(expected.ok()) << expected.status();
+    EXPECT_EQ(complete(policy), (*expected)["text"].get<std::string>());
+  }
+  auto metrics = Fetch(up.port, "GET", "/metrics");
+  ASSERT_TRUE(metrics.ok());
+  EXPECT_GT(MetricValue(metrics->body, "kvasir_kv_transfer_bytes_total").value_or(0), 0)
+      << metrics->body;
+  EXPECT_FALSE(MetricValue(metrics->body, "kvasir_disagg_fallbacks_total").has_value())
+      << metrics->body;
+
+  const std::string reference = complete("");
+  ASSERT_EQ(reference.rfind("error", 0), std::string::npos) << reference;
+  for (const std::string victim : {"prefill-0", "decode-0"}) {
+    SCOPED_TRACE(victim);
+    ASSERT_EQ(kill(up.pids[victim], SIGKILL), 0);
+    // Answered throughout, the same text each time (a request may fail cleanly while the only
+    // decode worker is down, never hang).
+    int answered = 0;
+    const absl::Time until = absl::Now() + absl::Seconds(4);
+    while (absl::Now() < until) {
+      const std::string text = complete("");
+      if (text.rfind("error", 0) != 0) {
+        EXPECT_EQ(text, reference);
+        ++answered;
+      }
+    }
+    EXPECT_GT(answered, 0);
+    EXPECT_TRUE(Eventually([&] { return Restarts(up.port, victim) == 1; }, absl::Seconds(30)));
+    EXPECT_TRUE(Eventually([&] { return ReadyWithTwoWorkers(up.port); }, absl::Seconds(30)));
+    EXPECT_EQ(complete(""), reference);
+  }
+  up.process->Signal(SIGTERM);
+  auto code = up.process->Wait(absl::Seconds(30));
+  ASSERT_TRUE(code.ok()) << code.status();
+  EXPECT_EQ(*code, 0);
 }
 
 TEST(UpTest, StartsServesAndStopsOnSigterm) { RunUpAndStop(SIGTERM); }

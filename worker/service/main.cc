@@ -37,7 +37,10 @@ int Main(int argc, char** argv) {
               "the coordinator's RPC address (empty: standalone)");
   p.AddString("name", &options.name, "NAME", "unique worker name (default: worker-<pid>)");
   p.AddString("role", &options.role, "ROLE",
-              "both (prefill and decode); prefill and decode come with disaggregation");
+              "both (prefill and decode here), or prefill / decode (disaggregated serving: the "
+              "KV moves through the cachestore)");
+  p.AddString("cachestore", &options.cachestore, "HOST:PORT",
+              "the cachestore's RPC address (needed by --role prefill and decode)");
   p.AddInt32("max-model-len", &sched.max_model_len,
              "tokens of one sequence at most, prompt included (0: the model's context)");
   p.AddInt32("max-num-seqs", &sched.max_num_seqs, "sequences in one batch at most");

@@ -36,6 +36,8 @@ serving::GenerateEvent ToEvent(const RequestOutput& out) {
   event.set_completion_tokens(out.completion_tokens);
   event.set_preemptions(out.preemptions);
   event.set_queue_seconds(out.queue_seconds);
+  event.set_kv_source(out.kv_source);
+  event.set_kv_transfer_bytes(out.kv_transfer_bytes);
   return event;
 }
 
@@ -50,15 +52,14 @@ http::HttpResponse JsonResponse(int status, const nlohmann::json& body) {
 
 absl::StatusOr<std::unique_ptr<WorkerService>> WorkerService::Start(Engine& engine,
                                                                     WorkerServiceOptions options) {
-  if (options.role == "prefill" || options.role == "decode") {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "--role ", options.role,
-        ": separate prefill and decode workers (disaggregation) are not implemented yet; use "
-        "--role both"));
-  }
-  if (options.role != "both") {
+  if (options.role != "both" && options.role != "prefill" && options.role != "decode") {
     return absl::InvalidArgumentError(
         absl::StrCat("--role must be both, prefill or decode, got '", options.role, "'"));
+  }
+  if (options.role != "both" && options.cachestore.empty()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--role ", options.role,
+                     " hands KV over through a cachestore: give --cachestore HOST:PORT"));
   }
   if (options.name.empty()) options.name = absl::StrCat("worker-", getpid());
   if (options.advertise_host.empty()) {
@@ -76,7 +77,22 @@ absl::StatusOr<std::unique_ptr<WorkerService>> WorkerService::Start(Engine& engi
     s.coordinator_port_ = hp.second;
   }
   s.metrics_ = std::make_unique<WorkerMetrics>(s.registry_, s.options_.name);
-  KVASIR_ASSIGN_OR_RETURN(s.scheduler_, Scheduler::Create(engine, s.options_.scheduler));
+  if (!s.options_.cachestore.empty()) {
+    KVASIR_ASSIGN_OR_RETURN(auto hp, http::ParseHostPort(s.options_.cachestore));
+    cachestore::ClientOptions co;
+    co.host = hp.first;
+    co.port = hp.second;
+    co.name = s.options_.name;
+    co.connect_timeout = absl::Seconds(10);
+    auto store = cachestore::StoreClient::Connect(co);
+    if (!store.ok()) {
+      return absl::Status(store.status().code(), absl::StrCat("cachestore ", s.options_.cachestore,
+                                                              ": ", store.status().message()));
+    }
+    s.store_ = std::move(*store);
+  }
+  KVASIR_ASSIGN_OR_RETURN(s.scheduler_,
+                          Scheduler::Create(engine, s.options_.scheduler, s.store_.get()));
 
   rpc::HandshakeInfo handshake;
   handshake.prefix_hash_test_vector = kvcache::PrefixHashTestVector();
@@ -181,6 +197,9 @@ void WorkerService::HandleGenerate(std::shared_ptr<rpc::ServerCall> call) {
   r.ignore_eos = request.ignore_eos();
   r.kv_policy = request.kv_policy();
   r.logprobs = request.logprobs();
+  r.handoff = request.handoff() == serving::HANDOFF_PREFILL  ? KvHandoff::kPrefill
+              : request.handoff() == serving::HANDOFF_DECODE ? KvHandoff::kDecode
+                                                             : KvHandoff::kNone;
   const std::string id = r.id;
   absl::Status submitted = scheduler_->Submit(std::move(r), [call](const RequestOutput& out) {
     if (out.finished && !out.status.ok()) {

@@ -42,8 +42,10 @@ struct WorkerServiceOptions {
   uint16_t http_port = 0;          // 0: the OS picks
   std::string advertise_host;      // address the coordinator should dial ("" = host)
   std::string coordinator;         // host:port of the coordinator's RPC server; "" = standalone
-  std::string role = "both";       // "both" only for now; "prefill" and "decode" come later
-  std::string model_name;          // reported to the coordinator
+  // "both"; "prefill" or "decode" (disaggregated serving) need a cachestore.
+  std::string role = "both";
+  std::string cachestore;  // host:port of the cachestore's RPC server; "" = none
+  std::string model_name;  // reported to the coordinator
   absl::Duration heartbeat_interval = absl::Milliseconds(500);
   absl::Duration step_delay = absl::ZeroDuration();  // testing: a pause after every step
   SchedulerOptions scheduler;
@@ -83,7 +85,8 @@ class WorkerService {
   WorkerServiceOptions options_;
   std::string coordinator_host_;
   uint16_t coordinator_port_ = 0;
-  prometheus::Registry registry_;  // outlives metrics_
+  prometheus::Registry registry_;                   // outlives metrics_
+  std::unique_ptr<cachestore::StoreClient> store_;  // before scheduler_: it outlives it
   std::unique_ptr<WorkerMetrics> metrics_;
   std::unique_ptr<Scheduler> scheduler_;
   std::unique_ptr<transport::rpc::RpcServer> rpc_;
