@@ -18,6 +18,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "absl/time/clock.h"
+#include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
 #include "tests/testing/paths.h"
 #include "transport/child_process.h"
@@ -262,6 +263,72 @@ bool Eventually(F predicate, absl::Duration timeout) {
     absl::SleepFor(absl::Milliseconds(50));
   }
   return predicate();
+}
+
+// A running `kvasir up` and what it printed.
+struct Up {
+  std::optional<transport::ChildProcess> process;
+  std::vector<std::string> lines;
+  uint16_t port = 0;                  // the coordinator's HTTP port
+  uint16_t store_port = 0;            // the cachestore's HTTP port
+  std::map<std::string, pid_t> pids;  // by process name ("coordinator", "worker-0", ...)
+};
+
+// Starts `kvasir up` (two workers unless `workers` says otherwise) and reads its lines up to the
+// curl example.
+inline void StartUp(Up& up, std::vector<std::string> workers = {"--workers", "2"}) {
+  std::vector<std::string> args = {Bin("kvasir"), "up", "--model",   StoriesModel(),
+                                   "--port",      "0",  "--threads", "1"};
+  args.insert(args.end(), workers.begin(), workers.end());
+  auto child = transport::ChildProcess::Spawn(args);
+  ASSERT_TRUE(child.ok()) << child.status();
+  up.process.emplace(std::move(*child));
+  std::string base;
+  const absl::Time deadline = absl::Now() + absl::Seconds(60);
+  while (base.empty() && absl::Now() < deadline) {
+    auto line = up.process->ReadLine(deadline - absl::Now());
+    ASSERT_TRUE(line.ok()) << line.status();
+    up.lines.push_back(*line);
+    const size_t at = line->find(" at http://");
+    if (absl::StrContains(*line, "ready: serving") && at != std::string::npos) {
+      base = line->substr(at + 4);
+      base = base.substr(0, base.find(' '));
+    }
+  }
+  ASSERT_FALSE(base.empty());
+  // The curl example follows.
+  bool curl = false;
+  for (int i = 0; i < 4 && !curl; ++i) {
+    auto line = up.process->ReadLine(absl::Seconds(5));
+    ASSERT_TRUE(line.ok());
+    curl = absl::StrContains(*line, "curl http://");
+  }
+  EXPECT_TRUE(curl);
+  for (const std::string& line : up.lines) {
+    int pid = 0;
+    if (!absl::StartsWith(line, "kvasir up: ") || !absl::SimpleAtoi(LineField(line, "pid"), &pid) ||
+        pid <= 0) {
+      continue;
+    }
+    const std::string rest = line.substr(std::string("kvasir up: ").size());
+    up.pids[rest.substr(0, rest.find(' '))] = pid;
+    if (absl::StrContains(line, "cachestore pid=")) up.store_port = PortOf(LineField(line, "http"));
+  }
+  const size_t colon = base.rfind(':');
+  uint32_t port = 0;
+  ASSERT_TRUE(absl::SimpleAtoi(base.substr(colon + 1, base.find('/', colon) - colon - 1), &port))
+      << base;
+  up.port = static_cast<uint16_t>(port);
+}
+
+inline absl::StatusOr<transport::http::HttpClientResponse> Fetch(
+    uint16_t port, const std::string& method, const std::string& target,
+    const std::string& body = "", absl::Duration timeout = absl::Seconds(30)) {
+  transport::http::HttpClientRequest request;
+  request.method = method;
+  request.target = target;
+  request.body = body;
+  return transport::http::HttpFetch("127.0.0.1", port, request, timeout);
 }
 
 // Runs `kvasir generate ... --json --quiet` and returns its JSON.
