@@ -9,6 +9,7 @@
 
 #include "cachestore/service.h"
 #include "gtest/gtest.h"
+#include "model/model_files.h"
 #include "tests/testing/paths.h"
 #include "worker/engine.h"
 #include "worker/service/scheduler.h"
@@ -26,9 +27,9 @@ struct Collected {
   int64_t kv_transfer_bytes = 0;
 };
 
-std::unique_ptr<Engine> LoadStories() {
+std::unique_ptr<Engine> LoadModel(const std::string& model) {
   EngineOptions options;
-  options.model = testing::SharedPath("models/stories260K.gguf");
+  options.model = model;
   options.num_threads = 1;
   options.prefault = false;
   auto engine = Engine::Load(options);
@@ -58,11 +59,17 @@ Collected RunAlone(Scheduler& scheduler, SchedulerRequest request) {
   return c;
 }
 
+std::unique_ptr<Engine> LoadStories() {
+  return LoadModel(testing::SharedPath("models/stories260K.gguf"));
+}
+
 class HandoffTest : public ::testing::TestWithParam<std::string> {
  protected:
+  virtual std::string Model() const { return testing::SharedPath("models/stories260K.gguf"); }
+
   void SetUp() override {
-    prefill_engine_ = LoadStories();
-    decode_engine_ = LoadStories();
+    prefill_engine_ = LoadModel(Model());
+    decode_engine_ = LoadModel(Model());
     ASSERT_NE(prefill_engine_, nullptr);
     ASSERT_NE(decode_engine_, nullptr);
     cachestore::ServiceOptions so;
@@ -157,6 +164,43 @@ TEST_P(HandoffTest, PrefillHereDecodeThereEqualsOneWorker) {
   EXPECT_EQ(stats->active_reservations(), 0u);
   EXPECT_EQ(stats->active_read_leases(), 0u);
 }
+
+// The same on the default model (SmolLM2-135M-Instruct, 30 layers, 3 KV heads), when installed.
+class HandoffDefaultModelTest : public HandoffTest {
+ protected:
+  std::string Model() const override { return "default"; }
+  void SetUp() override {
+    if (!model::ResolveModelPath("default").ok()) {
+      GTEST_SKIP() << "the default model (SmolLM2-135M-Instruct) is not installed";
+    }
+    HandoffTest::SetUp();
+  }
+};
+
+TEST_P(HandoffDefaultModelTest, PrefillHereDecodeThereEqualsOneWorker) {
+  const SchedulerRequest base = Request("r", kPrompt, SamplingParams::Greedy());
+  const Collected mono = RunAlone(*mono_, base);
+  ASSERT_TRUE(mono.status.ok()) << mono.status;
+  SchedulerRequest p = base;
+  p.handoff = KvHandoff::kPrefill;
+  const Collected pre = RunAlone(*prefill_, p);
+  ASSERT_EQ(pre.finish_reason, "prefilled") << pre.status;
+  SchedulerRequest d = base;
+  d.handoff = KvHandoff::kDecode;
+  const Collected dec = RunAlone(*decode_, d);
+  ASSERT_TRUE(dec.status.ok()) << dec.status;
+  EXPECT_EQ(dec.kv_source, "store");
+  EXPECT_EQ(dec.ids, mono.ids);
+  EXPECT_EQ(dec.text, mono.text);
+}
+
+INSTANTIATE_TEST_SUITE_P(Policies, HandoffDefaultModelTest,
+                         ::testing::Values("full", "streaming:sink=4,window=16",
+                                           "h2o:budget=24,recent=8", "dmc:mode=free,ratio=3",
+                                           "pod:sink=4,window=16", "lococo:slots=16,chunk=4"),
+                         [](const ::testing::TestParamInfo<std::string>& info) {
+                           return info.param.substr(0, info.param.find(':'));
+                         });
 
 TEST(HandoffRefusalTest, NeedsAStoreAndTwoPromptTokens) {
   auto engine = LoadStories();
