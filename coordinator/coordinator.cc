@@ -300,6 +300,7 @@ class Coordinator::Generation : public std::enable_shared_from_this<Generation> 
             prefilled = true;
             c_->metrics_->kv_transfer_bytes().Increment(
                 static_cast<double>(event.kv_transfer_bytes()));
+            c_->metrics_->kv_transfer_seconds().Observe(event.kv_transfer_seconds());
           }
           continue;
         }
@@ -378,6 +379,7 @@ class Coordinator::Generation : public std::enable_shared_from_this<Generation> 
         c_->metrics_->DisaggFallback(event.kv_source().substr(std::string("recompute:").size()));
       } else {
         c_->metrics_->kv_transfer_bytes().Increment(static_cast<double>(event.kv_transfer_bytes()));
+        c_->metrics_->kv_transfer_seconds().Observe(event.kv_transfer_seconds());
       }
     }
     if (!event.finish_reason().empty()) ch.out.finish_reason = event.finish_reason();
@@ -821,6 +823,7 @@ void Coordinator::HandleReady(std::shared_ptr<http::HttpResponder> responder) {
     if (w.connected && headroom) ++ready;
     if (w.connected) min_kv_usage = std::min(min_kv_usage, w.load.kv_usage());
     list.push_back({{"name", w.name},
+                    {"role", w.role},
                     {"connected", w.connected},
                     {"running", w.load.running()},
                     {"waiting", w.load.waiting()},
@@ -832,9 +835,15 @@ void Coordinator::HandleReady(std::shared_ptr<http::HttpResponder> responder) {
   body["workers_ready"] = ready;
   body["workers"] = list;
   body["kv_headroom"] = ready > 0 ? 1.0 - min_kv_usage : 0.0;
-  // No cachestore in this version: prefill and decode run on the same workers, so there is no
-  // transfer fabric to check.
-  body["transfer_fabric"] = "not used";
+  // Prefill and decode workers reach the cachestore themselves (they do not start without it);
+  // the coordinator only routes.
+  bool decode = false, prefill = false;
+  for (const WorkerView& w : workers) {
+    decode |= w.connected && w.role == "decode";
+    prefill |= w.connected && w.role == "prefill";
+  }
+  body["disaggregated"] = decode;
+  if (decode && !prefill) body["warning"] = "no prefill worker: decode workers recompute prompts";
   if (ready == 0) {
     body["reason"] = workers.empty() ? "no worker registered" : "no connected worker with KV room";
   }

@@ -9,6 +9,8 @@ const prometheus::Histogram::BucketBoundaries kTtftBuckets = {
     0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0};
 const prometheus::Histogram::BucketBoundaries kItlBuckets = {
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5};
+const prometheus::Histogram::BucketBoundaries kTransferBuckets = {
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0};
 const prometheus::Histogram::BucketBoundaries kE2eBuckets = {
     0.05, 0.1, 0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0, 40.0, 50.0, 60.0};
 
@@ -87,7 +89,17 @@ CoordinatorMetrics::CoordinatorMetrics(prometheus::Registry& registry)
                              .Help("KV block bytes written to and read from the cachestore for "
                                    "disaggregated requests.")
                              .Register(registry)
-                             .Add({})) {}
+                             .Add({})),
+      kv_transfer_seconds_(prometheus::BuildHistogram()
+                               .Name("kvasir_kv_transfer_seconds")
+                               .Help("Time of one KV push to (prefill worker) or pull from (decode "
+                                     "worker) the cachestore.")
+                               .Register(registry)
+                               .Add({}, kTransferBuckets)),
+      workers_by_role_(prometheus::BuildGauge()
+                           .Name("kvasir_num_workers_by_role")
+                           .Help("Workers registered and alive, by role (both, prefill, decode).")
+                           .Register(registry)) {}
 
 void CoordinatorMetrics::DisaggFallback(const std::string& reason) {
   fallbacks_.Add({{"reason", reason}}).Increment();
@@ -134,6 +146,11 @@ void CoordinatorMetrics::UpdateWorkers(const std::vector<WorkerView>& workers, i
   running_.Set(running);
   waiting_.Set(waiting);
   workers_alive_.Set(static_cast<double>(workers.size()));
+  for (const char* role : {"both", "prefill", "decode"}) {
+    double n = 0;
+    for (const WorkerView& w : workers) n += w.role == role ? 1 : 0;
+    workers_by_role_.Add({{"role", role}}).Set(n);
+  }
   if (deaths > deaths_seen_) {
     worker_deaths_.Increment(static_cast<double>(deaths - deaths_seen_));
     deaths_seen_ = deaths;

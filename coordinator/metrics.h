@@ -43,6 +43,8 @@ class CoordinatorMetrics {
   // kvasir_kv_transfer_bytes_total: KV block bytes written to and read from the cachestore for
   // disaggregated requests.
   prometheus::Counter& kv_transfer_bytes() { return kv_transfer_bytes_; }
+  // kvasir_kv_transfer_seconds: the time of one KV push (prefill worker) or pull (decode worker).
+  prometheus::Histogram& kv_transfer_seconds() { return kv_transfer_seconds_; }
 
   // kvasir_process_restarts_total{process}: the supervisor's total for one process (a counter:
   // it only moves up, by the difference to the last total seen).
@@ -67,6 +69,8 @@ class CoordinatorMetrics {
   prometheus::Family<prometheus::Counter>& restarts_;
   prometheus::Family<prometheus::Counter>& fallbacks_;
   prometheus::Counter& kv_transfer_bytes_;
+  prometheus::Histogram& kv_transfer_seconds_;
+  prometheus::Family<prometheus::Gauge>& workers_by_role_;
   absl::Mutex mu_;
   absl::flat_hash_map<std::string, int64_t> restarts_seen_ ABSL_GUARDED_BY(mu_);
   absl::flat_hash_map<std::string, prometheus::Gauge*> kv_gauges_ ABSL_GUARDED_BY(mu_);

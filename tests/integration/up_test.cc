@@ -169,6 +169,11 @@ TEST(UpTest, DisaggregatedGreedyEqualsGenerateAndSurvivesKills) {
       << metrics->body;
   EXPECT_FALSE(MetricValue(metrics->body, "kvasir_disagg_fallbacks_total").has_value())
       << metrics->body;
+  // One push and one pull per completion.
+  EXPECT_GE(MetricValue(metrics->body, "kvasir_kv_transfer_seconds_count").value_or(0), 12)
+      << metrics->body;
+  EXPECT_EQ(MetricValue(metrics->body, "kvasir_num_workers_by_role{role=\"decode\"}"), 1);
+  EXPECT_EQ(MetricValue(metrics->body, "kvasir_num_workers_by_role{role=\"prefill\"}"), 1);
 
   const std::string reference = complete("");
   ASSERT_EQ(reference.rfind("error", 0), std::string::npos) << reference;

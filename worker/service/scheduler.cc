@@ -69,6 +69,7 @@ struct Scheduler::Request {
 
   std::string kv_source;  // of the last admission (kDecode)
   int64_t kv_transfer_bytes = 0;
+  double kv_transfer_seconds = 0;
 };
 
 absl::StatusOr<std::unique_ptr<Scheduler>> Scheduler::Create(Engine& engine,
@@ -286,6 +287,7 @@ bool Scheduler::PullPromptKv(Request& r) {
   r.computed = r.seq->n_tokens();
   r.kv_source = "store";
   r.kv_transfer_bytes += stats.bytes;
+  r.kv_transfer_seconds += stats.seconds;
   return true;
 }
 
@@ -302,6 +304,7 @@ void Scheduler::PushPromptKv(Request& r) {
     return;
   }
   r.kv_transfer_bytes += sent->bytes;
+  r.kv_transfer_seconds += sent->seconds;
   Finish(r, RequestState::kFinished, absl::OkStatus(), "prefilled", out);
 }
 
@@ -338,6 +341,7 @@ void Scheduler::Emit(Request& r, RequestOutput& out) {
   out.queue_seconds = std::max(0.0, r.queue_seconds);
   out.kv_source = r.kv_source;
   out.kv_transfer_bytes = r.kv_transfer_bytes;
+  out.kv_transfer_seconds = r.kv_transfer_seconds;
   r.sink(out);
 }
 

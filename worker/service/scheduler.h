@@ -106,7 +106,8 @@ struct RequestOutput {
   // KvHandoff::kDecode: where the prompt's KV came from at the last admission: "store", or
   // "recompute:<why>" (not found, checksum, timeout, unavailable, ...). "" otherwise.
   std::string kv_source;
-  int64_t kv_transfer_bytes = 0;  // block bytes pushed (kPrefill) or pulled (kDecode)
+  int64_t kv_transfer_bytes = 0;   // block bytes pushed (kPrefill) or pulled (kDecode)
+  double kv_transfer_seconds = 0;  // the time that push or pull took
 };
 
 using OutputSink = std::function<void(const RequestOutput& output)>;

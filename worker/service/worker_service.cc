@@ -38,6 +38,7 @@ serving::GenerateEvent ToEvent(const RequestOutput& out) {
   event.set_queue_seconds(out.queue_seconds);
   event.set_kv_source(out.kv_source);
   event.set_kv_transfer_bytes(out.kv_transfer_bytes);
+  event.set_kv_transfer_seconds(out.kv_transfer_seconds);
   return event;
 }
 
@@ -225,8 +226,11 @@ void WorkerService::HandleHttp(http::HttpRequest request,
     responder->Send(JsonResponse(200, {{"status", "ok"}}));
   } else if (request.path == "/ready") {
     const bool ready = options_.coordinator.empty() || registered_.load();
-    responder->Send(JsonResponse(ready ? 200 : 503, {{"status", ready ? "ready" : "not registered"},
-                                                     {"worker", options_.name}}));
+    responder->Send(JsonResponse(
+        ready ? 200 : 503, {{"status", ready ? "ready" : "not registered"},
+                            {"worker", options_.name},
+                            {"role", options_.role},
+                            {"cachestore", store_ ? store_->data_path() : std::string("none")}}));
   } else if (request.path == "/metrics") {
     metrics_->Update(scheduler_->stats());
     http::HttpResponse r;
