@@ -618,8 +618,9 @@ absl::StatusOr<std::vector<absl::StatusOr<PutResult>>> StoreClient::PutBatch(
       if (s.ok()) continue;
       for (auto& [i, op] : items) {
         results[i] = s;
+        const size_t index = i;  // a named copy: clang 14 cannot capture a structured binding
         auto w = std::find_if(written.begin(), written.end(),
-                              [&](const auto& x) { return x.first == i; });
+                              [&](const auto& x) { return x.first == index; });
         failed.push_back(w->second);
         written.erase(w);
       }

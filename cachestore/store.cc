@@ -173,8 +173,7 @@ absl::Status BlockStore::CheckSnapshotLocked(const BlockKey& key,
 void BlockStore::AddEntryLocked(std::unique_ptr<Entry> entry) {
   Entry* e = entry.get();
   Snapshot& snap = snapshots_[e->key.snapshot()];
-  if (snap.chunk_bytes.size() < snap.chunk_count) snap.chunk_bytes.resize(snap.chunk_count, 0);
-  KVASIR_CHECK(e->key.chunk_index < snap.chunk_bytes.size());
+  KVASIR_CHECK(e->key.chunk_index < snap.chunk_count);
   snap.chunk_bytes[e->key.chunk_index] = e->size;
   ++snap.live;
   blocks_[e->key] = std::move(entry);
@@ -196,9 +195,7 @@ void BlockStore::DropIfEmptyLocked(Entry* e) {
   if (e->pins > 0) --stats_.pinned_blocks;
   auto snap = snapshots_.find(e->key.snapshot());
   if (snap != snapshots_.end()) {
-    if (e->key.chunk_index < snap->second.chunk_bytes.size()) {
-      snap->second.chunk_bytes[e->key.chunk_index] = 0;
-    }
+    snap->second.chunk_bytes.erase(e->key.chunk_index);
     if (--snap->second.live == 0) snapshots_.erase(snap);
   }
   blocks_.erase(e->key);  // destroys *e
@@ -551,7 +548,10 @@ LookupResult BlockStore::Lookup(const KeySpace& space, std::span<const uint64_t>
     auto it = snapshots_.find(probe);
     if (it == snapshots_.end() || it->second.live != it->second.chunk_count) continue;
     ++stats_.lookup_hits;
-    return LookupResult{static_cast<int32_t>(n), probe.prefix_hash, it->second.chunk_bytes};
+    // Complete: chunk_count blocks are stored, one per index below it.
+    std::vector<uint64_t> chunk_bytes(it->second.chunk_count, 0);
+    for (const auto& [index, bytes] : it->second.chunk_bytes) chunk_bytes[index] = bytes;
+    return LookupResult{static_cast<int32_t>(n), probe.prefix_hash, std::move(chunk_bytes)};
   }
   ++stats_.lookup_misses;
   return LookupResult{};

@@ -156,8 +156,10 @@ class BlockStore {
   struct Snapshot {
     uint32_t chunk_count = 0;
     uint64_t snapshot_bytes = 0;
-    uint32_t live = 0;                  // chunks stored (either tier)
-    std::vector<uint64_t> chunk_bytes;  // [chunk_count], 0 = absent
+    uint32_t live = 0;  // chunks stored (either tier)
+    // Sizes of the chunks stored, by chunk index. A map, not a [chunk_count] array: chunk_count
+    // comes from a block header, and a forged one must not size an allocation.
+    absl::flat_hash_map<uint32_t, uint64_t> chunk_bytes;
   };
   struct Lease {
     bool is_read = false;

@@ -225,19 +225,38 @@ absl::StatusOr<SequenceKv*> DecodeSequence(KvCache& cache, std::span<const std::
     return absl::InvalidArgumentError(
         absl::StrCat("KV snapshot has ", first.chunk_count, " blocks, got ", blocks.size()));
   }
-  // Assemble the payload in chunk order, verifying every block against the first.
-  std::string payload(first.snapshot_bytes, '\0');
-  std::vector<bool> seen(first.chunk_count);
+  // Verify every block against the first, and that the chunks tile the snapshot (no gap, no
+  // overlap), before anything is allocated: a header's snapshot size is only a claim.
+  std::vector<const KvBlockHeader*> by_chunk(first.chunk_count, nullptr);
   for (size_t i = 0; i < blocks.size(); ++i) {
     const KvBlockHeader& h = headers[i];
     if (h.model_fingerprint != first.model_fingerprint || h.prefix_hash != first.prefix_hash ||
         h.n_tokens != first.n_tokens || h.policy_spec != first.policy_spec ||
         h.snapshot_bytes != first.snapshot_bytes || h.chunk_count != first.chunk_count ||
-        seen[h.chunk_index]) {
+        by_chunk[h.chunk_index] != nullptr) {
       return absl::InvalidArgumentError(
           absl::StrCat("KV block ", i, " belongs to another snapshot or repeats a chunk"));
     }
-    seen[h.chunk_index] = true;
+    by_chunk[h.chunk_index] = &h;
+  }
+  uint64_t covered = 0;
+  for (const KvBlockHeader* h : by_chunk) {
+    if (h->payload_offset != covered) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("KV snapshot chunk ", h->chunk_index, " starts at byte ", h->payload_offset,
+                       " of the snapshot, not at ", covered, " where the chunk before it ends"));
+    }
+    covered += h->payload_bytes;
+  }
+  if (covered != first.snapshot_bytes) {
+    return absl::InvalidArgumentError(absl::StrCat("KV snapshot chunks hold ", covered,
+                                                   " payload bytes, the headers say ",
+                                                   first.snapshot_bytes));
+  }
+  // Assemble the payload in chunk order.
+  std::string payload(first.snapshot_bytes, '\0');
+  for (size_t i = 0; i < blocks.size(); ++i) {
+    const KvBlockHeader& h = headers[i];
     const std::string_view data(blocks[i].data() + h.header_bytes, h.payload_bytes);
     if (Xxh3(data.data(), data.size()) != h.payload_xxh3) {
       return absl::DataLossError(absl::StrCat("KV block ", i, " (chunk ", h.chunk_index, " of ",

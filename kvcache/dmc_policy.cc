@@ -347,7 +347,8 @@ std::string DmcPolicy::spec() const {
                       : absl::StrCat("dmc:mode=free,ratio=", o.ratio, ",window=", o.window,
                                      ",sink=", o.sink, ",threshold=", o.threshold, ",gain=", o.gain,
                                      o.post_rope ? ",space=post" : "",
-                                     o.recent > 0 ? absl::StrCat(",recent=", o.recent) : "");
+                                     // Always written: recent's default (64) is not 0.
+                                     ",recent=", o.recent);
   if (o.prefill == DmcPrefill::kSerial) absl::StrAppend(&s, ",prefill=serial");
   return s;
 }

@@ -9,15 +9,28 @@
 
 #include "kernels/cpu/ops.h"
 
+#if defined(__x86_64__) || defined(__i386__)
+#include <cpuid.h>
+#endif
+
 namespace kvasir::kernels::cpu {
 namespace {
+
+#if defined(__x86_64__) || defined(__i386__)
+// F16C (CPUID leaf 1, ECX bit 29) read directly: clang 14 does not know
+// __builtin_cpu_supports("f16c"). The AVX2 check before it covers OS support of the YMM state.
+bool CpuHasF16c() {
+  unsigned eax = 0, ebx = 0, ecx = 0, edx = 0;
+  if (!__get_cpuid(1, &eax, &ebx, &ecx, &edx)) return false;
+  return (ecx & bit_F16C) != 0;
+}
+#endif
 
 Isa DetectIsa() {
 #if defined(__x86_64__) || defined(__i386__)
   __builtin_cpu_init();
   Isa isa = Isa::kScalar;
-  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-      __builtin_cpu_supports("f16c")) {
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && CpuHasF16c()) {
     isa = Isa::kAvx2;
   }
   // TODO(kernels): an AVX-512 VNNI path (vpdpbusd) is not written yet because no development

@@ -4,6 +4,7 @@
 #include <string>
 #include <vector>
 
+#include "common/hash.h"
 #include "gtest/gtest.h"
 #include "kvcache/full_policy.h"
 #include "kvcache/prefix_hash.h"
@@ -160,6 +161,38 @@ TEST_F(CodecTest, RefusesCorruptedForeignAndIncompleteBlocks) {
   // Nothing leaked by the failures.
   EXPECT_EQ(dst_->pool().pages_used(), 0);
   EXPECT_EQ(dst_->num_sequences(), 0u);
+}
+
+// A header field rewritten with a valid header checksum, as a forger (or a bug) would write it.
+// `from_end`: the field's distance from the end of the header (payload offset 40, snapshot 24).
+void SetHeaderField(std::string& block, size_t from_end, uint64_t value) {
+  const size_t header_bytes = DecodeBlockHeader(block)->header_bytes;
+  for (size_t i = 0; i < 8; ++i) block[header_bytes - from_end + i] = char(value >> (8 * i));
+  const uint64_t sum = Xxh3(block.data(), header_bytes - 8);
+  for (size_t i = 0; i < 8; ++i) block[header_bytes - 8 + i] = char(sum >> (8 * i));
+}
+
+TEST_F(CodecTest, RefusesChunksThatDoNotTileTheSnapshot) {
+  SnapshotInfo info;
+  info.max_block_bytes = 256;
+  auto blocks = EncodeSequence(*src_, *seq_, info);
+  ASSERT_TRUE(blocks.ok());
+  ASSERT_GT(blocks->size(), 2u);
+  // Every block claims a snapshot of 2^46 bytes (found by kv_codec_fuzz: it was allocated).
+  std::vector<std::string> bad = *blocks;
+  for (std::string& b : bad) SetHeaderField(b, 24, uint64_t{1} << 46);
+  ASSERT_TRUE(DecodeBlockHeader(bad[0]).ok());
+  auto r = DecodeSequence(*dst_, bad, policy_, 0);
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument) << r.status();
+  // Chunk 1 at offset 0: it overlaps chunk 0 and leaves a gap.
+  bad = *blocks;
+  SetHeaderField(bad[1], 40, 0);
+  ASSERT_TRUE(DecodeBlockHeader(bad[1]).ok());
+  r = DecodeSequence(*dst_, bad, policy_, 0);
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument) << r.status();
+  EXPECT_EQ(dst_->pool().pages_used(), 0);
+  EXPECT_EQ(dst_->num_sequences(), 0u);
+  EXPECT_TRUE(DecodeSequence(*dst_, *blocks, policy_, 0).ok());
 }
 
 TEST_F(CodecTest, EveryTruncationAndByteFlipIsRefusedWithoutACrash) {

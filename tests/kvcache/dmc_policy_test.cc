@@ -871,8 +871,13 @@ TEST(DmcSpecTest, ParsesEveryParameterAndRefusesBadOnes) {
   p = ParsePolicy(
       "dmc:mode=free,ratio=2.5,window=0,sink=0,threshold=0.8,gain=0.1,recent=0,prefill=serial", g);
   ASSERT_TRUE(p.ok()) << p.status();
-  EXPECT_EQ((*p)->spec(),
-            "dmc:mode=free,ratio=2.5,window=0,sink=0,threshold=0.8,gain=0.1,prefill=serial");
+  EXPECT_EQ(
+      (*p)->spec(),
+      "dmc:mode=free,ratio=2.5,window=0,sink=0,threshold=0.8,gain=0.1,recent=0,prefill=serial");
+  // The canonical spec parses back to the same policy (recent=0 is not the default).
+  again = ParsePolicy((*p)->spec(), g);
+  ASSERT_TRUE(again.ok()) << again.status();
+  EXPECT_EQ((*again)->spec(), (*p)->spec());
   const auto* dmc = dynamic_cast<const DmcPolicy*>(p->get());
   ASSERT_NE(dmc, nullptr);
   EXPECT_EQ(dmc->options().window, 0);

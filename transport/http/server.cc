@@ -67,6 +67,46 @@ std::string ErrorJson(std::string_view message, std::string_view type) {
                       "\",\"param\":null,\"code\":null}}");
 }
 
+using RequestParser = bhttp::request_parser<bhttp::string_body>;
+
+void ConfigureParser(RequestParser& parser, const HttpServer::Options& options) {
+  parser.header_limit(static_cast<std::uint32_t>(options.max_header_bytes));
+  parser.body_limit(options.max_body_bytes);
+}
+
+// The answer to a request the parser refused: 413, 431 or 400; 0 when the connection just
+// closes (the peer closed, a timeout closed the socket, or a network error).
+int ParseErrorStatus(const boost::system::error_code& ec) {
+  if (ec == bhttp::error::body_limit) return 413;
+  if (ec == bhttp::error::header_limit) return 431;
+  if (ec == bhttp::error::end_of_stream || ec == bhttp::error::partial_message ||
+      ec.category() != bhttp::make_error_code(bhttp::error::bad_method).category()) {
+    return 0;
+  }
+  return 400;
+}
+
+// What a handler sees of a parsed request.
+HttpRequest RequestFromMessage(bhttp::request<bhttp::string_body>&& message, std::string peer) {
+  HttpRequest request;
+  request.method = std::string(message.method_string().data(), message.method_string().size());
+  request.target = std::string(message.target().data(), message.target().size());
+  const size_t q = request.target.find('?');
+  request.path = request.target.substr(0, q);
+  if (q != std::string::npos) request.query = request.target.substr(q + 1);
+  for (const auto& field : message) {
+    HttpHeader h;
+    h.name = absl::AsciiStrToLower(
+        absl::string_view(field.name_string().data(), field.name_string().size()));
+    h.value = std::string(field.value().data(), field.value().size());
+    request.headers.push_back(std::move(h));
+  }
+  request.body = std::move(message.body());
+  request.peer = std::move(peer);
+  request.version = message.version() == 10 ? 10 : 11;
+  return request;
+}
+
 }  // namespace
 
 const std::string* HttpRequest::header(std::string_view name) const {
@@ -98,6 +138,39 @@ absl::StatusOr<std::pair<std::string, uint16_t>> ParseHostPort(std::string_view 
         absl::StrCat("'", ToAbsl(address), "' has no valid port (1-65535)"));
   }
   return std::make_pair(host, static_cast<uint16_t>(port));
+}
+
+absl::StatusOr<HttpRequest> ParseHttpRequest(std::string_view bytes,
+                                             const HttpServer::Options& options, size_t* consumed) {
+  RequestParser parser;
+  ConfigureParser(parser, options);
+  parser.eager(true);
+  boost::system::error_code ec;
+  size_t used = 0;
+  while (!parser.is_done()) {
+    const size_t n = parser.put(net::const_buffer(bytes.data() + used, bytes.size() - used), ec);
+    used += n;
+    if (!ec && n == 0 && !parser.is_done()) ec = bhttp::error::need_more;  // never spin
+    if (ec == bhttp::error::need_more) {
+      if (n > 0 && used < bytes.size()) continue;
+      // No more bytes will come: what the server sees when the client closes mid-request.
+      ec = {};
+      parser.put_eof(ec);
+      if (!ec && !parser.is_done()) ec = bhttp::error::partial_message;
+    }
+    if (ec) break;
+  }
+  if (ec) {
+    const int status = ParseErrorStatus(ec);
+    const std::string what = absl::StrCat(
+        ec.message(), " (the server ",
+        status == 0 ? std::string("closes the connection") : absl::StrCat("answers ", status), ")");
+    if (status == 0) return absl::UnavailableError(what);
+    if (status == 400) return absl::InvalidArgumentError(what);
+    return absl::ResourceExhaustedError(what);
+  }
+  if (consumed != nullptr) *consumed = used;
+  return RequestFromMessage(parser.release(), "");
 }
 
 // State shared by the server object, its sessions and its threads.
@@ -195,8 +268,7 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
     if (phase_ == Phase::kClosed) return;
     phase_ = Phase::kRequest;
     parser_.emplace();
-    parser_->header_limit(static_cast<std::uint32_t>(options_.max_header_bytes));
-    parser_->body_limit(options_.max_body_bytes);
+    ConfigureParser(*parser_, options_);
     // The first request gets the read timeout; a kept-alive connection waits the idle timeout.
     ArmReadTimer(requests_ == 0 ? options_.read_timeout : options_.idle_timeout);
     reading_ = true;
@@ -239,20 +311,19 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
 
   void OnReadError(const boost::system::error_code& ec) {
     DisarmReadTimer();
-    if (ec == bhttp::error::body_limit) {
-      SendErrorAndClose(413, "request body over the size limit", "invalid_request_error");
-      return;
+    switch (ParseErrorStatus(ec)) {
+      case 413:
+        SendErrorAndClose(413, "request body over the size limit", "invalid_request_error");
+        return;
+      case 431:
+        SendErrorAndClose(431, "request header over the size limit", "invalid_request_error");
+        return;
+      case 0:
+        Close();  // the peer closed, a timeout closed the socket, or a network error
+        return;
+      default:
+        SendErrorAndClose(400, "malformed HTTP request", "invalid_request_error");
     }
-    if (ec == bhttp::error::header_limit) {
-      SendErrorAndClose(431, "request header over the size limit", "invalid_request_error");
-      return;
-    }
-    if (ec == bhttp::error::end_of_stream || ec == bhttp::error::partial_message ||
-        ec.category() != bhttp::make_error_code(bhttp::error::bad_method).category()) {
-      Close();  // the peer closed, a timeout closed the socket, or a network error
-      return;
-    }
-    SendErrorAndClose(400, "malformed HTTP request", "invalid_request_error");
   }
 
   void SendErrorAndClose(int status, std::string_view message, std::string_view type) {
@@ -271,25 +342,10 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
     bhttp::request<bhttp::string_body> message = parser_->release();
     parser_.reset();
     ++requests_;
-    HttpRequest request;
-    request.method = std::string(message.method_string().data(), message.method_string().size());
-    request.target = std::string(message.target().data(), message.target().size());
-    const size_t q = request.target.find('?');
-    request.path = request.target.substr(0, q);
-    if (q != std::string::npos) request.query = request.target.substr(q + 1);
-    for (const auto& field : message) {
-      HttpHeader h;
-      h.name = absl::AsciiStrToLower(
-          absl::string_view(field.name_string().data(), field.name_string().size()));
-      h.value = std::string(field.value().data(), field.value().size());
-      request.headers.push_back(std::move(h));
-    }
-    request.body = std::move(message.body());
-    request.peer = peer_;
-    request.version = message.version() == 10 ? 10 : 11;
+    keep_alive_ = message.keep_alive();
+    HttpRequest request = RequestFromMessage(std::move(message), peer_);
     version_ = request.version;
     head_ = request.method == "HEAD";
-    keep_alive_ = message.keep_alive();
     phase_ = Phase::kAnswering;
     streaming_ = false;
     chunked_ = false;

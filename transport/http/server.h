@@ -168,4 +168,13 @@ bool IsLoopbackHost(std::string_view host);
 // "host:port" (or "[v6]:port") -> host and port. InvalidArgument when malformed or port 0.
 absl::StatusOr<std::pair<std::string, uint16_t>> ParseHostPort(std::string_view address);
 
+// Reads one request from `bytes` as a connection of the server does (Beast's parser under the
+// header and body limits of `options`), without a socket: the fuzz target's way in. On success
+// `consumed` (if not null) is the request's length; a pipelined request may follow. Errors name
+// what the server does: InvalidArgument (it answers 400), ResourceExhausted (413 or 431),
+// Unavailable (the bytes end mid-request: it waits for more, or closes when the client does).
+absl::StatusOr<HttpRequest> ParseHttpRequest(std::string_view bytes,
+                                             const HttpServer::Options& options,
+                                             size_t* consumed = nullptr);
+
 }  // namespace kvasir::transport::http
