@@ -45,7 +45,8 @@ function(kvasir_add_executable name)
 endfunction()
 
 # kvasir_add_test(name DIRS folders... DEPS targets... [LABELS labels...] [TIMEOUT s])
-# Builds kvasir_<name>_tests from every *_test.cc of DIRS and registers each test case with ctest.
+# Builds kvasir_<name>_tests from every *_test.cc of DIRS and registers each test case with ctest,
+# labelled with LABELS (default: unit) and with the binary's name (ctest -L kvasir_<name>_tests).
 function(kvasir_add_test name)
   cmake_parse_arguments(ARG "" "TIMEOUT" "DIRS;SRCS;DEPS;LABELS" ${ARGN})
   if(NOT KVASIR_BUILD_TESTS)
@@ -79,7 +80,16 @@ function(kvasir_add_test name)
                        WORKING_DIRECTORY ${PROJECT_SOURCE_DIR}
                        PROPERTIES LABELS "${ARG_LABELS}" TIMEOUT ${ARG_TIMEOUT}
                                   SKIP_REGULAR_EXPRESSION "KVASIR_SHARED_FIXTURES_MISSING"
-                       DISCOVERY_TIMEOUT 60)
+                       DISCOVERY_TIMEOUT 60 TEST_LIST kvasir_${name}_tests_TESTS)
+  # A second label, the binary's name, added once the discovered list exists (at ctest time):
+  # gtest_discover_tests cannot pass a list-valued LABELS through.
+  set(labels_file ${CMAKE_CURRENT_BINARY_DIR}/kvasir_${name}_tests_labels.cmake)
+  file(WRITE ${labels_file}
+       "if(kvasir_${name}_tests_TESTS)\n"
+       "  set_tests_properties(\${kvasir_${name}_tests_TESTS} PROPERTIES LABELS "
+       "\"${ARG_LABELS};kvasir_${name}_tests\")\n"
+       "endif()\n")
+  set_property(DIRECTORY APPEND PROPERTY TEST_INCLUDE_FILES ${labels_file})
 endfunction()
 
 # kvasir_add_fuzzer(name SRCS files... DEPS targets... [SEEDS folder])

@@ -140,8 +140,21 @@ int Gloo(const Flags& flags) {
       {.rank = rank, .size = size, .store = &store, .key_prefix = group, .timeout = timeout});
   if (!comm.ok()) return Fail(rank, comm.status().ToString()), 1;
   if (absent < 0) return CheckCollectives(**comm) ? 0 : 1;
-  // A rank goes missing: it leaves; every other rank must get an error within the timeout.
-  if (rank == absent) return 0;
+  // A rank goes missing: it leaves once every other rank has connected (so that they lose it in
+  // the all-reduce, not while still connecting); every other rank must get an error within the
+  // timeout.
+  const std::string connected_key = group + "/connected/";
+  if (rank == absent) {
+    for (int r = 0; r < size; ++r) {
+      if (r == absent) continue;
+      auto s = store.Get(connected_key + std::to_string(r), absl::Seconds(60));
+      if (!s.ok()) return Fail(rank, s.status().ToString()), 1;
+    }
+    return 0;
+  }
+  if (absl::Status s = store.Set(connected_key + std::to_string(rank), "1"); !s.ok()) {
+    return Fail(rank, s.ToString()), 1;
+  }
   std::vector<float> x(1024, 1.0f);
   const absl::Time start = absl::Now();
   absl::Status s = (*comm)->AllReduceSum(std::as_writable_bytes(std::span(x)), DType::kF32);
