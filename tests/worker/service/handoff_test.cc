@@ -106,6 +106,30 @@ class HandoffTest : public ::testing::TestWithParam<std::string> {
     return r;
   }
 
+  // Runs `base` on one scheduler, then prefilled on prefill_ and decoded on decode_, and checks
+  // that the decode side took the KV from the store and produced the same output.
+  void ExpectDisaggregatedEqualsMonolithic(const SchedulerRequest& base) {
+    const Collected mono = RunAlone(*mono_, base);
+    ASSERT_TRUE(mono.status.ok()) << mono.status;
+    ASSERT_FALSE(mono.ids.empty());
+    SchedulerRequest p = base;
+    p.handoff = KvHandoff::kPrefill;
+    const Collected pre = RunAlone(*prefill_, p);
+    ASSERT_TRUE(pre.status.ok()) << pre.status;
+    EXPECT_EQ(pre.finish_reason, "prefilled");
+    EXPECT_TRUE(pre.ids.empty());
+    EXPECT_GT(pre.kv_transfer_bytes, 0);
+    SchedulerRequest d = base;
+    d.handoff = KvHandoff::kDecode;
+    const Collected dec = RunAlone(*decode_, d);
+    ASSERT_TRUE(dec.status.ok()) << dec.status;
+    EXPECT_EQ(dec.kv_source, "store");
+    EXPECT_EQ(dec.kv_transfer_bytes, pre.kv_transfer_bytes);
+    EXPECT_EQ(dec.ids, mono.ids);
+    EXPECT_EQ(dec.text, mono.text);
+    EXPECT_EQ(dec.finish_reason, mono.finish_reason);
+  }
+
   std::unique_ptr<Engine> prefill_engine_, decode_engine_;
   std::unique_ptr<cachestore::StoreService> service_;
   std::unique_ptr<cachestore::StoreClient> store_;
@@ -124,27 +148,7 @@ TEST_P(HandoffTest, PrefillHereDecodeThereEqualsOneWorker) {
     SCOPED_TRACE(sampling.temperature);
     const SchedulerRequest base = Request("r", kPrompt, sampling);
     ASSERT_GT(base.prompt.size(), 40u);
-    const Collected mono = RunAlone(*mono_, base);
-    ASSERT_TRUE(mono.status.ok()) << mono.status;
-    ASSERT_FALSE(mono.ids.empty());
-
-    SchedulerRequest p = base;
-    p.handoff = KvHandoff::kPrefill;
-    const Collected pre = RunAlone(*prefill_, p);
-    ASSERT_TRUE(pre.status.ok()) << pre.status;
-    EXPECT_EQ(pre.finish_reason, "prefilled");
-    EXPECT_TRUE(pre.ids.empty());
-    EXPECT_GT(pre.kv_transfer_bytes, 0);
-
-    SchedulerRequest d = base;
-    d.handoff = KvHandoff::kDecode;
-    const Collected dec = RunAlone(*decode_, d);
-    ASSERT_TRUE(dec.status.ok()) << dec.status;
-    EXPECT_EQ(dec.kv_source, "store");
-    EXPECT_EQ(dec.kv_transfer_bytes, pre.kv_transfer_bytes);
-    EXPECT_EQ(dec.ids, mono.ids);
-    EXPECT_EQ(dec.text, mono.text);
-    EXPECT_EQ(dec.finish_reason, mono.finish_reason);
+    ASSERT_NO_FATAL_FAILURE(ExpectDisaggregatedEqualsMonolithic(base));
   }
   // Nothing was prefilled for this prompt: the decode side recomputes it, same output.
   const SchedulerRequest other =
@@ -178,20 +182,7 @@ class HandoffDefaultModelTest : public HandoffTest {
 };
 
 TEST_P(HandoffDefaultModelTest, PrefillHereDecodeThereEqualsOneWorker) {
-  const SchedulerRequest base = Request("r", kPrompt, SamplingParams::Greedy());
-  const Collected mono = RunAlone(*mono_, base);
-  ASSERT_TRUE(mono.status.ok()) << mono.status;
-  SchedulerRequest p = base;
-  p.handoff = KvHandoff::kPrefill;
-  const Collected pre = RunAlone(*prefill_, p);
-  ASSERT_EQ(pre.finish_reason, "prefilled") << pre.status;
-  SchedulerRequest d = base;
-  d.handoff = KvHandoff::kDecode;
-  const Collected dec = RunAlone(*decode_, d);
-  ASSERT_TRUE(dec.status.ok()) << dec.status;
-  EXPECT_EQ(dec.kv_source, "store");
-  EXPECT_EQ(dec.ids, mono.ids);
-  EXPECT_EQ(dec.text, mono.text);
+  ExpectDisaggregatedEqualsMonolithic(Request("r", kPrompt, SamplingParams::Greedy()));
 }
 
 INSTANTIATE_TEST_SUITE_P(Policies, HandoffDefaultModelTest,
