@@ -13,6 +13,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <filesystem>
 #include <optional>
@@ -217,22 +218,22 @@ int RunUp(int argc, char** argv) {
   std::vector<std::string> kv_policies;
   bool no_cachestore = false;
   std::vector<std::string> served_names;
-  int32_t port = 8000, workers = -1, prefill_workers = 0, decode_workers = 0, threads = 0,
+  int32_t port = 8000, workers = 1, prefill_workers = 0, decode_workers = 0, threads = 0,
           max_num_seqs = 0, max_num_batched_tokens = 0, max_model_len = 0, ready_timeout_s = 600,
           tp = 1;
   p.AddString("model", &model, "PATH", "a .gguf file, a Hugging Face folder, or 'default'");
   p.AddString("host", &host, "ADDR", "HTTP address of the coordinator");
   p.AddInt32("port", &port, "HTTP port of the coordinator (0: any free port)");
   p.AddInt32("workers", &workers,
-             "worker processes that prefill and decode (role both; default 1 without "
+             "worker processes that prefill and decode (role both; 0 by default with "
              "--prefill-workers/--decode-workers)");
   p.AddInt32("prefill-workers", &prefill_workers,
              "workers that only prefill and write the KV to the cachestore");
   p.AddInt32("decode-workers", &decode_workers,
              "workers that read the KV from the cachestore and decode");
   p.AddStrings("kv-policy", &kv_policies, "[NAME=]SPEC",
-               "a KV policy the workers offer, loaded at start-up (repeatable). Files (groups=, "
-               "weights=) are named only here; requests select the policy by NAME");
+               "a KV policy the workers offer, loaded at start-up. Files (groups=, weights=) are "
+               "named only here; requests select the policy by NAME");
   p.AddString("kv", &kv, "NAME|SPEC",
               "KV policy of requests that name none (default: the first --kv-policy, or full)");
   p.AddInt32("threads", &threads, "compute threads per worker (0: the cores divided by workers)");
@@ -254,7 +255,9 @@ int RunUp(int argc, char** argv) {
     return 0;
   }
   const bool disaggregated = prefill_workers > 0 || decode_workers > 0;
-  if (workers < 0) workers = disaggregated ? 0 : 1;
+  const bool workers_given = std::any_of(
+      argv + 1, argv + argc, [](const char* a) { return absl::StartsWith(a, "--workers"); });
+  if (disaggregated && !workers_given) workers = 0;
   if (disaggregated && (prefill_workers < 1 || decode_workers < 1)) {
     return Fail(
         cmd,
@@ -269,8 +272,8 @@ int RunUp(int argc, char** argv) {
                     "--no-cachestore"),
                 2);
   }
-  if (workers > 64 || prefill_workers < 0 || prefill_workers > 64 || decode_workers < 0 ||
-      decode_workers > 64 || workers + prefill_workers + decode_workers < 1) {
+  if (workers < 0 || workers > 64 || prefill_workers < 0 || prefill_workers > 64 ||
+      decode_workers < 0 || decode_workers > 64 || workers + prefill_workers + decode_workers < 1) {
     return Fail(cmd, absl::InvalidArgumentError("worker counts must be in [0, 64], at least 1"), 2);
   }
   // (name, role) of every worker.

@@ -50,7 +50,7 @@ int Main(int argc, char** argv) {
   p.AddInt32("max-waiting", &sched.max_waiting, "queued requests at most (then refused)");
   std::vector<std::string> kv_policies;
   p.AddStrings("kv-policy", &kv_policies, "[NAME=]SPEC",
-               "a KV policy this worker offers (repeatable; see kvasir generate --help). Files "
+               "a KV policy this worker offers (see kvasir generate --help). Files "
                "(groups=, weights=) are named only here: requests select the policy by NAME");
   p.AddString("default-kv-policy", &sched.default_kv_policy, "NAME|SPEC",
               "KV policy of requests that name none (default: the first --kv-policy, or full)");
