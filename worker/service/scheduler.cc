@@ -266,7 +266,20 @@ void Scheduler::Admit(Request& r) {
   running_.push_back(&r);
 }
 
+void Scheduler::NoteStoreFailure(const absl::Status& status) {
+  if (absl::IsUnavailable(status) || absl::IsDeadlineExceeded(status)) {
+    KVASIR_LOG_SUBSYS(WARN, kWorker,
+                      "the cachestore did not answer (%s); KV hand-offs skip it for %s",
+                      status.ToString(), absl::FormatDuration(options_.kv_store_retry_after));
+    store_down_until_ = absl::Now() + options_.kv_store_retry_after;
+  }
+}
+
 bool Scheduler::PullPromptKv(Request& r) {
+  if (StoreDown()) {
+    r.kv_source = "recompute:store_down";
+    return false;
+  }
   KvTransferStats stats;
   auto seq = PullSequence(*store_, engine_.cache(), r.policy, r.handoff_tokens(),
                           engine_.files().fingerprint(), options_.kv_transfer_timeout, &stats);
@@ -280,6 +293,7 @@ bool Scheduler::PullPromptKv(Request& r) {
                                                      : "error";
     KVASIR_LOG_SUBSYS(INFO, kWorker, "request=%s: KV not taken from the store (%s); recomputing",
                       r.req.id, s.ToString());
+    NoteStoreFailure(s);
     r.kv_source = absl::StrCat("recompute:", why);
     return false;
   }
@@ -292,15 +306,22 @@ bool Scheduler::PullPromptKv(Request& r) {
 }
 
 void Scheduler::PushPromptKv(Request& r) {
+  RequestOutput out;
+  if (StoreDown()) {
+    // Aborted, not Unavailable: the worker is fine, the coordinator must not drop it.
+    Finish(r, RequestState::kFailed,
+           absl::AbortedError("the cachestore did not answer recently; the KV is not written"), "",
+           out);
+    return;
+  }
   auto sent = PushSequence(*store_, engine_.cache(), *r.seq, r.handoff_tokens(),
                            engine_.files().fingerprint(), options_.kv_transfer_timeout);
-  RequestOutput out;
   if (!sent.ok()) {
-    Finish(
-        r, RequestState::kFailed,
-        absl::Status(sent.status().code(), absl::StrCat("writing the KV to the cachestore failed: ",
-                                                        sent.status().message())),
-        "", out);
+    NoteStoreFailure(sent.status());
+    Finish(r, RequestState::kFailed,
+           absl::AbortedError(
+               absl::StrCat("writing the KV to the cachestore failed: ", sent.status().ToString())),
+           "", out);
     return;
   }
   r.kv_transfer_bytes += sent->bytes;

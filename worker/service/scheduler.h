@@ -63,6 +63,10 @@ struct SchedulerOptions {
   int32_t prefill_chunk = 512;  // prompt tokens of one sequence in one step at most
   int32_t max_waiting = 512;    // queued requests at most; Submit refuses beyond
   absl::Duration kv_transfer_timeout = absl::Seconds(10);  // one KV push or pull to the store
+  // After the store did not answer (unavailable, timeout), hand-offs skip it this long: decode
+  // requests recompute at once ("recompute:store_down") and prefill requests fail fast, instead
+  // of each one holding the executor thread for a whole transfer timeout.
+  absl::Duration kv_store_retry_after = absl::Seconds(5);
   int32_t max_model_len = 0;  // tokens of one sequence at most; 0: the model's context
   // Policies the operator configured (files allowed), and the one of requests that name none: a
   // configured name or a spec ("" = the first configured, else "full"). See PolicyRegistry.
@@ -185,6 +189,9 @@ class Scheduler {
   bool PullPromptKv(Request& r);
   // KvHandoff::kPrefill once its prompt is computed: push the KV and finish the request.
   void PushPromptKv(Request& r);
+  // The store failed to answer: skip it for options_.kv_store_retry_after.
+  void NoteStoreFailure(const absl::Status& status);
+  bool StoreDown() const { return absl::Now() < store_down_until_; }
   void TakeInbox();
   bool CanAdmit(const Request& r) const;
   void Admit(Request& r);
@@ -200,6 +207,7 @@ class Scheduler {
   SchedulerOptions options_;
   std::unique_ptr<PolicyRegistry> policies_;
   cachestore::StoreClient* store_ = nullptr;
+  absl::Time store_down_until_ = absl::InfinitePast();  // executor thread
   int64_t pages_per_token_block_ = 0;  // pages a full cache needs per page_size tokens
 
   // Executor-thread state.

@@ -7,6 +7,7 @@
 #include <string>
 #include <vector>
 
+#include "absl/strings/match.h"
 #include "cachestore/service.h"
 #include "gtest/gtest.h"
 #include "model/model_files.h"
@@ -86,6 +87,7 @@ class HandoffTest : public ::testing::TestWithParam<std::string> {
     store_ = std::move(*store);
     SchedulerOptions o;
     o.prefill_chunk = 16;  // the prompt in several chunks, as under load
+    o.kv_transfer_timeout = absl::Seconds(2);
     auto mono = Scheduler::Create(*prefill_engine_, o);
     auto prefill = Scheduler::Create(*prefill_engine_, o, store_.get());
     auto decode = Scheduler::Create(*decode_engine_, o, store_.get());
@@ -168,6 +170,58 @@ TEST_P(HandoffTest, PrefillHereDecodeThereEqualsOneWorker) {
   EXPECT_EQ(stats->active_reservations(), 0u);
   EXPECT_EQ(stats->active_read_leases(), 0u);
 }
+
+// A transfer past its deadline and a cachestore that is gone both end in a recompute on the
+// decode side, with the same output, within the request's time.
+// Fault tests: one policy is enough (the fallback does not depend on it), and each waits for
+// transfer deadlines.
+using HandoffFaultTest = HandoffTest;
+
+TEST_P(HandoffFaultTest, TimeoutAndLostStoreFallBackToRecompute) {
+  const SchedulerRequest base = Request("r", kPrompt, SamplingParams::Greedy());
+  const Collected mono = RunAlone(*mono_, base);
+  ASSERT_TRUE(mono.status.ok()) << mono.status;
+  SchedulerRequest p = base;
+  p.handoff = KvHandoff::kPrefill;
+  ASSERT_EQ(RunAlone(*prefill_, p).finish_reason, "prefilled");
+  SchedulerRequest d = base;
+  d.handoff = KvHandoff::kDecode;
+  // A deadline no transfer can meet.
+  SchedulerOptions hurried;
+  hurried.prefill_chunk = 16;
+  hurried.kv_transfer_timeout = absl::Microseconds(1);
+  auto impatient = Scheduler::Create(*decode_engine_, hurried, store_.get());
+  ASSERT_TRUE(impatient.ok());
+  const Collected timed_out = RunAlone(**impatient, d);
+  ASSERT_TRUE(timed_out.status.ok()) << timed_out.status;
+  EXPECT_EQ(timed_out.kv_source, "recompute:timeout");
+  EXPECT_EQ(timed_out.ids, mono.ids);
+  impatient->reset();
+  // The store goes away.
+  service_.reset();
+  const absl::Time start = absl::Now();
+  const Collected lost = RunAlone(*decode_, d);
+  ASSERT_TRUE(lost.status.ok()) << lost.status;
+  EXPECT_TRUE(absl::StartsWith(lost.kv_source, "recompute:")) << lost.kv_source;
+  EXPECT_EQ(lost.ids, mono.ids);
+  EXPECT_LT(absl::Now() - start, absl::Seconds(5));
+  // Now the decode side skips the store at once, and the prefill side fails fast (not
+  // Unavailable: the worker itself is fine).
+  const absl::Time again = absl::Now();
+  const Collected skipped = RunAlone(*decode_, d);
+  EXPECT_EQ(skipped.kv_source, "recompute:store_down");
+  EXPECT_EQ(skipped.ids, mono.ids);
+  EXPECT_LT(absl::Now() - again, absl::Seconds(1));
+  const Collected refused = RunAlone(*prefill_, p);  // waits for its own transfer deadline
+  EXPECT_TRUE(absl::IsAborted(refused.status)) << refused.status;
+  const absl::Time third = absl::Now();
+  const Collected refused_fast = RunAlone(*prefill_, p);
+  EXPECT_TRUE(absl::IsAborted(refused_fast.status)) << refused_fast.status;
+  EXPECT_LT(absl::Now() - third, absl::Seconds(1));
+  EXPECT_EQ(decode_engine_->cache().pool().pages_used(), 0);
+}
+
+INSTANTIATE_TEST_SUITE_P(Full, HandoffFaultTest, ::testing::Values("full"));
 
 // The same on the default model (SmolLM2-135M-Instruct, 30 layers, 3 KV heads), when installed.
 class HandoffDefaultModelTest : public HandoffTest {
