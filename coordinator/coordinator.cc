@@ -98,28 +98,17 @@ bool ConstantTimeEquals(std::string_view a, std::string_view b) {
   return diff == 0;
 }
 
-// The KV policies the registered workers were configured with, by name (workers started together
-// are configured alike; a name offered by any worker is listed once).
-std::map<std::string, serving::KvPolicyInfo> ConfiguredPolicies(
-    const std::vector<WorkerView>& workers) {
-  std::map<std::string, serving::KvPolicyInfo> out;
-  for (const WorkerView& w : workers) {
-    for (const serving::KvPolicyInfo& p : w.kv_policies) out.emplace(p.name(), p);
-  }
-  return out;
-}
-
 // A request's kv_policy, checked before it reaches a worker: a configured name, or a spec of a
 // known policy that names no file. The messages are fixed or quote the request's own text (never
 // a file's path, size or contents: nothing is opened here or on the worker).
 std::optional<ApiError> CheckKvPolicy(const std::string& kv_policy,
-                                      const std::vector<WorkerView>& workers) {
+                                      const WorkerRegistry& registry) {
   if (kv_policy.empty()) return std::nullopt;
   auto invalid = [](std::string message) {
     return InvalidRequest(std::move(message), "kv_policy", "invalid_kv_policy");
   };
   if (kv_policy.size() > 256) return invalid("kv_policy is longer than 256 characters.");
-  const auto configured = ConfiguredPolicies(workers);
+  const auto configured = registry.KvPolicies();
   if (configured.count(kv_policy)) return std::nullopt;
   auto args = kvcache::PolicyArgs::Parse(kv_policy, kvcache::PolicySource::kRequest);
   if (!args.ok()) return invalid(std::string(args.status().message()));
@@ -210,43 +199,11 @@ class Coordinator::Generation : public std::enable_shared_from_this<Generation> 
         break;
       }
       tried.insert(lease->id);
-      serving::GenerateRequest call = base_;
-      call.set_request_id(absl::StrCat(meta_.id, "-", index, "-", attempt));
-      call.mutable_sampling()->set_seed(seed_ + static_cast<uint64_t>(index));
-      call.set_handoff(handoff);
-      rpc::CallOptions options;
-      options.timeout = deadline_ - absl::Now();
-      options.cancel = cancel_[index];
-      options.wait_for_ready = false;
-      if (options.timeout <= absl::ZeroDuration()) {
-        c_->registry_->Release(lease->id);
-        status = absl::DeadlineExceededError("the request's deadline passed");
-        break;
-      }
-      auto stream =
-          lease->channel->OpenStream("worker.Generate", call.SerializeAsString(), options);
-      status = stream.status();
-      if (stream.ok()) {
-        while (true) {
-          absl::StatusOr<std::optional<std::string>> message = (*stream)->Read();
-          if (!message.ok()) {
-            status = message.status();
-            break;
-          }
-          if (!message->has_value()) {
-            status = absl::OkStatus();
-            break;
-          }
-          serving::GenerateEvent event;
-          if (!event.ParseFromString(**message)) {
-            status = absl::InternalError("malformed event from the worker");
-            (*stream)->Cancel();
-            break;
-          }
-          got_event = true;
-          OnEvent(index, event);
-        }
-      }
+      status = Stream(*lease, index, absl::StrCat(attempt), handoff,
+                      [&](const serving::GenerateEvent& event) {
+                        got_event = true;
+                        OnEvent(index, event);
+                      });
       c_->registry_->Release(lease->id);
       if (status.ok() || cancel_[index]->cancelled()) break;
       const bool worker_lost = absl::IsUnavailable(status);
@@ -264,6 +221,37 @@ class Coordinator::Generation : public std::enable_shared_from_this<Generation> 
   }
 
  private:
+  // One worker.Generate call of choice `index` on `lease` (not released here): every event goes to
+  // `on_event`. OK when the stream ended normally; the call's or the stream's error otherwise.
+  absl::Status Stream(const WorkerRegistry::Lease& lease, int index, std::string_view attempt,
+                      serving::Handoff handoff,
+                      const std::function<void(const serving::GenerateEvent&)>& on_event) {
+    serving::GenerateRequest call = base_;
+    call.set_request_id(absl::StrCat(meta_.id, "-", index, "-", ToAbsl(attempt)));
+    call.mutable_sampling()->set_seed(seed_ + static_cast<uint64_t>(index));
+    call.set_handoff(handoff);
+    rpc::CallOptions options;
+    options.timeout = deadline_ - absl::Now();
+    options.cancel = cancel_[index];
+    options.wait_for_ready = false;
+    if (options.timeout <= absl::ZeroDuration()) {
+      return absl::DeadlineExceededError("the request's deadline passed");
+    }
+    auto stream = lease.channel->OpenStream("worker.Generate", call.SerializeAsString(), options);
+    if (!stream.ok()) return stream.status();
+    while (true) {
+      absl::StatusOr<std::optional<std::string>> message = (*stream)->Read();
+      if (!message.ok()) return message.status();
+      if (!message->has_value()) return absl::OkStatus();
+      serving::GenerateEvent event;
+      if (!event.ParseFromString(**message)) {
+        (*stream)->Cancel();
+        return absl::InternalError("malformed event from the worker");
+      }
+      on_event(event);
+    }
+  }
+
   // The prefill half of a disaggregated choice: a prefill worker computes the prompt's KV and
   // writes it to the cachestore. Best effort: on any failure the decode worker recomputes it.
   void RunPrefill(int index) {
@@ -272,41 +260,16 @@ class Coordinator::Generation : public std::enable_shared_from_this<Generation> 
       c_->metrics_->DisaggFallback("no_prefill_worker");
       return;
     }
-    serving::GenerateRequest call = base_;
-    call.set_request_id(absl::StrCat(meta_.id, "-", index, "-prefill"));
-    call.mutable_sampling()->set_seed(seed_ + static_cast<uint64_t>(index));
-    call.set_handoff(serving::HANDOFF_PREFILL);
-    rpc::CallOptions options;
-    options.timeout = deadline_ - absl::Now();
-    options.cancel = cancel_[index];
-    options.wait_for_ready = false;
-    absl::Status status = absl::DeadlineExceededError("the request's deadline passed");
     bool prefilled = false;
-    if (options.timeout > absl::ZeroDuration()) {
-      auto stream =
-          lease->channel->OpenStream("worker.Generate", call.SerializeAsString(), options);
-      status = stream.status();
-      while (status.ok()) {
-        absl::StatusOr<std::optional<std::string>> message = (*stream)->Read();
-        if (!message.ok()) {
-          status = message.status();
-        } else if (message->has_value()) {
-          serving::GenerateEvent event;
-          if (!event.ParseFromString(**message)) {
-            status = absl::InternalError("malformed event from the prefill worker");
-            break;
-          }
-          if (event.finish_reason() == "prefilled") {
-            prefilled = true;
-            c_->metrics_->kv_transfer_bytes().Increment(
-                static_cast<double>(event.kv_transfer_bytes()));
-            c_->metrics_->kv_transfer_seconds().Observe(event.kv_transfer_seconds());
-          }
-          continue;
-        }
-        break;
-      }
-    }
+    const absl::Status status =
+        Stream(*lease, index, "prefill", serving::HANDOFF_PREFILL,
+               [&](const serving::GenerateEvent& event) {
+                 if (event.finish_reason() != "prefilled") return;
+                 prefilled = true;
+                 c_->metrics_->kv_transfer_bytes().Increment(
+                     static_cast<double>(event.kv_transfer_bytes()));
+                 c_->metrics_->kv_transfer_seconds().Observe(event.kv_transfer_seconds());
+               });
     c_->registry_->Release(lease->id);
     if (prefilled && status.ok()) return;
     if (cancel_[index]->cancelled()) return;
@@ -766,7 +729,7 @@ void Coordinator::HandleHttp(http::HttpRequest request,
     if (!get) return wrong_method();
     // Extension: the KV policies a request's kv_policy can name (file paths never shown).
     json policies = json::array();
-    for (const auto& [name, p] : ConfiguredPolicies(registry_->Snapshot())) {
+    for (const auto& [name, p] : registry_->KvPolicies()) {
       policies.push_back(
           {{"name", name}, {"kind", p.kind()}, {"spec", p.spec()}, {"default", p.is_default()}});
     }
@@ -868,7 +831,7 @@ void Coordinator::HandleGeneration(const http::HttpRequest& http_request, Endpoi
     SendError(*responder, e, "model_not_found");
     return;
   }
-  if (auto e = CheckKvPolicy(request.kv_policy, registry_->Snapshot())) {
+  if (auto e = CheckKvPolicy(request.kv_policy, *registry_)) {
     SendError(*responder, *e, "invalid_request");
     return;
   }

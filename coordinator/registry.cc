@@ -102,6 +102,15 @@ void WorkerRegistry::MarkDead(uint64_t id, const absl::Status& why) {
   KVASIR_LOG_SUBSYS(WARN, kCoordinator, "worker %s marked dead: %s", name, why.ToString());
 }
 
+std::map<std::string, serving::KvPolicyInfo> WorkerRegistry::KvPolicies() const {
+  std::map<std::string, serving::KvPolicyInfo> out;
+  absl::MutexLock lock(&mu_);
+  for (const auto& [id, entry] : workers_) {
+    for (const serving::KvPolicyInfo& p : entry.view.kv_policies) out.emplace(p.name(), p);
+  }
+  return out;
+}
+
 bool WorkerRegistry::HasRole(std::string_view role) const {
   absl::MutexLock lock(&mu_);
   for (const auto& [id, entry] : workers_) {

@@ -11,6 +11,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <map>
 #include <memory>
 #include <optional>
 #include <string>
@@ -80,6 +81,9 @@ class WorkerRegistry {
   // counted in flight until Release.
   std::optional<Lease> Pick(const absl::flat_hash_set<uint64_t>& exclude = {},
                             std::string_view role = "");
+  // The KV policies the registered workers were configured with, by name (workers started
+  // together are configured alike; a name offered by any worker is listed once).
+  std::map<std::string, serving::KvPolicyInfo> KvPolicies() const;
   // True when a live, connected worker has this role.
   bool HasRole(std::string_view role) const;
   void Release(uint64_t id);

@@ -40,6 +40,28 @@ PolicyConfig ParsePolicyConfig(std::string_view value) {
   return {"", std::string(v)};
 }
 
+absl::StatusOr<std::string> PolicyRegistry::Add(const std::string& name, const std::string& spec,
+                                                const std::string& what, bool reuse) {
+  auto policy = kvcache::ParsePolicy(spec, geometry_, kvcache::PolicySource::kTrusted);
+  if (!policy.ok()) {
+    return absl::InvalidArgumentError(absl::StrCat(what, ": ", policy.status().message()));
+  }
+  const std::string canonical = (*policy)->spec();
+  PolicyListing l;
+  l.spec = RedactedSpec(canonical);
+  l.name = name.empty() ? l.spec : name;
+  l.kind = canonical.substr(0, canonical.find(':'));
+  if (!configured_.emplace(l.name, *policy).second) {
+    if (reuse) return l.name;  // the same spec is configured already
+    return absl::InvalidArgumentError(
+        absl::StrCat("--kv-policy: '", l.name, "' is configured twice"));
+  }
+  // A request naming the same spec (without files) shares the configured object.
+  by_spec_.emplace(canonical, *policy);
+  listing_.push_back(std::move(l));
+  return listing_.back().name;
+}
+
 absl::StatusOr<std::unique_ptr<PolicyRegistry>> PolicyRegistry::Create(
     const kvcache::KvGeometry& geometry, const std::vector<PolicyConfig>& configured,
     const std::string& default_policy) {
@@ -51,51 +73,20 @@ absl::StatusOr<std::unique_ptr<PolicyRegistry>> PolicyRegistry::Create(
                        "' is not a policy name (letters, digits, '-', '_', '.'; not a policy kind "
                        "such as 'full')"));
     }
-    auto policy = kvcache::ParsePolicy(c.spec, geometry, kvcache::PolicySource::kTrusted);
-    if (!policy.ok()) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "--kv-policy ", c.name.empty() ? c.spec : c.name, ": ", policy.status().message()));
-    }
-    const std::string spec = (*policy)->spec();
-    PolicyListing l;
-    l.spec = RedactedSpec(spec);
-    l.name = c.name.empty() ? l.spec : c.name;
-    l.kind = std::string(spec.substr(0, spec.find(':')));
-    if (!r->configured_.emplace(l.name, *policy).second) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("--kv-policy: '", l.name, "' is configured twice"));
-    }
-    // A request naming the same spec (without files) shares the configured object.
-    r->by_spec_.emplace(spec, *policy);
-    r->listing_.push_back(std::move(l));
+    KVASIR_RETURN_IF_ERROR(r->Add(c.name, c.spec,
+                                  absl::StrCat("--kv-policy ", c.name.empty() ? c.spec : c.name),
+                                  /*reuse=*/false)
+                               .status());
   }
   std::string def = default_policy;
   if (def.empty()) def = r->listing_.empty() ? "full" : r->listing_.front().name;
-  if (auto it = r->configured_.find(def); it != r->configured_.end()) {
-    r->default_name_ = it->first;
-    r->default_ = it->second;
+  if (r->configured_.count(def)) {
+    r->default_name_ = def;
   } else {
     // A default given as a spec of its own is configured too (files allowed: command line).
-    auto policy = kvcache::ParsePolicy(def, geometry, kvcache::PolicySource::kTrusted);
-    if (!policy.ok()) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("default KV policy: ", policy.status().message()));
-    }
-    const std::string spec = (*policy)->spec();
-    PolicyListing l;
-    l.spec = RedactedSpec(spec);
-    l.name = l.spec;
-    l.kind = std::string(spec.substr(0, spec.find(':')));
-    if (auto it = r->configured_.find(l.name); it != r->configured_.end()) {
-      r->default_ = it->second;  // the same spec configured under its own name
-    } else {
-      r->configured_.emplace(l.name, *policy);
-      r->by_spec_.emplace(spec, *policy);
-      r->listing_.push_back(l);
-      r->default_ = *policy;
-    }
-    r->default_name_ = l.name;
+    KVASIR_ASSIGN_OR_RETURN(r->default_name_, r->Add("", def, "default KV policy", /*reuse=*/true));
   }
+  r->default_ = r->configured_.at(r->default_name_);
   for (PolicyListing& l : r->listing_) l.is_default = l.name == r->default_name_;
   return r;
 }

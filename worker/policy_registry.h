@@ -67,7 +67,11 @@ class PolicyRegistry {
   size_t request_specs() const;
 
  private:
-  PolicyRegistry(const kvcache::KvGeometry& geometry) : geometry_(geometry) {}
+  explicit PolicyRegistry(const kvcache::KvGeometry& geometry) : geometry_(geometry) {}
+  // Loads `spec` (files allowed) and lists it under `name` ("" = its redacted canonical spec);
+  // returns the name. `what` prefixes errors. With `reuse`, a name configured already is kept.
+  absl::StatusOr<std::string> Add(const std::string& name, const std::string& spec,
+                                  const std::string& what, bool reuse);
 
   kvcache::KvGeometry geometry_;
   // Configured policies by name (a bare spec is named by its canonical spec), set at Create.
