@@ -799,6 +799,17 @@ absl::StatusOr<std::vector<absl::StatusOr<uint64_t>>> StoreClient::GetBatch(
     if (!leases.empty()) releases_->Add(session->instance, leases);
     begin = end;
   }
+  if (options_.faults != nullptr) {
+    for (size_t i = 0; i < keys.size(); ++i) {
+      if (!results[i].ok()) continue;
+      const transport::fault::FaultDecision d = options_.faults->Next("read_block");
+      if (d.action == transport::fault::FaultAction::kCorrupt) {
+        transport::fault::CorruptBytes(outs[i].first(*results[i]));
+      } else if (d.action == transport::fault::FaultAction::kFail) {
+        results[i] = d.error.ok() ? absl::UnavailableError("injected fault") : d.error;
+      }
+    }
+  }
   if (options_.verify_reads) {
     for (size_t i = 0; i < keys.size(); ++i) {
       if (!results[i].ok()) continue;

@@ -33,6 +33,7 @@
 #include "cachestore/store.h"
 #include "kvcache/prefix_hash.h"
 #include "transport/bulk_transport.h"
+#include "transport/fault/fault_schedule.h"
 #include "transport/rpc/client.h"
 
 namespace kvasir::cachestore {
@@ -54,6 +55,9 @@ struct ClientOptions {
   uint64_t inline_max_bytes = 16 << 10;  // blocks up to this size go inside the RPC
   uint64_t batch_bytes = 4 << 20;        // data per call in PutBatch / GetBatch
   bool verify_reads = true;              // check header, payload XXH3 and key after a get
+  // Testing: every block read is the operation "read_block" of this schedule before it is
+  // verified (kCorrupt damages the bytes read, kFail fails that block); null = none.
+  std::shared_ptr<transport::fault::FaultSchedule> faults;
 };
 
 enum class PutResult {

@@ -48,6 +48,7 @@ struct Child {
   int quick_deaths = 0;   // in a row, for the back-off
   int64_t restarts = 0;
   bool announced = true;  // its first line (where it listens) was read
+  bool retired = false;   // it exited on its own with status 0 (a drained worker): not restarted
 };
 
 // The back-off before restarting a child that died for the n-th time in a row (n >= 1).
@@ -128,13 +129,18 @@ class Supervisor {
       if (c.running && Exited(c.process.pid())) {
         const absl::StatusOr<int> code = c.process.Wait(absl::Milliseconds(100));
         c.running = false;
+        if (code.ok() && *code == 0) {
+          c.retired = true;
+          std::fprintf(stderr, "kvasir up: %s exited (drained); not restarted\n", c.name.c_str());
+          continue;
+        }
         c.quick_deaths = now - c.started > absl::Minutes(1) ? 1 : c.quick_deaths + 1;
         c.restart_at = now + Backoff(c.quick_deaths);
         std::fprintf(stderr, "kvasir up: %s died (%s); restarting it in %s\n", c.name.c_str(),
                      code.ok() ? ExitText(*code).c_str() : "status unknown",
                      absl::FormatDuration(c.restart_at - now).c_str());
       }
-      if (!c.running && now >= c.restart_at) {
+      if (!c.running && !c.retired && now >= c.restart_at) {
         auto process = transport::ChildProcess::Spawn(c.argv);
         if (!process.ok()) {
           c.restart_at = now + Backoff(++c.quick_deaths);

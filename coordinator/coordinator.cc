@@ -37,6 +37,16 @@ http::HttpResponse JsonResponse(int status, const json& body) {
   return r;
 }
 
+// 503 service_unavailable.
+ApiError ServiceUnavailable(std::string message) {
+  ApiError e;
+  e.http_status = 503;
+  e.type = "server_error";
+  e.code = "service_unavailable";
+  e.message = std::move(message);
+  return e;
+}
+
 // The API error for a failed call to a worker, and the failure-metric kind.
 std::pair<ApiError, std::string> FromWorkerStatus(const absl::Status& status) {
   ApiError e;
@@ -179,13 +189,15 @@ class Coordinator::Generation : public std::enable_shared_from_this<Generation> 
     // fails (each departure from the plan is counted in kvasir_disagg_fallbacks_total).
     const bool disaggregated = c_->registry_->HasRole("decode");
     serving::Handoff handoff = serving::HANDOFF_NONE;
-    if (disaggregated && base_.prompt_size() >= 2) {
+    // When the prefill failed, the decode worker computes the prompt itself without asking the
+    // store (which may be what failed).
+    if (disaggregated && base_.prompt_size() >= 2 && RunPrefill(index)) {
       handoff = serving::HANDOFF_DECODE;
-      RunPrefill(index);
     }
     absl::flat_hash_set<uint64_t> tried;
     absl::Status status;
-    bool got_event = false;
+    int failures = 0;
+    std::vector<int32_t> resume;  // tokens delivered by earlier attempts
     for (int attempt = 0;; ++attempt) {
       if (cancel_[index]->cancelled()) {
         status = absl::CancelledError("the request was cancelled");
@@ -199,20 +211,39 @@ class Coordinator::Generation : public std::enable_shared_from_this<Generation> 
         break;
       }
       tried.insert(lease->id);
-      status = Stream(*lease, index, absl::StrCat(attempt), handoff,
+      bool migrated = false;
+      status = Stream(*lease, index, absl::StrCat(attempt), handoff, resume,
                       [&](const serving::GenerateEvent& event) {
-                        got_event = true;
-                        OnEvent(index, event);
+                        if (event.finish_reason() != "migrated") return OnEvent(index, event);
+                        // The worker drains: whatever came with this event is delivered, the
+                        // finish is not; the request goes on elsewhere.
+                        migrated = true;
+                        serving::GenerateEvent delivered = event;
+                        delivered.clear_finish_reason();
+                        OnEvent(index, delivered);
                       });
       c_->registry_->Release(lease->id);
-      if (status.ok() || cancel_[index]->cancelled()) break;
+      if (cancel_[index]->cancelled()) break;
       const bool worker_lost = absl::IsUnavailable(status);
       if (worker_lost) c_->registry_->MarkDead(lease->id, status);
-      const bool retry = (worker_lost || absl::IsResourceExhausted(status)) && !got_event &&
-                         attempt < 2 && absl::Now() < deadline_;
-      if (!retry) break;
-      KVASIR_LOG_SUBSYS(INFO, kCoordinator, "request=%s choice=%d: worker %s failed (%s); retrying",
-                        meta_.id, index, lease->name, status.ToString());
+      if (!migrated) {
+        if (status.ok()) break;
+        const bool retry = (worker_lost || absl::IsResourceExhausted(status)) && ++failures <= 2 &&
+                           absl::Now() < deadline_ && attempt < 16;
+        if (!retry) break;
+      } else if (!status.ok() || attempt >= 16 || absl::Now() >= deadline_) {
+        break;
+      }
+      // Another worker goes on from the tokens delivered so far (none: a plain retry).
+      resume = Delivered(index);
+      if (!resume.empty() || migrated) {
+        c_->metrics_->RequestResumed(migrated ? "drained" : "worker_lost");
+      }
+      KVASIR_LOG_SUBSYS(INFO, kCoordinator,
+                        "request=%s choice=%d: worker %s %s; going on elsewhere after %d tokens",
+                        meta_.id, index, lease->name,
+                        migrated ? "drains" : absl::StrCat("failed (", status.ToString(), ")"),
+                        static_cast<int>(resume.size()));
     }
     if (cancel_[index]->cancelled() && !status.ok()) {
       status = absl::CancelledError("the request was cancelled");
@@ -224,12 +255,13 @@ class Coordinator::Generation : public std::enable_shared_from_this<Generation> 
   // One worker.Generate call of choice `index` on `lease` (not released here): every event goes to
   // `on_event`. OK when the stream ended normally; the call's or the stream's error otherwise.
   absl::Status Stream(const WorkerRegistry::Lease& lease, int index, std::string_view attempt,
-                      serving::Handoff handoff,
+                      serving::Handoff handoff, std::span<const int32_t> resume,
                       const std::function<void(const serving::GenerateEvent&)>& on_event) {
     serving::GenerateRequest call = base_;
     call.set_request_id(absl::StrCat(meta_.id, "-", index, "-", ToAbsl(attempt)));
     call.mutable_sampling()->set_seed(seed_ + static_cast<uint64_t>(index));
     call.set_handoff(handoff);
+    call.mutable_resume()->Add(resume.begin(), resume.end());
     rpc::CallOptions options;
     options.timeout = deadline_ - absl::Now();
     options.cancel = cancel_[index];
@@ -253,16 +285,17 @@ class Coordinator::Generation : public std::enable_shared_from_this<Generation> 
   }
 
   // The prefill half of a disaggregated choice: a prefill worker computes the prompt's KV and
-  // writes it to the cachestore. Best effort: on any failure the decode worker recomputes it.
-  void RunPrefill(int index) {
+  // writes it to the cachestore. Best effort: false on any failure (the decode worker then
+  // computes the prompt).
+  bool RunPrefill(int index) {
     std::optional<WorkerRegistry::Lease> lease = c_->registry_->Pick({}, "prefill");
     if (!lease) {
       c_->metrics_->DisaggFallback("no_prefill_worker");
-      return;
+      return false;
     }
     bool prefilled = false;
     const absl::Status status =
-        Stream(*lease, index, "prefill", serving::HANDOFF_PREFILL,
+        Stream(*lease, index, "prefill", serving::HANDOFF_PREFILL, {},
                [&](const serving::GenerateEvent& event) {
                  if (event.finish_reason() != "prefilled") return;
                  prefilled = true;
@@ -271,14 +304,15 @@ class Coordinator::Generation : public std::enable_shared_from_this<Generation> 
                  c_->metrics_->kv_transfer_seconds().Observe(event.kv_transfer_seconds());
                });
     c_->registry_->Release(lease->id);
-    if (prefilled && status.ok()) return;
-    if (cancel_[index]->cancelled()) return;
+    if (prefilled && status.ok()) return true;
+    if (cancel_[index]->cancelled()) return false;
     if (absl::IsUnavailable(status)) c_->registry_->MarkDead(lease->id, status);
     KVASIR_LOG_SUBSYS(INFO, kCoordinator,
                       "request=%s choice=%d: prefill on %s failed (%s); the decode worker "
                       "recomputes the prompt",
                       meta_.id, index, lease->name, status.ToString());
     c_->metrics_->DisaggFallback("prefill_failed");
+    return false;
   }
 
   struct Choice {
@@ -289,6 +323,14 @@ class Coordinator::Generation : public std::enable_shared_from_this<Generation> 
     bool counted_kv_source = false;
     absl::Time last_token;
   };
+
+  // The tokens choice `index` has delivered so far; a resumed attempt reports where its KV came
+  // from again.
+  std::vector<int32_t> Delivered(int index) {
+    absl::MutexLock lock(&mu_);
+    choices_[index].counted_kv_source = false;
+    return choices_[index].out.ids;
+  }
 
   static std::vector<LogprobEntry> Logprobs(const serving::GenerateEvent& event) {
     std::vector<LogprobEntry> out;
@@ -700,7 +742,8 @@ void Coordinator::HandleHttp(http::HttpRequest request,
     e.http_status = 405;
     SendError(*responder, e, "");
   };
-  const bool api = absl::StartsWith(path, "/v1/") || path == "/tokenize" || path == "/detokenize";
+  const bool api = absl::StartsWith(path, "/v1/") || path == "/tokenize" || path == "/detokenize" ||
+                   absl::StartsWith(path, "/admin/");
   if (api && !Authorized(request)) {
     const bool missing = request.header("authorization") == nullptr;
     ApiError e;
@@ -762,6 +805,9 @@ void Coordinator::HandleHttp(http::HttpRequest request,
   } else if (path == "/v1/chat/completions") {
     if (!post) return wrong_method();
     HandleGeneration(request, Endpoint::kChat, std::move(responder));
+  } else if (path == "/admin/drain") {
+    if (!post) return wrong_method();
+    HandleDrain(request, std::move(responder));
   } else if (path == "/tokenize") {
     if (!post) return wrong_method();
     HandleTokenize(request, std::move(responder));
@@ -774,6 +820,51 @@ void Coordinator::HandleHttp(http::HttpRequest request,
     e.http_status = 404;
     SendError(*responder, e, "");
   }
+}
+
+void Coordinator::HandleDrain(const http::HttpRequest& request,
+                              std::shared_ptr<http::HttpResponder> responder) {
+  const json body = json::parse(request.body, nullptr, false);
+  if (!body.is_object() || !body.contains("worker") || !body["worker"].is_string()) {
+    SendError(*responder,
+              InvalidRequest("The body must be a JSON object with the worker's name: "
+                             "{\"worker\": \"decode-0\"}.",
+                             "worker"),
+              "invalid_request");
+    return;
+  }
+  const std::string name = body["worker"].get<std::string>();
+  std::optional<WorkerRegistry::Lease> lease = registry_->BeginDrain(name);
+  if (!lease) {
+    ApiError e = InvalidRequest("No registered worker has this name.", "worker", "not_found");
+    e.http_status = 404;
+    SendError(*responder, e, "not_found");
+    return;
+  }
+  // The worker migrates its requests (each one's generation resumes elsewhere), then exits.
+  const bool spawned = Spawn([this, lease = *lease, responder] {
+    serving::DrainResponse response;
+    const absl::Status status =
+        rpc::CallProto(*lease.channel, "worker.Drain", serving::DrainRequest(), &response,
+                       rpc::CallOptions{.timeout = absl::Seconds(5)});
+    registry_->Release(lease.id);
+    if (!status.ok()) {
+      KVASIR_LOG_SUBSYS(WARN, kCoordinator, "drain of worker %s failed: %s", lease.name,
+                        status.ToString());
+      SendError(*responder,
+                ServiceUnavailable(
+                    "The worker did not take the drain request; it takes no new requests."),
+                "drain_failed");
+      return;
+    }
+    KVASIR_LOG_SUBSYS(INFO, kCoordinator, "worker %s drains (%d live requests)", lease.name,
+                      response.live_requests());
+    responder->Send(JsonResponse(
+        200,
+        {{"worker", lease.name}, {"draining", true}, {"live_requests", response.live_requests()}}));
+  });
+  if (!spawned)
+    SendError(*responder, ServiceUnavailable("The server is shutting down."), "unavailable");
 }
 
 void Coordinator::HandleReady(std::shared_ptr<http::HttpResponder> responder) {
@@ -918,12 +1009,7 @@ void Coordinator::HandleGeneration(const http::HttpRequest& http_request, Endpoi
   for (int i = 0; i < generation->n(); ++i) {
     if (!Spawn([generation, i] { generation->RunChoice(i); })) {
       generation->Cancel(/*client_gone=*/false);
-      ApiError e;
-      e.http_status = 503;
-      e.type = "server_error";
-      e.code = "service_unavailable";
-      e.message = "The server is shutting down.";
-      SendError(*responder, e, "unavailable");
+      SendError(*responder, ServiceUnavailable("The server is shutting down."), "unavailable");
       return;
     }
   }

@@ -90,6 +90,9 @@ class Coordinator {
   void HandleDetokenize(const transport::http::HttpRequest& request,
                         std::shared_ptr<transport::http::HttpResponder> responder);
   void HandleReady(std::shared_ptr<transport::http::HttpResponder> responder);
+  // POST /admin/drain {"worker": NAME}: the worker's requests resume on others, then it exits.
+  void HandleDrain(const transport::http::HttpRequest& request,
+                   std::shared_ptr<transport::http::HttpResponder> responder);
   void SendError(transport::http::HttpResponder& responder, const ApiError& error,
                  const std::string& metric_reason);
   bool Authorized(const transport::http::HttpRequest& request) const;

@@ -84,6 +84,11 @@ CoordinatorMetrics::CoordinatorMetrics(prometheus::Registry& registry)
                      .Help("Disaggregated requests that left the planned path (prefill worker, "
                            "then KV from the store), by reason.")
                      .Register(registry)),
+      resumes_(prometheus::BuildCounter()
+                   .Name("kvasir_request_resumes_total")
+                   .Help("Requests resumed on another worker from the tokens they had delivered "
+                         "(their worker was lost or drained), by reason.")
+                   .Register(registry)),
       kv_transfer_bytes_(prometheus::BuildCounter()
                              .Name("kvasir_kv_transfer_bytes_total")
                              .Help("KV block bytes written to and read from the cachestore for "
@@ -103,6 +108,10 @@ CoordinatorMetrics::CoordinatorMetrics(prometheus::Registry& registry)
 
 void CoordinatorMetrics::DisaggFallback(const std::string& reason) {
   fallbacks_.Add({{"reason", reason}}).Increment();
+}
+
+void CoordinatorMetrics::RequestResumed(const std::string& reason) {
+  resumes_.Add({{"reason", reason}}).Increment();
 }
 
 void CoordinatorMetrics::SetProcessRestarts(const std::string& process, int64_t total) {

@@ -40,6 +40,10 @@ class CoordinatorMetrics {
   // path (no prefill worker, the prefill failed, the decode worker recomputed the prompt because
   // the KV was not found, failed its checksum, timed out, ...).
   void DisaggFallback(const std::string& reason);
+  // kvasir_request_resumes_total{reason}: a request that went on, on another worker, from the
+  // tokens it had delivered: its worker was lost mid-stream ("worker_lost") or drained
+  // ("drained").
+  void RequestResumed(const std::string& reason);
   // kvasir_kv_transfer_bytes_total: KV block bytes written to and read from the cachestore for
   // disaggregated requests.
   prometheus::Counter& kv_transfer_bytes() { return kv_transfer_bytes_; }
@@ -68,6 +72,7 @@ class CoordinatorMetrics {
   prometheus::Family<prometheus::Gauge>& kv_usage_;
   prometheus::Family<prometheus::Counter>& restarts_;
   prometheus::Family<prometheus::Counter>& fallbacks_;
+  prometheus::Family<prometheus::Counter>& resumes_;
   prometheus::Counter& kv_transfer_bytes_;
   prometheus::Histogram& kv_transfer_seconds_;
   prometheus::Family<prometheus::Gauge>& workers_by_role_;

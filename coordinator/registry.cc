@@ -61,6 +61,7 @@ bool WorkerRegistry::Heartbeat(uint64_t id, std::string_view name,
   auto it = workers_.find(id);
   if (it == workers_.end() || it->second.view.name != name) return false;
   it->second.view.load = load;
+  it->second.view.draining |= load.draining();
   it->second.view.last_heartbeat = absl::Now();
   return true;
 }
@@ -74,8 +75,8 @@ std::vector<std::string> WorkerRegistry::Sweep(absl::Time now) {
       if (now - it->second.view.last_heartbeat > options_.heartbeat_timeout) {
         dead.push_back(it->second.view.name);
         dropped.push_back(std::move(it->second.channel));
+        if (!it->second.view.draining) ++deaths_;
         workers_.erase(it++);
-        ++deaths_;
       } else {
         ++it;
       }
@@ -90,16 +91,22 @@ std::vector<std::string> WorkerRegistry::Sweep(absl::Time now) {
 void WorkerRegistry::MarkDead(uint64_t id, const absl::Status& why) {
   WorkerChannel dropped;
   std::string name;
+  bool drained = false;
   {
     absl::MutexLock lock(&mu_);
     auto it = workers_.find(id);
     if (it == workers_.end()) return;
     name = it->second.view.name;
     dropped = std::move(it->second.channel);
+    drained = it->second.view.draining;
+    if (!drained) ++deaths_;
     workers_.erase(it);
-    ++deaths_;
   }
-  KVASIR_LOG_SUBSYS(WARN, kCoordinator, "worker %s marked dead: %s", name, why.ToString());
+  if (drained) {
+    KVASIR_LOG_SUBSYS(INFO, kCoordinator, "drained worker %s left", name);
+  } else {
+    KVASIR_LOG_SUBSYS(WARN, kCoordinator, "worker %s marked dead: %s", name, why.ToString());
+  }
 }
 
 std::map<std::string, serving::KvPolicyInfo> WorkerRegistry::KvPolicies() const {
@@ -114,7 +121,8 @@ std::map<std::string, serving::KvPolicyInfo> WorkerRegistry::KvPolicies() const 
 bool WorkerRegistry::HasRole(std::string_view role) const {
   absl::MutexLock lock(&mu_);
   for (const auto& [id, entry] : workers_) {
-    if (entry.view.role == role && entry.channel.connected && entry.channel.connected()) {
+    if (entry.view.role == role && !entry.view.draining && entry.channel.connected &&
+        entry.channel.connected()) {
       return true;
     }
   }
@@ -131,6 +139,7 @@ std::optional<WorkerRegistry::Lease> WorkerRegistry::Pick(
   for (auto& [id, entry] : workers_) {
     if (exclude.contains(id)) continue;
     if (!role.empty() && entry.view.role != role) continue;
+    if (entry.view.draining) continue;
     if (!entry.channel.connected || !entry.channel.connected()) continue;
     if (best == nullptr || key(entry) < key(*best)) best = &entry;
   }
@@ -138,6 +147,17 @@ std::optional<WorkerRegistry::Lease> WorkerRegistry::Pick(
   ++best->view.inflight;
   best->last_pick = ++picks_;
   return Lease{best->view.id, best->view.name, best->channel.channel};
+}
+
+std::optional<WorkerRegistry::Lease> WorkerRegistry::BeginDrain(std::string_view name) {
+  absl::MutexLock lock(&mu_);
+  for (auto& [id, entry] : workers_) {
+    if (entry.view.name != name) continue;
+    entry.view.draining = true;
+    ++entry.view.inflight;
+    return Lease{entry.view.id, entry.view.name, entry.channel.channel};
+  }
+  return std::nullopt;
 }
 
 void WorkerRegistry::Release(uint64_t id) {

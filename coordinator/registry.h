@@ -43,7 +43,8 @@ struct WorkerView {
   std::string http_address;
   std::string role;
   bool connected = false;
-  int32_t inflight = 0;  // streams from this coordinator now
+  bool draining = false;  // POST /admin/drain, or the worker said so
+  int32_t inflight = 0;   // streams from this coordinator now
   serving::WorkerLoad load;
   absl::Time last_heartbeat;
   std::vector<serving::KvPolicyInfo> kv_policies;  // what it was configured with
@@ -77,15 +78,18 @@ class WorkerRegistry {
     std::string name;
     std::shared_ptr<transport::rpc::RpcChannel> channel;
   };
-  // The least-loaded live, connected worker not in `exclude` (and of `role`, unless empty),
-  // counted in flight until Release.
+  // The least-loaded live, connected, not draining worker not in `exclude` (and of `role`,
+  // unless empty), counted in flight until Release.
   std::optional<Lease> Pick(const absl::flat_hash_set<uint64_t>& exclude = {},
                             std::string_view role = "");
   // The KV policies the registered workers were configured with, by name (workers started
   // together are configured alike; a name offered by any worker is listed once).
   std::map<std::string, serving::KvPolicyInfo> KvPolicies() const;
-  // True when a live, connected worker has this role.
+  // True when a live, connected worker that is not draining has this role.
   bool HasRole(std::string_view role) const;
+  // Marks the worker of this name as draining (never picked again; when it leaves, that is not
+  // counted as a death) and leases it, for the drain call. nullopt for an unknown name.
+  std::optional<Lease> BeginDrain(std::string_view name);
   void Release(uint64_t id);
 
   std::vector<WorkerView> Snapshot() const;

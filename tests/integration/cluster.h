@@ -118,6 +118,33 @@ class Cluster {
     return c;
   }
 
+  // Starts a cachestore (one per cluster) for workers with a --role to hand KV through.
+  absl::Status StartCachestore() {
+    auto store = transport::ChildProcess::Spawn(
+        {Bin("kvasir-cachestore"), "--port", "0", "--http-port", "0", "--capacity", "256MiB"});
+    if (!store.ok()) return store.status();
+    cachestore_ = std::make_unique<transport::ChildProcess>(std::move(*store));
+    auto line = cachestore_->ReadLine(absl::Seconds(30));  // "PORT <rpc> HTTP <http>"
+    if (!line.ok()) return line.status();
+    std::vector<std::string> words = absl::StrSplit(*line, ' ');
+    int rpc = 0, http = 0;
+    if (words.size() != 4 || !absl::SimpleAtoi(words[1], &rpc) ||
+        !absl::SimpleAtoi(words[3], &http)) {
+      return absl::InternalError("unexpected cachestore line: " + *line);
+    }
+    store_address_ = absl::StrCat("127.0.0.1:", rpc);
+    store_http_port_ = static_cast<uint16_t>(http);
+    return absl::OkStatus();
+  }
+  // Flags of a worker with this role that hands KV through the cluster's cachestore.
+  std::vector<std::string> RoleArgs(const std::string& role) const {
+    return {"--role", role, "--cachestore", store_address_};
+  }
+  std::string StoreMetrics() const {
+    return Request("GET", "/metrics", "", {}, absl::Seconds(5), store_http_port_).body;
+  }
+  transport::ChildProcess& cachestore() { return *cachestore_; }
+
   // Starts one more worker registered with this coordinator.
   absl::Status AddWorker(const std::string& model, const std::vector<std::string>& extra) {
     const int index = static_cast<int>(workers_.size());
@@ -216,6 +243,9 @@ class Cluster {
  private:
   Cluster() = default;
   std::unique_ptr<transport::ChildProcess> coordinator_;
+  std::unique_ptr<transport::ChildProcess> cachestore_;
+  std::string store_address_;
+  uint16_t store_http_port_ = 0;
   std::vector<std::unique_ptr<transport::ChildProcess>> workers_;
   std::vector<uint16_t> worker_http_ports_;
   uint16_t port_ = 0;

@@ -24,12 +24,16 @@ absl::Status Dropped(std::string_view op, absl::Duration waited) {
       "injected drop of ", ToAbsl(op), ": no answer within ", absl::FormatDuration(waited)));
 }
 
-// OK means: perform the operation now.
+// OK means: perform the operation now (and, when *corrupt is set, damage what it delivered).
 absl::Status Apply(FaultSchedule& schedule, std::string_view op, absl::Duration timeout,
-                   const std::shared_ptr<rpc::CancelToken>& cancel = nullptr) {
+                   const std::shared_ptr<rpc::CancelToken>& cancel = nullptr,
+                   bool* corrupt = nullptr) {
   const FaultDecision d = schedule.Next(op);
   switch (d.action) {
     case FaultAction::kNone:
+      return absl::OkStatus();
+    case FaultAction::kCorrupt:
+      if (corrupt != nullptr) *corrupt = true;
       return absl::OkStatus();
     case FaultAction::kFail:
       return d.error.ok() ? absl::UnavailableError("injected fault") : d.error;
@@ -64,8 +68,11 @@ absl::Status FaultBulkTransport::Put(PeerId peer, const RemoteRegion& remote,
 absl::Status FaultBulkTransport::Get(PeerId peer, const RemoteRegion& remote,
                                      std::span<const RmaOp> ops, absl::Duration timeout) {
   const absl::Time start = absl::Now();
-  if (absl::Status s = Apply(*schedule_, "get", timeout); !s.ok()) return s;
-  return inner_.Get(peer, remote, ops, timeout - (absl::Now() - start));
+  bool corrupt = false;
+  if (absl::Status s = Apply(*schedule_, "get", timeout, nullptr, &corrupt); !s.ok()) return s;
+  absl::Status s = inner_.Get(peer, remote, ops, timeout - (absl::Now() - start));
+  if (s.ok() && corrupt && !ops.empty()) CorruptBytes(ops.front().local);
+  return s;
 }
 
 absl::Status FaultBulkTransport::SendMessage(PeerId peer, uint16_t id, std::string_view header,
@@ -106,6 +113,7 @@ absl::Status ApplyCollective(FaultSchedule& schedule, std::string_view op) {
   const FaultDecision d = schedule.Next(op);
   switch (d.action) {
     case FaultAction::kNone:
+    case FaultAction::kCorrupt:
       return absl::OkStatus();
     case FaultAction::kFail:
       return d.error.ok() ? absl::UnavailableError("injected fault") : d.error;

@@ -6,7 +6,10 @@
 //            it waits out its deadline (or the rule's delay where there is none) and gets
 //            DeadlineExceeded;
 //   kDelay - the operation is performed after `delay` (if that passes the deadline: as kDrop);
-//   kFail  - the operation is not performed and `error` is returned at once.
+//   kFail  - the operation is not performed and `error` is returned at once;
+//   kCorrupt - the operation is performed, then the bytes it delivered are damaged (CorruptBytes):
+//            gets, and the reads that consult a schedule themselves (the cachestore client's
+//            "read_block"); any other operation passes untouched.
 //
 //   auto schedule = std::make_shared<FaultSchedule>();
 //   schedule->Add({.op = "put", .after = 2, .count = 1, .action = FaultAction::kFail});
@@ -15,6 +18,7 @@
 
 #include <cstdint>
 #include <random>
+#include <span>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -25,7 +29,7 @@
 
 namespace kvasir::transport::fault {
 
-enum class FaultAction { kNone, kDrop, kDelay, kFail };
+enum class FaultAction { kNone, kDrop, kDelay, kFail, kCorrupt };
 
 struct FaultRule {
   std::string op = "*";      // operation name; "*" matches all, a trailing '*' matches a prefix
@@ -67,6 +71,11 @@ class FaultSchedule {
   std::mt19937_64 rng_ ABSL_GUARDED_BY(mu_);
   int64_t injected_ ABSL_GUARDED_BY(mu_) = 0;
 };
+
+// Flips one bit in the middle of `bytes` (what kCorrupt does to delivered data).
+inline void CorruptBytes(std::span<std::byte> bytes) {
+  if (!bytes.empty()) bytes[bytes.size() / 2] ^= std::byte{0x10};
+}
 
 // True when `pattern` ("*", "exact", "prefix*") matches `op`.
 bool FaultOpMatches(std::string_view pattern, std::string_view op);

@@ -55,6 +55,9 @@ int Main(int argc, char** argv) {
   p.AddString("default-kv-policy", &sched.default_kv_policy, "NAME|SPEC",
               "KV policy of requests that name none (default: the first --kv-policy, or full)");
   p.AddInt32("tensor-parallel-size", &tp, "tensor-parallel ranks (only 1 for now)");
+  int32_t transfer_timeout_ms = 3000;
+  p.AddInt32("kv-transfer-timeout-ms", &transfer_timeout_ms,
+             "deadline of one KV push or pull to the cachestore (then: recompute)");
   p.AddInt32("heartbeat-interval-ms", &heartbeat_ms, "heartbeat period to the coordinator");
   p.AddInt32("debug-step-delay-ms", &step_delay_ms,
              "testing: sleep this long after every step (simulates a slow model)");
@@ -70,12 +73,13 @@ int Main(int argc, char** argv) {
                 2);
   }
   if (port < 0 || port > 65535 || http_port < 0 || http_port > 65535 || heartbeat_ms <= 0 ||
-      step_delay_ms < 0) {
+      step_delay_ms < 0 || transfer_timeout_ms <= 0) {
     return Fail(cmd, absl::InvalidArgumentError("a port, interval or delay is out of range"), 2);
   }
   for (const std::string& v : kv_policies) {
     sched.kv_policies.push_back(kvasir::worker::ParsePolicyConfig(v));
   }
+  sched.kv_transfer_timeout = absl::Milliseconds(transfer_timeout_ms);
   options.rpc_port = static_cast<uint16_t>(port);
   options.http_port = static_cast<uint16_t>(http_port);
   options.heartbeat_interval = absl::Milliseconds(heartbeat_ms);
@@ -100,9 +104,20 @@ int Main(int argc, char** argv) {
               (*service)->http_port());
   std::fflush(stdout);
 
-  int signal = 0;
-  sigwait(&signals, &signal);
-  std::fprintf(stderr, "kvasir-worker: %s, stopping\n", signal == SIGINT ? "SIGINT" : "SIGTERM");
+  // Until a signal, or until a drain (the coordinator's POST /admin/drain) is complete.
+  const timespec poll{.tv_sec = 0, .tv_nsec = 200'000'000};
+  while (true) {
+    const int signal = sigtimedwait(&signals, nullptr, &poll);
+    if (signal == SIGINT || signal == SIGTERM) {
+      std::fprintf(stderr, "kvasir-worker: %s, stopping\n",
+                   signal == SIGINT ? "SIGINT" : "SIGTERM");
+      break;
+    }
+    if ((*service)->drained()) {
+      std::fprintf(stderr, "kvasir-worker: drained, stopping\n");
+      break;
+    }
+  }
   (*service)->Stop();
   return 0;
 }

@@ -136,6 +136,18 @@ absl::Status Scheduler::Submit(SchedulerRequest request, OutputSink sink) {
   }
   if (request.logprobs > 20) return absl::InvalidArgumentError("logprobs must be <= 20");
   KVASIR_RETURN_IF_ERROR(request.sampling.Validate());
+  for (int32_t id : request.resume) {
+    if (id < 0 || id >= n_vocab) {
+      return absl::InvalidArgumentError(absl::StrCat("resumed token id ", id, " is out of range"));
+    }
+  }
+  if (static_cast<int64_t>(request.resume.size()) >= request.max_tokens &&
+      !request.resume.empty()) {
+    return absl::InvalidArgumentError("the resumed tokens already reach max tokens");
+  }
+  if (request.handoff == KvHandoff::kPrefill && !request.resume.empty()) {
+    return absl::InvalidArgumentError("a prefill hand-off cannot resume generated tokens");
+  }
   if (request.handoff != KvHandoff::kNone) {
     if (store_ == nullptr) {
       return absl::FailedPreconditionError(
@@ -154,19 +166,34 @@ absl::Status Scheduler::Submit(SchedulerRequest request, OutputSink sink) {
   }
   if (!sink) return absl::InvalidArgumentError("no output sink");
 
+  auto r = std::make_unique<Request>(engine_.tokenizer(), std::move(request), *std::move(policy));
+  r->tokens = r->req.prompt;
+  r->prompt_len = static_cast<int32_t>(r->tokens.size());
+  if (!r->req.resume.empty()) {
+    // Replay what was delivered, so that the sampler, the text decoder and the stop strings are
+    // where the original request's were; the text they give now was delivered then.
+    for (int32_t id : r->req.resume) {
+      r->tokens.push_back(id);
+      r->filter.Push(r->decoder.Push(id));
+    }
+    if (r->filter.stopped()) {
+      return absl::InvalidArgumentError("the resumed tokens already end in a stop string");
+    }
+    r->generated = static_cast<int32_t>(r->req.resume.size());
+    r->sampler.Skip(r->generated);
+  }
+
   absl::MutexLock lock(&mu_);
+  if (draining_) return absl::UnavailableError("the worker is draining");
   if (queued_ >= options_.max_waiting) {
     return absl::ResourceExhaustedError(
         absl::StrCat("the worker's queue is full (", options_.max_waiting, " requests waiting)"));
   }
-  if (request.id.empty()) request.id = absl::StrCat("req-", next_id_++);
-  if (ids_.contains(request.id)) {
-    return absl::AlreadyExistsError(absl::StrCat("request ", request.id, " is already live"));
+  if (r->req.id.empty()) r->req.id = absl::StrCat("req-", next_id_++);
+  if (ids_.contains(r->req.id)) {
+    return absl::AlreadyExistsError(absl::StrCat("request ", r->req.id, " is already live"));
   }
-  ids_[request.id] = true;
-  auto r = std::make_unique<Request>(engine_.tokenizer(), std::move(request), *std::move(policy));
-  r->tokens = r->req.prompt;
-  r->prompt_len = static_cast<int32_t>(r->tokens.size());
+  ids_[r->req.id] = true;
   ++queued_;
   inbox_.emplace_back(std::move(r), std::move(sink));
   return absl::OkStatus();
@@ -281,8 +308,17 @@ bool Scheduler::PullPromptKv(Request& r) {
     return false;
   }
   KvTransferStats stats;
-  auto seq = PullSequence(*store_, engine_.cache(), r.policy, r.handoff_tokens(),
-                          engine_.files().fingerprint(), options_.kv_transfer_timeout, &stats);
+  absl::StatusOr<kvcache::SequenceKv*> seq = absl::NotFoundError("");
+  if (!r.req.resume.empty()) {
+    // A drained worker's snapshot: everything but the last token (whose KV it had not computed).
+    seq = PullSequence(*store_, engine_.cache(), r.policy,
+                       std::span<const int32_t>(r.tokens).first(r.tokens.size() - 1),
+                       engine_.files().fingerprint(), options_.kv_transfer_timeout, &stats);
+  }
+  if (absl::IsNotFound(seq.status())) {
+    seq = PullSequence(*store_, engine_.cache(), r.policy, r.handoff_tokens(),
+                       engine_.files().fingerprint(), options_.kv_transfer_timeout, &stats);
+  }
   if (!seq.ok()) {
     const absl::Status& s = seq.status();
     const char* why = absl::IsNotFound(s)            ? "not_found"
@@ -327,6 +363,55 @@ void Scheduler::PushPromptKv(Request& r) {
   r.kv_transfer_bytes += sent->bytes;
   r.kv_transfer_seconds += sent->seconds;
   Finish(r, RequestState::kFinished, absl::OkStatus(), "prefilled", out);
+}
+
+int32_t Scheduler::Drain() {
+  absl::MutexLock lock(&mu_);
+  draining_ = true;
+  woken_ = true;
+  return static_cast<int32_t>(ids_.size());
+}
+
+bool Scheduler::draining() const {
+  absl::MutexLock lock(&mu_);
+  return draining_;
+}
+
+bool Scheduler::drained() const {
+  absl::MutexLock lock(&mu_);
+  return draining_ && ids_.empty();
+}
+
+void Scheduler::MigrateAll() {
+  std::vector<Request*> all;
+  for (auto& [id, r] : live_) {
+    if (r->req.handoff != KvHandoff::kPrefill) all.push_back(r.get());
+  }
+  // Oldest first: the order the requests would have finished in anyway.
+  std::sort(all.begin(), all.end(),
+            [](const Request* a, const Request* b) { return a->arrival < b->arrival; });
+  for (Request* r : all) {
+    // A decoding sequence has the KV of every token but the last sampled one: the snapshot the
+    // resuming worker looks for first. Without a store (or when it fails) that worker recomputes.
+    if (store_ != nullptr && r->seq != nullptr && r->state == RequestState::kDecode &&
+        r->pending() == 1 && !StoreDown()) {
+      auto sent = PushSequence(*store_, engine_.cache(), *r->seq,
+                               std::span<const int32_t>(r->tokens).first(r->computed),
+                               engine_.files().fingerprint(), options_.kv_transfer_timeout);
+      if (sent.ok()) {
+        r->kv_transfer_bytes += sent->bytes;
+        r->kv_transfer_seconds += sent->seconds;
+      } else {
+        NoteStoreFailure(sent.status());
+        KVASIR_LOG_SUBSYS(WARN, kWorker,
+                          "request=%s: its KV was not written (%s); migrating "
+                          "without it",
+                          r->req.id, sent.status().ToString());
+      }
+    }
+    RequestOutput out;
+    Finish(*r, RequestState::kFinished, absl::OkStatus(), "migrated", out);
+  }
 }
 
 void Scheduler::Preempt(Request& r) {
@@ -464,6 +549,7 @@ void Scheduler::CancelAll(const absl::Status& status) {
 bool Scheduler::Step() {
   TakeInbox();
   last_step_ = StepStats();
+  if (draining()) MigrateAll();
   if (running_.empty() && waiting_.empty()) {
     PublishStats();
     absl::MutexLock lock(&mu_);

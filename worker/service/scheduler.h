@@ -62,7 +62,9 @@ struct SchedulerOptions {
   int32_t max_num_batched_tokens = 256;
   int32_t prefill_chunk = 512;  // prompt tokens of one sequence in one step at most
   int32_t max_waiting = 512;    // queued requests at most; Submit refuses beyond
-  absl::Duration kv_transfer_timeout = absl::Seconds(10);  // one KV push or pull to the store
+  // One KV push or pull to the store; past it the decode side recomputes. Transfers on one host
+  // take milliseconds to tens of them (docs/disaggregation.md), a deadline costs a whole one.
+  absl::Duration kv_transfer_timeout = absl::Seconds(3);
   // After the store did not answer (unavailable, timeout), hand-offs skip it this long: decode
   // requests recompute at once ("recompute:store_down") and prefill requests fail fast, instead
   // of each one holding the executor thread for a whole transfer timeout.
@@ -85,6 +87,12 @@ struct SchedulerRequest {
   std::string kv_policy;  // "" = the default; a configured name; a spec without files
   int32_t logprobs = -1;  // < 0: none; n: the chosen token's logprob and the n most likely
   KvHandoff handoff = KvHandoff::kNone;  // kPrefill and kDecode need a scheduler with a store
+  // Resuming a request that another worker started (it died, or was drained): the tokens it had
+  // already delivered. They are not delivered again; the sampler, stop strings and text continue
+  // from after them, so the output goes on as the original's would have. With kDecode their KV
+  // is taken from the store when it is there (the drained worker's snapshot of prompt + resume,
+  // else the prefill's snapshot of the prompt), else recomputed.
+  std::vector<int32_t> resume;
 };
 
 struct TokenLogprobs {
@@ -101,8 +109,10 @@ struct RequestOutput {
   std::vector<TokenLogprobs> logprobs;  // one per id when asked
   RequestState state = RequestState::kQueued;
   bool finished = false;
-  std::string finish_reason;  // "stop" or "length" when finished normally
-  absl::Status status;        // why, when kFailed or kCancelled
+  // "stop" or "length" when finished normally; "prefilled" (KvHandoff::kPrefill: the KV is in
+  // the store); "migrated" (the worker drains: resume it elsewhere, see Scheduler::Drain).
+  std::string finish_reason;
+  absl::Status status;  // why, when kFailed or kCancelled
   int32_t prompt_tokens = 0;
   int32_t completion_tokens = 0;  // so far
   int32_t preemptions = 0;
@@ -163,6 +173,16 @@ class Scheduler {
   // Fails every live request with `status` (on shutdown). Executor thread.
   void CancelAll(const absl::Status& status);
 
+  // Starts draining (safe from any thread): new requests are refused with Unavailable, and at
+  // the next step every live request ends with finish_reason "migrated" after the KV of a
+  // decoding one was written to the store (when there is one), so that whoever sent it resumes
+  // it on another worker (SchedulerRequest::resume). Requests of KvHandoff::kPrefill finish
+  // normally. Returns the number of live requests.
+  int32_t Drain();
+  bool draining() const;
+  // True once draining and no request is left.
+  bool drained() const;
+
   // True when a Step would do something.
   bool HasWork() const;
   // Blocks until there is work or `timeout` passes; returns HasWork().
@@ -189,6 +209,8 @@ class Scheduler {
   bool PullPromptKv(Request& r);
   // KvHandoff::kPrefill once its prompt is computed: push the KV and finish the request.
   void PushPromptKv(Request& r);
+  // Draining: ends every request but prefill hand-offs with "migrated".
+  void MigrateAll();
   // The store failed to answer: skip it for options_.kv_store_retry_after.
   void NoteStoreFailure(const absl::Status& status);
   bool StoreDown() const { return absl::Now() < store_down_until_; }
@@ -229,6 +251,7 @@ class Scheduler {
   absl::flat_hash_map<std::string, bool> ids_ ABSL_GUARDED_BY(mu_);  // live ids
   int64_t next_id_ ABSL_GUARDED_BY(mu_) = 1;
   int32_t queued_ ABSL_GUARDED_BY(mu_) = 0;  // inbox + waiting
+  bool draining_ ABSL_GUARDED_BY(mu_) = false;
   mutable bool woken_ ABSL_GUARDED_BY(mu_) = false;
   SchedulerStats stats_ ABSL_GUARDED_BY(mu_);
 };

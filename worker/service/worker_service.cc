@@ -109,15 +109,14 @@ absl::StatusOr<std::unique_ptr<WorkerService>> WorkerService::Start(Engine& engi
     self->HandleGenerate(std::move(call));
   });
   s.rpc_->RegisterUnary("worker.Stats", [self](std::shared_ptr<rpc::ServerCall> call) {
-    const SchedulerStats st = self->scheduler_->stats();
-    serving::WorkerLoad load;
-    load.set_running(st.running);
-    load.set_waiting(st.waiting);
-    load.set_kv_usage(st.kv_usage());
-    load.set_kv_pages_used(st.kv_pages_used);
-    load.set_kv_pages_total(st.kv_pages_total);
-    load.set_preemptions_total(st.preemptions_total);
-    call->Finish(load.SerializeAsString());
+    call->Finish(self->Load().SerializeAsString());
+  });
+  s.rpc_->RegisterUnary("worker.Drain", [self](std::shared_ptr<rpc::ServerCall> call) {
+    serving::DrainResponse response;
+    response.set_live_requests(self->scheduler_->Drain());
+    KVASIR_LOG_SUBSYS(INFO, kWorker, "worker %s drains: %d live requests migrate",
+                      self->options_.name, response.live_requests());
+    call->Finish(response.SerializeAsString());
   });
 
   http::HttpServer::Options http_options;
@@ -201,6 +200,7 @@ void WorkerService::HandleGenerate(std::shared_ptr<rpc::ServerCall> call) {
   r.handoff = request.handoff() == serving::HANDOFF_PREFILL  ? KvHandoff::kPrefill
               : request.handoff() == serving::HANDOFF_DECODE ? KvHandoff::kDecode
                                                              : KvHandoff::kNone;
+  r.resume.assign(request.resume().begin(), request.resume().end());
   const std::string id = r.id;
   absl::Status submitted = scheduler_->Submit(std::move(r), [call](const RequestOutput& out) {
     if (out.finished && !out.status.ok()) {
@@ -257,6 +257,21 @@ void WorkerService::ExecutorLoop() {
   scheduler_->CancelAll(absl::UnavailableError("the worker is shutting down"));
 }
 
+serving::WorkerLoad WorkerService::Load() const {
+  const SchedulerStats st = scheduler_->stats();
+  serving::WorkerLoad load;
+  load.set_running(st.running);
+  load.set_waiting(st.waiting);
+  load.set_kv_usage(st.kv_usage());
+  load.set_kv_pages_used(st.kv_pages_used);
+  load.set_kv_pages_total(st.kv_pages_total);
+  load.set_preemptions_total(st.preemptions_total);
+  load.set_draining(scheduler_->draining());
+  return load;
+}
+
+bool WorkerService::drained() const { return scheduler_->drained(); }
+
 void WorkerService::HeartbeatLoop() {
   uint64_t worker_id = 0;
   absl::Duration interval = options_.heartbeat_interval;
@@ -303,17 +318,10 @@ void WorkerService::HeartbeatLoop() {
         warned = true;
       }
     } else {
-      const SchedulerStats st = scheduler_->stats();
       serving::HeartbeatRequest request;
       request.set_worker_id(worker_id);
       request.set_name(options_.name);
-      serving::WorkerLoad* load = request.mutable_load();
-      load->set_running(st.running);
-      load->set_waiting(st.waiting);
-      load->set_kv_usage(st.kv_usage());
-      load->set_kv_pages_used(st.kv_pages_used);
-      load->set_kv_pages_total(st.kv_pages_total);
-      load->set_preemptions_total(st.preemptions_total);
+      *request.mutable_load() = Load();
       serving::HeartbeatResponse response;
       absl::Status status = rpc::CallProto(*coordinator_client_, "coordinator.Heartbeat", request,
                                            &response, call_options);

@@ -32,6 +32,7 @@
 #include "worker/engine.h"
 #include "worker/service/metrics.h"
 #include "worker/service/scheduler.h"
+#include "worker/service/worker_service.pb.h"
 
 namespace kvasir::worker::service {
 
@@ -67,6 +68,8 @@ class WorkerService {
   // True once the coordinator accepted the registration (always false when standalone).
   bool registered() const { return registered_.load(); }
   SchedulerStats stats() const { return scheduler_->stats(); }
+  // True once a drain (the "worker.Drain" RPC) has migrated every live request: time to exit.
+  bool drained() const;
 
   // Refuses new requests, fails the live ones with Unavailable, stops the threads and servers.
   // Idempotent; safe from any thread except the service's own.
@@ -79,6 +82,7 @@ class WorkerService {
   void HandleHttp(transport::http::HttpRequest request,
                   std::shared_ptr<transport::http::HttpResponder> responder);
   void ExecutorLoop();
+  serving::WorkerLoad Load() const;
   void HeartbeatLoop();
 
   Engine& engine_;

@@ -12,6 +12,7 @@
 #include "gtest/gtest.h"
 #include "model/model_files.h"
 #include "tests/testing/paths.h"
+#include "transport/fault/fault_schedule.h"
 #include "worker/engine.h"
 #include "worker/service/scheduler.h"
 
@@ -85,12 +86,11 @@ class HandoffTest : public ::testing::TestWithParam<std::string> {
     auto store = cachestore::StoreClient::Connect(co);
     ASSERT_TRUE(store.ok()) << store.status();
     store_ = std::move(*store);
-    SchedulerOptions o;
-    o.prefill_chunk = 16;  // the prompt in several chunks, as under load
-    o.kv_transfer_timeout = absl::Seconds(2);
-    auto mono = Scheduler::Create(*prefill_engine_, o);
-    auto prefill = Scheduler::Create(*prefill_engine_, o, store_.get());
-    auto decode = Scheduler::Create(*decode_engine_, o, store_.get());
+    options_.prefill_chunk = 16;  // the prompt in several chunks, as under load
+    options_.kv_transfer_timeout = absl::Seconds(2);
+    auto mono = Scheduler::Create(*prefill_engine_, options_);
+    auto prefill = Scheduler::Create(*prefill_engine_, options_, store_.get());
+    auto decode = Scheduler::Create(*decode_engine_, options_, store_.get());
     ASSERT_TRUE(mono.ok() && prefill.ok() && decode.ok());
     mono_ = std::move(*mono);
     prefill_ = std::move(*prefill);
@@ -132,6 +132,7 @@ class HandoffTest : public ::testing::TestWithParam<std::string> {
     EXPECT_EQ(dec.finish_reason, mono.finish_reason);
   }
 
+  SchedulerOptions options_;
   std::unique_ptr<Engine> prefill_engine_, decode_engine_;
   std::unique_ptr<cachestore::StoreService> service_;
   std::unique_ptr<cachestore::StoreClient> store_;
@@ -169,6 +170,107 @@ TEST_P(HandoffTest, PrefillHereDecodeThereEqualsOneWorker) {
   ASSERT_TRUE(stats.ok()) << stats.status();
   EXPECT_EQ(stats->active_reservations(), 0u);
   EXPECT_EQ(stats->active_read_leases(), 0u);
+}
+
+// Runs `request` on `scheduler` until it has delivered at least `tokens` tokens (or finished).
+void RunUntil(Scheduler& scheduler, SchedulerRequest request, size_t tokens, Collected& c) {
+  absl::Status s = scheduler.Submit(std::move(request), [&c](const RequestOutput& out) {
+    c.ids.insert(c.ids.end(), out.ids.begin(), out.ids.end());
+    c.text += out.text;
+    c.finished = out.finished;
+    c.finish_reason = out.finish_reason;
+    c.status = out.status;
+    c.kv_transfer_bytes = out.kv_transfer_bytes;
+  });
+  EXPECT_TRUE(s.ok()) << s;
+  for (int steps = 0; s.ok() && !c.finished && c.ids.size() < tokens && steps < 10000; ++steps) {
+    scheduler.Step();
+  }
+}
+
+// A decoding request drained mid-way (its KV written to the store) and resumed on another
+// worker from the tokens it delivered gives, in all, the monolithic run's tokens and text.
+TEST_P(HandoffTest, DrainedMidDecodeResumesElsewhereWithTheSameOutput) {
+  SamplingParams seeded;
+  seeded.temperature = 0.9f;
+  seeded.seed = 5;
+  for (const SamplingParams& sampling : {SamplingParams::Greedy(), seeded}) {
+    SCOPED_TRACE(sampling.temperature);
+    // A fresh decode scheduler each round: a drained one takes nothing more.
+    auto created = Scheduler::Create(*decode_engine_, options_, store_.get());
+    ASSERT_TRUE(created.ok()) << created.status();
+    Scheduler& decoder = **created;
+    const SchedulerRequest base = Request("r", kPrompt, sampling);
+    const Collected mono = RunAlone(*mono_, base);
+    ASSERT_TRUE(mono.status.ok()) << mono.status;
+    ASSERT_GT(mono.ids.size(), 12u);
+    SchedulerRequest d = base;
+    d.handoff = KvHandoff::kDecode;
+    Collected first;
+    RunUntil(decoder, d, 10, first);
+    ASSERT_FALSE(first.finished);
+    EXPECT_EQ(decoder.Drain(), 1);
+    decoder.Step();
+    ASSERT_TRUE(first.finished);
+    EXPECT_EQ(first.finish_reason, "migrated");
+    EXPECT_GT(first.kv_transfer_bytes, 0);  // the KV of prompt + delivered tokens
+    EXPECT_TRUE(decoder.drained());
+    EXPECT_TRUE(absl::IsUnavailable(decoder.Submit(d, [](const RequestOutput&) {})));
+    EXPECT_EQ(decode_engine_->cache().pool().pages_used(), 0);
+
+    SchedulerRequest resumed = d;
+    resumed.id = "r-resumed";
+    resumed.resume = first.ids;
+    const Collected rest = RunAlone(*prefill_, resumed);  // another worker with the store
+    ASSERT_TRUE(rest.status.ok()) << rest.status;
+    EXPECT_EQ(rest.kv_source, "store");
+    std::vector<int32_t> all = first.ids;
+    all.insert(all.end(), rest.ids.begin(), rest.ids.end());
+    EXPECT_EQ(all, mono.ids);
+    EXPECT_EQ(first.text + rest.text, mono.text);
+    EXPECT_EQ(rest.finish_reason, mono.finish_reason);
+  }
+  auto stats = store_->Stats();
+  ASSERT_TRUE(stats.ok()) << stats.status();
+  EXPECT_EQ(stats->active_reservations(), 0u);
+  EXPECT_EQ(stats->active_read_leases(), 0u);
+}
+
+// Without a store (or its blocks), a resumed request recomputes prompt + delivered tokens and
+// goes on as the original: the worker-lost case of a monolithic cluster.
+TEST_P(HandoffTest, ResumedWithoutTheStoreRecomputesWithTheSameOutput) {
+  SamplingParams seeded;
+  seeded.temperature = 0.9f;
+  seeded.seed = 7;
+  for (const SamplingParams& sampling : {SamplingParams::Greedy(), seeded}) {
+    SCOPED_TRACE(sampling.temperature);
+    SchedulerRequest base = Request("r", kPrompt, sampling);
+    base.stop = {"zzqx"};  // a stop string that never matches still holds text back
+    const Collected mono = RunAlone(*mono_, base);
+    ASSERT_TRUE(mono.status.ok()) << mono.status;
+    ASSERT_GT(mono.ids.size(), 12u);
+    Collected first;
+    RunUntil(*mono_, base, 9, first);
+    ASSERT_FALSE(first.finished);
+    mono_->Cancel("r");
+    mono_->Step();
+    SchedulerRequest resumed = base;
+    resumed.id = "r2";
+    resumed.resume = first.ids;
+    const Collected rest = RunAlone(*mono_, resumed);
+    ASSERT_TRUE(rest.status.ok()) << rest.status;
+    std::vector<int32_t> all = first.ids;
+    all.insert(all.end(), rest.ids.begin(), rest.ids.end());
+    EXPECT_EQ(all, mono.ids);
+    EXPECT_EQ(first.text + rest.text, mono.text);
+    EXPECT_EQ(rest.finish_reason, mono.finish_reason);
+  }
+  // Resumed tokens are checked like the prompt's.
+  SchedulerRequest bad = Request("b", kPrompt, SamplingParams::Greedy());
+  bad.resume = {-1};
+  EXPECT_TRUE(absl::IsInvalidArgument(mono_->Submit(bad, [](const RequestOutput&) {})));
+  bad.resume.assign(bad.max_tokens, 1);
+  EXPECT_TRUE(absl::IsInvalidArgument(mono_->Submit(bad, [](const RequestOutput&) {})));
 }
 
 // A transfer past its deadline and a cachestore that is gone both end in a recompute on the
@@ -219,6 +321,46 @@ TEST_P(HandoffFaultTest, TimeoutAndLostStoreFallBackToRecompute) {
   EXPECT_TRUE(absl::IsAborted(refused_fast.status)) << refused_fast.status;
   EXPECT_LT(absl::Now() - third, absl::Seconds(1));
   EXPECT_EQ(decode_engine_->cache().pool().pages_used(), 0);
+}
+
+// A block damaged on its way from the store (the fault schedule flips a bit in the bytes read)
+// fails its checksum: the decode side recomputes, same output, and no lease stays open.
+TEST_P(HandoffFaultTest, CorruptedBlockFallsBackToRecompute) {
+  const SchedulerRequest base = Request("r", kPrompt, SamplingParams::Greedy());
+  const Collected mono = RunAlone(*mono_, base);
+  ASSERT_TRUE(mono.status.ok()) << mono.status;
+  SchedulerRequest p = base;
+  p.handoff = KvHandoff::kPrefill;
+  ASSERT_EQ(RunAlone(*prefill_, p).finish_reason, "prefilled");
+  auto faults = std::make_shared<transport::fault::FaultSchedule>();
+  faults->Add({.op = "read_block",
+               .after = 0,
+               .count = 1,
+               .action = transport::fault::FaultAction::kCorrupt});
+  cachestore::ClientOptions co;
+  co.port = service_->port();
+  co.faults = faults;
+  auto damaged = cachestore::StoreClient::Connect(co);
+  ASSERT_TRUE(damaged.ok()) << damaged.status();
+  auto decoder = Scheduler::Create(*decode_engine_, options_, damaged->get());
+  ASSERT_TRUE(decoder.ok());
+  SchedulerRequest d = base;
+  d.handoff = KvHandoff::kDecode;
+  const Collected dec = RunAlone(**decoder, d);
+  ASSERT_TRUE(dec.status.ok()) << dec.status;
+  EXPECT_EQ(faults->injected(), 1);
+  EXPECT_EQ(dec.kv_source, "recompute:checksum");
+  EXPECT_EQ(dec.ids, mono.ids);
+  EXPECT_EQ(dec.text, mono.text);
+  EXPECT_EQ(decode_engine_->cache().pool().pages_used(), 0);
+  // The blocks in the store are intact: an undamaged read takes them.
+  const Collected again = RunAlone(*decode_, d);
+  EXPECT_EQ(again.kv_source, "store");
+  EXPECT_EQ(again.ids, mono.ids);
+  auto stats = store_->Stats();
+  ASSERT_TRUE(stats.ok()) << stats.status();
+  EXPECT_EQ(stats->active_reservations(), 0u);
+  EXPECT_EQ(stats->active_read_leases(), 0u);
 }
 
 INSTANTIATE_TEST_SUITE_P(Full, HandoffFaultTest, ::testing::Values("full"));
