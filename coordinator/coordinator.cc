@@ -868,41 +868,49 @@ void Coordinator::HandleDrain(const http::HttpRequest& request,
 }
 
 void Coordinator::HandleReady(std::shared_ptr<http::HttpResponder> responder) {
+  // Ready to serve: a ready worker of role both, or a ready prefill and a ready decode worker.
+  // A worker is ready when connected, not draining, with KV room, and (prefill and decode ones)
+  // reaching their cachestore (their heartbeats say so).
   const std::vector<WorkerView> workers = registry_->Snapshot();
   int ready = 0;
+  std::map<std::string, int> ready_by_role;
   double min_kv_usage = 1.0;
   json list = json::array();
   for (const WorkerView& w : workers) {
     const bool headroom = w.load.kv_usage() < 0.99;
-    if (w.connected && headroom) ++ready;
-    if (w.connected) min_kv_usage = std::min(min_kv_usage, w.load.kv_usage());
+    const bool ok = w.connected && headroom && !w.draining && w.load.fabric_ok();
+    if (ok) {
+      ++ready;
+      ++ready_by_role[w.role];
+      min_kv_usage = std::min(min_kv_usage, w.load.kv_usage());
+    }
     list.push_back({{"name", w.name},
                     {"role", w.role},
                     {"connected", w.connected},
+                    {"draining", w.draining},
+                    {"cachestore_reachable", w.load.fabric_ok()},
                     {"running", w.load.running()},
                     {"waiting", w.load.waiting()},
                     {"kv_cache_usage", w.load.kv_usage()}});
   }
+  const bool disaggregated = ready_by_role["prefill"] > 0 && ready_by_role["decode"] > 0;
+  const bool serving = ready_by_role["both"] > 0 || disaggregated;
   json body;
-  body["status"] = ready > 0 ? "ready" : "not ready";
+  body["status"] = serving ? "ready" : "not ready";
   body["model"] = served_names_.front();
   body["workers_ready"] = ready;
   body["workers"] = list;
   body["kv_headroom"] = ready > 0 ? 1.0 - min_kv_usage : 0.0;
-  // Prefill and decode workers reach the cachestore themselves (they do not start without it);
-  // the coordinator only routes.
-  bool decode = false, prefill = false;
-  for (const WorkerView& w : workers) {
-    decode |= w.connected && w.role == "decode";
-    prefill |= w.connected && w.role == "prefill";
+  body["disaggregated"] = disaggregated;
+  if (!serving) {
+    body["reason"] = workers.empty()                ? "no worker registered"
+                     : ready == 0                   ? "no ready worker (connected, KV room, "
+                                                      "cachestore reachable)"
+                     : ready_by_role["decode"] == 0 ? "no ready decode worker"
+                                                    : "no ready prefill worker";
   }
-  body["disaggregated"] = decode;
-  if (decode && !prefill) body["warning"] = "no prefill worker: decode workers recompute prompts";
-  if (ready == 0) {
-    body["reason"] = workers.empty() ? "no worker registered" : "no connected worker with KV room";
-  }
-  http::HttpResponse r = JsonResponse(ready > 0 ? 200 : 503, body);
-  if (ready == 0) r.headers.push_back({"Retry-After", "1"});
+  http::HttpResponse r = JsonResponse(serving ? 200 : 503, body);
+  if (!serving) r.headers.push_back({"Retry-After", "1"});
   responder->Send(std::move(r));
 }
 

@@ -34,6 +34,8 @@ absl::StatusOr<uint64_t> WorkerRegistry::Register(const serving::WorkerInfo& inf
   entry.view.role = info.role();
   entry.view.kv_policies.assign(info.kv_policies().begin(), info.kv_policies().end());
   entry.view.last_heartbeat = absl::Now();
+  // It connected to its cachestore (when it has one) before it registered.
+  entry.view.load.set_fabric_ok(true);
   entry.channel = std::move(channel);
   WorkerChannel replaced;  // destroyed outside the lock
   uint64_t id;

@@ -245,6 +245,34 @@ TEST_F(DisaggFaultTest, CachestoreKilledUnderLoadRequestsStillAnswered) {
   EXPECT_GE(MetricValue(m, "kvasir_disagg_fallbacks_total{reason=\"prefill_failed\"}").value_or(0),
             1)
       << m;
+  // The workers no longer reach their fabric: their /ready and the coordinator's say so.
+  EXPECT_TRUE(Eventually(
+      [&] {
+        HttpResult ready = c_->Get("/ready");
+        return ready.status == 503 && ready.j.value("reason", "").find("no ready worker") == 0;
+      },
+      absl::Seconds(5)))
+      << c_->Get("/ready").body;
+}
+
+// The coordinator is ready with a ready prefill and a ready decode worker (or a worker of role
+// both), not with one role alone.
+TEST_F(DisaggFaultTest, ReadyNeedsAPrefillAndADecodeWorker) {
+  auto cluster = Cluster::Start({.workers = 0, .wait_ready = false});
+  ASSERT_TRUE(cluster.ok()) << cluster.status();
+  c_ = std::move(*cluster);
+  ASSERT_TRUE(c_->StartCachestore().ok());
+  ASSERT_TRUE(c_->AddWorker(StoriesModel(), c_->RoleArgs("decode")).ok());
+  ASSERT_TRUE(Eventually([&] { return c_->Get("/ready").j.value("workers_ready", 0) == 1; },
+                         absl::Seconds(10)));
+  HttpResult alone = c_->Get("/ready");
+  EXPECT_EQ(alone.status, 503);
+  EXPECT_EQ(alone.j.value("reason", ""), "no ready prefill worker");
+  EXPECT_EQ(alone.j["workers"][0].value("cachestore_reachable", false), true);
+  ASSERT_TRUE(c_->AddWorker(StoriesModel(), c_->RoleArgs("prefill")).ok());
+  ASSERT_TRUE(c_->WaitReady(2, absl::Seconds(10)).ok());
+  HttpResult both = c_->Get("/ready");
+  EXPECT_EQ(both.j["disaggregated"], true);
 }
 
 }  // namespace

@@ -225,9 +225,13 @@ void WorkerService::HandleHttp(http::HttpRequest request,
   if (request.path == "/health") {
     responder->Send(JsonResponse(200, {{"status", "ok"}}));
   } else if (request.path == "/ready") {
-    const bool ready = options_.coordinator.empty() || registered_.load();
+    const bool registered = options_.coordinator.empty() || registered_.load();
+    const bool fabric = fabric_ok_.load();
+    const bool ready = registered && fabric;
     responder->Send(JsonResponse(
-        ready ? 200 : 503, {{"status", ready ? "ready" : "not registered"},
+        ready ? 200 : 503, {{"status", ready     ? "ready"
+                                       : !fabric ? "cachestore unreachable"
+                                                 : "not registered"},
                             {"worker", options_.name},
                             {"role", options_.role},
                             {"cachestore", store_ ? store_->data_path() : std::string("none")}}));
@@ -267,6 +271,7 @@ serving::WorkerLoad WorkerService::Load() const {
   load.set_kv_pages_total(st.kv_pages_total);
   load.set_preemptions_total(st.preemptions_total);
   load.set_draining(scheduler_->draining());
+  load.set_fabric_ok(fabric_ok_.load());
   return load;
 }
 
@@ -277,8 +282,19 @@ void WorkerService::HeartbeatLoop() {
   absl::Duration interval = options_.heartbeat_interval;
   bool warned = false;
   const rpc::CallOptions call_options{.timeout = absl::Seconds(2)};
+  absl::Time next_store_check = absl::InfinitePast();
   while (true) {
     bool retry_now = false;
+    if (store_ != nullptr && absl::Now() >= next_store_check) {
+      // The fabric: the store answers a call (its client re-connects, handshake included, after
+      // a restart of the store).
+      next_store_check = absl::Now() + absl::Seconds(1);
+      const bool ok = store_->Stats(absl::Milliseconds(500)).ok();
+      if (ok != fabric_ok_.exchange(ok)) {
+        KVASIR_LOG_SUBSYS(WARN, kWorker, "worker %s: cachestore %s %s", options_.name,
+                          options_.cachestore, ok ? "answers again" : "does not answer");
+      }
+    }
     if (!registered_.load()) {
       serving::RegisterRequest request;
       serving::WorkerInfo* info = request.mutable_info();

@@ -98,6 +98,7 @@ class WorkerService {
   std::unique_ptr<transport::rpc::RpcClient> coordinator_client_;
   std::atomic<bool> stopping_{false};
   std::atomic<bool> registered_{false};
+  std::atomic<bool> fabric_ok_{true};  // the cachestore answers (heartbeat thread checks)
   std::atomic<uint64_t> request_counter_{0};
   absl::Mutex mu_;  // for the heartbeat thread's sleep
   bool stop_heartbeats_ ABSL_GUARDED_BY(mu_) = false;
