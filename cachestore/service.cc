@@ -349,6 +349,20 @@ void StoreService::Impl::HandleHttp(transport::http::HttpRequest request,
     }
     return;
   }
+  if (request.path == "/ready") {
+    // Serving: the RPC server and the data path are up (they are once Start returned) and the
+    // memory tier has room for a block at all. Stopping: not ready.
+    const StoreStats s = store->stats();
+    const bool ready = !stopping.load() && s.memory_capacity_bytes > 0;
+    responder->Send({.status = ready ? 200 : 503,
+                     .body = absl::StrCat(
+                         R"({"status":")", ready ? "ready" : "not ready", R"(","data_path":")",
+                         ucx ? ucx->name() : std::string("rpc"), R"(","memory_bytes":)",
+                         s.memory_bytes, R"(,"memory_capacity_bytes":)", s.memory_capacity_bytes,
+                         R"(,"disk_bytes":)", s.disk_bytes, R"(,"read_leases":)",
+                         s.active_read_leases, R"(,"reservations":)", s.active_reservations, "}")});
+    return;
+  }
   if (request.path == "/metrics") {
     metrics->Update(store->stats());
     responder->Send({.status = 200,
@@ -356,7 +370,8 @@ void StoreService::Impl::HandleHttp(transport::http::HttpRequest request,
                      .body = SerializeMetrics(registry)});
     return;
   }
-  responder->Send({.status = 404, .body = R"({"error":"not found; try /health or /metrics"})"});
+  responder->Send(
+      {.status = 404, .body = R"({"error":"not found; try /health, /ready or /metrics"})"});
 }
 
 StoreService::StoreService(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}

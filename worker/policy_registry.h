@@ -32,7 +32,8 @@ struct PolicyConfig {
   std::string spec;
 };
 // Splits a --kv-policy value. "NAME=SPEC" when the text before the first '=' is a name (letters,
-// digits, '-', '_', '.'; not a policy kind such as "full"); otherwise the whole value is a spec.
+// digits, '-', '_', '.'); otherwise the whole value is a spec. A name that is a policy kind (such
+// as "full") is refused by PolicyRegistry::Create: a request naming it would mean that kind.
 PolicyConfig ParsePolicyConfig(std::string_view value);
 
 // What a server shows its clients of a configured policy: never a file path.

@@ -1,6 +1,6 @@
 // StoreService + StoreClient in one process over loopback: the same suite on the UCX data path
 // and on the RPC fallback, concurrent clients, the explicit two-phase API, leases through the
-// service, malformed requests, and /health and /metrics over HTTP.
+// service, malformed requests, and /health, /ready and /metrics over HTTP.
 #include "cachestore/service.h"
 
 #include <atomic>
@@ -311,6 +311,13 @@ TEST(StoreServiceHttpTest, HealthAndMetrics) {
   ASSERT_TRUE(health.ok()) << health.status();
   EXPECT_EQ(health->status, 200);
   EXPECT_EQ(health->body, R"({"status":"ok"})");
+  auto ready = transport::http::HttpFetch("127.0.0.1", service->http_port(), {.target = "/ready"},
+                                          absl::Seconds(5));
+  ASSERT_TRUE(ready.ok()) << ready.status();
+  EXPECT_EQ(ready->status, 200);
+  EXPECT_NE(ready->body.find(R"("status":"ready")"), std::string::npos) << ready->body;
+  EXPECT_NE(ready->body.find(R"("read_leases":0,"reservations":0)"), std::string::npos)
+      << ready->body;
   auto metrics = transport::http::HttpFetch("127.0.0.1", service->http_port(),
                                             {.target = "/metrics"}, absl::Seconds(5));
   ASSERT_TRUE(metrics.ok());

@@ -53,11 +53,16 @@ TEST(ParsePolicyConfigTest, NameOrSpec) {
   EXPECT_EQ(ParsePolicyConfig("cal=pod:groups=/x.json").spec, "pod:groups=/x.json");
   EXPECT_EQ(ParsePolicyConfig(" my-policy_2.0 = full ").name, "my-policy_2.0");
   EXPECT_EQ(ParsePolicyConfig(" my-policy_2.0 = full ").spec, "full");
-  // A bare spec: the text before '=' holds a ':' or is a policy kind.
+  // A bare spec: the text before '=' holds a ':', or there is no '='.
   EXPECT_EQ(ParsePolicyConfig("streaming:sink=4,window=8").name, "");
   EXPECT_EQ(ParsePolicyConfig("streaming:sink=4,window=8").spec, "streaming:sink=4,window=8");
   EXPECT_EQ(ParsePolicyConfig("full").name, "");
-  EXPECT_EQ(ParsePolicyConfig("full=streaming").name, "");
+  // A policy kind as the name is split off, then refused with its reason.
+  EXPECT_EQ(ParsePolicyConfig("full=streaming").name, "full");
+  auto registry = PolicyRegistry::Create(Geometry(), {ParsePolicyConfig("full=full")}, "");
+  ASSERT_FALSE(registry.ok());
+  EXPECT_NE(registry.status().message().find("not a policy kind"), std::string::npos)
+      << registry.status();
 }
 
 TEST(PolicyArgsSourceTest, RequestSpecsNamingFilesAreRefusedWithOneFixedMessage) {
