@@ -250,6 +250,10 @@ int RunBenchServe(int argc, char** argv) {
               "requests per second, Poisson arrivals; inf (or 0) sends all at once");
   p.AddInt32("max-concurrency", &o.max_concurrency, "requests in flight at most");
   p.AddInt32("input-len", &o.input_words, "prompt length in words (about one token each)");
+  float long_fraction = 0;
+  p.AddFloat("long-fraction", &long_fraction,
+             "a mixed workload: this fraction of the prompts is --long-input-len words long");
+  p.AddInt32("long-input-len", &o.long_input_words, "length of the long prompts, in words");
   p.AddInt32("output-len", &o.output_tokens, "tokens generated per request");
   p.AddString("kv-policy", &o.kv_policy, "NAME|SPEC",
               "kv_policy of every request (a configured name or a spec; default: the server's)");
@@ -275,6 +279,7 @@ int RunBenchServe(int argc, char** argv) {
         2);
   }
   o.seed = static_cast<uint64_t>(seed);
+  o.long_fraction = long_fraction;
   o.request_timeout = absl::Seconds(timeout_s);
   if (o.api_key.empty()) {
     if (const char* key = std::getenv("OPENAI_API_KEY")) o.api_key = key;

@@ -215,6 +215,10 @@ absl::Status CheckServeBenchOptions(const ServeBenchOptions& o) {
   if (o.input_words < 1 || o.output_tokens < 1) {
     return absl::InvalidArgumentError("--input-len and --output-len must be at least 1");
   }
+  if (!(o.long_fraction >= 0 && o.long_fraction <= 1) || o.long_input_words < 1) {
+    return absl::InvalidArgumentError(
+        "--long-fraction must be in [0, 1] and --long-input-len at least 1");
+  }
   if (o.request_timeout <= absl::ZeroDuration()) {
     return absl::InvalidArgumentError("--request-timeout-s must be positive");
   }
@@ -237,8 +241,10 @@ absl::StatusOr<ServeBenchResult> RunServeBench(const ServeBenchOptions& o) {
   std::vector<absl::Duration> arrivals;
   absl::Duration at;
   std::exponential_distribution<double> gap(o.request_rate > 0 ? o.request_rate : 1.0);
+  std::uniform_real_distribution<double> coin(0, 1);
   for (int i = 0; i < o.num_prompts; ++i) {
-    prompts.push_back(RandomPrompt(rng, o.input_words));
+    const bool long_prompt = o.long_fraction > 0 && coin(rng) < o.long_fraction;
+    prompts.push_back(RandomPrompt(rng, long_prompt ? o.long_input_words : o.input_words));
     arrivals.push_back(at);
     if (o.request_rate > 0) at += absl::Seconds(gap(rng));
   }
@@ -292,11 +298,15 @@ std::string FormatServeBench(const ServeBenchResult& r) {
   const ServeBenchOptions& o = r.options;
   std::string out = absl::StrFormat(
       "serving bench against %s:%d, model %s\n"
-      "%d %s requests, %s, at most %d in flight, prompts of %d words, %d new tokens each\n\n",
+      "%d %s requests, %s, at most %d in flight, prompts of %s words, %d new tokens each\n\n",
       o.host, o.port, r.model, o.num_prompts, o.chat ? "chat" : "completion",
       o.request_rate > 0 ? absl::StrFormat("%.2f req/s (Poisson)", o.request_rate)
                          : std::string("all at once"),
-      o.max_concurrency, o.input_words, o.output_tokens);
+      o.max_concurrency,
+      o.long_fraction > 0 ? absl::StrFormat("%d (%.0f %% of them %d)", o.input_words,
+                                            100 * o.long_fraction, o.long_input_words)
+                          : absl::StrCat(o.input_words),
+      o.output_tokens);
   absl::StrAppendFormat(&out, "%-34s %12d\n", "successful requests", r.completed);
   absl::StrAppendFormat(&out, "%-34s %12d\n", "failed requests", r.failed);
   absl::StrAppendFormat(&out, "%-34s %12.2f\n", "duration (s)", r.duration_s);
@@ -331,6 +341,8 @@ json ServeBenchJson(const ServeBenchResult& r) {
       {"request_rate", r.options.request_rate > 0 ? json(r.options.request_rate) : json("inf")},
       {"max_concurrency", r.options.max_concurrency},
       {"input_words", r.options.input_words},
+      {"long_fraction", r.options.long_fraction},
+      {"long_input_words", r.options.long_input_words},
       {"output_tokens_per_request", r.options.output_tokens},
       {"completed", r.completed},
       {"failed", r.failed},

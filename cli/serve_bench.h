@@ -31,10 +31,14 @@ struct ServeBenchOptions {
   double request_rate = 0;   // requests per second (Poisson arrivals); 0 = all at once
   int max_concurrency = 16;  // requests in flight at once
   int input_words = 64;      // prompt length in common English words (about one token each)
-  int output_tokens = 64;    // max_tokens of every request, with ignore_eos
-  uint64_t seed = 0;         // prompts and arrival times
-  std::string api_key;       // sent as a bearer token when not empty
-  std::string kv_policy;     // the kv_policy field of every request ("" = the server's default)
+  // A mixed workload: this fraction of the requests (chosen from the seed) has prompts of
+  // long_input_words instead (0: none).
+  double long_fraction = 0;
+  int long_input_words = 2048;
+  int output_tokens = 64;  // max_tokens of every request, with ignore_eos
+  uint64_t seed = 0;       // prompts and arrival times
+  std::string api_key;     // sent as a bearer token when not empty
+  std::string kv_policy;   // the kv_policy field of every request ("" = the server's default)
   absl::Duration request_timeout = absl::Seconds(300);  // per request, from its start
 };
 

@@ -74,6 +74,24 @@ TEST(ServeBenchTest, AccountsForEveryRequestAndToken) {
   EXPECT_EQ(c["completed"], 4);
   EXPECT_EQ(c["output_tokens"], 4 * 6);
   EXPECT_GT(c["ttft"]["median_ms"].get<double>(), 0);
+  // A mixed workload: some prompts long, the others short (which ones: from the seed), so more
+  // prompt tokens than all short and fewer than all long.
+  auto input_tokens = [&](const char* fraction) -> int64_t {
+    const BenchRun run = RunBenchServe(
+        {"--port", std::to_string((*cluster)->port()), "--num-prompts", "8", "--input-len", "8",
+         "--long-fraction", fraction, "--long-input-len", "100", "--output-len", "4", "--json"},
+        absl::Seconds(120));
+    const json j = json::parse(run.out, nullptr, false);
+    if (run.exit_code != 0 || j.is_discarded() || j["completed"] != 8) {
+      ADD_FAILURE() << run.out;
+      return -1;
+    }
+    return j["input_tokens"].get<int64_t>();
+  };
+  const int64_t short_only = input_tokens("0"), mixed = input_tokens("0.5"),
+                long_only = input_tokens("1");
+  EXPECT_LT(short_only, mixed);
+  EXPECT_LT(mixed, long_only);
   // The coordinator counted the same requests.
   HttpResult metrics = (*cluster)->Get("/metrics");
   ASSERT_EQ(metrics.status, 200);
@@ -90,6 +108,8 @@ TEST(ServeBenchTest, FailsFastWithoutACoordinatorAndOnBadOptions) {
   run = RunBenchServe({"--port", "70000"}, absl::Seconds(30));
   EXPECT_EQ(run.exit_code, 2);
   run = RunBenchServe({"--request-rate", "fast"}, absl::Seconds(30));
+  EXPECT_EQ(run.exit_code, 2);
+  run = RunBenchServe({"--long-fraction", "1.5"}, absl::Seconds(30));
   EXPECT_EQ(run.exit_code, 2);
 }
 
