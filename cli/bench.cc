@@ -10,6 +10,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
+#include "cachestore/service.h"
 #include "cli/commands.h"
 #include "cli/common.h"
 #include "cli/serve_bench.h"
@@ -17,7 +18,9 @@
 #include "kvcache/policy.h"
 #include "nlohmann/json.hpp"
 #include "transport/bench.h"
+#include "transport/http/server.h"
 #include "worker/engine_bench.h"
+#include "worker/handoff_bench.h"
 
 namespace kvasir::cli {
 namespace {
@@ -226,6 +229,100 @@ int RunBenchCachestore(int argc, char** argv) {
   return 0;
 }
 
+int RunBenchHandoff(int argc, char** argv) {
+  const std::string cmd = "kvasir bench handoff";
+  ArgParser p("kvasir bench handoff [options] [--json]",
+              "Measures a prefill -> decode hand-off per KV policy: prefill a prompt, push its KV "
+              "to a cachestore as codec blocks, pull it back (verified) into a new sequence. "
+              "Reports the bytes moved per prompt token against the policy's own KV bytes, push "
+              "and pull time and GB/s (medians of --repeats prompts), and whether a decode step "
+              "after the pull gives the original's logits bit for bit. Without --store it starts "
+              "a cachestore in this process.");
+  EngineFlags flags;
+  flags.Register(p);
+  std::string store, ucx_tls, kv;
+  int32_t tokens = 2048, repeats = 3;
+  bool json = false;
+  p.AddInt32("prompt-tokens", &tokens, "prompt length");
+  p.AddString("kv", &kv, "SPEC;SPEC", "the policies, ';'-separated (default: one of each kind)");
+  p.AddInt32("repeats", &repeats, "hand-offs per policy");
+  p.AddString("store", &store, "HOST:PORT", "a running kvasir-cachestore (default: start one)");
+  p.AddString("ucx-tls", &ucx_tls, "LIST", "UCX_TLS of the started store and the client");
+  p.AddBool("json", &json, "print one JSON object");
+  if (absl::Status s = p.Parse(argc, argv); !s.ok()) return Fail(cmd, s, 2);
+  if (p.help_requested()) {
+    std::fputs(p.Help().c_str(), stdout);
+    return 0;
+  }
+  if (repeats < 1) return Fail(cmd, absl::InvalidArgumentError("--repeats must be >= 1"), 2);
+  worker::HandoffBenchOptions o;
+  o.prompt_tokens = tokens;
+  o.repeats = repeats;
+  if (!kv.empty()) o.policies = absl::StrSplit(kv, ';', absl::SkipEmpty());
+  std::unique_ptr<cachestore::StoreService> service;
+  cachestore::ClientOptions co;
+  co.name = "bench-handoff";
+  co.ucx_tls = ucx_tls;
+  co.timeout = absl::Seconds(30);
+  if (store.empty()) {
+    cachestore::ServiceOptions so;
+    so.http = false;
+    so.ucx_tls = ucx_tls;
+    so.store.memory_capacity_bytes = uint64_t{2} << 30;
+    auto started = cachestore::StoreService::Start(so);
+    if (!started.ok()) return Fail(cmd, started.status());
+    service = std::move(*started);
+    co.port = service->port();
+  } else {
+    auto hp = transport::http::ParseHostPort(store);
+    if (!hp.ok()) return Fail(cmd, hp.status(), 2);
+    co.host = hp->first;
+    co.port = hp->second;
+  }
+  auto client = cachestore::StoreClient::Connect(co);
+  if (!client.ok()) return Fail(cmd, client.status());
+  auto engine = LoadEngine(flags);
+  if (!engine.ok()) return Fail(cmd, engine.status());
+  if (!flags.quiet) std::fprintf(stderr, "benchmarking %zu policies...\n", o.policies.size());
+  auto r = worker::RunHandoffBench(**engine, **client, o);
+  if (!r.ok()) return Fail(cmd, r.status());
+  if (json) {
+    nlohmann::json rows = nlohmann::json::array();
+    for (const worker::HandoffBenchRow& row : r->rows) {
+      rows.push_back({{"policy", row.policy},
+                      {"tokens", row.tokens},
+                      {"kv_bytes", row.kv_bytes},
+                      {"full_bytes", row.full_bytes},
+                      {"wire_bytes", row.wire_bytes},
+                      {"wire_bytes_per_token", row.wire_bytes_per_token()},
+                      {"overhead", row.overhead()},
+                      {"blocks", row.blocks},
+                      {"push_s", row.push_s},
+                      {"pull_s", row.pull_s},
+                      {"exact", row.exact}});
+    }
+    std::cout
+        << nlohmann::json{{"model", r->model}, {"data_path", r->data_path}, {"rows", rows}}.dump()
+        << "\n";
+    return 0;
+  }
+  std::cout << absl::StrFormat("hand-off bench: %s, %d-token prompts, data path %s\n\n", r->model,
+                               tokens, r->data_path);
+  std::cout << absl::StrFormat("%10s %8s %9s %7s %8s %8s %9s %9s %6s  %s\n", "wire B/tok",
+                               "vs full", "overhead", "blocks", "push ms", "pull ms", "push GB/s",
+                               "pull GB/s", "exact", "policy");
+  for (const worker::HandoffBenchRow& row : r->rows) {
+    const double gb = static_cast<double>(row.wire_bytes) / 1e9;
+    std::cout << absl::StrFormat(
+        "%10.0f %7.3fx %8.4fx %7d %8.1f %8.1f %9.2f %9.2f %6s  %s\n", row.wire_bytes_per_token(),
+        row.full_bytes > 0 ? static_cast<double>(row.wire_bytes) / row.full_bytes : 0.0,
+        row.overhead(), row.blocks, row.push_s * 1e3, row.pull_s * 1e3,
+        row.push_s > 0 ? gb / row.push_s : 0.0, row.pull_s > 0 ? gb / row.pull_s : 0.0,
+        row.exact ? "yes" : "NO", row.policy);
+  }
+  return 0;
+}
+
 int RunBenchServe(int argc, char** argv) {
   const std::string cmd = "kvasir bench serve";
   ArgParser p("kvasir bench serve [--host H] [--port P] [options] [--json]",
@@ -309,6 +406,7 @@ int RunBench(int argc, char** argv) {
       "  engine      prefill and decode tokens/s, memory bandwidth\n"
       "  transport   UCX put/get bandwidth by message size, RPC round trip\n"
       "  cachestore  block put/get GB/s and small-block ops/s of kvasir-cachestore\n"
+      "  handoff     KV hand-off per policy: bytes per token, push/pull GB/s, exactness\n"
       "  serve       load against a running coordinator: throughput, TTFT, ITL\n"
       "\nRun 'kvasir bench <subject> --help' for its options.\n";
   if (argc < 2 || std::string(argv[1]) == "--help" || std::string(argv[1]) == "-h") {
@@ -320,6 +418,7 @@ int RunBench(int argc, char** argv) {
   if (subject == "transport") return RunBenchTransport(argc - 1, argv + 1);
   if (subject == "cachestore") return RunBenchCachestore(argc - 1, argv + 1);
   if (subject == "serve") return RunBenchServe(argc - 1, argv + 1);
+  if (subject == "handoff") return RunBenchHandoff(argc - 1, argv + 1);
   std::fprintf(stderr, "kvasir bench: unknown subject '%s'\n\n%s", subject.c_str(), usage.c_str());
   return 2;
 }

@@ -8,56 +8,16 @@
 #include "common/status_macros.h"
 #include "kernels/cpu/membw.h"
 #include "kernels/cpu/ops.h"
+#include "worker/bench_util.h"
 
 namespace kvasir::worker {
 namespace {
 
-double Now() {
-  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
-}
-
-double Median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  return v.empty() ? 0 : v[v.size() / 2];
-}
-
-// Deterministic pseudo-random prompt tokens, avoiding the first ids (special tokens).
-std::vector<int32_t> Prompt(int32_t n, int32_t vocab, uint64_t seed) {
-  std::mt19937_64 rng(seed);
-  std::vector<int32_t> ids(n);
-  const int32_t low = std::min(vocab - 1, 256);
-  for (int32_t& id : ids) id = low + static_cast<int32_t>(rng() % (vocab - low));
-  return ids;
-}
-
-// Holds sequences and frees them on scope exit.
-class Sequences {
- public:
-  explicit Sequences(Engine& e) : e_(e) {}
-  ~Sequences() {
-    for (kvcache::SequenceKv* s : seqs_) e_.cache().FreeSequence(s->id());
-  }
-  kvcache::SequenceKv* Add(std::shared_ptr<const kvcache::KvPolicy> p) {
-    seqs_.push_back(&e_.cache().CreateSequence(std::move(p)));
-    return seqs_.back();
-  }
-  const std::vector<kvcache::SequenceKv*>& all() const { return seqs_; }
-
- private:
-  Engine& e_;
-  std::vector<kvcache::SequenceKv*> seqs_;
-};
-
-absl::Status Prefill(Engine& e, kvcache::SequenceKv* s, const std::vector<int32_t>& prompt,
-                     std::vector<float>& logits) {
-  const size_t chunk = 512;
-  for (size_t b = 0; b < prompt.size(); b += chunk) {
-    StepSequence step{
-        s, std::span<const int32_t>(prompt).subspan(b, std::min(chunk, prompt.size() - b)), false};
-    KVASIR_RETURN_IF_ERROR(e.runner().Forward({&step, 1}, logits));
-  }
-  return absl::OkStatus();
-}
+using bench::Median;
+using bench::Now;
+using bench::Prefill;
+using bench::Prompt;
+using bench::Sequences;
 
 // Decodes `steps` tokens for every sequence at once (greedy); returns aggregate tokens/s.
 absl::StatusOr<double> DecodeBatch(Engine& e, const std::vector<kvcache::SequenceKv*>& seqs,
