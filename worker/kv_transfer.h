@@ -12,8 +12,8 @@
 //   // decode worker:
 //   KVASIR_ASSIGN_OR_RETURN(SequenceKv* seq, PullSequence(store, cache, policy, prompt, fp));
 //
-// Status: the library and its tests. Wiring it into the scheduler (roles prefill/decode, the
-// coordinator's two-phase routing, the failure policy) is planned; see docs/disaggregation.md.
+// The scheduler calls them for prefill/decode hand-offs, drains and resumes (service/scheduler.h);
+// docs/disaggregation.md has the design and the measurements (`kvasir bench handoff`).
 #pragma once
 
 #include <cstdint>

@@ -4,7 +4,8 @@
 // memory allow, preempts the newest request by recompute when the KV pages run out, samples, and
 // hands each request's new tokens and text to its sink.
 //
-// Request lifecycle (explicit, so that a prefill/decode split slots in later):
+// Request lifecycle (KvHandoff splits it between a prefill and a decode worker; Drain and
+// SchedulerRequest::resume move a request to another worker mid-generation):
 //
 //   kQueued ──admit──▶ kPrefill ──last prompt chunk──▶ kDecode ──stop/length──▶ kFinished
 //      ▲                  │                              │
