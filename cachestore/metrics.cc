@@ -3,7 +3,6 @@
 
 #include <iterator>
 
-#include "prometheus/text_serializer.h"
 
 namespace kvasir::cachestore {
 namespace {
@@ -138,10 +137,6 @@ void StoreMetrics::ObserveRequest(std::string_view op, absl::Duration duration) 
       return;
     }
   }
-}
-
-std::string SerializeMetrics(prometheus::Registry& registry) {
-  return prometheus::TextSerializer().Serialize(registry.Collect());
 }
 
 }  // namespace kvasir::cachestore

@@ -55,7 +55,5 @@ class StoreMetrics {
   std::vector<prometheus::Histogram*> op_durations_;  // [size of kMetricOps]
 };
 
-// The registry in Prometheus' text exposition format (for GET /metrics).
-std::string SerializeMetrics(prometheus::Registry& registry);
 
 }  // namespace kvasir::cachestore

@@ -12,6 +12,7 @@
 #include "boost/asio/post.hpp"
 #include "boost/asio/thread_pool.hpp"
 #include "cachestore/metrics.h"
+#include "common/process_metrics.h"
 #include "cachestore/protocol.h"
 #include "common/log.h"
 #include "common/status_macros.h"
@@ -367,7 +368,7 @@ void StoreService::Impl::HandleHttp(transport::http::HttpRequest request,
     metrics->Update(store->stats());
     responder->Send({.status = 200,
                      .content_type = "text/plain; version=0.0.4; charset=utf-8",
-                     .body = SerializeMetrics(registry)});
+                     .body = MetricsText(registry, "cachestore")});
     return;
   }
   responder->Send(

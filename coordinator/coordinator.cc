@@ -18,7 +18,7 @@
 #include "common/strings.h"
 #include "kvcache/policy.h"
 #include "kvcache/prefix_hash.h"
-#include "prometheus/text_serializer.h"
+#include "common/process_metrics.h"
 #include "transport/rpc/client.h"
 #include "worker/service/worker_service.pb.h"
 
@@ -766,7 +766,7 @@ void Coordinator::HandleHttp(http::HttpRequest request,
     metrics_->UpdateWorkers(registry_->Snapshot(), registry_->deaths());
     http::HttpResponse r;
     r.content_type = "text/plain; version=0.0.4";
-    r.body = prometheus::TextSerializer().Serialize(metrics_registry_.Collect());
+    r.body = MetricsText(metrics_registry_, "coordinator");
     responder->Send(std::move(r));
   } else if (path == "/v1/models" || absl::StartsWith(path, "/v1/models/")) {
     if (!get) return wrong_method();

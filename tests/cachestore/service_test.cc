@@ -334,7 +334,9 @@ TEST(StoreServiceHttpTest, HealthAndMetrics) {
         "kvasir_cachestore_transferred_bytes_total{direction=\"in\"} " + std::to_string(stored),
         std::string("kvasir_cachestore_checksum_failures_total 0"),
         std::string("kvasir_cachestore_throughput_bytes_per_second{direction=\"out\"}"),
-        std::string("kvasir_cachestore_request_duration_seconds_count{op=\"put_inline\"}")}) {
+        std::string("kvasir_cachestore_request_duration_seconds_count{op=\"put_inline\"}"),
+        std::string("kvasir_build_info{service=\"cachestore\""),
+        std::string("process_resident_memory_bytes ")}) {
     EXPECT_NE(m.find(line), std::string::npos) << line << "\n" << m;
   }
   auto missing_page = transport::http::HttpFetch("127.0.0.1", service->http_port(),

@@ -254,6 +254,12 @@ TEST(ServingTest, ModelsHealthReadyTokenizeMetrics) {
   EXPECT_TRUE(MetricValue(m, "kvasir_num_requests_running").has_value());
   EXPECT_TRUE(MetricValue(m, "kvasir_num_requests_waiting").has_value());
   EXPECT_TRUE(MetricValue(m, "kvasir_kv_cache_usage_perc{worker=\"worker-0\"}").has_value()) << m;
+  // The process series and the build info, on the coordinator and on the worker.
+  EXPECT_GT(MetricValue(m, "process_resident_memory_bytes").value_or(0), 0) << m;
+  EXPECT_NE(m.find("kvasir_build_info{service=\"coordinator\""), std::string::npos);
+  const std::string w = c->WorkerMetrics(0);
+  EXPECT_GT(MetricValue(w, "process_start_time_seconds").value_or(0), 0) << w;
+  EXPECT_NE(w.find("kvasir_build_info{service=\"worker\""), std::string::npos);
   // The worker serves its own.
   const std::string wm = c->WorkerMetrics(0);
   EXPECT_EQ(MetricValue(wm, "kvasir_generation_tokens_total"), 4) << wm;

@@ -1,6 +1,5 @@
 #include "worker/service/metrics.h"
 
-#include "prometheus/text_serializer.h"
 
 namespace kvasir::worker::service {
 
@@ -53,10 +52,6 @@ void WorkerMetrics::Update(const SchedulerStats& stats) {
       static_cast<double>(stats.generation_tokens_total - last_.generation_tokens_total));
   steps_.Increment(static_cast<double>(stats.steps_total - last_.steps_total));
   last_ = stats;
-}
-
-std::string MetricsText(const prometheus::Registry& registry) {
-  return prometheus::TextSerializer().Serialize(registry.Collect());
 }
 
 }  // namespace kvasir::worker::service

@@ -33,7 +33,4 @@ class WorkerMetrics {
   SchedulerStats last_ ABSL_GUARDED_BY(mu_);
 };
 
-// The registry's metrics in Prometheus' text format.
-std::string MetricsText(const prometheus::Registry& registry);
-
 }  // namespace kvasir::worker::service

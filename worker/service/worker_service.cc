@@ -239,7 +239,7 @@ void WorkerService::HandleHttp(http::HttpRequest request,
     metrics_->Update(scheduler_->stats());
     http::HttpResponse r;
     r.content_type = "text/plain; version=0.0.4";
-    r.body = MetricsText(registry_);
+    r.body = MetricsText(registry_, "worker");
     responder->Send(std::move(r));
   } else {
     responder->Send(JsonResponse(404, {{"error",

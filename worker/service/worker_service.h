@@ -30,6 +30,7 @@
 #include "transport/rpc/client.h"
 #include "transport/rpc/server.h"
 #include "worker/engine.h"
+#include "common/process_metrics.h"
 #include "worker/service/metrics.h"
 #include "worker/service/scheduler.h"
 #include "worker/service/worker_service.pb.h"
