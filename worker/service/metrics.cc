@@ -1,6 +1,5 @@
 #include "worker/service/metrics.h"
 
-
 namespace kvasir::worker::service {
 
 WorkerMetrics::WorkerMetrics(prometheus::Registry& registry, const std::string& worker_name)
@@ -19,6 +18,26 @@ WorkerMetrics::WorkerMetrics(prometheus::Registry& registry, const std::string& 
                     .Help("Fraction of the KV cache pages in use (1 = full).")
                     .Register(registry)
                     .Add({{"worker", worker_name}})),
+      kv_bytes_(prometheus::BuildGauge()
+                    .Name("kvasir_kv_cache_bytes")
+                    .Help("KV bytes the running sequences hold now, by KV policy kind.")
+                    .Register(registry)),
+      kv_full_bytes_(prometheus::BuildGauge()
+                         .Name("kvasir_kv_cache_full_bytes")
+                         .Help("KV bytes a full cache would hold for the same running sequences, "
+                               "by KV policy kind (bytes / full bytes: the compression ratio).")
+                         .Register(registry)),
+      kv_byte_steps_(prometheus::BuildCounter()
+                         .Name("kvasir_kv_cache_byte_steps_total")
+                         .Help("KV bytes held by the running sequences, summed over every step, "
+                               "by KV policy kind.")
+                         .Register(registry)),
+      kv_full_byte_steps_(prometheus::BuildCounter()
+                              .Name("kvasir_kv_cache_full_byte_steps_total")
+                              .Help("What a full cache would have held, summed over the same "
+                                    "steps: rate(byte_steps) / rate(full_byte_steps) is the "
+                                    "compression ratio over a window.")
+                              .Register(registry)),
       preemptions_(prometheus::BuildCounter()
                        .Name("kvasir_num_preemptions_total")
                        .Help("Requests preempted (KV memory full) and later recomputed.")
@@ -45,6 +64,15 @@ void WorkerMetrics::Update(const SchedulerStats& stats) {
   running_.Set(stats.running);
   waiting_.Set(stats.waiting);
   kv_usage_.Set(stats.kv_usage());
+  for (const auto& [kind, p] : stats.kv_by_policy) {
+    kv_bytes_.Add({{"policy", kind}}).Set(static_cast<double>(p.bytes));
+    kv_full_bytes_.Add({{"policy", kind}}).Set(static_cast<double>(p.full_bytes));
+    auto last = last_.kv_by_policy.find(kind);
+    const PolicyKvBytes before = last != last_.kv_by_policy.end() ? last->second : PolicyKvBytes();
+    kv_byte_steps_.Add({{"policy", kind}}).Increment(p.byte_steps - before.byte_steps);
+    kv_full_byte_steps_.Add({{"policy", kind}})
+        .Increment(p.full_byte_steps - before.full_byte_steps);
+  }
   preemptions_.Increment(static_cast<double>(stats.preemptions_total - last_.preemptions_total));
   prompt_tokens_.Increment(
       static_cast<double>(stats.prompt_tokens_total - last_.prompt_tokens_total));

@@ -25,6 +25,10 @@ class WorkerMetrics {
   prometheus::Gauge& running_;
   prometheus::Gauge& waiting_;
   prometheus::Gauge& kv_usage_;
+  prometheus::Family<prometheus::Gauge>& kv_bytes_;
+  prometheus::Family<prometheus::Gauge>& kv_full_bytes_;
+  prometheus::Family<prometheus::Counter>& kv_byte_steps_;
+  prometheus::Family<prometheus::Counter>& kv_full_byte_steps_;
   prometheus::Counter& preemptions_;
   prometheus::Counter& prompt_tokens_;
   prometheus::Counter& generation_tokens_;

@@ -105,6 +105,7 @@ Scheduler::Scheduler(Engine& engine, SchedulerOptions options,
     : engine_(engine), options_(std::move(options)), policies_(std::move(policies)), store_(store) {
   const kvcache::KvGeometry& g = engine_.cache().geometry();
   pages_per_token_block_ = int64_t{2} * g.n_layer * g.n_head_kv;
+  for (const PolicyListing& l : policies_->listing()) kv_by_policy_[l.kind];
   PublishStats();
 }
 
@@ -234,7 +235,22 @@ SchedulerStats Scheduler::stats() const {
 
 void Scheduler::PublishStats() {
   const kvcache::PagePool& pool = engine_.cache().pool();
+  for (auto& [kind, p] : kv_by_policy_) p.sequences = 0, p.bytes = 0, p.full_bytes = 0;
+  for (const Request* r : running_) {
+    if (r->seq == nullptr) continue;
+    const std::string& spec = r->policy->spec();
+    PolicyKvBytes& p = kv_by_policy_[spec.substr(0, spec.find(':'))];
+    const kvcache::KvUsage u = engine_.cache().Usage(*r->seq);
+    ++p.sequences;
+    p.bytes += u.bytes;
+    p.full_bytes += u.full_bytes;
+  }
+  for (auto& [kind, p] : kv_by_policy_) {
+    p.byte_steps += static_cast<double>(p.bytes);
+    p.full_byte_steps += static_cast<double>(p.full_bytes);
+  }
   absl::MutexLock lock(&mu_);
+  stats_.kv_by_policy = kv_by_policy_;
   stats_.running = static_cast<int32_t>(running_.size());
   stats_.waiting = static_cast<int32_t>(waiting_.size());
   stats_.kv_pages_used = pool.pages_used();

@@ -24,6 +24,7 @@
 #include <cstdint>
 #include <deque>
 #include <functional>
+#include <map>
 #include <memory>
 #include <string>
 #include <string_view>
@@ -136,6 +137,17 @@ struct StepStats {
   std::vector<std::string> ids;  // requests in the step, in batch order
 };
 
+// What the running sequences of one policy kind hold, against a full cache of the same tokens.
+struct PolicyKvBytes {
+  int32_t sequences = 0;
+  int64_t bytes = 0;       // KV slots held (KvUsage::bytes)
+  int64_t full_bytes = 0;  // what a full cache would hold for the same tokens
+  // Totals over every step since the start of bytes and full_bytes (a time-weighted ratio that
+  // does not depend on when it is sampled).
+  double byte_steps = 0;
+  double full_byte_steps = 0;
+};
+
 struct SchedulerStats {
   int32_t running = 0;
   int32_t waiting = 0;
@@ -145,6 +157,9 @@ struct SchedulerStats {
   int64_t steps_total = 0;
   int64_t prompt_tokens_total = 0;      // prompt tokens computed (recomputation included)
   int64_t generation_tokens_total = 0;  // tokens sampled
+  // By policy kind ("full", "h2o", ...): every kind that ran since the start (now idle ones with
+  // 0 sequences and bytes) and the kinds of the configured policies.
+  std::map<std::string, PolicyKvBytes> kv_by_policy;
   double kv_usage() const {
     return kv_pages_total > 0 ? static_cast<double>(kv_pages_used) / kv_pages_total : 0.0;
   }
@@ -244,6 +259,7 @@ class Scheduler {
   int64_t preemptions_total_ = 0;
   int64_t prompt_tokens_total_ = 0;
   int64_t generation_tokens_total_ = 0;
+  std::map<std::string, PolicyKvBytes> kv_by_policy_;
 
   // Shared with other threads.
   mutable absl::Mutex mu_;

@@ -440,6 +440,42 @@ TEST_F(SchedulerTest, SeededSamplingIsReproducibleAndMatchesGenerate) {
   EXPECT_EQ(results_["s2"].ids, ref.ids);
 }
 
+// The stats count what the running sequences of each policy kind hold against a full cache.
+TEST_F(SchedulerTest, KvBytesByPolicyKind) {
+  Load();
+  MakeScheduler();
+  SchedulerRequest full = Greedy("full", "Once upon a time, there was a little girl", 40);
+  full.ignore_eos = true;
+  SchedulerRequest h2o = full;
+  h2o.id = "h2o";
+  h2o.kv_policy = "h2o:budget=8,recent=4";
+  // The configured default (full) is listed from the start, with nothing held.
+  EXPECT_EQ(scheduler_->stats().kv_by_policy.at("full").bytes, 0);
+  Submit(full);
+  Submit(h2o);
+  for (int i = 0; i < 30; ++i) scheduler_->Step();
+  const SchedulerStats s = scheduler_->stats();
+  ASSERT_EQ(s.kv_by_policy.size(), 2u);
+  const PolicyKvBytes& f = s.kv_by_policy.at("full");
+  const PolicyKvBytes& h = s.kv_by_policy.at("h2o");
+  EXPECT_EQ(f.sequences, 1);
+  EXPECT_GT(f.bytes, 0);
+  EXPECT_EQ(f.bytes, f.full_bytes);
+  EXPECT_EQ(h.sequences, 1);
+  EXPECT_EQ(h.full_bytes, f.full_bytes);  // the same tokens so far
+  EXPECT_LT(h.bytes, h.full_bytes / 2);   // 8 slots per head against 30-odd tokens
+  // Over the steps so far, h2o held well under half of what full did.
+  EXPECT_GT(f.byte_steps, 0);
+  EXPECT_EQ(f.byte_steps, f.full_byte_steps);
+  EXPECT_LT(h.byte_steps, h.full_byte_steps / 2);
+  RunAll();
+  // Idle kinds stay listed with nothing held; their totals remain.
+  const SchedulerStats idle = scheduler_->stats();
+  EXPECT_EQ(idle.kv_by_policy.at("h2o").bytes, 0);
+  EXPECT_EQ(idle.kv_by_policy.at("h2o").sequences, 0);
+  EXPECT_GE(idle.kv_by_policy.at("h2o").byte_steps, h.byte_steps);
+}
+
 TEST_F(SchedulerTest, ZeroMaxTokensAndCancelAll) {
   ASSERT_NO_FATAL_FAILURE(Load());
   ASSERT_NO_FATAL_FAILURE(MakeScheduler());
