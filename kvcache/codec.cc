@@ -54,27 +54,132 @@ class Reader {
   size_t pos_ = 0;
 };
 
+// Writes a byte stream across the payload parts of a list of blocks, each block starting with
+// `header_bytes` of room for its header and holding at most `chunk` payload bytes.
+class ChunkWriter {
+ public:
+  ChunkWriter(std::vector<std::string>& blocks, size_t header_bytes, uint64_t total, uint64_t chunk)
+      : blocks_(blocks), header_bytes_(header_bytes), total_(total), chunk_(chunk) {}
+  template <typename T>
+  void Put(T v) {
+    char bytes[sizeof(T)];
+    for (size_t i = 0; i < sizeof(T); ++i) {
+      bytes[i] = static_cast<char>(static_cast<uint64_t>(v) >> (8 * i));
+    }
+    Bytes(bytes, sizeof(T));
+  }
+  void Bytes(const void* p, size_t n) {
+    const char* src = static_cast<const char*>(p);
+    while (n > 0) {
+      if (room_ == 0) NextBlock();
+      const size_t take = std::min<size_t>(n, room_);
+      blocks_.back().append(src, take);
+      src += take;
+      n -= take;
+      room_ -= take;
+    }
+  }
+
+ private:
+  void NextBlock() {
+    const uint64_t payload = std::min<uint64_t>(chunk_, total_ - written_);
+    written_ += payload;
+    blocks_.emplace_back();
+    blocks_.back().reserve(header_bytes_ + payload);
+    blocks_.back().append(header_bytes_, '\0');  // the header, written once the payload is
+    room_ = payload;
+  }
+  std::vector<std::string>& blocks_;
+  const size_t header_bytes_;
+  const uint64_t total_, chunk_;
+  uint64_t written_ = 0;  // payload bytes of the blocks started so far
+  size_t room_ = 0;       // payload bytes the current block still takes
+};
+
+// Reads a byte stream across the payload parts of blocks given in chunk order.
+class ChunkReader {
+ public:
+  explicit ChunkReader(std::vector<std::string_view> parts) : parts_(std::move(parts)) {
+    for (std::string_view p : parts_) left_ += p.size();
+  }
+  template <typename T>
+  bool Get(T* v) {
+    unsigned char bytes[sizeof(T)];
+    if (!Bytes(bytes, sizeof(T))) return false;
+    uint64_t x = 0;
+    for (size_t i = 0; i < sizeof(T); ++i) x |= static_cast<uint64_t>(bytes[i]) << (8 * i);
+    *v = static_cast<T>(x);
+    return true;
+  }
+  // Copies the next n bytes to `out`; false (nothing read) when fewer are left.
+  bool Bytes(void* out, size_t n) {
+    if (n > left_) return false;
+    char* dst = static_cast<char*>(out);
+    left_ -= n;
+    while (n > 0) {
+      while (pos_ == parts_[part_].size()) {
+        ++part_;
+        pos_ = 0;
+      }
+      const size_t take = std::min(n, parts_[part_].size() - pos_);
+      std::memcpy(dst, parts_[part_].data() + pos_, take);
+      dst += take;
+      pos_ += take;
+      n -= take;
+    }
+    return true;
+  }
+  uint64_t left() const { return left_; }
+
+ private:
+  std::vector<std::string_view> parts_;
+  size_t part_ = 0, pos_ = 0;
+  uint64_t left_ = 0;
+};
+
+// The slots [0, length) of a table, as runs that are contiguous in the pool (one run per page).
+template <typename F>
+void ForEachSlotRun(const KvCache& cache, const HeadTable& t, int32_t length, F&& f) {
+  const int32_t page = cache.pool().page_size();
+  for (int32_t s = 0; s < length;) {
+    const int32_t n = std::min(page - s % page, length - s);
+    f(s, n);
+    s += n;
+  }
+}
+
 // The snapshot payload: n_tokens, then for each layer in range and KV head in range, the K
 // table (length, slots) and the V table (length, slots), then the policy state (length, bytes).
-absl::StatusOr<std::string> EncodePayload(const KvCache& cache, const SequenceKv& seq, int32_t l0,
-                                          int32_t l1, int32_t h0, int32_t h1) {
-  std::string out;
-  Writer w(out);
+uint64_t PayloadBytes(const KvCache& cache, const SequenceKv& seq, int32_t l0, int32_t l1,
+                      int32_t h0, int32_t h1, size_t state_bytes) {
+  uint64_t n = sizeof(int64_t) + sizeof(uint64_t) + state_bytes;
+  const size_t slot_bytes = cache.pool().slot_bytes();
+  for (int32_t l = l0; l < l1; ++l) {
+    for (int32_t h = h0; h < h1; ++h) {
+      for (const HeadTable* t : {&seq.k(l, h), &seq.v(l, h)}) {
+        n += sizeof(int32_t) + static_cast<uint64_t>(t->length) * slot_bytes;
+      }
+    }
+  }
+  return n;
+}
+
+void WritePayload(const KvCache& cache, const SequenceKv& seq, int32_t l0, int32_t l1, int32_t h0,
+                  int32_t h1, const std::string& state, ChunkWriter& w) {
   w.Put<int64_t>(seq.n_tokens());
   const size_t slot_bytes = cache.pool().slot_bytes();
   for (int32_t l = l0; l < l1; ++l) {
     for (int32_t h = h0; h < h1; ++h) {
       for (const HeadTable* t : {&seq.k(l, h), &seq.v(l, h)}) {
         w.Put<int32_t>(t->length);
-        for (int32_t s = 0; s < t->length; ++s) w.Bytes(cache.SlotPtr(*t, s), slot_bytes);
+        ForEachSlotRun(cache, *t, t->length, [&](int32_t s, int32_t n) {
+          w.Bytes(cache.SlotPtr(*t, s), static_cast<size_t>(n) * slot_bytes);
+        });
       }
     }
   }
-  std::string state;
-  KVASIR_RETURN_IF_ERROR(seq.policy().SaveState(seq, state));
   w.Put<uint64_t>(state.size());
   w.Bytes(state.data(), state.size());
-  return out;
 }
 
 std::string EncodeHeader(const KvBlockHeader& h) {
@@ -116,7 +221,9 @@ absl::StatusOr<std::vector<std::string>> EncodeSequence(const KvCache& cache, co
   if (info.max_block_bytes <= 0) return absl::InvalidArgumentError("max block bytes must be > 0");
   const std::string spec = seq.policy().spec();
   if (spec.size() > 65535) return absl::InvalidArgumentError("policy spec too long");
-  KVASIR_ASSIGN_OR_RETURN(std::string payload, EncodePayload(cache, seq, l0, l1, h0, h1));
+  std::string state;
+  KVASIR_RETURN_IF_ERROR(seq.policy().SaveState(seq, state));
+  const uint64_t payload_bytes = PayloadBytes(cache, seq, l0, l1, h0, h1, state.size());
 
   KvBlockHeader h;
   h.layout_version = kKvLayoutVersion;
@@ -132,19 +239,27 @@ absl::StatusOr<std::vector<std::string>> EncodeSequence(const KvCache& cache, co
   h.head_end = h1;
   h.dtype = cache.pool().dtype();
   h.policy_spec = spec;
-  h.snapshot_bytes = payload.size();
+  h.snapshot_bytes = payload_bytes;
   const uint64_t chunk = static_cast<uint64_t>(info.max_block_bytes);
-  h.chunk_count =
-      static_cast<uint32_t>(std::max<uint64_t>(1, (payload.size() + chunk - 1) / chunk));
+  h.chunk_count = static_cast<uint32_t>(std::max<uint64_t>(1, (payload_bytes + chunk - 1) / chunk));
+  // The payload goes straight into the blocks, after room for each header (its size does not
+  // depend on the values), then each header is written with its chunk's checksum.
+  const size_t header_bytes = EncodeHeader(h).size();
   std::vector<std::string> blocks;
+  blocks.reserve(h.chunk_count);
+  ChunkWriter w(blocks, header_bytes, payload_bytes, chunk);
+  WritePayload(cache, seq, l0, l1, h0, h1, state, w);
+  if (blocks.size() != h.chunk_count) {
+    return absl::InternalError("KV snapshot: the payload did not fill its blocks as computed");
+  }
   for (uint32_t i = 0; i < h.chunk_count; ++i) {
+    std::string& block = blocks[i];
     h.chunk_index = i;
     h.payload_offset = i * chunk;
-    h.payload_bytes = std::min<uint64_t>(chunk, payload.size() - h.payload_offset);
-    h.payload_xxh3 = Xxh3(payload.data() + h.payload_offset, h.payload_bytes);
-    std::string block = EncodeHeader(h);
-    block.append(payload, h.payload_offset, h.payload_bytes);
-    blocks.push_back(std::move(block));
+    h.payload_bytes = block.size() - header_bytes;
+    h.payload_xxh3 = Xxh3(block.data() + header_bytes, h.payload_bytes);
+    const std::string header = EncodeHeader(h);
+    std::memcpy(block.data(), header.data(), header_bytes);
   }
   return blocks;
 }
@@ -253,8 +368,8 @@ absl::StatusOr<SequenceKv*> DecodeSequence(KvCache& cache, std::span<const std::
                                                    " payload bytes, the headers say ",
                                                    first.snapshot_bytes));
   }
-  // Assemble the payload in chunk order.
-  std::string payload(first.snapshot_bytes, '\0');
+  // Check every chunk, then read the payload across them in chunk order.
+  std::vector<std::string_view> parts(blocks.size());
   for (size_t i = 0; i < blocks.size(); ++i) {
     const KvBlockHeader& h = headers[i];
     const std::string_view data(blocks[i].data() + h.header_bytes, h.payload_bytes);
@@ -263,7 +378,7 @@ absl::StatusOr<SequenceKv*> DecodeSequence(KvCache& cache, std::span<const std::
                                               h.chunk_count,
                                               "): payload checksum mismatch (corrupted block)"));
     }
-    std::memcpy(payload.data() + h.payload_offset, data.data(), data.size());
+    parts[h.chunk_index] = data;
   }
 
   // Parse into a new sequence; free it on any error.
@@ -272,7 +387,7 @@ absl::StatusOr<SequenceKv*> DecodeSequence(KvCache& cache, std::span<const std::
     cache.FreeSequence(seq.id());
     return s;
   };
-  Reader r(payload);
+  ChunkReader r(std::move(parts));
   int64_t n_tokens = 0;
   if (!r.Get(&n_tokens) || n_tokens != first.n_tokens || n_tokens < 0) {
     return fail(absl::InvalidArgumentError("KV snapshot: bad token count"));
@@ -288,19 +403,19 @@ absl::StatusOr<SequenceKv*> DecodeSequence(KvCache& cache, std::span<const std::
         }
         if (absl::Status s = cache.Reserve(*t, length, 0); !s.ok()) return fail(s);
         t->length = length;
-        for (int32_t s = 0; s < length; ++s) {
-          std::string_view bytes;
-          r.Bytes(slot_bytes, &bytes);
-          std::memcpy(cache.SlotPtr(*t, s), bytes.data(), slot_bytes);
-        }
+        ForEachSlotRun(cache, *t, length, [&](int32_t s, int32_t n) {
+          r.Bytes(cache.SlotPtr(*t, s), static_cast<size_t>(n) * slot_bytes);
+        });
       }
     }
   }
   uint64_t state_len = 0;
-  std::string_view state;
-  if (!r.Get(&state_len) || state_len != r.left() || !r.Bytes(state_len, &state)) {
+  std::string state;
+  if (!r.Get(&state_len) || state_len != r.left()) {
     return fail(absl::InvalidArgumentError("KV snapshot: bad policy state length"));
   }
+  state.resize(state_len);
+  r.Bytes(state.data(), state_len);
   seq.set_n_tokens(n_tokens);
   if (absl::Status s = seq.policy().LoadState(state, seq); !s.ok()) {
     return fail(Annotate(s, "KV snapshot policy state"));
