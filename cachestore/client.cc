@@ -489,6 +489,13 @@ absl::StatusOr<PutResult> StoreClient::Put(std::span<const std::byte> block,
 absl::StatusOr<std::vector<absl::StatusOr<PutResult>>> StoreClient::PutBatch(
     std::span<const std::span<const std::byte>> blocks, absl::Duration timeout) {
   const absl::Time deadline = Deadline(timeout);
+  if (options_.faults != nullptr) {
+    const transport::fault::FaultDecision d = options_.faults->Next("put_batch");
+    if (d.action == transport::fault::FaultAction::kDelay) absl::SleepFor(d.delay);
+    if (d.action == transport::fault::FaultAction::kFail) {
+      return d.error.ok() ? absl::UnavailableError("injected fault") : d.error;
+    }
+  }
   KVASIR_ASSIGN_OR_RETURN(auto session, CurrentSession(deadline));
   std::vector<absl::StatusOr<PutResult>> results(
       blocks.size(), absl::StatusOr<PutResult>(absl::UnknownError("not attempted")));

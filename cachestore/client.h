@@ -56,7 +56,8 @@ struct ClientOptions {
   uint64_t batch_bytes = 4 << 20;        // data per call in PutBatch / GetBatch
   bool verify_reads = true;              // check header, payload XXH3 and key after a get
   // Testing: every block read is the operation "read_block" of this schedule before it is
-  // verified (kCorrupt damages the bytes read, kFail fails that block); null = none.
+  // verified (kCorrupt damages the bytes read, kFail fails that block), and every PutBatch call
+  // the operation "put_batch" (kDelay waits first, kFail fails the call); null = none.
   std::shared_ptr<transport::fault::FaultSchedule> faults;
 };
 

@@ -60,6 +60,7 @@ struct Scheduler::Request {
   absl::Time arrival = absl::Now();
   double queue_seconds = -1;  // set at the first admission
   bool cancelled = false;
+  bool pushing = false;  // its KV is being written to the store (transfer thread)
 
   int64_t pending() const { return static_cast<int64_t>(tokens.size()) - computed; }
   // The tokens whose KV a hand-off moves: the prompt but its last token.
@@ -110,6 +111,12 @@ Scheduler::Scheduler(Engine& engine, SchedulerOptions options,
 }
 
 Scheduler::~Scheduler() {
+  // The transfer thread may be reading a sequence: let it finish that push, then free.
+  {
+    absl::MutexLock lock(&transfer_mu_);
+    transfer_stop_ = true;
+  }
+  if (transfer_.joinable()) transfer_.join();
   for (auto& [id, r] : live_) {
     if (r->seq != nullptr) engine_.cache().FreeSequence(r->seq->id());
   }
@@ -207,7 +214,8 @@ void Scheduler::Cancel(std::string_view id) {
 
 bool Scheduler::HasWork() const {
   absl::MutexLock lock(&mu_);
-  return !inbox_.empty() || !cancels_.empty() || stats_.running > 0 || stats_.waiting > 0;
+  return !inbox_.empty() || !cancels_.empty() || stats_.running > 0 || stats_.waiting > 0 ||
+         stats_.pushing > 0;
 }
 
 bool Scheduler::WaitForWork(absl::Duration timeout) const {
@@ -252,6 +260,7 @@ void Scheduler::PublishStats() {
   absl::MutexLock lock(&mu_);
   stats_.kv_by_policy = kv_by_policy_;
   stats_.running = static_cast<int32_t>(running_.size());
+  stats_.pushing = pushes_in_flight_;
   stats_.waiting = static_cast<int32_t>(waiting_.size());
   stats_.kv_pages_used = pool.pages_used();
   stats_.kv_pages_total = pool.capacity_pages();
@@ -279,6 +288,10 @@ void Scheduler::TakeInbox() {
     auto it = live_.find(id);
     if (it == live_.end()) continue;
     Request& r = *it->second;
+    if (r.pushing) {  // its sequence is being read: it ends when the push is done
+      r.cancelled = true;
+      continue;
+    }
     RequestOutput out;
     Finish(r, RequestState::kCancelled, absl::CancelledError("the request was cancelled"), "", out);
   }
@@ -357,28 +370,86 @@ bool Scheduler::PullPromptKv(Request& r) {
   return true;
 }
 
-void Scheduler::PushPromptKv(Request& r) {
-  RequestOutput out;
+void Scheduler::StartPush(Request& r) {
   if (StoreDown()) {
     // Aborted, not Unavailable: the worker is fine, the coordinator must not drop it.
+    RequestOutput out;
     Finish(r, RequestState::kFailed,
            absl::AbortedError("the cachestore did not answer recently; the KV is not written"), "",
            out);
     return;
   }
-  auto sent = PushSequence(*store_, engine_.cache(), *r.seq, r.handoff_tokens(),
-                           engine_.files().fingerprint(), options_.kv_transfer_timeout);
-  if (!sent.ok()) {
-    NoteStoreFailure(sent.status());
-    Finish(r, RequestState::kFailed,
-           absl::AbortedError(
-               absl::StrCat("writing the KV to the cachestore failed: ", sent.status().ToString())),
-           "", out);
-    return;
+  running_.erase(std::find(running_.begin(), running_.end(), &r));
+  r.pushing = true;
+  ++pushes_in_flight_;
+  absl::MutexLock lock(&transfer_mu_);
+  push_queue_.push_back(&r);
+  if (!transfer_.joinable()) transfer_ = std::thread([this] { TransferLoop(); });
+}
+
+void Scheduler::TransferLoop() {
+  while (true) {
+    Request* r = nullptr;
+    {
+      absl::MutexLock lock(&transfer_mu_);
+      auto ready = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(transfer_mu_) {
+        return transfer_stop_ || !push_queue_.empty();
+      };
+      transfer_mu_.Await(absl::Condition(&ready));
+      if (transfer_stop_) return;
+      r = push_queue_.front();
+      push_queue_.pop_front();
+    }
+    // Reads r->seq, which the executor leaves alone while r->pushing.
+    auto sent = PushSequence(*store_, engine_.cache(), *r->seq, r->handoff_tokens(),
+                             engine_.files().fingerprint(), options_.kv_transfer_timeout);
+    PushDone done{.request = r, .status = sent.status()};
+    if (sent.ok()) {
+      done.bytes = sent->bytes;
+      done.seconds = sent->seconds;
+    }
+    {
+      absl::MutexLock lock(&transfer_mu_);
+      push_done_.push_back(std::move(done));
+    }
+    Wake();
   }
-  r.kv_transfer_bytes += sent->bytes;
-  r.kv_transfer_seconds += sent->seconds;
-  Finish(r, RequestState::kFinished, absl::OkStatus(), "prefilled", out);
+}
+
+void Scheduler::CompletePushes(absl::Duration wait) {
+  const bool all = wait == absl::InfiniteDuration();
+  while (pushes_in_flight_ > 0) {
+    std::vector<PushDone> done;
+    {
+      absl::MutexLock lock(&transfer_mu_);
+      auto any = [this]()
+                     ABSL_EXCLUSIVE_LOCKS_REQUIRED(transfer_mu_) { return !push_done_.empty(); };
+      transfer_mu_.AwaitWithTimeout(absl::Condition(&any), wait);
+      done.swap(push_done_);
+    }
+    if (done.empty()) return;
+    for (PushDone& d : done) {
+      --pushes_in_flight_;
+      Request& r = *d.request;
+      r.pushing = false;
+      RequestOutput out;
+      if (r.cancelled) {
+        Finish(r, RequestState::kCancelled, absl::CancelledError("the request was cancelled"), "",
+               out);
+      } else if (!d.status.ok()) {
+        NoteStoreFailure(d.status);
+        Finish(r, RequestState::kFailed,
+               absl::AbortedError(
+                   absl::StrCat("writing the KV to the cachestore failed: ", d.status.ToString())),
+               "", out);
+      } else {
+        r.kv_transfer_bytes += d.bytes;
+        r.kv_transfer_seconds += d.seconds;
+        Finish(r, RequestState::kFinished, absl::OkStatus(), "prefilled", out);
+      }
+    }
+    if (!all) return;
+  }
 }
 
 int32_t Scheduler::Drain() {
@@ -546,6 +617,7 @@ void Scheduler::SampleNext(Request& r, std::span<const float> logits, RequestOut
 
 void Scheduler::CancelAll(const absl::Status& status) {
   TakeInbox();
+  CompletePushes(absl::InfiniteDuration());  // each within its transfer deadline
   std::vector<Request*> all;
   for (auto& [id, r] : live_) all.push_back(r.get());
   for (Request* r : all) {
@@ -564,8 +636,15 @@ void Scheduler::CancelAll(const absl::Status& status) {
 
 bool Scheduler::Step() {
   TakeInbox();
+  CompletePushes(absl::ZeroDuration());
   last_step_ = StepStats();
   if (draining()) MigrateAll();
+  if (running_.empty() && waiting_.empty() && pushes_in_flight_ > 0) {
+    // Only pushes in flight: wait a little for one (not a spin), then report work.
+    CompletePushes(absl::Milliseconds(20));
+    PublishStats();
+    return true;
+  }
   if (running_.empty() && waiting_.empty()) {
     PublishStats();
     absl::MutexLock lock(&mu_);
@@ -667,7 +746,7 @@ bool Scheduler::Step() {
     r.computed = r.seq->n_tokens();
     if (r.pending() > 0) continue;  // more prompt chunks to come
     if (r.req.handoff == KvHandoff::kPrefill) {
-      PushPromptKv(r);
+      StartPush(r);
       continue;
     }
     RequestOutput out;

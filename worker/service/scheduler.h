@@ -17,7 +17,9 @@
 //
 // Thread contract: Submit, Cancel, WaitForWork, HasWork and stats() are safe from any thread.
 // Step and CancelAll run on the executor thread only (the engine's KV cache and runner belong to
-// it), and sinks are called there: they must not block.
+// it), and sinks are called there: they must not block. With a store, a transfer thread writes
+// the KV of finished prefill hand-offs (KvHandoff::kPrefill) off the step loop: it only reads
+// those sequences, which no step touches until their push is done.
 #pragma once
 
 #include <atomic>
@@ -28,6 +30,7 @@
 #include <memory>
 #include <string>
 #include <string_view>
+#include <thread>
 #include <utility>
 #include <vector>
 
@@ -151,6 +154,7 @@ struct PolicyKvBytes {
 struct SchedulerStats {
   int32_t running = 0;
   int32_t waiting = 0;
+  int32_t pushing = 0;  // finished prefill hand-offs whose KV is being written to the store
   int64_t kv_pages_used = 0;
   int64_t kv_pages_total = 0;
   int64_t preemptions_total = 0;
@@ -223,8 +227,13 @@ class Scheduler {
             cachestore::StoreClient* store);
   // KvHandoff::kDecode at admission: the prompt's KV from the store, or false (recompute).
   bool PullPromptKv(Request& r);
-  // KvHandoff::kPrefill once its prompt is computed: push the KV and finish the request.
-  void PushPromptKv(Request& r);
+  // KvHandoff::kPrefill once its prompt is computed: hands the push to the transfer thread (the
+  // request leaves the batch and finishes when its push is done, in CompletePushes).
+  void StartPush(Request& r);
+  // Finishes the requests whose push is done; waits up to `wait` for one (InfiniteDuration: until
+  // none is in flight).
+  void CompletePushes(absl::Duration wait);
+  void TransferLoop();
   // Draining: ends every request but prefill hand-offs with "migrated".
   void MigrateAll();
   // The store failed to answer: skip it for options_.kv_store_retry_after.
@@ -260,6 +269,20 @@ class Scheduler {
   int64_t prompt_tokens_total_ = 0;
   int64_t generation_tokens_total_ = 0;
   std::map<std::string, PolicyKvBytes> kv_by_policy_;
+  int32_t pushes_in_flight_ = 0;
+
+  // The transfer thread's queue and results.
+  struct PushDone {
+    Request* request = nullptr;
+    absl::Status status;
+    int64_t bytes = 0;
+    double seconds = 0;
+  };
+  absl::Mutex transfer_mu_;
+  std::deque<Request*> push_queue_ ABSL_GUARDED_BY(transfer_mu_);
+  std::vector<PushDone> push_done_ ABSL_GUARDED_BY(transfer_mu_);
+  bool transfer_stop_ ABSL_GUARDED_BY(transfer_mu_) = false;
+  std::thread transfer_;  // started with the first push
 
   // Shared with other threads.
   mutable absl::Mutex mu_;

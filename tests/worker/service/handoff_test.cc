@@ -363,6 +363,69 @@ TEST_P(HandoffFaultTest, CorruptedBlockFallsBackToRecompute) {
   EXPECT_EQ(stats->active_read_leases(), 0u);
 }
 
+// The push of a finished prefill runs off the step loop: while it is slow (the store client
+// delays it), another request keeps decoding on the same scheduler; a request cancelled during
+// its push ends cancelled once the push is done; nothing is left in the cache.
+TEST_P(HandoffFaultTest, PushRunsOffTheStepLoop) {
+  auto faults = std::make_shared<transport::fault::FaultSchedule>();
+  faults->Add({.op = "put_batch",
+               .action = transport::fault::FaultAction::kDelay,
+               .delay = absl::Milliseconds(400)});
+  cachestore::ClientOptions co;
+  co.port = service_->port();
+  co.faults = faults;
+  auto slow = cachestore::StoreClient::Connect(co);
+  ASSERT_TRUE(slow.ok()) << slow.status();
+  auto created = Scheduler::Create(*prefill_engine_, options_, slow->get());
+  ASSERT_TRUE(created.ok());
+  Scheduler& s = **created;
+
+  SchedulerRequest p = Request("p", kPrompt, SamplingParams::Greedy());
+  p.handoff = KvHandoff::kPrefill;
+  SchedulerRequest other = Request("o", "The little dog ran", SamplingParams::Greedy());
+  other.max_tokens = 200;
+  other.ignore_eos = true;
+  Collected pre, dec;
+  auto sink = [](Collected& c) {
+    return [&c](const RequestOutput& out) {
+      c.ids.insert(c.ids.end(), out.ids.begin(), out.ids.end());
+      c.finished = out.finished;
+      c.finish_reason = out.finish_reason;
+      c.status = out.status;
+      c.kv_transfer_bytes = out.kv_transfer_bytes;
+    };
+  };
+  ASSERT_TRUE(s.Submit(p, sink(pre)).ok());
+  ASSERT_TRUE(s.Submit(other, sink(dec)).ok());
+  size_t tokens_at_push = 0;
+  for (int i = 0; i < 10000 && !pre.finished; ++i) {
+    s.Step();
+    if (s.stats().pushing == 1 && tokens_at_push == 0) tokens_at_push = dec.ids.size() + 1;
+  }
+  ASSERT_TRUE(pre.finished);
+  EXPECT_EQ(pre.finish_reason, "prefilled") << pre.status;
+  EXPECT_GT(pre.kv_transfer_bytes, 0);
+  ASSERT_GT(tokens_at_push, 0u);
+  // During the 400 ms push the other request went on decoding.
+  EXPECT_GT(dec.ids.size(), tokens_at_push + 5) << dec.ids.size();
+
+  // Cancelled while its KV is written: it ends cancelled after the push.
+  SchedulerRequest c = p;
+  c.id = "c";
+  c.prompt.push_back(c.prompt.back());  // another snapshot than p's
+  Collected cancelled;
+  ASSERT_TRUE(s.Submit(c, sink(cancelled)).ok());
+  for (int i = 0; i < 10000 && s.stats().pushing == 0 && !cancelled.finished; ++i) s.Step();
+  ASSERT_EQ(s.stats().pushing, 1);
+  s.Cancel("c");
+  for (int i = 0; i < 10000 && !cancelled.finished; ++i) s.Step();
+  EXPECT_TRUE(absl::IsCancelled(cancelled.status)) << cancelled.status;
+  s.Cancel("o");
+  for (int i = 0; i < 10000 && s.Step(); ++i) {
+  }
+  EXPECT_EQ(prefill_engine_->cache().pool().pages_used(), 0);
+}
+
 INSTANTIATE_TEST_SUITE_P(Full, HandoffFaultTest, ::testing::Values("full"));
 
 // The same on the default model (SmolLM2-135M-Instruct, 30 layers, 3 KV heads), when installed.
