@@ -6,7 +6,9 @@
   kvasir up: cachestore pid=2 rpc=127.0.0.1:41000 http=127.0.0.1:41001 capacity=1GiB
   kvasir up: decode-0 pid=4 rpc=127.0.0.1:42000 http=127.0.0.1:42001
 This reads them (a file, or standard input) and prints the JSON list that file_sd_configs reads,
-with the labels `component` (coordinator, cachestore, prefill, decode, worker) and `process`.
+with the labels `component` (coordinator, cachestore, prefill, decode, worker) and
+`process_name` (not `process`: the coordinator's kvasir_process_restarts_total has a label of that
+name, which a target label would shadow).
   local_targets.py kvasir-up.log > targets.json
 """
 import json
@@ -27,7 +29,7 @@ def targets(lines):
         m = LINE.match(line.strip())
         if m:
             found[m["process"]] = m["http"]  # a later line (a restart) wins
-    return [{"targets": [http], "labels": {"component": component(p), "process": p}}
+    return [{"targets": [http], "labels": {"component": component(p), "process_name": p}}
             for p, http in sorted(found.items())]
 
 

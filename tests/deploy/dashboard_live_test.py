@@ -223,6 +223,12 @@ def main():
                 print(f"  NO DATA   {title} / {legend}")
         print(f"{checked} queries checked, {empty_ok} excluded, load took {load_s:.1f} s")
         assert checked >= 30, checked
+        # One restart series per process of the cluster (a target label must not shadow the
+        # metric's own `process` label).
+        restarts = prom_query(base, 'kvasir_process_restarts_total{component="coordinator"}')
+        processes = sorted(s["metric"].get("process", "") for s in restarts)
+        if processes != ["cachestore", "coordinator", "decode-0", "prefill-0"]:
+            failures.append(f"kvasir_process_restarts_total by process: {processes}")
         # No alert fired on a healthy run (the latency SLOs are not reached by the tiny model).
         firing = [a for a in json.loads(http_get(f"{base}/api/v1/alerts"))["data"]["alerts"]
                   if a["state"] == "firing"]
