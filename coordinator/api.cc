@@ -31,6 +31,22 @@ std::string Dump(const json& j) { return j.dump(-1, ' ', false, json::error_hand
 
 std::string SseEvent(const json& j) { return absl::StrCat("data: ", Dump(j), "\n\n"); }
 
+transport::http::HttpResponse JsonResponse(int status, const json& body) {
+  transport::http::HttpResponse r;
+  r.status = status;
+  r.body = Dump(body);
+  return r;
+}
+
+ApiError ServiceUnavailable(std::string message) {
+  ApiError e;
+  e.http_status = 503;
+  e.type = "server_error";
+  e.code = "service_unavailable";
+  e.message = std::move(message);
+  return e;
+}
+
 namespace {
 
 const char* Article(std::string_view what) {

@@ -13,6 +13,7 @@
 #include "model/tokenizer/chat_template.h"
 #include "model/tokenizer/tokenizer.h"
 #include "nlohmann/json.hpp"
+#include "transport/http/server.h"
 
 namespace kvasir::coordinator {
 
@@ -110,5 +111,10 @@ nlohmann::json UsageChunkJson(const CompletionRequest& request, const ResponseMe
 std::string Dump(const nlohmann::json& j);
 // "data: <json>\n\n"
 std::string SseEvent(const nlohmann::json& j);
+
+// An HTTP response with `body` as JSON.
+transport::http::HttpResponse JsonResponse(int status, const nlohmann::json& body);
+// 503 service_unavailable with `message`.
+ApiError ServiceUnavailable(std::string message);
 
 }  // namespace kvasir::coordinator

@@ -77,7 +77,9 @@ class Coordinator {
   // connection), joins every thread. Idempotent; not from a handler.
   void Stop();
 
-  class Generation;  // one generation request in flight (coordinator.cc)
+  class Generation;  // one generation request in flight (generation.cc)
+  // Stops new generations and cancels those in flight (Stop).
+  void CancelGenerations();
 
  private:
   explicit Coordinator(CoordinatorOptions options) : options_(std::move(options)) {}
