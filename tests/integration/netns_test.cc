@@ -5,9 +5,11 @@
 // client namespace drives the coordinator with curl. Greedy completions of two policies equal
 // `kvasir generate`, the KV moved (bytes counted, no fallback), and every data path is tcp.
 // Skipped, with the reason, where namespaces cannot be made (not root, no CAP_SYS_ADMIN, no ip).
+#include <sys/mount.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <fstream>
 #include <memory>
 #include <string>
 #include <vector>
@@ -53,6 +55,16 @@ bool InChroot() {
   return ours.st_dev != init.st_dev || ours.st_ino != init.st_ino;
 }
 
+// True when /run/netns is a mount point (`ip netns add` makes it one the first time).
+bool NetnsDirMounted() {
+  std::ifstream mounts("/proc/self/mounts");
+  std::string line;
+  while (std::getline(mounts, line)) {
+    if (line.find(" /run/netns ") != std::string::npos) return true;
+  }
+  return false;
+}
+
 class NetnsTest : public ::testing::Test {
  protected:
   void SetUp() override {
@@ -62,6 +74,7 @@ class NetnsTest : public ::testing::Test {
     const std::string tag = absl::StrCat(getpid() % 100000);
     subnet_ = absl::StrCat("10.213.", getpid() % 200, ".");
     switch_ = "kvsw" + tag;
+    netns_dir_was_mounted_ = NetnsDirMounted();
     if (absl::Status s = Ip({"netns", "add", switch_}); !s.ok()) {
       switch_.clear();
       GTEST_SKIP() << "cannot make a network namespace here: " << s.message();
@@ -97,6 +110,10 @@ class NetnsTest : public ::testing::Test {
     processes_.clear();  // killed and reaped
     for (const std::string& ns : namespaces_) (void)Ip({"netns", "del", ns});
     if (!switch_.empty()) (void)Ip({"netns", "del", switch_});
+    // Leave no mount behind that `ip netns add` made (it would pin a chroot, for one).
+    if (!switch_.empty() && !netns_dir_was_mounted_ && NetnsDirMounted()) {
+      umount2("/run/netns", MNT_DETACH);
+    }
   }
 
   absl::Status Ip(std::vector<std::string> args) {
@@ -132,6 +149,7 @@ class NetnsTest : public ::testing::Test {
 
   std::string subnet_;
   std::string switch_;
+  bool netns_dir_was_mounted_ = true;
   std::vector<std::string> namespaces_;
   std::map<std::string, std::string> ns_;
   std::vector<std::unique_ptr<transport::ChildProcess>> processes_;
