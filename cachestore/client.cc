@@ -486,16 +486,20 @@ absl::StatusOr<PutResult> StoreClient::Put(std::span<const std::byte> block,
   return results[0];
 }
 
+absl::Status StoreClient::InjectedFault(const char* op) const {
+  if (options_.faults == nullptr) return absl::OkStatus();
+  const transport::fault::FaultDecision d = options_.faults->Next(op);
+  if (d.action == transport::fault::FaultAction::kDelay) absl::SleepFor(d.delay);
+  if (d.action == transport::fault::FaultAction::kFail) {
+    return d.error.ok() ? absl::UnavailableError("injected fault") : d.error;
+  }
+  return absl::OkStatus();
+}
+
 absl::StatusOr<std::vector<absl::StatusOr<PutResult>>> StoreClient::PutBatch(
     std::span<const std::span<const std::byte>> blocks, absl::Duration timeout) {
   const absl::Time deadline = Deadline(timeout);
-  if (options_.faults != nullptr) {
-    const transport::fault::FaultDecision d = options_.faults->Next("put_batch");
-    if (d.action == transport::fault::FaultAction::kDelay) absl::SleepFor(d.delay);
-    if (d.action == transport::fault::FaultAction::kFail) {
-      return d.error.ok() ? absl::UnavailableError("injected fault") : d.error;
-    }
-  }
+  KVASIR_RETURN_IF_ERROR(InjectedFault("put_batch"));
   KVASIR_ASSIGN_OR_RETURN(auto session, CurrentSession(deadline));
   std::vector<absl::StatusOr<PutResult>> results(
       blocks.size(), absl::StatusOr<PutResult>(absl::UnknownError("not attempted")));
@@ -691,6 +695,7 @@ absl::StatusOr<std::vector<absl::StatusOr<uint64_t>>> StoreClient::GetBatch(
     return absl::InvalidArgumentError("GetBatch needs one output buffer per key");
   }
   const absl::Time deadline = Deadline(timeout);
+  KVASIR_RETURN_IF_ERROR(InjectedFault("get_batch"));
   KVASIR_ASSIGN_OR_RETURN(auto session, CurrentSession(deadline));
   std::vector<absl::StatusOr<uint64_t>> results(
       keys.size(), absl::StatusOr<uint64_t>(absl::UnknownError("not attempted")));

@@ -56,8 +56,9 @@ struct ClientOptions {
   uint64_t batch_bytes = 4 << 20;        // data per call in PutBatch / GetBatch
   bool verify_reads = true;              // check header, payload XXH3 and key after a get
   // Testing: every block read is the operation "read_block" of this schedule before it is
-  // verified (kCorrupt damages the bytes read, kFail fails that block), and every PutBatch call
-  // the operation "put_batch" (kDelay waits first, kFail fails the call); null = none.
+  // verified (kCorrupt damages the bytes read, kFail fails that block), and every PutBatch and
+  // GetBatch call the operation "put_batch" or "get_batch" (kDelay waits first, kFail fails the
+  // call); null = none.
   std::shared_ptr<transport::fault::FaultSchedule> faults;
 };
 
@@ -175,6 +176,8 @@ class StoreClient {
                                       absl::Time deadline);
   // Releases the leases waiting for it now (waiting for a release already on its way).
   void FlushReleases(absl::Time deadline);
+  // Testing: what options_.faults decides for the call `op` (a delay is slept here).
+  absl::Status InjectedFault(const char* op) const;
   void ReleaseLoop();  // the releaser thread
   absl::Time Deadline(absl::Duration timeout) const;
   absl::Status Transfer(const Session& session, bool put, uint32_t arena,

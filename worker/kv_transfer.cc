@@ -67,56 +67,76 @@ absl::StatusOr<KvTransferStats> PushSequence(cachestore::StoreClient& store,
   return stats;
 }
 
-absl::StatusOr<kvcache::SequenceKv*> PullSequence(cachestore::StoreClient& store,
-                                                  kvcache::KvCache& cache,
-                                                  std::shared_ptr<const kvcache::KvPolicy> policy,
-                                                  std::span<const int32_t> tokens,
-                                                  uint64_t model_fingerprint,
-                                                  absl::Duration timeout, KvTransferStats* stats) {
+absl::StatusOr<FetchedSnapshot> FetchSnapshot(cachestore::StoreClient& store,
+                                              const kvcache::KvPolicy& policy,
+                                              const kvcache::KvGeometry& geometry,
+                                              std::span<const int32_t> tokens,
+                                              uint64_t model_fingerprint, absl::Duration timeout) {
   const absl::Time start = absl::Now();
   const absl::Time deadline = start + timeout;
-  const cachestore::KeySpace space = SnapshotKeySpace(model_fingerprint, *policy, cache.geometry());
+  const cachestore::KeySpace space = SnapshotKeySpace(model_fingerprint, policy, geometry);
   const uint64_t hash = SnapshotHash(tokens);
   KVASIR_ASSIGN_OR_RETURN(cachestore::LookupResult found,
                           store.Lookup(space, std::span<const uint64_t>(&hash, 1), timeout));
   if (found.matched_blocks != 1 || found.chunk_bytes.empty()) {
     return absl::NotFoundError("the store holds no complete KV snapshot of these tokens");
   }
+  FetchedSnapshot f;
+  f.tokens = static_cast<int64_t>(tokens.size());
   std::vector<cachestore::BlockKey> keys;
-  std::vector<std::string> blocks;
   std::vector<std::span<std::byte>> outs;
   keys.reserve(found.chunk_bytes.size());
-  blocks.reserve(found.chunk_bytes.size());
+  f.blocks.reserve(found.chunk_bytes.size());
   for (size_t i = 0; i < found.chunk_bytes.size(); ++i) {
     keys.push_back({space, hash, static_cast<uint32_t>(i)});
-    blocks.emplace_back(found.chunk_bytes[i], '\0');
-    outs.push_back(std::as_writable_bytes(std::span<char>(blocks.back())));
+    f.blocks.emplace_back(found.chunk_bytes[i], '\0');
+    outs.push_back(std::as_writable_bytes(std::span<char>(f.blocks.back())));
   }
   KVASIR_ASSIGN_OR_RETURN(auto sizes, store.GetBatch(keys, outs, deadline - absl::Now()));
-  int64_t bytes = 0;
   for (size_t i = 0; i < sizes.size(); ++i) {
     if (!sizes[i].ok()) {
       return absl::Status(sizes[i].status().code(),
                           absl::StrCat("KV block ", i, " of ", sizes.size(),
                                        " not read: ", sizes[i].status().message()));
     }
-    blocks[i].resize(*sizes[i]);
-    bytes += static_cast<int64_t>(*sizes[i]);
+    f.blocks[i].resize(*sizes[i]);
+    f.stats.bytes += static_cast<int64_t>(*sizes[i]);
   }
-  KVASIR_ASSIGN_OR_RETURN(kvcache::SequenceKv * seq,
-                          kvcache::DecodeSequence(cache, blocks, policy, model_fingerprint));
-  if (seq->n_tokens() != static_cast<int64_t>(tokens.size())) {
+  f.stats.blocks = static_cast<int64_t>(f.blocks.size());
+  f.stats.seconds = absl::ToDoubleSeconds(absl::Now() - start);
+  return f;
+}
+
+absl::StatusOr<kvcache::SequenceKv*> RestoreSnapshot(
+    kvcache::KvCache& cache, std::shared_ptr<const kvcache::KvPolicy> policy,
+    FetchedSnapshot& snapshot, uint64_t model_fingerprint) {
+  const absl::Time start = absl::Now();
+  KVASIR_ASSIGN_OR_RETURN(
+      kvcache::SequenceKv * seq,
+      kvcache::DecodeSequence(cache, snapshot.blocks, std::move(policy), model_fingerprint));
+  if (seq->n_tokens() != snapshot.tokens) {
     const int64_t held = seq->n_tokens();
     cache.FreeSequence(seq->id());
     return absl::DataLossError(
-        absl::StrCat("the stored KV snapshot holds ", held, " tokens, expected ", tokens.size()));
+        absl::StrCat("the stored KV snapshot holds ", held, " tokens, expected ", snapshot.tokens));
   }
-  if (stats != nullptr) {
-    stats->blocks = static_cast<int64_t>(blocks.size());
-    stats->bytes = bytes;
-    stats->kv_bytes = cache.Usage(*seq).bytes;
-    stats->seconds = absl::ToDoubleSeconds(absl::Now() - start);
-  }
+  snapshot.stats.kv_bytes = cache.Usage(*seq).bytes;
+  snapshot.stats.seconds += absl::ToDoubleSeconds(absl::Now() - start);
+  return seq;
+}
+
+absl::StatusOr<kvcache::SequenceKv*> PullSequence(cachestore::StoreClient& store,
+                                                  kvcache::KvCache& cache,
+                                                  std::shared_ptr<const kvcache::KvPolicy> policy,
+                                                  std::span<const int32_t> tokens,
+                                                  uint64_t model_fingerprint,
+                                                  absl::Duration timeout, KvTransferStats* stats) {
+  KVASIR_ASSIGN_OR_RETURN(
+      FetchedSnapshot fetched,
+      FetchSnapshot(store, *policy, cache.geometry(), tokens, model_fingerprint, timeout));
+  KVASIR_ASSIGN_OR_RETURN(kvcache::SequenceKv * seq,
+                          RestoreSnapshot(cache, std::move(policy), fetched, model_fingerprint));
+  if (stats != nullptr) *stats = fetched.stats;
   return seq;
 }
 

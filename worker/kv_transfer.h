@@ -19,6 +19,8 @@
 #include <cstdint>
 #include <memory>
 #include <span>
+#include <string>
+#include <vector>
 
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
@@ -54,10 +56,34 @@ absl::StatusOr<KvTransferStats> PushSequence(cachestore::StoreClient& store,
                                              uint64_t model_fingerprint,
                                              absl::Duration timeout = absl::Seconds(10));
 
+// A snapshot's blocks read from the store (FetchSnapshot), not yet restored in a cache.
+struct FetchedSnapshot {
+  std::vector<std::string> blocks;  // verified by the store client (header, checksum, key)
+  int64_t tokens = 0;               // the tokens it holds the KV of
+  KvTransferStats stats;            // blocks, bytes and the fetch's seconds (no kv_bytes yet)
+};
+
+// The network half of PullSequence, safe off the cache's thread: finds the snapshot of exactly
+// `tokens` under `policy` and reads its blocks. NotFound when the store does not hold it whole.
+absl::StatusOr<FetchedSnapshot> FetchSnapshot(cachestore::StoreClient& store,
+                                              const kvcache::KvPolicy& policy,
+                                              const kvcache::KvGeometry& geometry,
+                                              std::span<const int32_t> tokens,
+                                              uint64_t model_fingerprint,
+                                              absl::Duration timeout = absl::Seconds(10));
+
+// The cache half: restores a fetched snapshot in `cache` (DataLoss for a block that fails the
+// codec's checks, ResourceExhausted without room; nothing stays allocated on error). Adds the
+// restore's time and the KV bytes held to `snapshot.stats`.
+absl::StatusOr<kvcache::SequenceKv*> RestoreSnapshot(
+    kvcache::KvCache& cache, std::shared_ptr<const kvcache::KvPolicy> policy,
+    FetchedSnapshot& snapshot, uint64_t model_fingerprint);
+
 // Finds the snapshot of exactly `tokens` under `policy`, reads and verifies its blocks, and
-// restores the sequence in `cache`. NotFound when the store does not hold it whole; DataLoss when
-// a block fails its checksum; ResourceExhausted when `cache` has no room. On error nothing stays
-// allocated in `cache`, and the store's read leases are released.
+// restores the sequence in `cache` (FetchSnapshot, then RestoreSnapshot). NotFound when the store
+// does not hold it whole; DataLoss when a block fails its checksum; ResourceExhausted when `cache`
+// has no room. On error nothing stays allocated in `cache`, and the store's read leases are
+// released.
 absl::StatusOr<kvcache::SequenceKv*> PullSequence(cachestore::StoreClient& store,
                                                   kvcache::KvCache& cache,
                                                   std::shared_ptr<const kvcache::KvPolicy> policy,

@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <cmath>
 #include <numeric>
+#include <optional>
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
@@ -60,7 +61,10 @@ struct Scheduler::Request {
   absl::Time arrival = absl::Now();
   double queue_seconds = -1;  // set at the first admission
   bool cancelled = false;
-  bool pushing = false;  // its KV is being written to the store (transfer thread)
+  bool pushing = false;   // its KV is being written to the store (transfer thread)
+  bool fetching = false;  // its KV is being read from the store (transfer thread)
+  // kDecode: the fetched KV, taken at admission (unset: no fetch was made).
+  std::optional<absl::StatusOr<FetchedSnapshot>> fetched;
 
   int64_t pending() const { return static_cast<int64_t>(tokens.size()) - computed; }
   // The tokens whose KV a hand-off moves: the prompt but its last token.
@@ -215,7 +219,7 @@ void Scheduler::Cancel(std::string_view id) {
 bool Scheduler::HasWork() const {
   absl::MutexLock lock(&mu_);
   return !inbox_.empty() || !cancels_.empty() || stats_.running > 0 || stats_.waiting > 0 ||
-         stats_.pushing > 0;
+         stats_.pushing > 0 || stats_.fetching > 0;
 }
 
 bool Scheduler::WaitForWork(absl::Duration timeout) const {
@@ -261,6 +265,7 @@ void Scheduler::PublishStats() {
   stats_.kv_by_policy = kv_by_policy_;
   stats_.running = static_cast<int32_t>(running_.size());
   stats_.pushing = pushes_in_flight_;
+  stats_.fetching = fetches_in_flight_;
   stats_.waiting = static_cast<int32_t>(waiting_.size());
   stats_.kv_pages_used = pool.pages_used();
   stats_.kv_pages_total = pool.capacity_pages();
@@ -283,12 +288,13 @@ void Scheduler::TakeInbox() {
     Request* raw = r.get();
     live_[raw->req.id] = std::move(r);
     waiting_.push_back(raw);
+    if (raw->req.handoff == KvHandoff::kDecode) StartFetch(*raw);
   }
   for (const std::string& id : cancels) {
     auto it = live_.find(id);
     if (it == live_.end()) continue;
     Request& r = *it->second;
-    if (r.pushing) {  // its sequence is being read: it ends when the push is done
+    if (r.pushing || r.fetching) {  // the transfer thread uses it: it ends when that is done
       r.cancelled = true;
       continue;
     }
@@ -312,7 +318,7 @@ void Scheduler::Admit(Request& r) {
   if (r.req.handoff == KvHandoff::kPrefill) {
     r.tokens.resize(r.req.prompt.size() - 1);  // the last prompt token is the decode side's
   }
-  if (r.req.handoff != KvHandoff::kDecode || !PullPromptKv(r)) {
+  if (r.req.handoff != KvHandoff::kDecode || !TakeFetchedKv(r)) {
     r.seq = &engine_.cache().CreateSequence(r.policy);
     r.computed = 0;
   }
@@ -331,26 +337,40 @@ void Scheduler::NoteStoreFailure(const absl::Status& status) {
   }
 }
 
-bool Scheduler::PullPromptKv(Request& r) {
+constexpr char kStoreDown[] = "the cachestore did not answer recently";
+
+void Scheduler::StartFetch(Request& r) {
   if (StoreDown()) {
-    r.kv_source = "recompute:store_down";
-    return false;
+    r.fetched = absl::StatusOr<FetchedSnapshot>(absl::UnavailableError(kStoreDown));
+    return;
   }
-  KvTransferStats stats;
-  absl::StatusOr<kvcache::SequenceKv*> seq = absl::NotFoundError("");
+  TransferJob job{.request = &r, .push = false};
   if (!r.req.resume.empty()) {
-    // A drained worker's snapshot: everything but the last token (whose KV it had not computed).
-    seq = PullSequence(*store_, engine_.cache(), r.policy,
-                       std::span<const int32_t>(r.tokens).first(r.tokens.size() - 1),
-                       engine_.files().fingerprint(), options_.kv_transfer_timeout, &stats);
+    // A drained worker's snapshot first: every token but the last (whose KV it had not computed).
+    job.tokens.emplace_back(r.tokens.begin(), r.tokens.end() - 1);
   }
-  if (absl::IsNotFound(seq.status())) {
-    seq = PullSequence(*store_, engine_.cache(), r.policy, r.handoff_tokens(),
-                       engine_.files().fingerprint(), options_.kv_transfer_timeout, &stats);
-  }
+  const std::span<const int32_t> prompt = r.handoff_tokens();
+  job.tokens.emplace_back(prompt.begin(), prompt.end());
+  r.fetched.reset();
+  r.fetching = true;
+  ++fetches_in_flight_;
+  absl::MutexLock lock(&transfer_mu_);
+  transfer_queue_.push_back(std::move(job));
+  if (!transfer_.joinable()) transfer_ = std::thread([this] { TransferLoop(); });
+}
+
+bool Scheduler::TakeFetchedKv(Request& r) {
+  absl::StatusOr<FetchedSnapshot> fetched =
+      r.fetched.has_value() ? std::move(*r.fetched) : absl::NotFoundError("no fetch was made");
+  r.fetched.reset();
+  absl::StatusOr<kvcache::SequenceKv*> seq =
+      fetched.ok()
+          ? RestoreSnapshot(engine_.cache(), r.policy, *fetched, engine_.files().fingerprint())
+          : absl::StatusOr<kvcache::SequenceKv*>(fetched.status());
   if (!seq.ok()) {
     const absl::Status& s = seq.status();
-    const char* why = absl::IsNotFound(s)            ? "not_found"
+    const char* why = s.message() == kStoreDown      ? "store_down"
+                      : absl::IsNotFound(s)          ? "not_found"
                       : absl::IsDataLoss(s)          ? "checksum"
                       : absl::IsDeadlineExceeded(s)  ? "timeout"
                       : absl::IsUnavailable(s)       ? "unavailable"
@@ -358,15 +378,14 @@ bool Scheduler::PullPromptKv(Request& r) {
                                                      : "error";
     KVASIR_LOG_SUBSYS(INFO, kWorker, "request=%s: KV not taken from the store (%s); recomputing",
                       r.req.id, s.ToString());
-    NoteStoreFailure(s);
     r.kv_source = absl::StrCat("recompute:", why);
     return false;
   }
   r.seq = *seq;
   r.computed = r.seq->n_tokens();
   r.kv_source = "store";
-  r.kv_transfer_bytes += stats.bytes;
-  r.kv_transfer_seconds += stats.seconds;
+  r.kv_transfer_bytes += fetched->stats.bytes;
+  r.kv_transfer_seconds += fetched->stats.seconds;
   return true;
 }
 
@@ -382,57 +401,83 @@ void Scheduler::StartPush(Request& r) {
   running_.erase(std::find(running_.begin(), running_.end(), &r));
   r.pushing = true;
   ++pushes_in_flight_;
+  TransferJob job{.request = &r, .push = true};
+  const std::span<const int32_t> prompt = r.handoff_tokens();
+  job.tokens.emplace_back(prompt.begin(), prompt.end());
   absl::MutexLock lock(&transfer_mu_);
-  push_queue_.push_back(&r);
+  transfer_queue_.push_back(std::move(job));
   if (!transfer_.joinable()) transfer_ = std::thread([this] { TransferLoop(); });
 }
 
 void Scheduler::TransferLoop() {
+  const uint64_t fingerprint = engine_.files().fingerprint();
   while (true) {
-    Request* r = nullptr;
+    TransferJob job;
     {
       absl::MutexLock lock(&transfer_mu_);
       auto ready = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(transfer_mu_) {
-        return transfer_stop_ || !push_queue_.empty();
+        return transfer_stop_ || !transfer_queue_.empty();
       };
       transfer_mu_.Await(absl::Condition(&ready));
       if (transfer_stop_) return;
-      r = push_queue_.front();
-      push_queue_.pop_front();
+      job = std::move(transfer_queue_.front());
+      transfer_queue_.pop_front();
     }
-    // Reads r->seq, which the executor leaves alone while r->pushing.
-    auto sent = PushSequence(*store_, engine_.cache(), *r->seq, r->handoff_tokens(),
-                             engine_.files().fingerprint(), options_.kv_transfer_timeout);
-    PushDone done{.request = r, .status = sent.status()};
-    if (sent.ok()) {
-      done.bytes = sent->bytes;
-      done.seconds = sent->seconds;
+    TransferDone done{.request = job.request, .push = job.push};
+    if (job.push) {
+      // Reads the sequence, which the executor leaves alone while the request is pushing.
+      auto sent = PushSequence(*store_, engine_.cache(), *job.request->seq, job.tokens.front(),
+                               fingerprint, options_.kv_transfer_timeout);
+      done.status = sent.status();
+      if (sent.ok()) {
+        done.bytes = sent->bytes;
+        done.seconds = sent->seconds;
+      }
+    } else {
+      // The network only: the cache is the executor's (it restores at admission).
+      for (const std::vector<int32_t>& tokens : job.tokens) {
+        done.fetched = FetchSnapshot(*store_, *job.request->policy, engine_.cache().geometry(),
+                                     tokens, fingerprint, options_.kv_transfer_timeout);
+        if (!absl::IsNotFound(done.fetched.status())) break;
+      }
     }
     {
       absl::MutexLock lock(&transfer_mu_);
-      push_done_.push_back(std::move(done));
+      transfer_done_.push_back(std::move(done));
     }
     Wake();
   }
 }
 
-void Scheduler::CompletePushes(absl::Duration wait) {
+void Scheduler::CompleteTransfers(absl::Duration wait) {
   const bool all = wait == absl::InfiniteDuration();
-  while (pushes_in_flight_ > 0) {
-    std::vector<PushDone> done;
+  while (pushes_in_flight_ + fetches_in_flight_ > 0) {
+    std::vector<TransferDone> done;
     {
       absl::MutexLock lock(&transfer_mu_);
-      auto any = [this]()
-                     ABSL_EXCLUSIVE_LOCKS_REQUIRED(transfer_mu_) { return !push_done_.empty(); };
+      auto any = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(transfer_mu_) {
+        return !transfer_done_.empty();
+      };
       transfer_mu_.AwaitWithTimeout(absl::Condition(&any), wait);
-      done.swap(push_done_);
+      done.swap(transfer_done_);
     }
     if (done.empty()) return;
-    for (PushDone& d : done) {
-      --pushes_in_flight_;
+    for (TransferDone& d : done) {
       Request& r = *d.request;
-      r.pushing = false;
       RequestOutput out;
+      if (!d.push) {
+        --fetches_in_flight_;
+        r.fetching = false;
+        if (!d.fetched.ok()) NoteStoreFailure(d.fetched.status());
+        r.fetched = std::move(d.fetched);
+        if (r.cancelled) {
+          Finish(r, RequestState::kCancelled, absl::CancelledError("the request was cancelled"), "",
+                 out);
+        }
+        continue;
+      }
+      --pushes_in_flight_;
+      r.pushing = false;
       if (r.cancelled) {
         Finish(r, RequestState::kCancelled, absl::CancelledError("the request was cancelled"), "",
                out);
@@ -472,7 +517,8 @@ bool Scheduler::drained() const {
 void Scheduler::MigrateAll() {
   std::vector<Request*> all;
   for (auto& [id, r] : live_) {
-    if (r->req.handoff != KvHandoff::kPrefill) all.push_back(r.get());
+    // A request whose KV is being fetched migrates at a later step, once the fetch is done.
+    if (r->req.handoff != KvHandoff::kPrefill && !r->fetching) all.push_back(r.get());
   }
   // Oldest first: the order the requests would have finished in anyway.
   std::sort(all.begin(), all.end(),
@@ -512,6 +558,8 @@ void Scheduler::Preempt(Request& r) {
   ++preemptions_total_;
   running_.erase(std::find(running_.begin(), running_.end(), &r));
   waiting_.push_front(&r);
+  // Its KV will be wanted again: the prompt's snapshot (or the drained one) from the store.
+  if (r.req.handoff == KvHandoff::kDecode) StartFetch(r);
 }
 
 void Scheduler::Remove(Request& r) {
@@ -617,7 +665,7 @@ void Scheduler::SampleNext(Request& r, std::span<const float> logits, RequestOut
 
 void Scheduler::CancelAll(const absl::Status& status) {
   TakeInbox();
-  CompletePushes(absl::InfiniteDuration());  // each within its transfer deadline
+  CompleteTransfers(absl::InfiniteDuration());  // each within its transfer deadline
   std::vector<Request*> all;
   for (auto& [id, r] : live_) all.push_back(r.get());
   for (Request* r : all) {
@@ -636,12 +684,12 @@ void Scheduler::CancelAll(const absl::Status& status) {
 
 bool Scheduler::Step() {
   TakeInbox();
-  CompletePushes(absl::ZeroDuration());
+  CompleteTransfers(absl::ZeroDuration());
   last_step_ = StepStats();
   if (draining()) MigrateAll();
   if (running_.empty() && waiting_.empty() && pushes_in_flight_ > 0) {
     // Only pushes in flight: wait a little for one (not a spin), then report work.
-    CompletePushes(absl::Milliseconds(20));
+    CompleteTransfers(absl::Milliseconds(20));
     PublishStats();
     return true;
   }
@@ -655,7 +703,7 @@ bool Scheduler::Step() {
   // Requests with nothing to generate finish at once.
   for (size_t i = 0; i < waiting_.size();) {
     Request& r = *waiting_[i];
-    if (r.req.max_tokens == 0) {
+    if (r.req.max_tokens == 0 && !r.fetching) {
       RequestOutput out;
       Finish(r, RequestState::kFinished, absl::OkStatus(), "length", out);
     } else {
@@ -683,13 +731,21 @@ bool Scheduler::Step() {
   while (budget > 0 && static_cast<int32_t>(running_.size()) < options_.max_num_seqs &&
          !waiting_.empty()) {
     Request& r = *waiting_.front();
-    if (!CanAdmit(r)) break;  // first come, first served: nobody overtakes the head
+    // First come, first served: nobody overtakes the head, also while its KV is on its way from
+    // the store (within the transfer deadline).
+    if (r.fetching || !CanAdmit(r)) break;
     waiting_.pop_front();
     Admit(r);
     const int32_t n =
         static_cast<int32_t>(std::min<int64_t>({r.pending(), budget, options_.prefill_chunk}));
     plan.push_back({&r, n});
     budget -= n;
+  }
+  if (plan.empty() && pushes_in_flight_ + fetches_in_flight_ > 0) {
+    // Nothing to run until a transfer is done: wait a little for one (not a spin).
+    CompleteTransfers(absl::Milliseconds(20));
+    PublishStats();
+    return true;
   }
 
   // Run it; when the KV pages run out, preempt the newest sequence and try again.

@@ -17,9 +17,11 @@
 //
 // Thread contract: Submit, Cancel, WaitForWork, HasWork and stats() are safe from any thread.
 // Step and CancelAll run on the executor thread only (the engine's KV cache and runner belong to
-// it), and sinks are called there: they must not block. With a store, a transfer thread writes
-// the KV of finished prefill hand-offs (KvHandoff::kPrefill) off the step loop: it only reads
-// those sequences, which no step touches until their push is done.
+// it), and sinks are called there: they must not block. With a store, a transfer thread does the
+// network part of hand-offs off the step loop: it writes the KV of finished prefills
+// (KvHandoff::kPrefill; it only reads those sequences, which no step touches until the push is
+// done) and fetches the blocks of decode requests (KvHandoff::kDecode) while they wait; the
+// executor restores fetched blocks into the cache at admission.
 #pragma once
 
 #include <atomic>
@@ -41,6 +43,7 @@
 #include "absl/time/time.h"
 #include "cachestore/client.h"
 #include "worker/engine.h"
+#include "worker/kv_transfer.h"
 #include "worker/policy_registry.h"
 #include "worker/sampler.h"
 
@@ -154,7 +157,8 @@ struct PolicyKvBytes {
 struct SchedulerStats {
   int32_t running = 0;
   int32_t waiting = 0;
-  int32_t pushing = 0;  // finished prefill hand-offs whose KV is being written to the store
+  int32_t pushing = 0;   // finished prefill hand-offs whose KV is being written to the store
+  int32_t fetching = 0;  // waiting decode hand-offs whose KV is being read from the store
   int64_t kv_pages_used = 0;
   int64_t kv_pages_total = 0;
   int64_t preemptions_total = 0;
@@ -225,14 +229,16 @@ class Scheduler {
 
   Scheduler(Engine& engine, SchedulerOptions options, std::unique_ptr<PolicyRegistry> policies,
             cachestore::StoreClient* store);
-  // KvHandoff::kDecode at admission: the prompt's KV from the store, or false (recompute).
-  bool PullPromptKv(Request& r);
+  // KvHandoff::kDecode when it arrives or is preempted: the transfer thread fetches its KV.
+  void StartFetch(Request& r);
+  // KvHandoff::kDecode at admission: restores the fetched KV, or false (recompute).
+  bool TakeFetchedKv(Request& r);
   // KvHandoff::kPrefill once its prompt is computed: hands the push to the transfer thread (the
-  // request leaves the batch and finishes when its push is done, in CompletePushes).
+  // request leaves the batch and finishes when its push is done, in CompleteTransfers).
   void StartPush(Request& r);
-  // Finishes the requests whose push is done; waits up to `wait` for one (InfiniteDuration: until
-  // none is in flight).
-  void CompletePushes(absl::Duration wait);
+  // Takes the results of finished pushes and fetches; waits up to `wait` for one (Infinite:
+  // until none is in flight).
+  void CompleteTransfers(absl::Duration wait);
   void TransferLoop();
   // Draining: ends every request but prefill hand-offs with "migrated".
   void MigrateAll();
@@ -270,17 +276,26 @@ class Scheduler {
   int64_t generation_tokens_total_ = 0;
   std::map<std::string, PolicyKvBytes> kv_by_policy_;
   int32_t pushes_in_flight_ = 0;
+  int32_t fetches_in_flight_ = 0;
 
   // The transfer thread's queue and results.
-  struct PushDone {
+  struct TransferJob {
     Request* request = nullptr;
-    absl::Status status;
+    bool push = false;  // else a fetch
+    // A push: the tokens of the snapshot. A fetch: the snapshots to try, in order.
+    std::vector<std::vector<int32_t>> tokens;
+  };
+  struct TransferDone {
+    Request* request = nullptr;
+    bool push = false;
+    absl::Status status;  // of a push
     int64_t bytes = 0;
     double seconds = 0;
+    absl::StatusOr<FetchedSnapshot> fetched = absl::NotFoundError("");  // of a fetch
   };
   absl::Mutex transfer_mu_;
-  std::deque<Request*> push_queue_ ABSL_GUARDED_BY(transfer_mu_);
-  std::vector<PushDone> push_done_ ABSL_GUARDED_BY(transfer_mu_);
+  std::deque<TransferJob> transfer_queue_ ABSL_GUARDED_BY(transfer_mu_);
+  std::vector<TransferDone> transfer_done_ ABSL_GUARDED_BY(transfer_mu_);
   bool transfer_stop_ ABSL_GUARDED_BY(transfer_mu_) = false;
   std::thread transfer_;  // started with the first push
 
