@@ -55,5 +55,4 @@ class StoreMetrics {
   std::vector<prometheus::Histogram*> op_durations_;  // [size of kMetricOps]
 };
 
-
 }  // namespace kvasir::cachestore
