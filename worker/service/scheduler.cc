@@ -65,6 +65,7 @@ struct Scheduler::Request {
   bool fetching = false;  // its KV is being read from the store (transfer thread)
   // kDecode: the fetched KV, taken at admission (unset: no fetch was made).
   std::optional<absl::StatusOr<FetchedSnapshot>> fetched;
+  bool store_skipped = false;  // kDecode: no fetch was made, the store having failed just before
 
   int64_t pending() const { return static_cast<int64_t>(tokens.size()) - computed; }
   // The tokens whose KV a hand-off moves: the prompt but its last token.
@@ -337,13 +338,10 @@ void Scheduler::NoteStoreFailure(const absl::Status& status) {
   }
 }
 
-constexpr char kStoreDown[] = "the cachestore did not answer recently";
-
 void Scheduler::StartFetch(Request& r) {
-  if (StoreDown()) {
-    r.fetched = absl::StatusOr<FetchedSnapshot>(absl::UnavailableError(kStoreDown));
-    return;
-  }
+  r.fetched.reset();
+  r.store_skipped = StoreDown();
+  if (r.store_skipped) return;
   TransferJob job{.request = &r, .push = false};
   if (!r.req.resume.empty()) {
     // A drained worker's snapshot first: every token but the last (whose KV it had not computed).
@@ -351,7 +349,6 @@ void Scheduler::StartFetch(Request& r) {
   }
   const std::span<const int32_t> prompt = r.handoff_tokens();
   job.tokens.emplace_back(prompt.begin(), prompt.end());
-  r.fetched.reset();
   r.fetching = true;
   ++fetches_in_flight_;
   absl::MutexLock lock(&transfer_mu_);
@@ -360,6 +357,10 @@ void Scheduler::StartFetch(Request& r) {
 }
 
 bool Scheduler::TakeFetchedKv(Request& r) {
+  if (r.store_skipped) {
+    r.kv_source = "recompute:store_down";
+    return false;
+  }
   absl::StatusOr<FetchedSnapshot> fetched =
       r.fetched.has_value() ? std::move(*r.fetched) : absl::NotFoundError("no fetch was made");
   r.fetched.reset();
@@ -369,8 +370,7 @@ bool Scheduler::TakeFetchedKv(Request& r) {
           : absl::StatusOr<kvcache::SequenceKv*>(fetched.status());
   if (!seq.ok()) {
     const absl::Status& s = seq.status();
-    const char* why = s.message() == kStoreDown      ? "store_down"
-                      : absl::IsNotFound(s)          ? "not_found"
+    const char* why = absl::IsNotFound(s)            ? "not_found"
                       : absl::IsDataLoss(s)          ? "checksum"
                       : absl::IsDeadlineExceeded(s)  ? "timeout"
                       : absl::IsUnavailable(s)       ? "unavailable"
