@@ -289,7 +289,6 @@ void Scheduler::TakeInbox() {
     Request* raw = r.get();
     live_[raw->req.id] = std::move(r);
     waiting_.push_back(raw);
-    if (raw->req.handoff == KvHandoff::kDecode) StartFetch(*raw);
   }
   for (const std::string& id : cancels) {
     auto it = live_.find(id);
@@ -338,8 +337,18 @@ void Scheduler::NoteStoreFailure(const absl::Status& status) {
   }
 }
 
+void Scheduler::PrefetchKv() {
+  int32_t ahead = 0;
+  for (Request* r : waiting_) {
+    if (ahead++ >= options_.max_num_seqs) break;
+    if (r->req.handoff == KvHandoff::kDecode && !r->fetching && !r->fetched.has_value() &&
+        !r->store_skipped) {
+      StartFetch(*r);
+    }
+  }
+}
+
 void Scheduler::StartFetch(Request& r) {
-  r.fetched.reset();
   r.store_skipped = StoreDown();
   if (r.store_skipped) return;
   TransferJob job{.request = &r, .push = false};
@@ -558,8 +567,8 @@ void Scheduler::Preempt(Request& r) {
   ++preemptions_total_;
   running_.erase(std::find(running_.begin(), running_.end(), &r));
   waiting_.push_front(&r);
-  // Its KV will be wanted again: the prompt's snapshot (or the drained one) from the store.
-  if (r.req.handoff == KvHandoff::kDecode) StartFetch(r);
+  // Its KV will be wanted again: PrefetchKv fetches the snapshot once more.
+  r.store_skipped = false;
 }
 
 void Scheduler::Remove(Request& r) {
@@ -685,6 +694,7 @@ void Scheduler::CancelAll(const absl::Status& status) {
 bool Scheduler::Step() {
   TakeInbox();
   CompleteTransfers(absl::ZeroDuration());
+  PrefetchKv();
   last_step_ = StepStats();
   if (draining()) MigrateAll();
   if (running_.empty() && waiting_.empty() && pushes_in_flight_ > 0) {

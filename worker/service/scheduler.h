@@ -229,7 +229,10 @@ class Scheduler {
 
   Scheduler(Engine& engine, SchedulerOptions options, std::unique_ptr<PolicyRegistry> policies,
             cachestore::StoreClient* store);
-  // KvHandoff::kDecode when it arrives or is preempted: the transfer thread fetches its KV.
+  // The decode hand-offs at the head of the queue (as many as one step could admit) have their
+  // KV fetched ahead by the transfer thread; those further back wait their turn, so that fetched
+  // blocks do not pile up in memory behind a long queue.
+  void PrefetchKv();
   void StartFetch(Request& r);
   // KvHandoff::kDecode at admission: restores the fetched KV, or false (recompute).
   bool TakeFetchedKv(Request& r);

@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
 #include "cachestore/service.h"
 #include "gtest/gtest.h"
 #include "model/model_files.h"
@@ -39,10 +40,9 @@ std::unique_ptr<Engine> LoadModel(const std::string& model) {
   return engine.ok() ? std::move(*engine) : nullptr;
 }
 
-// Runs one request alone on `scheduler` until it finishes.
-Collected RunAlone(Scheduler& scheduler, SchedulerRequest request) {
-  Collected c;
-  absl::Status s = scheduler.Submit(std::move(request), [&c](const RequestOutput& out) {
+// A sink that gathers a request's outputs into `c` (which must outlive the request).
+OutputSink CollectInto(Collected& c) {
+  return [&c](const RequestOutput& out) {
     c.ids.insert(c.ids.end(), out.ids.begin(), out.ids.end());
     c.text += out.text;
     c.finished = out.finished;
@@ -50,7 +50,13 @@ Collected RunAlone(Scheduler& scheduler, SchedulerRequest request) {
     c.status = out.status;
     c.kv_source = out.kv_source;
     c.kv_transfer_bytes = out.kv_transfer_bytes;
-  });
+  };
+}
+
+// Runs one request alone on `scheduler` until it finishes.
+Collected RunAlone(Scheduler& scheduler, SchedulerRequest request) {
+  Collected c;
+  absl::Status s = scheduler.Submit(std::move(request), CollectInto(c));
   EXPECT_TRUE(s.ok()) << s;
   for (int steps = 0; s.ok() && scheduler.Step(); ++steps) {
     if (steps > 10000) {
@@ -81,11 +87,8 @@ class HandoffTest : public ::testing::TestWithParam<std::string> {
     auto service = cachestore::StoreService::Start(so);
     ASSERT_TRUE(service.ok()) << service.status();
     service_ = std::move(*service);
-    cachestore::ClientOptions co;
-    co.port = service_->port();
-    auto store = cachestore::StoreClient::Connect(co);
-    ASSERT_TRUE(store.ok()) << store.status();
-    store_ = std::move(*store);
+    store_ = Client();
+    ASSERT_NE(store_, nullptr);
     options_.prefill_chunk = 16;  // the prompt in several chunks, as under load
     options_.kv_transfer_timeout = absl::Seconds(2);
     auto mono = Scheduler::Create(*prefill_engine_, options_);
@@ -95,6 +98,27 @@ class HandoffTest : public ::testing::TestWithParam<std::string> {
     mono_ = std::move(*mono);
     prefill_ = std::move(*prefill);
     decode_ = std::move(*decode);
+  }
+
+  // A client of this fixture's store whose calls go past `faults` (none: a plain one).
+  std::unique_ptr<cachestore::StoreClient> Client(
+      std::shared_ptr<transport::fault::FaultSchedule> faults = nullptr) {
+    cachestore::ClientOptions co;
+    co.port = service_->port();
+    co.faults = std::move(faults);
+    auto client = cachestore::StoreClient::Connect(co);
+    EXPECT_TRUE(client.ok()) << client.status();
+    return client.ok() ? std::move(*client) : nullptr;
+  }
+
+  // The monolithic run of `base`, after its prompt's KV was prefilled into the store.
+  Collected MonolithicAndPrefilled(const SchedulerRequest& base) {
+    const Collected mono = RunAlone(*mono_, base);
+    EXPECT_TRUE(mono.status.ok()) << mono.status;
+    SchedulerRequest p = base;
+    p.handoff = KvHandoff::kPrefill;
+    EXPECT_EQ(RunAlone(*prefill_, p).finish_reason, "prefilled");
+    return mono;
   }
 
   SchedulerRequest Request(const std::string& id, const std::string& text,
@@ -174,14 +198,7 @@ TEST_P(HandoffTest, PrefillHereDecodeThereEqualsOneWorker) {
 
 // Runs `request` on `scheduler` until it has delivered at least `tokens` tokens (or finished).
 void RunUntil(Scheduler& scheduler, SchedulerRequest request, size_t tokens, Collected& c) {
-  absl::Status s = scheduler.Submit(std::move(request), [&c](const RequestOutput& out) {
-    c.ids.insert(c.ids.end(), out.ids.begin(), out.ids.end());
-    c.text += out.text;
-    c.finished = out.finished;
-    c.finish_reason = out.finish_reason;
-    c.status = out.status;
-    c.kv_transfer_bytes = out.kv_transfer_bytes;
-  });
+  absl::Status s = scheduler.Submit(std::move(request), CollectInto(c));
   EXPECT_TRUE(s.ok()) << s;
   for (int steps = 0; s.ok() && !c.finished && c.ids.size() < tokens && steps < 10000; ++steps) {
     scheduler.Step();
@@ -281,11 +298,9 @@ using HandoffFaultTest = HandoffTest;
 
 TEST_P(HandoffFaultTest, TimeoutAndLostStoreFallBackToRecompute) {
   const SchedulerRequest base = Request("r", kPrompt, SamplingParams::Greedy());
-  const Collected mono = RunAlone(*mono_, base);
-  ASSERT_TRUE(mono.status.ok()) << mono.status;
+  const Collected mono = MonolithicAndPrefilled(base);
   SchedulerRequest p = base;
   p.handoff = KvHandoff::kPrefill;
-  ASSERT_EQ(RunAlone(*prefill_, p).finish_reason, "prefilled");
   SchedulerRequest d = base;
   d.handoff = KvHandoff::kDecode;
   // A deadline no transfer can meet.
@@ -327,22 +342,15 @@ TEST_P(HandoffFaultTest, TimeoutAndLostStoreFallBackToRecompute) {
 // fails its checksum: the decode side recomputes, same output, and no lease stays open.
 TEST_P(HandoffFaultTest, CorruptedBlockFallsBackToRecompute) {
   const SchedulerRequest base = Request("r", kPrompt, SamplingParams::Greedy());
-  const Collected mono = RunAlone(*mono_, base);
-  ASSERT_TRUE(mono.status.ok()) << mono.status;
-  SchedulerRequest p = base;
-  p.handoff = KvHandoff::kPrefill;
-  ASSERT_EQ(RunAlone(*prefill_, p).finish_reason, "prefilled");
+  const Collected mono = MonolithicAndPrefilled(base);
   auto faults = std::make_shared<transport::fault::FaultSchedule>();
   faults->Add({.op = "read_block",
                .after = 0,
                .count = 1,
                .action = transport::fault::FaultAction::kCorrupt});
-  cachestore::ClientOptions co;
-  co.port = service_->port();
-  co.faults = faults;
-  auto damaged = cachestore::StoreClient::Connect(co);
-  ASSERT_TRUE(damaged.ok()) << damaged.status();
-  auto decoder = Scheduler::Create(*decode_engine_, options_, damaged->get());
+  auto damaged = Client(faults);
+  ASSERT_NE(damaged, nullptr);
+  auto decoder = Scheduler::Create(*decode_engine_, options_, damaged.get());
   ASSERT_TRUE(decoder.ok());
   SchedulerRequest d = base;
   d.handoff = KvHandoff::kDecode;
@@ -371,12 +379,9 @@ TEST_P(HandoffFaultTest, PushRunsOffTheStepLoop) {
   faults->Add({.op = "put_batch",
                .action = transport::fault::FaultAction::kDelay,
                .delay = absl::Milliseconds(400)});
-  cachestore::ClientOptions co;
-  co.port = service_->port();
-  co.faults = faults;
-  auto slow = cachestore::StoreClient::Connect(co);
-  ASSERT_TRUE(slow.ok()) << slow.status();
-  auto created = Scheduler::Create(*prefill_engine_, options_, slow->get());
+  auto slow = Client(faults);
+  ASSERT_NE(slow, nullptr);
+  auto created = Scheduler::Create(*prefill_engine_, options_, slow.get());
   ASSERT_TRUE(created.ok());
   Scheduler& s = **created;
 
@@ -386,17 +391,8 @@ TEST_P(HandoffFaultTest, PushRunsOffTheStepLoop) {
   other.max_tokens = 200;
   other.ignore_eos = true;
   Collected pre, dec;
-  auto sink = [](Collected& c) {
-    return [&c](const RequestOutput& out) {
-      c.ids.insert(c.ids.end(), out.ids.begin(), out.ids.end());
-      c.finished = out.finished;
-      c.finish_reason = out.finish_reason;
-      c.status = out.status;
-      c.kv_transfer_bytes = out.kv_transfer_bytes;
-    };
-  };
-  ASSERT_TRUE(s.Submit(p, sink(pre)).ok());
-  ASSERT_TRUE(s.Submit(other, sink(dec)).ok());
+  ASSERT_TRUE(s.Submit(p, CollectInto(pre)).ok());
+  ASSERT_TRUE(s.Submit(other, CollectInto(dec)).ok());
   size_t tokens_at_push = 0;
   for (int i = 0; i < 10000 && !pre.finished; ++i) {
     s.Step();
@@ -414,7 +410,7 @@ TEST_P(HandoffFaultTest, PushRunsOffTheStepLoop) {
   c.id = "c";
   c.prompt.push_back(c.prompt.back());  // another snapshot than p's
   Collected cancelled;
-  ASSERT_TRUE(s.Submit(c, sink(cancelled)).ok());
+  ASSERT_TRUE(s.Submit(c, CollectInto(cancelled)).ok());
   for (int i = 0; i < 10000 && s.stats().pushing == 0 && !cancelled.finished; ++i) s.Step();
   ASSERT_EQ(s.stats().pushing, 1);
   s.Cancel("c");
@@ -428,45 +424,31 @@ TEST_P(HandoffFaultTest, PushRunsOffTheStepLoop) {
 
 // The fetch of a decode request's KV runs off the step loop too: while it is slow, a running
 // request keeps decoding; then the request is restored from the fetched blocks with the
-// monolithic output; a request cancelled during its fetch ends cancelled when it is done.
+// monolithic output; a request cancelled during its fetch ends cancelled when it is done; only
+// the head of the queue fetches ahead.
 TEST_P(HandoffFaultTest, FetchRunsOffTheStepLoop) {
   const SchedulerRequest base = Request("r", kPrompt, SamplingParams::Greedy());
-  const Collected mono = RunAlone(*mono_, base);
-  ASSERT_TRUE(mono.status.ok()) << mono.status;
-  SchedulerRequest p = base;
-  p.handoff = KvHandoff::kPrefill;
-  ASSERT_EQ(RunAlone(*prefill_, p).finish_reason, "prefilled");
-
+  const Collected mono = MonolithicAndPrefilled(base);
   auto faults = std::make_shared<transport::fault::FaultSchedule>();
   faults->Add({.op = "get_batch",
                .action = transport::fault::FaultAction::kDelay,
                .delay = absl::Milliseconds(400)});
-  cachestore::ClientOptions co;
-  co.port = service_->port();
-  co.faults = faults;
-  auto slow = cachestore::StoreClient::Connect(co);
-  ASSERT_TRUE(slow.ok()) << slow.status();
-  auto created = Scheduler::Create(*decode_engine_, options_, slow->get());
+  auto slow = Client(faults);
+  ASSERT_NE(slow, nullptr);
+  SchedulerOptions two_seqs = options_;
+  two_seqs.max_num_seqs = 2;
+  auto created = Scheduler::Create(*decode_engine_, two_seqs, slow.get());
   ASSERT_TRUE(created.ok());
   Scheduler& s = **created;
-  auto sink = [](Collected& c) {
-    return [&c](const RequestOutput& out) {
-      c.ids.insert(c.ids.end(), out.ids.begin(), out.ids.end());
-      c.text += out.text;
-      c.finished = out.finished;
-      c.status = out.status;
-      c.kv_source = out.kv_source;
-    };
-  };
   SchedulerRequest other = Request("o", "The little dog ran", SamplingParams::Greedy());
   other.max_tokens = 200;
   other.ignore_eos = true;
   Collected running, dec;
-  ASSERT_TRUE(s.Submit(other, sink(running)).ok());
+  ASSERT_TRUE(s.Submit(other, CollectInto(running)).ok());
   for (int i = 0; i < 3; ++i) s.Step();
   SchedulerRequest d = base;
   d.handoff = KvHandoff::kDecode;
-  ASSERT_TRUE(s.Submit(d, sink(dec)).ok());
+  ASSERT_TRUE(s.Submit(d, CollectInto(dec)).ok());
   s.Step();
   ASSERT_EQ(s.stats().fetching, 1);
   const size_t before = running.ids.size();
@@ -481,15 +463,27 @@ TEST_P(HandoffFaultTest, FetchRunsOffTheStepLoop) {
   SchedulerRequest c = d;
   c.id = "c";
   Collected cancelled;
-  ASSERT_TRUE(s.Submit(c, sink(cancelled)).ok());
+  ASSERT_TRUE(s.Submit(c, CollectInto(cancelled)).ok());
   s.Step();
   ASSERT_EQ(s.stats().fetching, 1);
   s.Cancel("c");
   for (int i = 0; i < 10000 && !cancelled.finished; ++i) s.Step();
   EXPECT_TRUE(absl::IsCancelled(cancelled.status)) << cancelled.status;
+
+  // Only the head of the queue fetches ahead (max_num_seqs requests), not all of it.
+  std::vector<Collected> queued(3);
+  for (int i = 0; i < 3; ++i) {
+    SchedulerRequest w = d;
+    w.id = absl::StrCat("w", i);
+    ASSERT_TRUE(s.Submit(w, CollectInto(queued[i])).ok());
+  }
+  s.Step();
+  EXPECT_EQ(s.stats().fetching, 2);
+  for (int i = 0; i < 3; ++i) s.Cancel(absl::StrCat("w", i));
   s.Cancel("o");
   for (int i = 0; i < 10000 && s.Step(); ++i) {
   }
+  for (const Collected& q : queued) EXPECT_TRUE(absl::IsCancelled(q.status)) << q.status;
   EXPECT_EQ(decode_engine_->cache().pool().pages_used(), 0);
   // Read leases are released in the background (docs/cachestore.md): none stays for long.
   uint64_t leases = 1;
