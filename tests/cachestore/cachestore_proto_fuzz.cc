@@ -35,6 +35,7 @@
 #include "cachestore/store.h"
 #include "cachestore/synthetic_blocks.h"
 #include "common/log.h"
+#include "tests/testing/fuzz_util.h"
 #include "tests/testing/kv_block_fixup.h"
 
 namespace {
@@ -371,20 +372,12 @@ bool WriteSeeds(const std::string& dir) {
   return true;
 }
 
-const bool kSeedsWritten = [] {
-  const char* dir = std::getenv("KVASIR_FUZZ_WRITE_SEEDS");
-  if (dir == nullptr) return false;
-  std::exit(WriteSeeds(dir) ? 0 : 1);
-}();
+const bool kSeedsWritten = kvasir::testing::WriteSeedsIfAsked(WriteSeeds);
 
 }  // namespace
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
-  static const bool quiet = [] {  // warnings about odd inputs would flood the output
-    kvasir::log::SetLevel(kvasir::log::Level::kError);
-    return true;
-  }();
-  (void)quiet;
+  kvasir::testing::QuietLogs();
   g_now = absl::FromUnixSeconds(1'000'000);
   g_leases.clear();
   std::unique_ptr<BlockStore> store = NewStore();

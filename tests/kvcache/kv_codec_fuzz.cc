@@ -22,6 +22,7 @@
 #include "kvcache/codec.h"
 #include "kvcache/kv_cache.h"
 #include "kvcache/policy.h"
+#include "tests/testing/fuzz_util.h"
 #include "tests/testing/kv_block_fixup.h"
 
 namespace {
@@ -95,11 +96,7 @@ bool WriteSeeds(const std::string& dir) {
   return true;
 }
 
-const bool kSeedsWritten = [] {
-  const char* dir = std::getenv("KVASIR_FUZZ_WRITE_SEEDS");
-  if (dir == nullptr) return false;
-  std::exit(WriteSeeds(dir) ? 0 : 1);
-}();
+const bool kSeedsWritten = kvasir::testing::WriteSeedsIfAsked(WriteSeeds);
 
 }  // namespace
 

@@ -21,6 +21,7 @@
 #include "common/log.h"
 #include "model/tokenizer/chat_template.h"
 #include "model/tokenizer/tokenizer.h"
+#include "tests/testing/fuzz_util.h"
 
 namespace {
 
@@ -57,11 +58,7 @@ void WriteFile(const std::string& path, std::string_view bytes) {
 }  // namespace
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
-  static const bool quiet = [] {  // warnings about odd inputs would flood the output
-    kvasir::log::SetLevel(kvasir::log::Level::kError);
-    return true;
-  }();
-  (void)quiet;
+  kvasir::testing::QuietLogs();
   const std::string_view input(reinterpret_cast<const char*>(data), size);
   const std::string& dir = ScratchDir();
   const size_t marker = input.find(kConfigMarker);
