@@ -164,9 +164,9 @@ uint64_t PayloadBytes(const KvCache& cache, const SequenceKv& seq, int32_t l0, i
   return n;
 }
 
-void WritePayload(const KvCache& cache, const SequenceKv& seq, int32_t l0, int32_t l1, int32_t h0,
-                  int32_t h1, const std::string& state, ChunkWriter& w) {
-  w.Put<int64_t>(seq.n_tokens());
+void WritePayload(const KvCache& cache, const SequenceKv& seq, int64_t n_tokens, int32_t l0,
+                  int32_t l1, int32_t h0, int32_t h1, const std::string& state, ChunkWriter& w) {
+  w.Put<int64_t>(n_tokens);
   const size_t slot_bytes = cache.pool().slot_bytes();
   for (int32_t l = l0; l < l1; ++l) {
     for (int32_t h = h0; h < h1; ++h) {
@@ -221,15 +221,22 @@ absl::StatusOr<std::vector<std::string>> EncodeSequence(const KvCache& cache, co
   if (info.max_block_bytes <= 0) return absl::InvalidArgumentError("max block bytes must be > 0");
   const std::string spec = seq.policy().spec();
   if (spec.size() > 65535) return absl::InvalidArgumentError("policy spec too long");
+  const int64_t n_tokens = info.n_tokens < 0 ? seq.n_tokens() : info.n_tokens;
+  // The part that ends the grid carries the policy state; the state is whole only between steps.
+  const bool with_state = l1 == g.n_layer && h1 == g.n_head_kv;
+  if (with_state && n_tokens != seq.n_tokens()) {
+    return absl::FailedPreconditionError(
+        "a KV snapshot part with the policy state can only be taken between steps");
+  }
   std::string state;
-  KVASIR_RETURN_IF_ERROR(seq.policy().SaveState(seq, state));
+  if (with_state) KVASIR_RETURN_IF_ERROR(seq.policy().SaveState(seq, state));
   const uint64_t payload_bytes = PayloadBytes(cache, seq, l0, l1, h0, h1, state.size());
 
   KvBlockHeader h;
   h.layout_version = kKvLayoutVersion;
   h.model_fingerprint = info.model_fingerprint;
   h.prefix_hash = info.prefix_hash;
-  h.n_tokens = seq.n_tokens();
+  h.n_tokens = n_tokens;
   h.n_layer = g.n_layer;
   h.n_head_kv = g.n_head_kv;
   h.head_dim = g.head_dim;
@@ -248,7 +255,7 @@ absl::StatusOr<std::vector<std::string>> EncodeSequence(const KvCache& cache, co
   std::vector<std::string> blocks;
   blocks.reserve(h.chunk_count);
   ChunkWriter w(blocks, header_bytes, payload_bytes, chunk);
-  WritePayload(cache, seq, l0, l1, h0, h1, state, w);
+  WritePayload(cache, seq, n_tokens, l0, l1, h0, h1, state, w);
   if (blocks.size() != h.chunk_count) {
     return absl::InternalError("KV snapshot: the payload did not fill its blocks as computed");
   }
@@ -308,6 +315,94 @@ absl::StatusOr<KvBlockHeader> DecodeBlockHeader(std::string_view block) {
   return h;
 }
 
+namespace {
+
+// The blocks of one part of a snapshot (a layer range), verified: the chunks tile its payload
+// with no gap or overlap, and every payload checksum holds. `parts` gets the payloads in chunk
+// order.
+absl::Status VerifyPart(std::span<const std::string> blocks, std::span<const KvBlockHeader> headers,
+                        std::span<const size_t> members, std::vector<std::string_view>& parts) {
+  const KvBlockHeader& first = headers[members[0]];
+  if (members.size() != first.chunk_count) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("KV snapshot part of layers [", first.layer_begin, ", ", first.layer_end,
+                     ") has ", first.chunk_count, " blocks, got ", members.size()));
+  }
+  // A header's snapshot size is only a claim: check the tiling before anything is allocated.
+  std::vector<const KvBlockHeader*> by_chunk(first.chunk_count, nullptr);
+  for (size_t i : members) {
+    const KvBlockHeader& h = headers[i];
+    if (h.snapshot_bytes != first.snapshot_bytes || h.chunk_count != first.chunk_count ||
+        by_chunk[h.chunk_index] != nullptr) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("KV block ", i, " belongs to another snapshot or repeats a chunk"));
+    }
+    by_chunk[h.chunk_index] = &h;
+  }
+  uint64_t covered = 0;
+  for (const KvBlockHeader* h : by_chunk) {
+    if (h->payload_offset != covered) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("KV snapshot chunk ", h->chunk_index, " starts at byte ", h->payload_offset,
+                       " of the snapshot, not at ", covered, " where the chunk before it ends"));
+    }
+    covered += h->payload_bytes;
+  }
+  if (covered != first.snapshot_bytes) {
+    return absl::InvalidArgumentError(absl::StrCat("KV snapshot chunks hold ", covered,
+                                                   " payload bytes, the headers say ",
+                                                   first.snapshot_bytes));
+  }
+  parts.assign(first.chunk_count, std::string_view());
+  for (size_t i : members) {
+    const KvBlockHeader& h = headers[i];
+    const std::string_view data(blocks[i].data() + h.header_bytes, h.payload_bytes);
+    if (Xxh3(data.data(), data.size()) != h.payload_xxh3) {
+      return absl::DataLossError(absl::StrCat("KV block ", i, " (chunk ", h.chunk_index, " of ",
+                                              h.chunk_count,
+                                              "): payload checksum mismatch (corrupted block)"));
+    }
+    parts[h.chunk_index] = data;
+  }
+  return absl::OkStatus();
+}
+
+// Reads one part's payload into the tables of its layers; `state` gets its policy state.
+absl::Status ReadPart(KvCache& cache, SequenceKv& seq, const KvBlockHeader& header,
+                      std::vector<std::string_view> payload, std::string& state) {
+  ChunkReader r(std::move(payload));
+  int64_t n_tokens = 0;
+  if (!r.Get(&n_tokens) || n_tokens != header.n_tokens || n_tokens < 0) {
+    return absl::InvalidArgumentError("KV snapshot: bad token count");
+  }
+  const size_t slot_bytes = cache.pool().slot_bytes();
+  for (int32_t l = header.layer_begin; l < header.layer_end; ++l) {
+    for (int32_t h = header.head_begin; h < header.head_end; ++h) {
+      for (HeadTable* t : {&seq.k(l, h), &seq.v(l, h)}) {
+        int32_t length = 0;
+        if (!r.Get(&length) || length < 0 ||
+            static_cast<uint64_t>(length) * slot_bytes > r.left()) {
+          return absl::InvalidArgumentError("KV snapshot: bad table length");
+        }
+        KVASIR_RETURN_IF_ERROR(cache.Reserve(*t, length, 0));
+        t->length = length;
+        ForEachSlotRun(cache, *t, length, [&](int32_t s, int32_t n) {
+          r.Bytes(cache.SlotPtr(*t, s), static_cast<size_t>(n) * slot_bytes);
+        });
+      }
+    }
+  }
+  uint64_t state_len = 0;
+  if (!r.Get(&state_len) || state_len != r.left()) {
+    return absl::InvalidArgumentError("KV snapshot: bad policy state length");
+  }
+  state.resize(state_len);
+  r.Bytes(state.data(), state_len);
+  return absl::OkStatus();
+}
+
+}  // namespace
+
 absl::StatusOr<SequenceKv*> DecodeSequence(KvCache& cache, std::span<const std::string> blocks,
                                            std::shared_ptr<const KvPolicy> policy,
                                            uint64_t model_fingerprint) {
@@ -331,54 +426,53 @@ absl::StatusOr<SequenceKv*> DecodeSequence(KvCache& cache, std::span<const std::
       first.head_dim != g.head_dim || first.dtype != cache.pool().dtype()) {
     return absl::InvalidArgumentError("KV blocks have another cache geometry or element type");
   }
-  if (first.layer_begin != 0 || first.layer_end != g.n_layer || first.head_begin != 0 ||
-      first.head_end != g.n_head_kv) {
-    return absl::UnimplementedError(
-        "restoring a partial layer or head range needs the other ranks' blocks too");
-  }
-  if (blocks.size() != first.chunk_count) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("KV snapshot has ", first.chunk_count, " blocks, got ", blocks.size()));
-  }
-  // Verify every block against the first, and that the chunks tile the snapshot (no gap, no
-  // overlap), before anything is allocated: a header's snapshot size is only a claim.
-  std::vector<const KvBlockHeader*> by_chunk(first.chunk_count, nullptr);
+  // Every block of one snapshot; grouped into parts by layer range.
+  std::vector<std::vector<size_t>> by_part;  // block indices, parts in layer order once sorted
   for (size_t i = 0; i < blocks.size(); ++i) {
     const KvBlockHeader& h = headers[i];
     if (h.model_fingerprint != first.model_fingerprint || h.prefix_hash != first.prefix_hash ||
         h.n_tokens != first.n_tokens || h.policy_spec != first.policy_spec ||
-        h.snapshot_bytes != first.snapshot_bytes || h.chunk_count != first.chunk_count ||
-        by_chunk[h.chunk_index] != nullptr) {
+        h.n_layer != first.n_layer || h.n_head_kv != first.n_head_kv ||
+        h.head_dim != first.head_dim || h.dtype != first.dtype) {
       return absl::InvalidArgumentError(
-          absl::StrCat("KV block ", i, " belongs to another snapshot or repeats a chunk"));
+          absl::StrCat("KV block ", i, " belongs to another snapshot"));
     }
-    by_chunk[h.chunk_index] = &h;
-  }
-  uint64_t covered = 0;
-  for (const KvBlockHeader* h : by_chunk) {
-    if (h->payload_offset != covered) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("KV snapshot chunk ", h->chunk_index, " starts at byte ", h->payload_offset,
-                       " of the snapshot, not at ", covered, " where the chunk before it ends"));
+    if (h.head_begin != 0 || h.head_end != g.n_head_kv) {
+      return absl::UnimplementedError(
+          "restoring a partial KV-head range needs the other ranks' blocks too");
     }
-    covered += h->payload_bytes;
-  }
-  if (covered != first.snapshot_bytes) {
-    return absl::InvalidArgumentError(absl::StrCat("KV snapshot chunks hold ", covered,
-                                                   " payload bytes, the headers say ",
-                                                   first.snapshot_bytes));
-  }
-  // Check every chunk, then read the payload across them in chunk order.
-  std::vector<std::string_view> parts(blocks.size());
-  for (size_t i = 0; i < blocks.size(); ++i) {
-    const KvBlockHeader& h = headers[i];
-    const std::string_view data(blocks[i].data() + h.header_bytes, h.payload_bytes);
-    if (Xxh3(data.data(), data.size()) != h.payload_xxh3) {
-      return absl::DataLossError(absl::StrCat("KV block ", i, " (chunk ", h.chunk_index, " of ",
-                                              h.chunk_count,
-                                              "): payload checksum mismatch (corrupted block)"));
+    auto part = std::find_if(by_part.begin(), by_part.end(), [&](const std::vector<size_t>& p) {
+      return headers[p[0]].layer_begin == h.layer_begin;
+    });
+    if (part == by_part.end()) {
+      by_part.push_back({i});
+    } else if (headers[(*part)[0]].layer_end != h.layer_end) {
+      return absl::InvalidArgumentError("KV snapshot parts overlap in their layers");
+    } else {
+      part->push_back(i);
     }
-    parts[h.chunk_index] = data;
+  }
+  std::sort(by_part.begin(), by_part.end(), [&](const auto& a, const auto& b) {
+    return headers[a[0]].layer_begin < headers[b[0]].layer_begin;
+  });
+  int32_t next_layer = 0;
+  for (const std::vector<size_t>& part : by_part) {
+    const KvBlockHeader& h = headers[part[0]];
+    if (h.layer_begin != next_layer || h.layer_end <= h.layer_begin || h.layer_end > g.n_layer) {
+      return absl::InvalidArgumentError(absl::StrCat("KV snapshot parts do not tile the ",
+                                                     g.n_layer, " layers (layers ", next_layer,
+                                                     " on are missing or repeated)"));
+    }
+    next_layer = h.layer_end;
+  }
+  if (next_layer != g.n_layer) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("KV snapshot lacks layers ", next_layer, " to ", g.n_layer - 1));
+  }
+  // Check every chunk of every part before anything is allocated.
+  std::vector<std::vector<std::string_view>> payloads(by_part.size());
+  for (size_t p = 0; p < by_part.size(); ++p) {
+    KVASIR_RETURN_IF_ERROR(VerifyPart(blocks, headers, by_part[p], payloads[p]));
   }
 
   // Parse into a new sequence; free it on any error.
@@ -387,36 +481,19 @@ absl::StatusOr<SequenceKv*> DecodeSequence(KvCache& cache, std::span<const std::
     cache.FreeSequence(seq.id());
     return s;
   };
-  ChunkReader r(std::move(parts));
-  int64_t n_tokens = 0;
-  if (!r.Get(&n_tokens) || n_tokens != first.n_tokens || n_tokens < 0) {
-    return fail(absl::InvalidArgumentError("KV snapshot: bad token count"));
-  }
-  const size_t slot_bytes = cache.pool().slot_bytes();
-  for (int32_t l = 0; l < g.n_layer; ++l) {
-    for (int32_t h = 0; h < g.n_head_kv; ++h) {
-      for (HeadTable* t : {&seq.k(l, h), &seq.v(l, h)}) {
-        int32_t length = 0;
-        if (!r.Get(&length) || length < 0 ||
-            static_cast<uint64_t>(length) * slot_bytes > r.left()) {
-          return fail(absl::InvalidArgumentError("KV snapshot: bad table length"));
-        }
-        if (absl::Status s = cache.Reserve(*t, length, 0); !s.ok()) return fail(s);
-        t->length = length;
-        ForEachSlotRun(cache, *t, length, [&](int32_t s, int32_t n) {
-          r.Bytes(cache.SlotPtr(*t, s), static_cast<size_t>(n) * slot_bytes);
-        });
-      }
+  std::string state;
+  for (size_t p = 0; p < by_part.size(); ++p) {
+    if (absl::Status s =
+            ReadPart(cache, seq, headers[by_part[p][0]], std::move(payloads[p]), state);
+        !s.ok()) {
+      return fail(s);
+    }
+    if (p + 1 < by_part.size() && !state.empty()) {
+      return fail(absl::InvalidArgumentError(
+          "KV snapshot: a part other than the last carries policy state"));
     }
   }
-  uint64_t state_len = 0;
-  std::string state;
-  if (!r.Get(&state_len) || state_len != r.left()) {
-    return fail(absl::InvalidArgumentError("KV snapshot: bad policy state length"));
-  }
-  state.resize(state_len);
-  r.Bytes(state.data(), state_len);
-  seq.set_n_tokens(n_tokens);
+  seq.set_n_tokens(first.n_tokens);
   if (absl::Status s = seq.policy().LoadState(state, seq); !s.ok()) {
     return fail(Annotate(s, "KV snapshot policy state"));
   }

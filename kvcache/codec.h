@@ -6,6 +6,11 @@
 // payload and of its header. Decoding verifies every checksum before it uses a byte, and refuses
 // blocks of another model, policy or layout. The layout is in docs/kvcache.md.
 //
+// A snapshot may come in parts, each a range of layers encoded on its own (so that a prefill can
+// hand each range over as soon as its layers are computed, see worker/kv_transfer.h): the part
+// that ends the layer range carries the policy state, the others an empty one, and DecodeSequence
+// takes the blocks of every part together.
+//
 //   KVASIR_ASSIGN_OR_RETURN(auto blocks, EncodeSequence(cache, seq, info));
 //   ... move the blocks ...
 //   KVASIR_ASSIGN_OR_RETURN(SequenceKv* restored, DecodeSequence(other_cache, blocks, policy,
@@ -36,6 +41,10 @@ struct SnapshotInfo {
   int32_t head_begin = 0;             // KV heads [head_begin, head_end) are included
   int32_t head_end = -1;              // -1: all KV heads
   int64_t max_block_bytes = 4 << 20;  // payload bytes per block
+  // The tokens the snapshot holds the KV of; -1: seq.n_tokens(). Set while a step is under way
+  // (its tokens are in the tables of the layers it ran, n_tokens advances at its end); only a
+  // part without the policy state (one that does not end the layer range) can be taken then.
+  int64_t n_tokens = -1;
 };
 
 // The header of a block, as DecodeBlockHeader reads it.
@@ -56,7 +65,8 @@ struct KvBlockHeader {
   size_t header_bytes = 0;  // where the payload starts in the block
 };
 
-// Encodes the sequence's tables in the given layer/head ranges and the policy's state.
+// Encodes the sequence's tables in the given layer/head ranges, and the policy's state when the
+// range ends at the last layer and the last KV head.
 absl::StatusOr<std::vector<std::string>> EncodeSequence(const KvCache& cache, const SequenceKv& seq,
                                                         const SnapshotInfo& info);
 
@@ -66,7 +76,9 @@ absl::StatusOr<KvBlockHeader> DecodeBlockHeader(std::string_view block);
 
 // Verifies every block (checksums, same snapshot, complete, model fingerprint, policy spec equal
 // to policy->spec(), geometry equal to the cache's) and restores the sequence in `cache` under
-// `policy`. DataLoss names the block whose checksum failed. On error nothing stays allocated.
+// `policy`. The blocks may be those of several parts whose layer ranges tile the model's layers,
+// in any order (parts of a KV-head range are refused with Unimplemented). DataLoss names the
+// block whose checksum failed. On error nothing stays allocated.
 absl::StatusOr<SequenceKv*> DecodeSequence(KvCache& cache, std::span<const std::string> blocks,
                                            std::shared_ptr<const KvPolicy> policy,
                                            uint64_t model_fingerprint);

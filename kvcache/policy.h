@@ -56,10 +56,13 @@ class KvPolicy {
   // Attend cannot run out of pages halfway. ResourceExhausted when the pool is full.
   virtual absl::Status Reserve(KvCache& cache, SequenceKv& seq, int32_t n_new) const = 0;
   // One layer: stores what the policy keeps of the new tokens and writes the attention output.
-  // Called for layers 0..n_layer-1 in order; parallel work goes through ctx.pool.
+  // Called for layers 0..n_layer-1 in order; parallel work goes through ctx.pool. It writes the
+  // tables of in.layer only (it may read earlier layers'): once it ran, that layer's tables hold
+  // their content for the step, which a prefill streams out while the later layers compute.
   virtual absl::Status Attend(KvCache& cache, const LayerInputs& in,
                               kernels::cpu::CpuContext& ctx) const = 0;
-  // After every layer of a step ran, before n_tokens advances (eviction policies compact here).
+  // After every layer of a step ran, before n_tokens advances. It may give back pages beyond the
+  // tables' lengths (policies that evict or merge reserve for the worst case), nothing more.
   virtual absl::Status EndStep(KvCache& cache, SequenceKv& seq, int32_t n_new) const {
     return absl::OkStatus();
   }

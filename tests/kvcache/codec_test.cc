@@ -195,6 +195,57 @@ TEST_F(CodecTest, RefusesChunksThatDoNotTileTheSnapshot) {
   EXPECT_TRUE(DecodeSequence(*dst_, *blocks, policy_, 0).ok());
 }
 
+// A snapshot written in parts of layers (as a prefill streams it) restores from the blocks of
+// all its parts, in any order; a missing, overlapping or repeated part is refused.
+TEST_F(CodecTest, RestoresASnapshotFromPartsOfLayers) {
+  auto part = [&](int32_t l0, int32_t l1, int64_t n_tokens = -1) {
+    SnapshotInfo info;
+    info.model_fingerprint = 5;
+    info.prefix_hash = 0x77;
+    info.layer_begin = l0;
+    info.layer_end = l1;
+    info.n_tokens = n_tokens;
+    info.max_block_bytes = 200;
+    return EncodeSequence(*src_, *seq_, info);
+  };
+  auto a = part(0, 1, 21), b = part(1, 2, 21), c = part(2, 3);
+  ASSERT_TRUE(a.ok() && b.ok() && c.ok());
+  EXPECT_EQ(DecodeBlockHeader(a->front())->layer_end, 1);
+  std::vector<std::string> all;
+  for (auto* p : {&*c, &*a, &*b}) all.insert(all.end(), p->rbegin(), p->rend());
+  auto restored = DecodeSequence(*dst_, all, policy_, 5);
+  ASSERT_TRUE(restored.ok()) << restored.status();
+  EXPECT_EQ((*restored)->n_tokens(), 21);
+  ExpectSameTables(*seq_, **restored);
+  dst_->FreeSequence((*restored)->id());
+
+  std::vector<std::string> missing = *a;
+  missing.insert(missing.end(), c->begin(), c->end());
+  auto r = DecodeSequence(*dst_, missing, policy_, 5);
+  EXPECT_TRUE(absl::IsInvalidArgument(r.status())) << r.status();
+  auto ab = part(0, 2, 21);
+  ASSERT_TRUE(ab.ok());
+  std::vector<std::string> overlap = *ab;
+  overlap.insert(overlap.end(), b->begin(), b->end());
+  overlap.insert(overlap.end(), c->begin(), c->end());
+  r = DecodeSequence(*dst_, overlap, policy_, 5);
+  EXPECT_TRUE(absl::IsInvalidArgument(r.status())) << r.status();
+  std::vector<std::string> repeated = all;
+  repeated.push_back(a->front());
+  EXPECT_FALSE(DecodeSequence(*dst_, repeated, policy_, 5).ok());
+  // A part of another token count belongs to another snapshot.
+  auto later = part(0, 1, 22);
+  ASSERT_TRUE(later.ok());
+  std::vector<std::string> mixed = *later;
+  mixed.insert(mixed.end(), b->begin(), b->end());
+  mixed.insert(mixed.end(), c->begin(), c->end());
+  EXPECT_TRUE(absl::IsInvalidArgument(DecodeSequence(*dst_, mixed, policy_, 5).status()));
+  // The part with the policy state is only taken between steps.
+  EXPECT_TRUE(absl::IsFailedPrecondition(part(2, 3, 22).status()));
+  EXPECT_EQ(dst_->pool().pages_used(), 0);
+  EXPECT_EQ(dst_->num_sequences(), 0u);
+}
+
 TEST_F(CodecTest, EveryTruncationAndByteFlipIsRefusedWithoutACrash) {
   SnapshotInfo info;
   auto blocks = EncodeSequence(*src_, *seq_, info);
