@@ -226,7 +226,7 @@ int RunUp(int argc, char** argv) {
   std::vector<std::string> served_names;
   int32_t port = 8000, workers = 1, prefill_workers = 0, decode_workers = 0, threads = 0,
           max_num_seqs = 0, max_num_batched_tokens = 0, max_model_len = 0, ready_timeout_s = 600,
-          tp = 1;
+          kv_stream_layers = -1, tp = 1;
   p.AddString("model", &model, "PATH", "a .gguf file, a Hugging Face folder, or 'default'");
   p.AddString("host", &host, "ADDR", "HTTP address of the coordinator");
   p.AddInt32("port", &port, "HTTP port of the coordinator (0: any free port)");
@@ -248,6 +248,9 @@ int RunUp(int argc, char** argv) {
   p.AddInt32("max-num-batched-tokens", &max_num_batched_tokens,
              "tokens per step per worker (0: default)");
   p.AddInt32("max-model-len", &max_model_len, "tokens per request (0: the model's context)");
+  p.AddInt32("kv-stream-layers", &kv_stream_layers,
+             "prefill workers write the KV in parts of this many layers while computing (0: all "
+             "at the end; -1: the worker's default)");
   p.AddStrings("served-model-name", &served_names, "NAME", "model name(s) clients use");
   p.AddString("api-key-file", &api_key_file, "PATH", "require one of these API keys");
   p.AddInt32("tensor-parallel-size", &tp, "tensor-parallel ranks per worker (only 1 for now)");
@@ -429,6 +432,10 @@ int RunUp(int argc, char** argv) {
     if (max_model_len > 0) {
       w.push_back("--max-model-len");
       w.push_back(std::to_string(max_model_len));
+    }
+    if (kv_stream_layers >= 0 && role == "prefill") {
+      w.push_back("--kv-stream-layers");
+      w.push_back(std::to_string(kv_stream_layers));
     }
     auto worker = transport::ChildProcess::Spawn(w);
     if (!worker.ok()) return fail(worker.status());

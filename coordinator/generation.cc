@@ -150,9 +150,10 @@ class Coordinator::Generation : public std::enable_shared_from_this<Generation> 
     // fails (each departure from the plan is counted in kvasir_disagg_fallbacks_total).
     const bool disaggregated = c_->registry_->HasRole("decode");
     serving::Handoff handoff = serving::HANDOFF_NONE;
+    std::vector<int32_t> kv_layer_bounds;  // the parts the prefill wrote the KV in
     // When the prefill failed, the decode worker computes the prompt itself without asking the
     // store (which may be what failed).
-    if (disaggregated && base_.prompt_size() >= 2 && RunPrefill(index)) {
+    if (disaggregated && base_.prompt_size() >= 2 && RunPrefill(index, kv_layer_bounds)) {
       handoff = serving::HANDOFF_DECODE;
     }
     absl::flat_hash_set<uint64_t> tried;
@@ -173,7 +174,7 @@ class Coordinator::Generation : public std::enable_shared_from_this<Generation> 
       }
       tried.insert(lease->id);
       bool migrated = false;
-      status = Stream(*lease, index, absl::StrCat(attempt), handoff, resume,
+      status = Stream(*lease, index, absl::StrCat(attempt), handoff, resume, kv_layer_bounds,
                       [&](const serving::GenerateEvent& event) {
                         if (event.finish_reason() != "migrated") return OnEvent(index, event);
                         // The worker drains: whatever came with this event is delivered, the
@@ -217,12 +218,14 @@ class Coordinator::Generation : public std::enable_shared_from_this<Generation> 
   // `on_event`. OK when the stream ended normally; the call's or the stream's error otherwise.
   absl::Status Stream(const WorkerRegistry::Lease& lease, int index, std::string_view attempt,
                       serving::Handoff handoff, std::span<const int32_t> resume,
+                      std::span<const int32_t> kv_layer_bounds,
                       const std::function<void(const serving::GenerateEvent&)>& on_event) {
     serving::GenerateRequest call = base_;
     call.set_request_id(absl::StrCat(meta_.id, "-", index, "-", ToAbsl(attempt)));
     call.mutable_sampling()->set_seed(seed_ + static_cast<uint64_t>(index));
     call.set_handoff(handoff);
     call.mutable_resume()->Add(resume.begin(), resume.end());
+    call.mutable_kv_layer_bounds()->Add(kv_layer_bounds.begin(), kv_layer_bounds.end());
     rpc::CallOptions options;
     options.timeout = deadline_ - absl::Now();
     options.cancel = cancel_[index];
@@ -246,24 +249,26 @@ class Coordinator::Generation : public std::enable_shared_from_this<Generation> 
   }
 
   // The prefill half of a disaggregated choice: a prefill worker computes the prompt's KV and
-  // writes it to the cachestore. Best effort: false on any failure (the decode worker then
-  // computes the prompt).
-  bool RunPrefill(int index) {
+  // writes it to the cachestore, in the layer parts it names in `kv_layer_bounds`. Best effort:
+  // false on any failure (the decode worker then computes the prompt).
+  bool RunPrefill(int index, std::vector<int32_t>& kv_layer_bounds) {
     std::optional<WorkerRegistry::Lease> lease = c_->registry_->Pick({}, "prefill");
     if (!lease) {
       c_->metrics_->DisaggFallback("no_prefill_worker");
       return false;
     }
     bool prefilled = false;
-    const absl::Status status =
-        Stream(*lease, index, "prefill", serving::HANDOFF_PREFILL, {},
-               [&](const serving::GenerateEvent& event) {
-                 if (event.finish_reason() != "prefilled") return;
-                 prefilled = true;
-                 c_->metrics_->kv_transfer_bytes().Increment(
-                     static_cast<double>(event.kv_transfer_bytes()));
-                 c_->metrics_->kv_transfer_seconds().Observe(event.kv_transfer_seconds());
-               });
+    const absl::Status status = Stream(
+        *lease, index, "prefill", serving::HANDOFF_PREFILL, {}, {},
+        [&](const serving::GenerateEvent& event) {
+          if (event.finish_reason() != "prefilled") return;
+          prefilled = true;
+          kv_layer_bounds.assign(event.kv_layer_bounds().begin(), event.kv_layer_bounds().end());
+          c_->metrics_->kv_push_wait_seconds().Observe(event.kv_push_wait_seconds());
+          c_->metrics_->kv_transfer_bytes().Increment(
+              static_cast<double>(event.kv_transfer_bytes()));
+          c_->metrics_->kv_transfer_seconds().Observe(event.kv_transfer_seconds());
+        });
     c_->registry_->Release(lease->id);
     if (prefilled && status.ok()) return true;
     if (cancel_[index]->cancelled()) return false;

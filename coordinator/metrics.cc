@@ -101,6 +101,14 @@ CoordinatorMetrics::CoordinatorMetrics(prometheus::Registry& registry)
                                      "worker) the cachestore.")
                                .Register(registry)
                                .Add({}, kTransferBuckets)),
+      kv_push_wait_seconds_(
+          prometheus::BuildHistogram()
+              .Name("kvasir_kv_push_wait_seconds")
+              .Help("Time a prefill hand-off waits, after the prompt's computation ended, for its "
+                    "KV push to finish (the part of the push that streaming by layers does not "
+                    "hide behind the computation).")
+              .Register(registry)
+              .Add({}, kTransferBuckets)),
       workers_by_role_(prometheus::BuildGauge()
                            .Name("kvasir_num_workers_by_role")
                            .Help("Workers registered and alive, by role (both, prefill, decode).")

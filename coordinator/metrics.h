@@ -49,6 +49,8 @@ class CoordinatorMetrics {
   prometheus::Counter& kv_transfer_bytes() { return kv_transfer_bytes_; }
   // kvasir_kv_transfer_seconds: the time of one KV push (prefill worker) or pull (decode worker).
   prometheus::Histogram& kv_transfer_seconds() { return kv_transfer_seconds_; }
+  // kvasir_kv_push_wait_seconds: from the end of a prefill's computation to the end of its push.
+  prometheus::Histogram& kv_push_wait_seconds() { return kv_push_wait_seconds_; }
 
   // kvasir_process_restarts_total{process}: the supervisor's total for one process (a counter:
   // it only moves up, by the difference to the last total seen).
@@ -75,6 +77,7 @@ class CoordinatorMetrics {
   prometheus::Family<prometheus::Counter>& resumes_;
   prometheus::Counter& kv_transfer_bytes_;
   prometheus::Histogram& kv_transfer_seconds_;
+  prometheus::Histogram& kv_push_wait_seconds_;
   prometheus::Family<prometheus::Gauge>& workers_by_role_;
   absl::Mutex mu_;
   absl::flat_hash_map<std::string, int64_t> restarts_seen_ ABSL_GUARDED_BY(mu_);

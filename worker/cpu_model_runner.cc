@@ -25,7 +25,9 @@ class CpuModelRunner : public ModelRunner {
   const model::ModelConfig& config() const override { return config_; }
   int num_threads() const override { return pool_.num_threads(); }
 
-  absl::Status Forward(std::span<const StepSequence> batch, std::vector<float>& logits) override;
+  using ModelRunner::Forward;
+  absl::Status Forward(std::span<const StepSequence> batch, std::vector<float>& logits,
+                       const LayerDoneHook& on_layer_done) override;
 
  private:
   void Resize(int64_t n_tokens);
@@ -63,7 +65,8 @@ void CpuModelRunner::Resize(int64_t n) {
 }
 
 absl::Status CpuModelRunner::Forward(std::span<const StepSequence> batch,
-                                     std::vector<float>& logits) {
+                                     std::vector<float>& logits,
+                                     const LayerDoneHook& on_layer_done) {
   const model::ModelConfig& c = config_;
   // Gather tokens and positions, and reserve KV room for every sequence first.
   tokens_.clear();
@@ -142,6 +145,7 @@ absl::Status CpuModelRunner::Forward(std::span<const StepSequence> batch,
       in.out_stride = qd;
       KVASIR_RETURN_IF_ERROR(policy->Attend(cache_, in, ctx_));
     }
+    if (on_layer_done) on_layer_done(l);
     cpu::MatMul(ctx_, w.wo, attn_.data(), n, qd, xn_.data(), d);
     cpu::Add(x_.data(), xn_.data(), n * d);
     cpu::RmsNorm(x_.data(), w.ffn_norm, n, d, c.rms_eps, xn_.data());

@@ -9,6 +9,19 @@
 #include "kvcache/prefix_hash.h"
 
 namespace kvasir::worker {
+namespace {
+
+// The time left before `deadline` (the store client takes a timeout that is not positive for its
+// default one, so a passed deadline must not reach it).
+absl::StatusOr<absl::Duration> TimeLeft(absl::Time deadline) {
+  const absl::Duration left = deadline - absl::Now();
+  if (left <= absl::ZeroDuration()) {
+    return absl::DeadlineExceededError("the KV transfer's deadline passed");
+  }
+  return left;
+}
+
+}  // namespace
 
 uint64_t SnapshotHash(std::span<const int32_t> tokens) {
   const size_t block = kvcache::kDefaultHashBlockTokens;
@@ -20,32 +33,53 @@ uint64_t SnapshotHash(std::span<const int32_t> tokens) {
 }
 
 cachestore::KeySpace SnapshotKeySpace(uint64_t model_fingerprint, const kvcache::KvPolicy& policy,
-                                      const kvcache::KvGeometry& geometry) {
+                                      const kvcache::KvGeometry& geometry, int32_t layer_begin,
+                                      int32_t layer_end) {
   cachestore::KeySpace space;
   space.model_fingerprint = model_fingerprint;
   space.policy_spec = policy.spec();
-  space.layer_begin = 0;
-  space.layer_end = geometry.n_layer;
+  space.layer_begin = layer_begin;
+  space.layer_end = layer_end < 0 ? geometry.n_layer : layer_end;
   space.head_begin = 0;
   space.head_end = geometry.n_head_kv;
   return space;
 }
 
-absl::StatusOr<KvTransferStats> PushSequence(cachestore::StoreClient& store,
-                                             const kvcache::KvCache& cache,
-                                             const kvcache::SequenceKv& seq,
-                                             std::span<const int32_t> tokens,
-                                             uint64_t model_fingerprint, absl::Duration timeout) {
-  const absl::Time start = absl::Now();
-  if (seq.n_tokens() != static_cast<int64_t>(tokens.size())) {
-    return absl::InvalidArgumentError(absl::StrCat("the sequence holds ", seq.n_tokens(),
-                                                   " tokens, the snapshot names ", tokens.size()));
+std::vector<int32_t> LayerParts(int32_t n_layer, int32_t layers_per_part) {
+  std::vector<int32_t> bounds = {0};
+  const int32_t step = layers_per_part <= 0 ? n_layer : layers_per_part;
+  for (int32_t l = step; l < n_layer; l += step) bounds.push_back(l);
+  bounds.push_back(n_layer);
+  return bounds;
+}
+
+bool ValidLayerParts(std::span<const int32_t> bounds, int32_t n_layer) {
+  if (bounds.size() < 2 || bounds.size() > 1025 || bounds.front() != 0 ||
+      bounds.back() != n_layer) {
+    return false;
   }
+  for (size_t i = 1; i < bounds.size(); ++i) {
+    if (bounds[i] <= bounds[i - 1]) return false;
+  }
+  return true;
+}
+
+absl::StatusOr<std::vector<std::string>> EncodeSnapshotPart(
+    const kvcache::KvCache& cache, const kvcache::SequenceKv& seq, std::span<const int32_t> tokens,
+    uint64_t model_fingerprint, int32_t layer_begin, int32_t layer_end) {
   kvcache::SnapshotInfo info;
   info.model_fingerprint = model_fingerprint;
   info.prefix_hash = SnapshotHash(tokens);
-  KVASIR_ASSIGN_OR_RETURN(std::vector<std::string> blocks,
-                          kvcache::EncodeSequence(cache, seq, info));
+  info.layer_begin = layer_begin;
+  info.layer_end = layer_end;
+  info.n_tokens = static_cast<int64_t>(tokens.size());
+  return kvcache::EncodeSequence(cache, seq, info);
+}
+
+absl::StatusOr<KvTransferStats> PutBlocks(cachestore::StoreClient& store,
+                                          std::span<const std::string> blocks,
+                                          absl::Duration timeout) {
+  const absl::Time start = absl::Now();
   std::vector<std::span<const std::byte>> spans;
   spans.reserve(blocks.size());
   KvTransferStats stats;
@@ -62,6 +96,25 @@ absl::StatusOr<KvTransferStats> PushSequence(cachestore::StoreClient& store,
     }
   }
   stats.blocks = static_cast<int64_t>(blocks.size());
+  stats.seconds = absl::ToDoubleSeconds(absl::Now() - start);
+  return stats;
+}
+
+absl::StatusOr<KvTransferStats> PushSequence(cachestore::StoreClient& store,
+                                             const kvcache::KvCache& cache,
+                                             const kvcache::SequenceKv& seq,
+                                             std::span<const int32_t> tokens,
+                                             uint64_t model_fingerprint, absl::Duration timeout,
+                                             int32_t layer_begin) {
+  const absl::Time start = absl::Now();
+  if (seq.n_tokens() != static_cast<int64_t>(tokens.size())) {
+    return absl::InvalidArgumentError(absl::StrCat("the sequence holds ", seq.n_tokens(),
+                                                   " tokens, the snapshot names ", tokens.size()));
+  }
+  KVASIR_ASSIGN_OR_RETURN(
+      std::vector<std::string> blocks,
+      EncodeSnapshotPart(cache, seq, tokens, model_fingerprint, layer_begin, -1));
+  KVASIR_ASSIGN_OR_RETURN(KvTransferStats stats, PutBlocks(store, blocks, timeout));
   stats.kv_bytes = cache.Usage(seq).bytes;
   stats.seconds = absl::ToDoubleSeconds(absl::Now() - start);
   return stats;
@@ -71,28 +124,42 @@ absl::StatusOr<FetchedSnapshot> FetchSnapshot(cachestore::StoreClient& store,
                                               const kvcache::KvPolicy& policy,
                                               const kvcache::KvGeometry& geometry,
                                               std::span<const int32_t> tokens,
-                                              uint64_t model_fingerprint, absl::Duration timeout) {
+                                              uint64_t model_fingerprint, absl::Duration timeout,
+                                              std::span<const int32_t> layer_bounds) {
   const absl::Time start = absl::Now();
   const absl::Time deadline = start + timeout;
-  const cachestore::KeySpace space = SnapshotKeySpace(model_fingerprint, policy, geometry);
-  const uint64_t hash = SnapshotHash(tokens);
-  KVASIR_ASSIGN_OR_RETURN(cachestore::LookupResult found,
-                          store.Lookup(space, std::span<const uint64_t>(&hash, 1), timeout));
-  if (found.matched_blocks != 1 || found.chunk_bytes.empty()) {
-    return absl::NotFoundError("the store holds no complete KV snapshot of these tokens");
+  const std::vector<int32_t> whole = LayerParts(geometry.n_layer, 0);
+  if (layer_bounds.empty()) layer_bounds = whole;
+  if (!ValidLayerParts(layer_bounds, geometry.n_layer)) {
+    return absl::InvalidArgumentError("the KV snapshot's layer parts do not fit the model");
   }
+  const uint64_t hash = SnapshotHash(tokens);
   FetchedSnapshot f;
   f.tokens = static_cast<int64_t>(tokens.size());
   std::vector<cachestore::BlockKey> keys;
-  std::vector<std::span<std::byte>> outs;
-  keys.reserve(found.chunk_bytes.size());
-  f.blocks.reserve(found.chunk_bytes.size());
-  for (size_t i = 0; i < found.chunk_bytes.size(); ++i) {
-    keys.push_back({space, hash, static_cast<uint32_t>(i)});
-    f.blocks.emplace_back(found.chunk_bytes[i], '\0');
-    outs.push_back(std::as_writable_bytes(std::span<char>(f.blocks.back())));
+  for (size_t p = 0; p + 1 < layer_bounds.size(); ++p) {
+    const cachestore::KeySpace space =
+        SnapshotKeySpace(model_fingerprint, policy, geometry, layer_bounds[p], layer_bounds[p + 1]);
+    KVASIR_ASSIGN_OR_RETURN(const absl::Duration left, TimeLeft(deadline));
+    KVASIR_ASSIGN_OR_RETURN(cachestore::LookupResult found,
+                            store.Lookup(space, std::span<const uint64_t>(&hash, 1), left));
+    if (found.matched_blocks != 1 || found.chunk_bytes.empty()) {
+      return absl::NotFoundError(
+          layer_bounds.size() == 2
+              ? "the store holds no complete KV snapshot of these tokens"
+              : absl::StrCat("the store holds no complete KV snapshot of these tokens (layers ",
+                             layer_bounds[p], " to ", layer_bounds[p + 1] - 1, " are missing)"));
+    }
+    for (size_t i = 0; i < found.chunk_bytes.size(); ++i) {
+      keys.push_back({space, hash, static_cast<uint32_t>(i)});
+      f.blocks.emplace_back(found.chunk_bytes[i], '\0');
+    }
   }
-  KVASIR_ASSIGN_OR_RETURN(auto sizes, store.GetBatch(keys, outs, deadline - absl::Now()));
+  std::vector<std::span<std::byte>> outs;
+  outs.reserve(f.blocks.size());
+  for (std::string& b : f.blocks) outs.push_back(std::as_writable_bytes(std::span<char>(b)));
+  KVASIR_ASSIGN_OR_RETURN(const absl::Duration left, TimeLeft(deadline));
+  KVASIR_ASSIGN_OR_RETURN(auto sizes, store.GetBatch(keys, outs, left));
   for (size_t i = 0; i < sizes.size(); ++i) {
     if (!sizes[i].ok()) {
       return absl::Status(sizes[i].status().code(),

@@ -12,6 +12,12 @@
 //   // decode worker:
 //   KVASIR_ASSIGN_OR_RETURN(SequenceKv* seq, PullSequence(store, cache, policy, prompt, fp));
 //
+// A prefill can also stream its snapshot in parts of a few layers each (LayerParts): the part of
+// layers [a, b) is encoded and written as soon as the last prompt chunk has run through layer
+// b - 1, while the later layers compute, and the last part (with the policy state) when the step
+// is done (EncodeSnapshotPart, PutBlocks, then PushSequence from the last part's first layer).
+// The receiver is given the same bounds and reads every part (FetchSnapshot).
+//
 // The scheduler calls them for prefill/decode hand-offs, drains and resumes (service/scheduler.h);
 // docs/disaggregation.md has the design and the measurements (`kvasir bench handoff`).
 #pragma once
@@ -43,18 +49,39 @@ struct KvTransferStats {
 // in their tail never share a key), or the chain's seed for an empty prompt.
 uint64_t SnapshotHash(std::span<const int32_t> tokens);
 
-// The key space of a whole-model snapshot (TP 1) under `policy`.
+// The key space of the part of layers [layer_begin, layer_end) (-1: to the last) of a snapshot
+// under `policy`, all KV heads (TP 1).
 cachestore::KeySpace SnapshotKeySpace(uint64_t model_fingerprint, const kvcache::KvPolicy& policy,
-                                      const kvcache::KvGeometry& geometry);
+                                      const kvcache::KvGeometry& geometry, int32_t layer_begin = 0,
+                                      int32_t layer_end = -1);
 
-// Encodes `seq` after `tokens` (its n_tokens must equal tokens.size()) and writes every block.
-// A block the store already holds, or that another writer is storing now, counts as sent.
-absl::StatusOr<KvTransferStats> PushSequence(cachestore::StoreClient& store,
-                                             const kvcache::KvCache& cache,
-                                             const kvcache::SequenceKv& seq,
-                                             std::span<const int32_t> tokens,
-                                             uint64_t model_fingerprint,
-                                             absl::Duration timeout = absl::Seconds(10));
+// The layer bounds of a snapshot in parts of `layers_per_part` layers: {0, k, 2k, ..., n_layer}
+// (the last part may be shorter); {0, n_layer}, one part, for 0 or at least n_layer.
+std::vector<int32_t> LayerParts(int32_t n_layer, int32_t layers_per_part);
+// True when `bounds` start at 0, rise strictly and end at n_layer (at most 1024 parts).
+bool ValidLayerParts(std::span<const int32_t> bounds, int32_t n_layer);
+
+// Encodes the part of layers [layer_begin, layer_end) of `seq` as the snapshot of `tokens`. A
+// part that ends before the last layer may be taken during the step that computes the last of
+// `tokens`, once it has run through layer_end - 1 (SnapshotInfo::n_tokens).
+absl::StatusOr<std::vector<std::string>> EncodeSnapshotPart(const kvcache::KvCache& cache,
+                                                            const kvcache::SequenceKv& seq,
+                                                            std::span<const int32_t> tokens,
+                                                            uint64_t model_fingerprint,
+                                                            int32_t layer_begin, int32_t layer_end);
+
+// Writes encoded blocks to the store (blocks and bytes in the stats; no kv_bytes). A block the
+// store already holds, or that another writer is storing now, counts as sent.
+absl::StatusOr<KvTransferStats> PutBlocks(cachestore::StoreClient& store,
+                                          std::span<const std::string> blocks,
+                                          absl::Duration timeout);
+
+// Encodes `seq` after `tokens` (its n_tokens must equal tokens.size()) from layer `layer_begin`
+// on (the last part of a streamed snapshot; 0: the whole) and writes every block.
+absl::StatusOr<KvTransferStats> PushSequence(
+    cachestore::StoreClient& store, const kvcache::KvCache& cache, const kvcache::SequenceKv& seq,
+    std::span<const int32_t> tokens, uint64_t model_fingerprint,
+    absl::Duration timeout = absl::Seconds(10), int32_t layer_begin = 0);
 
 // A snapshot's blocks read from the store (FetchSnapshot), not yet restored in a cache.
 struct FetchedSnapshot {
@@ -64,13 +91,15 @@ struct FetchedSnapshot {
 };
 
 // The network half of PullSequence, safe off the cache's thread: finds the snapshot of exactly
-// `tokens` under `policy` and reads its blocks. NotFound when the store does not hold it whole.
+// `tokens` under `policy`, in the parts `layer_bounds` names (LayerParts; empty: one part), and
+// reads their blocks. NotFound when the store does not hold every part whole.
 absl::StatusOr<FetchedSnapshot> FetchSnapshot(cachestore::StoreClient& store,
                                               const kvcache::KvPolicy& policy,
                                               const kvcache::KvGeometry& geometry,
                                               std::span<const int32_t> tokens,
                                               uint64_t model_fingerprint,
-                                              absl::Duration timeout = absl::Seconds(10));
+                                              absl::Duration timeout = absl::Seconds(10),
+                                              std::span<const int32_t> layer_bounds = {});
 
 // The cache half: restores a fetched snapshot in `cache` (DataLoss for a block that fails the
 // codec's checks, ResourceExhausted without room; nothing stays allocated on error). Adds the

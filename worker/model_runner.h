@@ -10,6 +10,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <span>
 #include <vector>
@@ -35,14 +36,25 @@ struct ForwardStats {
   int64_t logit_rows = 0;
 };
 
+// Called on Forward's thread once the attention of `layer` has run for every sequence of the
+// step: that layer's tables hold what they will hold at the end of the step (kvcache/policy.h:
+// Attend writes only its own layer; EndStep only gives back pages beyond the tables' lengths),
+// while the later layers are still to compute. The hook must not change the cache.
+using LayerDoneHook = std::function<void(int32_t layer)>;
+
 class ModelRunner {
  public:
   virtual ~ModelRunner() = default;
   // Runs the step. Logits are written row after row, in the order of `batch` (all rows of a
   // sequence with all_logits, else one): logits.size() == rows * n_vocab afterwards. Reserves KV
   // room for every sequence first: ResourceExhausted (nothing computed, nothing changed but pages
-  // reserved) when the cache is full. On success every sequence's n_tokens has advanced.
-  virtual absl::Status Forward(std::span<const StepSequence> batch, std::vector<float>& logits) = 0;
+  // reserved, no hook called) when the cache is full. On success every sequence's n_tokens has
+  // advanced. `on_layer_done`, when set, is called after each layer's attention.
+  virtual absl::Status Forward(std::span<const StepSequence> batch, std::vector<float>& logits,
+                               const LayerDoneHook& on_layer_done) = 0;
+  absl::Status Forward(std::span<const StepSequence> batch, std::vector<float>& logits) {
+    return Forward(batch, logits, LayerDoneHook());
+  }
   virtual const model::ModelConfig& config() const = 0;
   virtual int num_threads() const = 0;
 };

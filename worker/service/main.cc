@@ -58,6 +58,9 @@ int Main(int argc, char** argv) {
   int32_t transfer_timeout_ms = 3000;
   p.AddInt32("kv-transfer-timeout-ms", &transfer_timeout_ms,
              "deadline of one KV push or pull to the cachestore (then: recompute)");
+  p.AddInt32("kv-stream-layers", &sched.kv_stream_layers,
+             "--role prefill: write the KV in parts of this many layers, each as soon as its "
+             "layers are computed, while the later ones compute (0: all at the end)");
   p.AddInt32("heartbeat-interval-ms", &heartbeat_ms, "heartbeat period to the coordinator");
   p.AddInt32("debug-step-delay-ms", &step_delay_ms,
              "testing: sleep this long after every step (simulates a slow model)");

@@ -76,6 +76,18 @@ struct Scheduler::Request {
   std::string kv_source;  // of the last admission (kDecode)
   int64_t kv_transfer_bytes = 0;
   double kv_transfer_seconds = 0;
+  // kPrefill: the parts already on their way while its last step ran (null: none), the layer
+  // bounds of the whole push, and when the prompt's computation ended.
+  std::shared_ptr<StreamedParts> parts;
+  std::vector<int32_t> pushed_bounds;
+  absl::Time computed_at;
+  double push_wait_seconds = 0;
+};
+
+struct Scheduler::StreamedParts {
+  absl::Status status;  // the first failure (encoding or writing a part)
+  int64_t bytes = 0;
+  double seconds = 0;
 };
 
 absl::StatusOr<std::unique_ptr<Scheduler>> Scheduler::Create(Engine& engine,
@@ -91,6 +103,9 @@ absl::StatusOr<std::unique_ptr<Scheduler>> Scheduler::Create(Engine& engine,
       options.max_waiting < 0) {
     return absl::InvalidArgumentError(
         "max num seqs, max num batched tokens and prefill chunk must be >= 1, max waiting >= 0");
+  }
+  if (options.kv_stream_layers < 0) {
+    return absl::InvalidArgumentError("kv stream layers must be >= 0 (0: no streaming)");
   }
   if (options.max_num_batched_tokens < options.max_num_seqs) {
     return absl::InvalidArgumentError(
@@ -111,6 +126,7 @@ Scheduler::Scheduler(Engine& engine, SchedulerOptions options,
     : engine_(engine), options_(std::move(options)), policies_(std::move(policies)), store_(store) {
   const kvcache::KvGeometry& g = engine_.cache().geometry();
   pages_per_token_block_ = int64_t{2} * g.n_layer * g.n_head_kv;
+  stream_bounds_ = LayerParts(g.n_layer, std::max(0, options_.kv_stream_layers));
   for (const PolicyListing& l : policies_->listing()) kv_by_policy_[l.kind];
   PublishStats();
 }
@@ -169,6 +185,12 @@ absl::Status Scheduler::Submit(SchedulerRequest request, OutputSink sink) {
     if (request.prompt.size() < 2) {
       return absl::InvalidArgumentError("a KV hand-off needs a prompt of at least 2 tokens");
     }
+  }
+  if (!request.kv_layer_bounds.empty() &&
+      (request.handoff != KvHandoff::kDecode ||
+       !ValidLayerParts(request.kv_layer_bounds, engine_.cache().geometry().n_layer))) {
+    return absl::InvalidArgumentError(
+        "kv layer bounds must go with a decode hand-off and tile the model's layers");
   }
   // One shared object per policy: requests that select the same one batch their attention.
   auto policy = policies_->Resolve(request.kv_policy);
@@ -351,13 +373,14 @@ void Scheduler::PrefetchKv() {
 void Scheduler::StartFetch(Request& r) {
   r.store_skipped = StoreDown();
   if (r.store_skipped) return;
-  TransferJob job{.request = &r, .push = false};
+  TransferJob job{.kind = TransferJob::kFetch, .request = &r};
   if (!r.req.resume.empty()) {
     // A drained worker's snapshot first: every token but the last (whose KV it had not computed).
-    job.tokens.emplace_back(r.tokens.begin(), r.tokens.end() - 1);
+    job.snapshots.push_back({.tokens = {r.tokens.begin(), r.tokens.end() - 1}});
   }
   const std::span<const int32_t> prompt = r.handoff_tokens();
-  job.tokens.emplace_back(prompt.begin(), prompt.end());
+  job.snapshots.push_back(
+      {.tokens = {prompt.begin(), prompt.end()}, .layer_bounds = r.req.kv_layer_bounds});
   r.fetching = true;
   ++fetches_in_flight_;
   absl::MutexLock lock(&transfer_mu_);
@@ -409,12 +432,37 @@ void Scheduler::StartPush(Request& r) {
   }
   running_.erase(std::find(running_.begin(), running_.end(), &r));
   r.pushing = true;
+  r.computed_at = absl::Now();
   ++pushes_in_flight_;
-  TransferJob job{.request = &r, .push = true};
+  TransferJob job{.kind = TransferJob::kPush, .request = &r};
   const std::span<const int32_t> prompt = r.handoff_tokens();
-  job.tokens.emplace_back(prompt.begin(), prompt.end());
+  job.snapshots.push_back({.tokens = {prompt.begin(), prompt.end()}});
+  // The parts streamed during the step are on their way: the last one follows them.
+  const int32_t n_layer = engine_.cache().geometry().n_layer;
+  r.pushed_bounds = r.parts != nullptr ? stream_bounds_ : LayerParts(n_layer, 0);
+  job.layer_begin = r.pushed_bounds[r.pushed_bounds.size() - 2];
+  job.parts = std::move(r.parts);
   absl::MutexLock lock(&transfer_mu_);
   transfer_queue_.push_back(std::move(job));
+  if (!transfer_.joinable()) transfer_ = std::thread([this] { TransferLoop(); });
+}
+
+void Scheduler::StreamParts(std::span<Request* const> requests, int32_t layer) {
+  // Only parts that end before the last layer: the last one carries the policy state, whole
+  // once the step is done (StartPush).
+  const auto end = std::find(stream_bounds_.begin() + 1, stream_bounds_.end() - 1, layer + 1);
+  if (end == stream_bounds_.end() - 1) return;
+  const int32_t begin = *(end - 1);
+  const uint64_t fingerprint = engine_.files().fingerprint();
+  absl::MutexLock lock(&transfer_mu_);
+  for (Request* r : requests) {
+    if (r->parts == nullptr) r->parts = std::make_shared<StreamedParts>();
+    transfer_queue_.push_back(
+        {.kind = TransferJob::kPart,
+         .parts = r->parts,
+         .blocks = EncodeSnapshotPart(engine_.cache(), *r->seq, r->handoff_tokens(), fingerprint,
+                                      begin, layer + 1)});
+  }
   if (!transfer_.joinable()) transfer_ = std::thread([this] { TransferLoop(); });
 }
 
@@ -432,21 +480,48 @@ void Scheduler::TransferLoop() {
       job = std::move(transfer_queue_.front());
       transfer_queue_.pop_front();
     }
-    TransferDone done{.request = job.request, .push = job.push};
-    if (job.push) {
-      // Reads the sequence, which the executor leaves alone while the request is pushing.
-      auto sent = PushSequence(*store_, engine_.cache(), *job.request->seq, job.tokens.front(),
-                               fingerprint, options_.kv_transfer_timeout);
-      done.status = sent.status();
-      if (sent.ok()) {
-        done.bytes = sent->bytes;
-        done.seconds = sent->seconds;
+    if (job.kind == TransferJob::kPart) {
+      // Blocks the executor encoded; after a failure the push's later parts are not written.
+      StreamedParts& parts = *job.parts;
+      if (!parts.status.ok()) continue;
+      if (!job.blocks.ok()) {
+        parts.status = job.blocks.status();
+        continue;
+      }
+      auto sent = PutBlocks(*store_, *job.blocks, options_.kv_transfer_timeout);
+      if (!sent.ok()) {
+        parts.status = sent.status();
+        continue;
+      }
+      parts.bytes += sent->bytes;
+      parts.seconds += sent->seconds;
+      continue;
+    }
+    TransferDone done{.request = job.request, .push = job.kind == TransferJob::kPush};
+    if (done.push) {
+      if (job.parts != nullptr && !job.parts->status.ok()) {
+        done.status = job.parts->status;
+      } else {
+        // Reads the sequence, which the executor leaves alone while the request is pushing.
+        auto sent =
+            PushSequence(*store_, engine_.cache(), *job.request->seq, job.snapshots.front().tokens,
+                         fingerprint, options_.kv_transfer_timeout, job.layer_begin);
+        done.status = sent.status();
+        if (sent.ok()) {
+          done.bytes = sent->bytes;
+          done.seconds = sent->seconds;
+        }
+        if (job.parts != nullptr) {
+          done.bytes += job.parts->bytes;
+          done.seconds += job.parts->seconds;
+        }
       }
     } else {
       // The network only: the cache is the executor's (it restores at admission).
-      for (const std::vector<int32_t>& tokens : job.tokens) {
+      for (const Snapshot& snapshot : job.snapshots) {
         done.fetched = FetchSnapshot(*store_, *job.request->policy, engine_.cache().geometry(),
-                                     tokens, fingerprint, options_.kv_transfer_timeout);
+                                     snapshot.tokens, fingerprint, options_.kv_transfer_timeout,
+                                     snapshot.layer_bounds);
         if (!absl::IsNotFound(done.fetched.status())) break;
       }
     }
@@ -499,6 +574,7 @@ void Scheduler::CompleteTransfers(absl::Duration wait) {
       } else {
         r.kv_transfer_bytes += d.bytes;
         r.kv_transfer_seconds += d.seconds;
+        r.push_wait_seconds = absl::ToDoubleSeconds(absl::Now() - r.computed_at);
         Finish(r, RequestState::kFinished, absl::OkStatus(), "prefilled", out);
       }
     }
@@ -592,6 +668,10 @@ void Scheduler::Emit(Request& r, RequestOutput& out) {
   out.kv_source = r.kv_source;
   out.kv_transfer_bytes = r.kv_transfer_bytes;
   out.kv_transfer_seconds = r.kv_transfer_seconds;
+  if (out.finish_reason == "prefilled") {
+    out.kv_layer_bounds = r.pushed_bounds;
+    out.kv_push_wait_seconds = r.push_wait_seconds;
+  }
   r.sink(out);
 }
 
@@ -760,15 +840,25 @@ bool Scheduler::Step() {
 
   // Run it; when the KV pages run out, preempt the newest sequence and try again.
   std::vector<StepSequence> batch;
+  std::vector<Request*> streaming;  // prefill hand-offs whose prompt ends in this step
   while (!plan.empty()) {
     batch.clear();
+    streaming.clear();
     for (const Planned& p : plan) {
       batch.push_back({p.request->seq,
                        std::span<const int32_t>(p.request->tokens)
                            .subspan(static_cast<size_t>(p.request->computed), p.count),
                        false});
+      if (p.request->req.handoff == KvHandoff::kPrefill && p.count == p.request->pending() &&
+          stream_bounds_.size() > 2 && !StoreDown()) {
+        streaming.push_back(p.request);
+      }
     }
-    absl::Status status = engine_.runner().Forward(batch, logits_);
+    LayerDoneHook on_layer_done;
+    if (!streaming.empty()) {
+      on_layer_done = [this, &streaming](int32_t layer) { StreamParts(streaming, layer); };
+    }
+    absl::Status status = engine_.runner().Forward(batch, logits_, on_layer_done);
     if (status.ok()) break;
     if (!absl::IsResourceExhausted(status)) {
       KVASIR_LOG_SUBSYS(ERROR, kWorker, "forward step failed: %s", status.ToString());

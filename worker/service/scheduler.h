@@ -18,10 +18,12 @@
 // Thread contract: Submit, Cancel, WaitForWork, HasWork and stats() are safe from any thread.
 // Step and CancelAll run on the executor thread only (the engine's KV cache and runner belong to
 // it), and sinks are called there: they must not block. With a store, a transfer thread does the
-// network part of hand-offs off the step loop: it writes the KV of finished prefills
-// (KvHandoff::kPrefill; it only reads those sequences, which no step touches until the push is
-// done) and fetches the blocks of decode requests (KvHandoff::kDecode) while they wait; the
-// executor restores fetched blocks into the cache at admission.
+// network part of hand-offs off the step loop: it writes the KV of prefills (KvHandoff::kPrefill:
+// the parts of the first layers as the step that ends the prompt computes the later ones, the
+// executor encoding each part as its layers are done; then the last part, which it encodes itself
+// from the sequence, untouched by any step until the push is done) and fetches the blocks of
+// decode requests (KvHandoff::kDecode) while they wait; the executor restores fetched blocks into
+// the cache at admission.
 #pragma once
 
 #include <atomic>
@@ -77,6 +79,10 @@ struct SchedulerOptions {
   // requests recompute at once ("recompute:store_down") and prefill requests fail fast, instead
   // of each one holding the executor thread for a whole transfer timeout.
   absl::Duration kv_store_retry_after = absl::Seconds(5);
+  // KvHandoff::kPrefill: the KV is written in parts of this many layers, each as soon as the step
+  // that ends the prompt has run through its layers, so that writing overlaps computing; 0: the
+  // whole snapshot once the step is done (docs/disaggregation.md).
+  int32_t kv_stream_layers = 4;
   int32_t max_model_len = 0;  // tokens of one sequence at most; 0: the model's context
   // Policies the operator configured (files allowed), and the one of requests that name none: a
   // configured name or a spec ("" = the first configured, else "full"). See PolicyRegistry.
@@ -101,6 +107,9 @@ struct SchedulerRequest {
   // is taken from the store when it is there (the drained worker's snapshot of prompt + resume,
   // else the prefill's snapshot of the prompt), else recomputed.
   std::vector<int32_t> resume;
+  // KvHandoff::kDecode: the layer parts the prefill worker wrote the prompt's KV in (its
+  // RequestOutput::kv_layer_bounds); empty: one part.
+  std::vector<int32_t> kv_layer_bounds;
 };
 
 struct TokenLogprobs {
@@ -129,7 +138,11 @@ struct RequestOutput {
   // "recompute:<why>" (not found, checksum, timeout, unavailable, ...). "" otherwise.
   std::string kv_source;
   int64_t kv_transfer_bytes = 0;   // block bytes pushed (kPrefill) or pulled (kDecode)
-  double kv_transfer_seconds = 0;  // the time that push or pull took
+  double kv_transfer_seconds = 0;  // the time that push or pull took (a streamed push: its parts')
+  // "prefilled": the layer parts the KV was written in (LayerParts bounds), for the kDecode
+  // request; and the time from the end of the prompt's computation to the end of the push.
+  std::vector<int32_t> kv_layer_bounds;
+  double kv_push_wait_seconds = 0;
 };
 
 using OutputSink = std::function<void(const RequestOutput& output)>;
@@ -239,6 +252,9 @@ class Scheduler {
   // KvHandoff::kPrefill once its prompt is computed: hands the push to the transfer thread (the
   // request leaves the batch and finishes when its push is done, in CompleteTransfers).
   void StartPush(Request& r);
+  // The step's hook after `layer`: encodes the parts of `requests` (prefill hand-offs whose
+  // prompt ends in this step) that end with this layer and hands them to the transfer thread.
+  void StreamParts(std::span<Request* const> requests, int32_t layer);
   // Takes the results of finished pushes and fetches; waits up to `wait` for one (Infinite:
   // until none is in flight).
   void CompleteTransfers(absl::Duration wait);
@@ -280,18 +296,27 @@ class Scheduler {
   std::map<std::string, PolicyKvBytes> kv_by_policy_;
   int32_t pushes_in_flight_ = 0;
   int32_t fetches_in_flight_ = 0;
+  std::vector<int32_t> stream_bounds_;  // LayerParts of options_.kv_stream_layers
 
   // The transfer thread's queue and results.
+  struct StreamedParts;  // what the parts of one streamed push came to (transfer thread)
+  struct Snapshot {
+    std::vector<int32_t> tokens;
+    std::vector<int32_t> layer_bounds;  // empty: one part
+  };
   struct TransferJob {
-    Request* request = nullptr;
-    bool push = false;  // else a fetch
-    // A push: the tokens of the snapshot. A fetch: the snapshots to try, in order.
-    std::vector<std::vector<int32_t>> tokens;
+    enum Kind { kPush, kPart, kFetch } kind = kPush;
+    Request* request = nullptr;  // kPush, kFetch
+    // kPush: the snapshot (from its layer layer_begin on). kFetch: the snapshots to try, in order.
+    std::vector<Snapshot> snapshots;
+    int32_t layer_begin = 0;
+    std::shared_ptr<StreamedParts> parts;  // kPush and kPart of a streamed push
+    absl::StatusOr<std::vector<std::string>> blocks = absl::InternalError("");  // kPart: to put
   };
   struct TransferDone {
     Request* request = nullptr;
     bool push = false;
-    absl::Status status;  // of a push
+    absl::Status status;  // of a push (its parts included)
     int64_t bytes = 0;
     double seconds = 0;
     absl::StatusOr<FetchedSnapshot> fetched = absl::NotFoundError("");  // of a fetch

@@ -39,6 +39,8 @@ serving::GenerateEvent ToEvent(const RequestOutput& out) {
   event.set_kv_source(out.kv_source);
   event.set_kv_transfer_bytes(out.kv_transfer_bytes);
   event.set_kv_transfer_seconds(out.kv_transfer_seconds);
+  event.mutable_kv_layer_bounds()->Add(out.kv_layer_bounds.begin(), out.kv_layer_bounds.end());
+  event.set_kv_push_wait_seconds(out.kv_push_wait_seconds);
   return event;
 }
 
@@ -201,6 +203,7 @@ void WorkerService::HandleGenerate(std::shared_ptr<rpc::ServerCall> call) {
               : request.handoff() == serving::HANDOFF_DECODE ? KvHandoff::kDecode
                                                              : KvHandoff::kNone;
   r.resume.assign(request.resume().begin(), request.resume().end());
+  r.kv_layer_bounds.assign(request.kv_layer_bounds().begin(), request.kv_layer_bounds().end());
   const std::string id = r.id;
   absl::Status submitted = scheduler_->Submit(std::move(r), [call](const RequestOutput& out) {
     if (out.finished && !out.status.ok()) {

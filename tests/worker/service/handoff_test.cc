@@ -28,6 +28,7 @@ struct Collected {
   absl::Status status;
   std::string kv_source;
   int64_t kv_transfer_bytes = 0;
+  std::vector<int32_t> kv_layer_bounds;
 };
 
 std::unique_ptr<Engine> LoadModel(const std::string& model) {
@@ -50,6 +51,7 @@ OutputSink CollectInto(Collected& c) {
     c.status = out.status;
     c.kv_source = out.kv_source;
     c.kv_transfer_bytes = out.kv_transfer_bytes;
+    c.kv_layer_bounds = out.kv_layer_bounds;
   };
 }
 
@@ -117,8 +119,18 @@ class HandoffTest : public ::testing::TestWithParam<std::string> {
     EXPECT_TRUE(mono.status.ok()) << mono.status;
     SchedulerRequest p = base;
     p.handoff = KvHandoff::kPrefill;
-    EXPECT_EQ(RunAlone(*prefill_, p).finish_reason, "prefilled");
+    const Collected pre = RunAlone(*prefill_, p);
+    EXPECT_EQ(pre.finish_reason, "prefilled");
+    prefilled_bounds_ = pre.kv_layer_bounds;
     return mono;
+  }
+
+  // The decode half of `base`, given the parts its prefill wrote the KV in.
+  SchedulerRequest DecodeOf(const SchedulerRequest& base) const {
+    SchedulerRequest d = base;
+    d.handoff = KvHandoff::kDecode;
+    d.kv_layer_bounds = prefilled_bounds_;
+    return d;
   }
 
   SchedulerRequest Request(const std::string& id, const std::string& text,
@@ -133,7 +145,8 @@ class HandoffTest : public ::testing::TestWithParam<std::string> {
   }
 
   // Runs `base` on one scheduler, then prefilled on prefill_ and decoded on decode_, and checks
-  // that the decode side took the KV from the store and produced the same output.
+  // that the decode side took the KV from the store (in the layer parts of the prefill's
+  // options) and produced the same output.
   void ExpectDisaggregatedEqualsMonolithic(const SchedulerRequest& base) {
     const Collected mono = RunAlone(*mono_, base);
     ASSERT_TRUE(mono.status.ok()) << mono.status;
@@ -145,8 +158,11 @@ class HandoffTest : public ::testing::TestWithParam<std::string> {
     EXPECT_EQ(pre.finish_reason, "prefilled");
     EXPECT_TRUE(pre.ids.empty());
     EXPECT_GT(pre.kv_transfer_bytes, 0);
+    EXPECT_EQ(pre.kv_layer_bounds, LayerParts(prefill_engine_->cache().geometry().n_layer,
+                                              prefill_->options().kv_stream_layers));
     SchedulerRequest d = base;
     d.handoff = KvHandoff::kDecode;
+    d.kv_layer_bounds = pre.kv_layer_bounds;
     const Collected dec = RunAlone(*decode_, d);
     ASSERT_TRUE(dec.status.ok()) << dec.status;
     EXPECT_EQ(dec.kv_source, "store");
@@ -161,6 +177,7 @@ class HandoffTest : public ::testing::TestWithParam<std::string> {
   std::unique_ptr<cachestore::StoreService> service_;
   std::unique_ptr<cachestore::StoreClient> store_;
   std::unique_ptr<Scheduler> mono_, prefill_, decode_;
+  std::vector<int32_t> prefilled_bounds_;  // of the last MonolithicAndPrefilled
 };
 
 constexpr char kPrompt[] =
@@ -171,12 +188,31 @@ TEST_P(HandoffTest, PrefillHereDecodeThereEqualsOneWorker) {
   SamplingParams seeded;
   seeded.temperature = 0.9f;
   seeded.seed = 11;
-  for (const SamplingParams& sampling : {SamplingParams::Greedy(), seeded}) {
-    SCOPED_TRACE(sampling.temperature);
-    const SchedulerRequest base = Request("r", kPrompt, sampling);
-    ASSERT_GT(base.prompt.size(), 40u);
-    ASSERT_NO_FATAL_FAILURE(ExpectDisaggregatedEqualsMonolithic(base));
+  ASSERT_EQ(prefill_engine_->cache().geometry().n_layer, 5);
+  // The KV written in parts of 1 and of 4 layers while the last prompt chunk computes, and whole
+  // after it: each part's key space is its own, so every round writes and reads anew.
+  for (int32_t stream_layers : {1, 4, 0}) {
+    SCOPED_TRACE(stream_layers);
+    SchedulerOptions o = options_;
+    o.kv_stream_layers = stream_layers;
+    auto prefill = Scheduler::Create(*prefill_engine_, o, store_.get());
+    ASSERT_TRUE(prefill.ok()) << prefill.status();
+    prefill_ = std::move(*prefill);
+    for (const SamplingParams& sampling : {SamplingParams::Greedy(), seeded}) {
+      SCOPED_TRACE(sampling.temperature);
+      const SchedulerRequest base = Request("r", kPrompt, sampling);
+      ASSERT_GT(base.prompt.size(), 40u);
+      ASSERT_NO_FATAL_FAILURE(ExpectDisaggregatedEqualsMonolithic(base));
+    }
   }
+  // A decode request that names other parts than those written finds nothing and recomputes.
+  SchedulerRequest wrong = Request("w", kPrompt, SamplingParams::Greedy());
+  wrong.handoff = KvHandoff::kDecode;
+  wrong.kv_layer_bounds = {0, 2, 5};
+  const Collected recomputed = RunAlone(*decode_, wrong);
+  EXPECT_EQ(recomputed.kv_source, "recompute:not_found");
+  wrong.kv_layer_bounds = {0, 6};
+  EXPECT_TRUE(absl::IsInvalidArgument(decode_->Submit(wrong, [](const RequestOutput&) {})));
   // Nothing was prefilled for this prompt: the decode side recomputes it, same output.
   const SchedulerRequest other =
       Request("o", "The little dog ran to the big tree and", SamplingParams::Greedy());
@@ -301,8 +337,7 @@ TEST_P(HandoffFaultTest, TimeoutAndLostStoreFallBackToRecompute) {
   const Collected mono = MonolithicAndPrefilled(base);
   SchedulerRequest p = base;
   p.handoff = KvHandoff::kPrefill;
-  SchedulerRequest d = base;
-  d.handoff = KvHandoff::kDecode;
+  const SchedulerRequest d = DecodeOf(base);
   // A deadline no transfer can meet.
   SchedulerOptions hurried;
   hurried.prefill_chunk = 16;
@@ -352,8 +387,7 @@ TEST_P(HandoffFaultTest, CorruptedBlockFallsBackToRecompute) {
   ASSERT_NE(damaged, nullptr);
   auto decoder = Scheduler::Create(*decode_engine_, options_, damaged.get());
   ASSERT_TRUE(decoder.ok());
-  SchedulerRequest d = base;
-  d.handoff = KvHandoff::kDecode;
+  const SchedulerRequest d = DecodeOf(base);
   const Collected dec = RunAlone(**decoder, d);
   ASSERT_TRUE(dec.status.ok()) << dec.status;
   EXPECT_EQ(faults->injected(), 1);
@@ -446,8 +480,7 @@ TEST_P(HandoffFaultTest, FetchRunsOffTheStepLoop) {
   Collected running, dec;
   ASSERT_TRUE(s.Submit(other, CollectInto(running)).ok());
   for (int i = 0; i < 3; ++i) s.Step();
-  SchedulerRequest d = base;
-  d.handoff = KvHandoff::kDecode;
+  const SchedulerRequest d = DecodeOf(base);
   ASSERT_TRUE(s.Submit(d, CollectInto(dec)).ok());
   s.Step();
   ASSERT_EQ(s.stats().fetching, 1);
