@@ -1,15 +1,19 @@
 // More than one host: the coordinator, the cachestore, a prefill and a decode worker each run in
-// their own network namespace (ip netns), joined by veth pairs to a bridge in a switch namespace,
+// their own network namespace, joined by veth pairs to a bridge in a switch namespace,
 // at addresses of this test's choosing (10.213.<pid % 200>.0/24). Nothing reaches another process
 // over loopback; UCX is held to tcp, so the KV moves between "hosts" over the veth links. A
 // client namespace drives the coordinator with curl. Greedy completions of two policies equal
 // `kvasir generate`, the KV moved (bytes counted, no fallback), and every data path is tcp.
 // Skipped, with the reason, where namespaces cannot be made (not root, no CAP_SYS_ADMIN, no ip).
-#include <sys/mount.h>
-#include <sys/stat.h>
+//
+// Each namespace is held by a process started with `unshare --net` and entered with `nsenter
+// --net` (not `ip netns`, whose bind mounts under /run/netns cannot be entered from a chroot, as
+// in a CI root); the namespaces and their links go away with the holders. The services see their
+// namespace's devices in a sysfs of their own (UCX lists network devices there), mounted in a
+// mount namespace of their own on a private /sys, so nothing shows outside.
 #include <unistd.h>
 
-#include <fstream>
+#include <filesystem>
 #include <memory>
 #include <string>
 #include <vector>
@@ -23,6 +27,8 @@ namespace kvasir::integration {
 namespace {
 
 constexpr char kIp[] = "/sbin/ip";
+constexpr char kUnshare[] = "/usr/bin/unshare";
+constexpr char kNsenter[] = "/usr/bin/nsenter";
 
 // Runs a command to its end; its stdout (whole lines: a last line needs its '\n'), or an error
 // with the exit code.
@@ -46,74 +52,95 @@ absl::StatusOr<std::string> RunCommand(const std::vector<std::string>& argv,
   return absl::StrJoin(lines, "\n");
 }
 
-// True inside a chroot: our root is not init's. `ip netns add` there mounts the chroot's
-// /run/netns and cannot enter what it made, so the test does not even try.
-bool InChroot() {
-  struct stat ours {
-  }, init{};
-  if (stat("/", &ours) != 0 || stat("/proc/1/root/.", &init) != 0) return false;  // cannot tell
-  return ours.st_dev != init.st_dev || ours.st_ino != init.st_ino;
-}
-
-// True when /run/netns is a mount point (`ip netns add` makes it one the first time).
-bool NetnsDirMounted() {
-  std::ifstream mounts("/proc/self/mounts");
-  std::string line;
-  while (std::getline(mounts, line)) {
-    if (line.find(" /run/netns ") != std::string::npos) return true;
-  }
-  return false;
+// The network namespace of a process, as /proc names it ("net:[4026531840]"); "" when unknown.
+std::string NetNamespaceOf(const std::string& pid) {
+  std::error_code error;
+  const auto target = std::filesystem::read_symlink("/proc/" + pid + "/ns/net", error);
+  return error ? "" : target.string();
 }
 
 class NetnsTest : public ::testing::Test {
  protected:
   void SetUp() override {
     if (geteuid() != 0) GTEST_SKIP() << "network namespaces need root";
-    if (access(kIp, X_OK) != 0) GTEST_SKIP() << "no " << kIp << " (Debian package iproute2)";
-    if (InChroot()) GTEST_SKIP() << "in a chroot: network namespaces made here cannot be entered";
+    for (const char* tool : {kIp, kUnshare, kNsenter}) {
+      if (access(tool, X_OK) != 0) {
+        GTEST_SKIP() << "no " << tool << " (Debian packages iproute2 and util-linux)";
+      }
+    }
     const std::string tag = absl::StrCat(getpid() % 100000);
     subnet_ = absl::StrCat("10.213.", getpid() % 200, ".");
-    switch_ = "kvsw" + tag;
-    netns_dir_was_mounted_ = NetnsDirMounted();
-    if (absl::Status s = Ip({"netns", "add", switch_}); !s.ok()) {
-      switch_.clear();
+    if (absl::Status s = MakeNamespace("switch"); !s.ok()) {
       GTEST_SKIP() << "cannot make a network namespace here: " << s.message();
     }
-    // Some sandboxes (a chroot without its own mount namespace) create the namespace but cannot
-    // enter it: probe by using it.
-    if (absl::Status s = Ip({"-n", switch_, "link", "add", "br0", "type", "bridge"}); !s.ok()) {
+    if (absl::Status s = In("switch", {kIp, "link", "add", "br0", "type", "bridge"}); !s.ok()) {
       GTEST_SKIP() << "cannot use a network namespace here: " << s.message();
     }
-    ASSERT_TRUE(Ip({"-n", switch_, "link", "set", "br0", "up"}).ok());
+    ASSERT_TRUE(In("switch", {kIp, "link", "set", "br0", "up"}).ok());
+    auto devices = RunCommand(InNamespace("switch", {"/bin/ls", "/sys/class/net"}, true));
+    if (!devices.ok() || devices->find("br0") == std::string::npos) {
+      GTEST_SKIP() << "cannot give a network namespace its own sysfs here: "
+                   << (devices.ok() ? *devices : devices.status().ToString());
+    }
     // host name -> last byte of its address
     for (const auto& [name, host] : std::vector<std::pair<std::string, int>>{
              {"coord", 1}, {"store", 2}, {"prefill", 3}, {"decode", 4}, {"client", 9}}) {
-      const std::string ns = absl::StrCat("kv", name, tag);
       const std::string inside = absl::StrCat("v", host, "x", tag);
       const std::string outside = absl::StrCat("v", host, "s", tag);
-      ASSERT_TRUE(Ip({"netns", "add", ns}).ok());
-      namespaces_.push_back(ns);
+      ASSERT_TRUE(MakeNamespace(name).ok());
       ASSERT_TRUE(Ip({"link", "add", inside, "type", "veth", "peer", "name", outside}).ok());
-      ASSERT_TRUE(Ip({"link", "set", inside, "netns", ns}).ok());
-      ASSERT_TRUE(Ip({"link", "set", outside, "netns", switch_}).ok());
-      ASSERT_TRUE(Ip({"-n", switch_, "link", "set", outside, "master", "br0"}).ok());
-      ASSERT_TRUE(Ip({"-n", switch_, "link", "set", outside, "up"}).ok());
+      ASSERT_TRUE(Ip({"link", "set", inside, "netns", holder_pid_[name]}).ok());
+      ASSERT_TRUE(Ip({"link", "set", outside, "netns", holder_pid_["switch"]}).ok());
+      ASSERT_TRUE(In("switch", {kIp, "link", "set", outside, "master", "br0"}).ok());
+      ASSERT_TRUE(In("switch", {kIp, "link", "set", outside, "up"}).ok());
       ASSERT_TRUE(
-          Ip({"-n", ns, "addr", "add", absl::StrCat(subnet_, host, "/24"), "dev", inside}).ok());
-      ASSERT_TRUE(Ip({"-n", ns, "link", "set", inside, "up"}).ok());
-      ASSERT_TRUE(Ip({"-n", ns, "link", "set", "lo", "up"}).ok());
-      ns_[name] = ns;
+          In(name, {kIp, "addr", "add", absl::StrCat(subnet_, host, "/24"), "dev", inside}).ok());
+      ASSERT_TRUE(In(name, {kIp, "link", "set", inside, "up"}).ok());
+      ASSERT_TRUE(In(name, {kIp, "link", "set", "lo", "up"}).ok());
     }
   }
 
   void TearDown() override {
     processes_.clear();  // killed and reaped
-    for (const std::string& ns : namespaces_) (void)Ip({"netns", "del", ns});
-    if (!switch_.empty()) (void)Ip({"netns", "del", switch_});
-    // Leave no mount behind that `ip netns add` made (it would pin a chroot, for one).
-    if (!switch_.empty() && !netns_dir_was_mounted_ && NetnsDirMounted()) {
-      umount2("/run/netns", MNT_DETACH);
+    holders_.clear();    // their namespaces, and the veth pairs in them, go with them
+  }
+
+  // A new network namespace for `name`, held by a sleeping process until TearDown.
+  absl::Status MakeNamespace(const std::string& name) {
+    auto holder = transport::ChildProcess::Spawn({kUnshare, "--net", "/bin/sleep", "3600"});
+    if (!holder.ok()) return holder.status();
+    const std::string pid = absl::StrCat(holder->pid());
+    holders_.push_back(std::make_unique<transport::ChildProcess>(std::move(*holder)));
+    // unshare(2) runs before sleep is executed: wait until the holder is in its own namespace.
+    const std::string ours = NetNamespaceOf("self");
+    const absl::Time deadline = absl::Now() + absl::Seconds(10);
+    while (true) {
+      const std::string theirs = NetNamespaceOf(pid);
+      if (!theirs.empty() && theirs != ours) break;
+      if (absl::Now() > deadline) {
+        return absl::UnavailableError("unshare --net did not give its process a new namespace");
+      }
+      absl::SleepFor(absl::Milliseconds(5));
     }
+    holder_pid_[name] = pid;
+    return absl::OkStatus();
+  }
+
+  // `argv` run in the namespace of `host`; with `own_sysfs`, in a mount namespace of its own
+  // where /sys shows the network namespace's devices.
+  std::vector<std::string> InNamespace(const std::string& host, std::vector<std::string> argv,
+                                       bool own_sysfs = false) {
+    if (own_sysfs) {
+      argv.insert(argv.begin(),
+                  {kUnshare, "--mount", "--propagation", "unchanged", "/bin/sh", "-c",
+                   "mount --make-private /sys && mount -t sysfs sysfs /sys && exec \"$@\"", "sh"});
+    }
+    argv.insert(argv.begin(),
+                {kNsenter, absl::StrCat("--net=/proc/", holder_pid_[host], "/ns/net")});
+    return argv;
+  }
+  absl::Status In(const std::string& host, std::vector<std::string> argv) {
+    return RunCommand(InNamespace(host, std::move(argv))).status();
   }
 
   absl::Status Ip(std::vector<std::string> args) {
@@ -125,9 +152,8 @@ class NetnsTest : public ::testing::Test {
 
   // Starts `argv` in the namespace of `host` with UCX held to tcp; returns its first line.
   absl::StatusOr<std::string> Start(const std::string& host, std::vector<std::string> argv) {
-    std::vector<std::string> full = {kIp, "netns", "exec", ns_[host]};
-    full.insert(full.end(), argv.begin(), argv.end());
-    auto child = transport::ChildProcess::Spawn(full, {{"UCX_TLS", "tcp"}});
+    auto child = transport::ChildProcess::Spawn(InNamespace(host, std::move(argv), true),
+                                                {{"UCX_TLS", "tcp"}});
     if (!child.ok()) return child.status();
     processes_.push_back(std::make_unique<transport::ChildProcess>(std::move(*child)));
     return processes_.back()->ReadLine(absl::Seconds(60));
@@ -135,10 +161,9 @@ class NetnsTest : public ::testing::Test {
 
   // An HTTP request from the client namespace (curl); the parsed JSON body.
   json Curl(const std::string& url, const std::string& body = "") {
-    std::vector<std::string> argv = {
-        kIp,  "netns", "exec", ns_["client"], "curl", "-s",
-        "-m", "60",    "-w",   "\\n",         "-H",   "Authorization: Bearer netns-test-key",
-        url};
+    std::vector<std::string> argv = InNamespace(
+        "client",
+        {"curl", "-s", "-m", "60", "-w", "\\n", "-H", "Authorization: Bearer netns-test-key", url});
     if (!body.empty()) {
       argv.insert(argv.end(), {"-H", "Content-Type: application/json", "-d", body});
     }
@@ -148,10 +173,8 @@ class NetnsTest : public ::testing::Test {
   }
 
   std::string subnet_;
-  std::string switch_;
-  bool netns_dir_was_mounted_ = true;
-  std::vector<std::string> namespaces_;
-  std::map<std::string, std::string> ns_;
+  std::map<std::string, std::string> holder_pid_;  // host name -> pid holding its namespace
+  std::vector<std::unique_ptr<transport::ChildProcess>> holders_;
   std::vector<std::unique_ptr<transport::ChildProcess>> processes_;
 };
 
@@ -198,8 +221,8 @@ TEST_F(NetnsTest, DisaggregatedClusterAcrossNamespacesMovesKvOverTcp) {
     EXPECT_EQ(answer["choices"][0]["text"], (*expected)["text"]);
   }
   // The KV moved through the store, with no fallback.
-  auto metrics = RunCommand({kIp, "netns", "exec", ns_["client"], "curl", "-s", "-m", "10", "-w",
-                             "\\n", base + "/metrics"});
+  auto metrics =
+      RunCommand(InNamespace("client", {"curl", "-s", "-m", "10", "-w", "\\n", base + "/metrics"}));
   ASSERT_TRUE(metrics.ok()) << metrics.status();
   EXPECT_GT(MetricValue(*metrics, "kvasir_kv_transfer_bytes_total").value_or(0), 0);
   EXPECT_FALSE(MetricValue(*metrics, "kvasir_disagg_fallbacks_total").has_value()) << *metrics;
