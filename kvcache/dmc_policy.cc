@@ -553,4 +553,14 @@ PolicyResult MakeDmcPolicy(PolicyArgs& args, const KvGeometry& geometry) {
   return std::shared_ptr<const KvPolicy>(std::move(policy));
 }
 
+int64_t DmcPolicy::PlannedPages(const KvGeometry& geometry, int32_t page_size,
+                                int64_t n_tokens) const {
+  if (options_.mode != DmcMode::kFree) return UniformTablePages(geometry, page_size, n_tokens);
+  // The sinks and the recent window keep a slot per token; the rest merges toward the ratio.
+  const int64_t kept = std::min<int64_t>(n_tokens, int64_t{options_.sink} + options_.recent);
+  const auto merged =
+      static_cast<int64_t>(std::ceil(static_cast<double>(n_tokens - kept) / options_.ratio));
+  return UniformTablePages(geometry, page_size, kept + merged);
+}
+
 }  // namespace kvasir::kvcache

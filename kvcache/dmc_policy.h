@@ -85,6 +85,8 @@ class DmcPolicy : public KvPolicy {
   // Room for n_new appends in every table, with the tail slot's page made private (it is
   // rewritten by merges). EndStep gives back the pages the step did not fill.
   absl::Status Reserve(KvCache& cache, SequenceKv& seq, int32_t n_new) const override;
+  int64_t PlannedPages(const KvGeometry& geometry, int32_t page_size,
+                       int64_t n_tokens) const override;
   absl::Status Attend(KvCache& cache, const LayerInputs& in,
                       kernels::cpu::CpuContext& ctx) const override;
   absl::Status EndStep(KvCache& cache, SequenceKv& seq, int32_t n_new) const override;

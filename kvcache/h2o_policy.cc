@@ -195,4 +195,9 @@ PolicyResult MakeH2oPolicy(PolicyArgs& args, const KvGeometry& geometry) {
   return std::make_shared<H2oPolicy>(budget, recent);
 }
 
+int64_t H2oPolicy::PlannedPages(const KvGeometry& geometry, int32_t page_size,
+                                int64_t n_tokens) const {
+  return UniformTablePages(geometry, page_size, std::min<int64_t>(n_tokens, int64_t{budget_} + 1));
+}
+
 }  // namespace kvasir::kvcache

@@ -338,4 +338,10 @@ PolicyResult MakeLococoPolicy(PolicyArgs& args, const KvGeometry& geometry) {
   return std::make_shared<LococoPolicy>(std::move(o));
 }
 
+int64_t LococoPolicy::PlannedPages(const KvGeometry& geometry, int32_t page_size,
+                                   int64_t n_tokens) const {
+  return UniformTablePages(geometry, page_size,
+                           std::min<int64_t>(n_tokens, int64_t{slots_} + chunk_));
+}
+
 }  // namespace kvasir::kvcache

@@ -60,6 +60,8 @@ class LococoPolicy : public KvPolicy {
   std::string spec() const override;
   std::unique_ptr<PolicyState> NewState(const KvGeometry& geometry) const override;
   absl::Status Reserve(KvCache& cache, SequenceKv& seq, int32_t n_new) const override;
+  int64_t PlannedPages(const KvGeometry& geometry, int32_t page_size,
+                       int64_t n_tokens) const override;
   absl::Status Attend(KvCache& cache, const LayerInputs& in,
                       kernels::cpu::CpuContext& ctx) const override;
   // Frees the pages a compression emptied.

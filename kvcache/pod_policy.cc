@@ -423,4 +423,17 @@ PolicyResult MakePodPolicy(PolicyArgs& args, const KvGeometry& geometry) {
   return std::make_shared<PodPolicy>(sink, window, groups, absl::StrCat("groups=", path));
 }
 
+int64_t PodPolicy::PlannedPages(const KvGeometry& geometry, int32_t page_size,
+                                int64_t n_tokens) const {
+  // Every value and the anchors' keys keep every token; the other keys keep the ring.
+  const auto pages = [&](int64_t slots) { return (slots + page_size - 1) / page_size; };
+  const int64_t tables = int64_t{geometry.n_layer} * geometry.n_head_kv;
+  int64_t anchors = 0;
+  for (int32_t l = 0; l < groups_.n_layer(); ++l) {
+    for (int32_t h = 0; h < groups_.n_head_kv(); ++h) anchors += groups_.is_anchor(l, h) ? 1 : 0;
+  }
+  return (tables + anchors) * pages(n_tokens) +
+         (tables - anchors) * pages(std::min(n_tokens, ring_capacity()));
+}
+
 }  // namespace kvasir::kvcache

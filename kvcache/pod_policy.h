@@ -25,6 +25,8 @@ class PodPolicy : public KvPolicy {
 
   std::string spec() const override;
   absl::Status Reserve(KvCache& cache, SequenceKv& seq, int32_t n_new) const override;
+  int64_t PlannedPages(const KvGeometry& geometry, int32_t page_size,
+                       int64_t n_tokens) const override;
   absl::Status Attend(KvCache& cache, const LayerInputs& in,
                       kernels::cpu::CpuContext& ctx) const override;
   // The state is only the metadata that gives the tables their meaning (sink, window, groups):

@@ -1,11 +1,24 @@
 #include "kvcache/policy.h"
 
+#include <algorithm>
+
 #include "absl/strings/str_cat.h"
 #include "common/status_macros.h"
 #include "common/strings.h"
 #include "kvcache/policies.h"
 
 namespace kvasir::kvcache {
+
+int64_t UniformTablePages(const KvGeometry& geometry, int32_t page_size, int64_t slots) {
+  const int64_t pages = (std::max<int64_t>(0, slots) + page_size - 1) / page_size;
+  return int64_t{2} * geometry.n_layer * geometry.n_head_kv * pages;
+}
+
+int64_t KvPolicy::PlannedPages(const KvGeometry& geometry, int32_t page_size,
+                               int64_t n_tokens) const {
+  return UniformTablePages(geometry, page_size, n_tokens);
+}
+
 namespace {
 
 struct PolicyEntry {

@@ -78,7 +78,20 @@ class KvPolicy {
     return in.empty() ? absl::OkStatus()
                       : absl::InvalidArgumentError("this KV policy keeps no state");
   }
+
+  // The KV pages a sequence is planned to hold after `n_tokens` tokens, over every table (K and V
+  // of every layer and KV head, each rounded up to whole pages), a step's reservation included:
+  // what the scheduler sets aside to admit it. A bound where the policy has one (full: every
+  // token; streaming: sink + window slots per table; h2o: budget + 1; lococo: slots + chunk; pod:
+  // every token in the values and the anchors' keys, the ring in the other keys). DMC merges
+  // toward its target ratio without a bound: free mode plans for that ratio (preemption catches a
+  // sequence that compresses less), learned mode for every token.
+  virtual int64_t PlannedPages(const KvGeometry& geometry, int32_t page_size,
+                               int64_t n_tokens) const;
 };
+
+// Pages of every table (K and V of every layer and KV head) holding `slots` slots each.
+int64_t UniformTablePages(const KvGeometry& geometry, int32_t page_size, int64_t slots);
 
 // Parses a policy spec string (docs/compression.md). InvalidArgument names the bad part. A spec
 // from a request (PolicySource::kRequest) that names a file is refused with PermissionDenied

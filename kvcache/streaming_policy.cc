@@ -94,4 +94,9 @@ PolicyResult MakeStreamingPolicy(PolicyArgs& args, const KvGeometry& geometry) {
   return std::make_shared<StreamingPolicy>(sink, window);
 }
 
+int64_t StreamingPolicy::PlannedPages(const KvGeometry& geometry, int32_t page_size,
+                                      int64_t n_tokens) const {
+  return UniformTablePages(geometry, page_size, std::min<int64_t>(n_tokens, capacity()));
+}
+
 }  // namespace kvasir::kvcache

@@ -125,7 +125,6 @@ Scheduler::Scheduler(Engine& engine, SchedulerOptions options,
                      std::unique_ptr<PolicyRegistry> policies, cachestore::StoreClient* store)
     : engine_(engine), options_(std::move(options)), policies_(std::move(policies)), store_(store) {
   const kvcache::KvGeometry& g = engine_.cache().geometry();
-  pages_per_token_block_ = int64_t{2} * g.n_layer * g.n_head_kv;
   stream_bounds_ = LayerParts(g.n_layer, std::max(0, options_.kv_stream_layers));
   for (const PolicyListing& l : policies_->listing()) kv_by_policy_[l.kind];
   PublishStats();
@@ -327,13 +326,20 @@ void Scheduler::TakeInbox() {
 
 bool Scheduler::CanAdmit(const Request& r) const {
   if (running_.empty()) return true;  // alone it may still fit; if not, Step fails it cleanly
-  const kvcache::PagePool& pool = engine_.cache().pool();
-  const int64_t blocks =
-      (static_cast<int64_t>(r.tokens.size()) + pool.page_size() - 1) / pool.page_size();
-  // The whole sequence so far under a full cache, plus one block of headroom per running
-  // sequence so that admitting does not immediately preempt the others.
-  const int64_t need = (blocks + static_cast<int64_t>(running_.size())) * pages_per_token_block_;
-  return pool.pages_free() >= need;
+  const kvcache::KvCache& cache = engine_.cache();
+  const int32_t page = cache.pool().page_size();
+  // What the request's policy holds for its tokens so far (a full cache: all of them; a policy
+  // with a budget: at most its budget), plus room for every running sequence to grow by one
+  // block of tokens (none for one at its budget), so that admitting does not immediately
+  // preempt the others.
+  int64_t need =
+      r.policy->PlannedPages(cache.geometry(), page, static_cast<int64_t>(r.tokens.size()));
+  for (const Request* other : running_) {
+    const int64_t n = other->computed;
+    need += other->policy->PlannedPages(cache.geometry(), page, n + page) -
+            other->policy->PlannedPages(cache.geometry(), page, n);
+  }
+  return cache.pool().pages_free() >= need;
 }
 
 void Scheduler::Admit(Request& r) {

@@ -280,7 +280,6 @@ class Scheduler {
   std::unique_ptr<PolicyRegistry> policies_;
   cachestore::StoreClient* store_ = nullptr;
   absl::Time store_down_until_ = absl::InfinitePast();  // executor thread
-  int64_t pages_per_token_block_ = 0;  // pages a full cache needs per page_size tokens
 
   // Executor-thread state.
   std::deque<Request*> waiting_;   // in arrival order (preempted ones go back to the front)

@@ -7,6 +7,8 @@
 #include <string>
 #include <vector>
 
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
 #include "gtest/gtest.h"
 #include "tests/testing/paths.h"
 #include "worker/engine.h"
@@ -474,6 +476,91 @@ TEST_F(SchedulerTest, KvBytesByPolicyKind) {
   EXPECT_EQ(idle.kv_by_policy.at("h2o").bytes, 0);
   EXPECT_EQ(idle.kv_by_policy.at("h2o").sequences, 0);
   EXPECT_GE(idle.kv_by_policy.at("h2o").byte_steps, h.byte_steps);
+}
+
+// Admission by the policy's real footprint: in the same KV memory, a policy that keeps a
+// quarter of the tokens runs at least 3.5x the sequences of full at once (admitting each as if
+// it held a full cache would stop it at about 2.5x), and every request still finishes.
+TEST_F(SchedulerTest, ACompressingPolicyRunsMoreSequencesInTheSameMemory) {
+  // 2000 pages of 512 bytes; a block of 16 tokens is 40 pages under full. A 240-token prompt
+  // holds 15-16 blocks under full (600-640 pages) and 4 under streaming's 64 slots (160 pages).
+  ASSERT_NO_FATAL_FAILURE(Load(2000 * 512));
+  ASSERT_EQ(engine_->cache().pool().capacity_pages(), 2000);
+  SchedulerOptions options;
+  options.max_num_seqs = 32;
+  ASSERT_NO_FATAL_FAILURE(MakeScheduler(options));
+  std::string text;
+  std::vector<int32_t> long_prompt;
+  for (int i = 0; long_prompt.size() < 240; ++i) {
+    text += std::string(kPrompts[i % 6]) + ". ";
+    long_prompt = Encode(text);
+  }
+  long_prompt.resize(240);
+  std::map<std::string, int32_t> most_running;
+  for (const std::string policy : {"full", "streaming:sink=4,window=60"}) {
+    for (int i = 0; i < 16; ++i) {
+      SchedulerRequest r;
+      r.id = absl::StrCat(policy, "-", i);
+      r.prompt = long_prompt;
+      r.prompt[1] = 10 + i;  // a prompt of its own
+      r.sampling = SamplingParams::Greedy();
+      r.max_tokens = 16;
+      r.ignore_eos = true;
+      r.kv_policy = policy;
+      Submit(r);
+    }
+    int32_t& most = most_running[policy];
+    for (int steps = 0; scheduler_->Step() && steps < 100000; ++steps) {
+      most = std::max(most, scheduler_->stats().running);
+    }
+    for (int i = 0; i < 16; ++i) {
+      const Collected& c = results_[absl::StrCat(policy, "-", i)];
+      EXPECT_TRUE(c.finished && c.status.ok()) << policy << " " << i << ": " << c.status;
+      EXPECT_EQ(c.ids.size(), 16u);
+    }
+    EXPECT_EQ(engine_->cache().pool().pages_used(), 0);
+  }
+  EXPECT_GE(most_running["full"], 2);
+  EXPECT_GE(most_running["streaming:sink=4,window=60"], 3.5 * most_running["full"])
+      << "full ran " << most_running["full"] << " at once, streaming "
+      << most_running["streaming:sink=4,window=60"];
+}
+
+// What admission plans for each policy: a bound on what the policy holds after a prompt where
+// it has one, and less than full for every compressing policy.
+TEST_F(SchedulerTest, PlannedPagesBoundWhatEachPolicyHolds) {
+  ASSERT_NO_FATAL_FAILURE(Load());
+  kvcache::KvCache& cache = engine_->cache();
+  const kvcache::KvGeometry& g = cache.geometry();
+  const int32_t page = cache.pool().page_size();
+  std::vector<int32_t> prompt;
+  for (int i = 0; prompt.size() < 240; ++i) prompt.push_back(10 + (i * 7) % 200);
+  const int64_t full = kvcache::UniformTablePages(g, page, 240);
+  for (const char* spec :
+       {"full", "streaming:sink=4,window=60", "h2o:budget=48,recent=8", "lococo:slots=48,chunk=8",
+        "pod:sink=4,window=60", "dmc:mode=free,ratio=4"}) {
+    SCOPED_TRACE(spec);
+    auto policy = engine_->Policy(spec);
+    ASSERT_TRUE(policy.ok()) << policy.status();
+    kvcache::SequenceKv& seq = cache.CreateSequence(*policy);
+    std::vector<float> logits;
+    for (size_t begin = 0; begin < prompt.size(); begin += 64) {
+      const size_t n = std::min<size_t>(64, prompt.size() - begin);
+      StepSequence step{&seq, std::span<const int32_t>(prompt).subspan(begin, n), false};
+      ASSERT_TRUE(engine_->runner().Forward({&step, 1}, logits).ok());
+    }
+    const int64_t held =
+        cache.Usage(seq).page_bytes / static_cast<int64_t>(cache.pool().page_bytes());
+    const int64_t planned = (*policy)->PlannedPages(g, page, 240);
+    if (std::string_view(spec) == "full") {
+      EXPECT_EQ(planned, full);
+    } else {
+      EXPECT_LT(planned, full);
+    }
+    // DMC steers toward its ratio without a bound; the others cannot hold more than planned.
+    if (!absl::StartsWith(spec, "dmc")) EXPECT_LE(held, planned);
+    cache.FreeSequence(seq.id());
+  }
 }
 
 TEST_F(SchedulerTest, ZeroMaxTokensAndCancelAll) {
