@@ -351,6 +351,11 @@ int RunBenchServe(int argc, char** argv) {
   p.AddFloat("long-fraction", &long_fraction,
              "a mixed workload: this fraction of the prompts is --long-input-len words long");
   p.AddInt32("long-input-len", &o.long_input_words, "length of the long prompts, in words");
+  p.AddInt32("shared-prefix-len", &o.shared_prefix_words,
+             "a shared-prefix workload: every prompt starts with one of --num-prefixes "
+             "prefixes of this many words (0: none)");
+  p.AddInt32("num-prefixes", &o.num_prefixes,
+             "shared prefixes (request i takes prefix i mod this)");
   p.AddInt32("output-len", &o.output_tokens, "tokens generated per request");
   p.AddString("kv-policy", &o.kv_policy, "NAME|SPEC",
               "kv_policy of every request (a configured name or a spec; default: the server's)");

@@ -219,10 +219,38 @@ absl::Status CheckServeBenchOptions(const ServeBenchOptions& o) {
     return absl::InvalidArgumentError(
         "--long-fraction must be in [0, 1] and --long-input-len at least 1");
   }
+  if (o.shared_prefix_words < 0 || o.num_prefixes < 1) {
+    return absl::InvalidArgumentError(
+        "--shared-prefix-len must be >= 0 and --num-prefixes at least 1");
+  }
   if (o.request_timeout <= absl::ZeroDuration()) {
     return absl::InvalidArgumentError("--request-timeout-s must be positive");
   }
   return absl::OkStatus();
+}
+
+ServeBenchWorkload MakeServeBenchWorkload(const ServeBenchOptions& o) {
+  std::mt19937_64 rng(o.seed);
+  ServeBenchWorkload w;
+  std::vector<std::string>& prompts = w.prompts;
+  std::vector<absl::Duration>& arrivals = w.arrivals;
+  absl::Duration at;
+  std::exponential_distribution<double> gap(o.request_rate > 0 ? o.request_rate : 1.0);
+  std::uniform_real_distribution<double> coin(0, 1);
+  std::vector<std::string> prefixes;
+  if (o.shared_prefix_words > 0) {
+    for (int k = 0; k < o.num_prefixes; ++k) {
+      prefixes.push_back(RandomPrompt(rng, o.shared_prefix_words) + " ");
+    }
+  }
+  for (int i = 0; i < o.num_prompts; ++i) {
+    const bool long_prompt = o.long_fraction > 0 && coin(rng) < o.long_fraction;
+    prompts.push_back(RandomPrompt(rng, long_prompt ? o.long_input_words : o.input_words));
+    if (!prefixes.empty()) prompts.back().insert(0, prefixes[i % prefixes.size()]);
+    arrivals.push_back(at);
+    if (o.request_rate > 0) at += absl::Seconds(gap(rng));
+  }
+  return w;
 }
 
 absl::StatusOr<ServeBenchResult> RunServeBench(const ServeBenchOptions& o) {
@@ -235,19 +263,9 @@ absl::StatusOr<ServeBenchResult> RunServeBench(const ServeBenchOptions& o) {
     result.model = o.model;
   }
 
-  // Prompts and arrival offsets, all from the seed.
-  std::mt19937_64 rng(o.seed);
-  std::vector<std::string> prompts;
-  std::vector<absl::Duration> arrivals;
-  absl::Duration at;
-  std::exponential_distribution<double> gap(o.request_rate > 0 ? o.request_rate : 1.0);
-  std::uniform_real_distribution<double> coin(0, 1);
-  for (int i = 0; i < o.num_prompts; ++i) {
-    const bool long_prompt = o.long_fraction > 0 && coin(rng) < o.long_fraction;
-    prompts.push_back(RandomPrompt(rng, long_prompt ? o.long_input_words : o.input_words));
-    arrivals.push_back(at);
-    if (o.request_rate > 0) at += absl::Seconds(gap(rng));
-  }
+  const ServeBenchWorkload workload = MakeServeBenchWorkload(o);
+  const std::vector<std::string>& prompts = workload.prompts;
+  const std::vector<absl::Duration>& arrivals = workload.arrivals;
 
   std::vector<RequestRecord> records(static_cast<size_t>(o.num_prompts));
   std::atomic<int> next{0};
@@ -303,9 +321,13 @@ std::string FormatServeBench(const ServeBenchResult& r) {
       o.request_rate > 0 ? absl::StrFormat("%.2f req/s (Poisson)", o.request_rate)
                          : std::string("all at once"),
       o.max_concurrency,
-      o.long_fraction > 0 ? absl::StrFormat("%d (%.0f %% of them %d)", o.input_words,
-                                            100 * o.long_fraction, o.long_input_words)
-                          : absl::StrCat(o.input_words),
+      absl::StrCat(o.shared_prefix_words > 0
+                       ? absl::StrFormat("one of %d shared prefixes of %d + ", o.num_prefixes,
+                                         o.shared_prefix_words)
+                       : "",
+                   o.long_fraction > 0 ? absl::StrFormat("%d (%.0f %% of them %d)", o.input_words,
+                                                         100 * o.long_fraction, o.long_input_words)
+                                       : absl::StrCat(o.input_words)),
       o.output_tokens);
   absl::StrAppendFormat(&out, "%-34s %12d\n", "successful requests", r.completed);
   absl::StrAppendFormat(&out, "%-34s %12d\n", "failed requests", r.failed);
@@ -343,6 +365,8 @@ json ServeBenchJson(const ServeBenchResult& r) {
       {"input_words", r.options.input_words},
       {"long_fraction", r.options.long_fraction},
       {"long_input_words", r.options.long_input_words},
+      {"shared_prefix_words", r.options.shared_prefix_words},
+      {"num_prefixes", r.options.num_prefixes},
       {"output_tokens_per_request", r.options.output_tokens},
       {"completed", r.completed},
       {"failed", r.failed},

@@ -14,6 +14,7 @@
 
 #include <cstdint>
 #include <string>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
@@ -35,12 +36,25 @@ struct ServeBenchOptions {
   // long_input_words instead (0: none).
   double long_fraction = 0;
   int long_input_words = 2048;
+  // A shared-prefix workload (like SGLang's generated-shared-prefix): num_prefixes system
+  // prompts of shared_prefix_words words each, every request starting with one of them (request
+  // i with prefix i % num_prefixes) followed by its own prompt (0: no shared prefix).
+  int shared_prefix_words = 0;
+  int num_prefixes = 8;
   int output_tokens = 64;  // max_tokens of every request, with ignore_eos
   uint64_t seed = 0;       // prompts and arrival times
   std::string api_key;     // sent as a bearer token when not empty
   std::string kv_policy;   // the kv_policy field of every request ("" = the server's default)
   absl::Duration request_timeout = absl::Seconds(300);  // per request, from its start
 };
+
+// The requests of a run, all drawn from the seed: each prompt, and when it is sent (an offset
+// from the start; all zero when every request goes at once).
+struct ServeBenchWorkload {
+  std::vector<std::string> prompts;
+  std::vector<absl::Duration> arrivals;
+};
+ServeBenchWorkload MakeServeBenchWorkload(const ServeBenchOptions& options);
 
 struct LatencySummary {
   double mean_ms = 0;
