@@ -258,6 +258,9 @@ int RunUp(int argc, char** argv) {
   p.AddString("cachestore-capacity", &cachestore_capacity, "BYTES",
               "memory of the cachestore's KV block tier");
   p.AddBool("no-cachestore", &no_cachestore, "do not start a cachestore");
+  bool no_prefix_caching = false;
+  p.AddBool("no-prefix-caching", &no_prefix_caching,
+            "workers do not share the KV of common prompt prefixes between requests");
   if (absl::Status s = p.Parse(argc, argv); !s.ok()) return Fail(cmd, s, 2);
   if (p.help_requested()) {
     std::fputs(p.Help().c_str(), stdout);
@@ -433,6 +436,7 @@ int RunUp(int argc, char** argv) {
       w.push_back("--max-model-len");
       w.push_back(std::to_string(max_model_len));
     }
+    if (no_prefix_caching) w.push_back("--no-prefix-caching");
     if (kv_stream_layers >= 0 && role == "prefill") {
       w.push_back("--kv-stream-layers");
       w.push_back(std::to_string(kv_stream_layers));

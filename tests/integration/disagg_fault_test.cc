@@ -192,11 +192,12 @@ TEST_F(DisaggFaultTest, DrainUnderLoadLosesNothing) {
 
 // A prefill worker killed mid-prefill: the decode worker recomputes the prompt, same text.
 TEST_F(DisaggFaultTest, PrefillWorkerKilledMidPrefillIsRecomputed) {
-  // The prompt (about 45 tokens) takes 3 steps of 16 tokens, 400 ms apart.
-  ASSERT_NO_FATAL_FAILURE(StartCluster(
-      1, 1,
-      {"--debug-step-delay-ms", "400", "--max-num-batched-tokens", "16", "--max-num-seqs", "16"},
-      {}));
+  // The prompt (about 45 tokens) takes 3 steps of 16 tokens, 400 ms apart (each time: the
+  // prefix cache, which would give the second run its blocks, is off).
+  ASSERT_NO_FATAL_FAILURE(StartCluster(1, 1,
+                                       {"--debug-step-delay-ms", "400", "--max-num-batched-tokens",
+                                        "16", "--max-num-seqs", "16", "--no-prefix-caching"},
+                                       {}));
   const Answer reference = Complete(*c_, 40, false);
   ASSERT_EQ(reference.status, 200) << reference.detail;
   Answer answer;

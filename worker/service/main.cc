@@ -61,6 +61,9 @@ int Main(int argc, char** argv) {
   p.AddInt32("kv-stream-layers", &sched.kv_stream_layers,
              "--role prefill: write the KV in parts of this many layers, each as soon as its "
              "layers are computed, while the later ones compute (0: all at the end)");
+  bool no_prefix_caching = false;
+  p.AddBool("no-prefix-caching", &no_prefix_caching,
+            "do not share the KV of common prompt prefixes between requests");
   p.AddInt32("heartbeat-interval-ms", &heartbeat_ms, "heartbeat period to the coordinator");
   p.AddInt32("debug-step-delay-ms", &step_delay_ms,
              "testing: sleep this long after every step (simulates a slow model)");
@@ -83,6 +86,7 @@ int Main(int argc, char** argv) {
     sched.kv_policies.push_back(kvasir::worker::ParsePolicyConfig(v));
   }
   sched.kv_transfer_timeout = absl::Milliseconds(transfer_timeout_ms);
+  sched.enable_prefix_caching = !no_prefix_caching;
   options.rpc_port = static_cast<uint16_t>(port);
   options.http_port = static_cast<uint16_t>(http_port);
   options.heartbeat_interval = absl::Milliseconds(heartbeat_ms);

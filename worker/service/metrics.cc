@@ -57,7 +57,19 @@ WorkerMetrics::WorkerMetrics(prometheus::Registry& registry, const std::string& 
                  .Name("kvasir_scheduler_steps_total")
                  .Help("Forward steps run by the scheduler.")
                  .Register(registry)
-                 .Add({})) {}
+                 .Add({})),
+      prefix_queries_(prometheus::BuildCounter()
+                          .Name("kvasir_prefix_cache_queries_total")
+                          .Help("Prompt tokens looked up in the prefix cache (requests whose KV "
+                                "policy shares blocks), by tier.")
+                          .Register(registry)
+                          .Add({{"tier", "local"}})),
+      prefix_hits_(prometheus::BuildCounter()
+                       .Name("kvasir_prefix_cache_hits_total")
+                       .Help("Prompt tokens found in the prefix cache (their KV taken, not "
+                             "computed), by tier.")
+                       .Register(registry)
+                       .Add({{"tier", "local"}})) {}
 
 void WorkerMetrics::Update(const SchedulerStats& stats) {
   absl::MutexLock lock(&mu_);
@@ -79,6 +91,10 @@ void WorkerMetrics::Update(const SchedulerStats& stats) {
   generation_tokens_.Increment(
       static_cast<double>(stats.generation_tokens_total - last_.generation_tokens_total));
   steps_.Increment(static_cast<double>(stats.steps_total - last_.steps_total));
+  prefix_queries_.Increment(
+      static_cast<double>(stats.prefix_cache_queries_total - last_.prefix_cache_queries_total));
+  prefix_hits_.Increment(
+      static_cast<double>(stats.prefix_cache_hits_total - last_.prefix_cache_hits_total));
   last_ = stats;
 }
 

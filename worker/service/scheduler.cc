@@ -80,6 +80,7 @@ struct Scheduler::Request {
   // bounds of the whole push, and when the prompt's computation ended.
   std::shared_ptr<StreamedParts> parts;
   std::vector<int32_t> pushed_bounds;
+  kvcache::PrefixCache::Chain chain;  // its whole blocks' hashes (prefix caching)
   absl::Time computed_at;
   double push_wait_seconds = 0;
 };
@@ -126,6 +127,9 @@ Scheduler::Scheduler(Engine& engine, SchedulerOptions options,
     : engine_(engine), options_(std::move(options)), policies_(std::move(policies)), store_(store) {
   const kvcache::KvGeometry& g = engine_.cache().geometry();
   stream_bounds_ = LayerParts(g.n_layer, std::max(0, options_.kv_stream_layers));
+  if (options_.enable_prefix_caching) {
+    prefix_cache_ = std::make_unique<kvcache::PrefixCache>(engine_.cache());
+  }
   for (const PolicyListing& l : policies_->listing()) kv_by_policy_[l.kind];
   PublishStats();
 }
@@ -140,6 +144,7 @@ Scheduler::~Scheduler() {
   for (auto& [id, r] : live_) {
     if (r->seq != nullptr) engine_.cache().FreeSequence(r->seq->id());
   }
+  prefix_cache_.reset();
 }
 
 absl::Status Scheduler::Submit(SchedulerRequest request, OutputSink sink) {
@@ -289,8 +294,11 @@ void Scheduler::PublishStats() {
   stats_.pushing = pushes_in_flight_;
   stats_.fetching = fetches_in_flight_;
   stats_.waiting = static_cast<int32_t>(waiting_.size());
-  stats_.kv_pages_used = pool.pages_used();
+  stats_.prefix_cache_pages = prefix_cache_ != nullptr ? prefix_cache_->UnusedPages() : 0;
+  stats_.kv_pages_used = pool.pages_used() - stats_.prefix_cache_pages;
   stats_.kv_pages_total = pool.capacity_pages();
+  stats_.prefix_cache_queries_total = prefix_queries_total_;
+  stats_.prefix_cache_hits_total = prefix_hits_total_;
   stats_.preemptions_total = preemptions_total_;
   stats_.steps_total = steps_total_;
   stats_.prompt_tokens_total = prompt_tokens_total_;
@@ -324,7 +332,7 @@ void Scheduler::TakeInbox() {
   }
 }
 
-bool Scheduler::CanAdmit(const Request& r) const {
+bool Scheduler::CanAdmit(const Request& r) {
   if (running_.empty()) return true;  // alone it may still fit; if not, Step fails it cleanly
   const kvcache::KvCache& cache = engine_.cache();
   const int32_t page = cache.pool().page_size();
@@ -339,7 +347,9 @@ bool Scheduler::CanAdmit(const Request& r) const {
     need += other->policy->PlannedPages(cache.geometry(), page, n + page) -
             other->policy->PlannedPages(cache.geometry(), page, n);
   }
-  return cache.pool().pages_free() >= need;
+  const int64_t free = engine_.cache().pool().pages_free();
+  if (free < need && prefix_cache_ != nullptr) prefix_cache_->Evict(need - free);
+  return engine_.cache().pool().pages_free() >= need;
 }
 
 void Scheduler::Admit(Request& r) {
@@ -349,6 +359,13 @@ void Scheduler::Admit(Request& r) {
   if (r.req.handoff != KvHandoff::kDecode || !TakeFetchedKv(r)) {
     r.seq = &engine_.cache().CreateSequence(r.policy);
     r.computed = 0;
+    if (prefix_cache_ != nullptr && kvcache::PrefixCache::Shares(*r.policy)) {
+      // The last token is always computed: its logits give the next sample.
+      const int64_t n = static_cast<int64_t>(r.tokens.size());
+      r.computed = prefix_cache_->Attach(*r.seq, r.tokens, r.req.cache_salt, n - 1, r.chain);
+      prefix_queries_total_ += n;
+      prefix_hits_total_ += r.computed;
+    }
   }
   r.state = RequestState::kPrefill;
   r.admission = ++next_admission_;
@@ -866,6 +883,13 @@ bool Scheduler::Step() {
     }
     absl::Status status = engine_.runner().Forward(batch, logits_, on_layer_done);
     if (status.ok()) break;
+    // Blocks only the prefix cache holds go back before any running sequence is preempted.
+    if (absl::IsResourceExhausted(status) && prefix_cache_ != nullptr &&
+        prefix_cache_->Evict(int64_t{2} * engine_.cache().geometry().n_layer *
+                             engine_.cache().geometry().n_head_kv *
+                             static_cast<int64_t>(plan.size())) > 0) {
+      continue;
+    }
     if (!absl::IsResourceExhausted(status)) {
       KVASIR_LOG_SUBSYS(ERROR, kWorker, "forward step failed: %s", status.ToString());
       for (const Planned& p : plan) {
@@ -906,6 +930,7 @@ bool Scheduler::Step() {
     if (!decode) prompt_tokens_total_ += plan[i].count;
     last_step_.ids.push_back(r.req.id);
     r.computed = r.seq->n_tokens();
+    if (prefix_cache_ != nullptr) prefix_cache_->Insert(*r.seq, r.tokens, r.computed, r.chain);
     if (r.pending() > 0) continue;  // more prompt chunks to come
     if (r.req.handoff == KvHandoff::kPrefill) {
       StartPush(r);

@@ -44,6 +44,7 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "cachestore/client.h"
+#include "kvcache/prefix_cache.h"
 #include "worker/engine.h"
 #include "worker/kv_transfer.h"
 #include "worker/policy_registry.h"
@@ -83,6 +84,11 @@ struct SchedulerOptions {
   // that ends the prompt has run through its layers, so that writing overlaps computing; 0: the
   // whole snapshot once the step is done (docs/disaggregation.md).
   int32_t kv_stream_layers = 4;
+  // Requests whose prompts start alike share the KV pages of their common whole blocks (16
+  // tokens) instead of computing them again; finished requests' blocks stay until the pages are
+  // wanted (kvcache/prefix_cache.h). Policies whose blocks cannot be shared (the compressing
+  // ones) are not affected.
+  bool enable_prefix_caching = false;
   int32_t max_model_len = 0;  // tokens of one sequence at most; 0: the model's context
   // Policies the operator configured (files allowed), and the one of requests that name none: a
   // configured name or a spec ("" = the first configured, else "full"). See PolicyRegistry.
@@ -110,6 +116,9 @@ struct SchedulerRequest {
   // KvHandoff::kDecode: the layer parts the prefill worker wrote the prompt's KV in (its
   // RequestOutput::kv_layer_bounds); empty: one part.
   std::vector<int32_t> kv_layer_bounds;
+  // Enters the prefix cache's hash chain: requests with another salt (another tenant) never
+  // share a cached block.
+  uint64_t cache_salt = 0;
 };
 
 struct TokenLogprobs {
@@ -170,10 +179,15 @@ struct PolicyKvBytes {
 struct SchedulerStats {
   int32_t running = 0;
   int32_t waiting = 0;
-  int32_t pushing = 0;   // finished prefill hand-offs whose KV is being written to the store
-  int32_t fetching = 0;  // waiting decode hand-offs whose KV is being read from the store
-  int64_t kv_pages_used = 0;
+  int32_t pushing = 0;        // finished prefill hand-offs whose KV is being written to the store
+  int32_t fetching = 0;       // waiting decode hand-offs whose KV is being read from the store
+  int64_t kv_pages_used = 0;  // held by sequences (blocks only the prefix cache holds are free)
   int64_t kv_pages_total = 0;
+  int64_t prefix_cache_pages = 0;  // held only by the prefix cache: given back when wanted
+  // Prompt tokens of admitted requests whose policy shares blocks, and how many of them were
+  // found in the prefix cache (their KV taken, not computed).
+  int64_t prefix_cache_queries_total = 0;
+  int64_t prefix_cache_hits_total = 0;
   int64_t preemptions_total = 0;
   int64_t steps_total = 0;
   int64_t prompt_tokens_total = 0;      // prompt tokens computed (recomputation included)
@@ -265,7 +279,9 @@ class Scheduler {
   void NoteStoreFailure(const absl::Status& status);
   bool StoreDown() const { return absl::Now() < store_down_until_; }
   void TakeInbox();
-  bool CanAdmit(const Request& r) const;
+  // Whether `r` fits beside the running sequences (giving back unused prefix-cache blocks for
+  // it when that makes it fit).
+  bool CanAdmit(const Request& r);
   void Admit(Request& r);
   void Preempt(Request& r);
   void Finish(Request& r, RequestState state, absl::Status status, std::string reason,
@@ -293,6 +309,9 @@ class Scheduler {
   int64_t prompt_tokens_total_ = 0;
   int64_t generation_tokens_total_ = 0;
   std::map<std::string, PolicyKvBytes> kv_by_policy_;
+  std::unique_ptr<kvcache::PrefixCache> prefix_cache_;  // with enable_prefix_caching
+  int64_t prefix_queries_total_ = 0;
+  int64_t prefix_hits_total_ = 0;
   int32_t pushes_in_flight_ = 0;
   int32_t fetches_in_flight_ = 0;
   std::vector<int32_t> stream_bounds_;  // LayerParts of options_.kv_stream_layers

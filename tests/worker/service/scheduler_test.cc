@@ -563,6 +563,96 @@ TEST_F(SchedulerTest, PlannedPagesBoundWhatEachPolicyHolds) {
   }
 }
 
+// Prefix caching: a request whose prompt starts like an earlier one's takes the KV of the
+// common whole blocks from the cache and gives the output of a cold run; the hits are counted
+// in tokens; another salt (tenant) finds nothing; what only the cache holds is not counted as
+// used and goes back when wanted.
+TEST_F(SchedulerTest, ACachedPrefixGivesTheColdOutput) {
+  ASSERT_NO_FATAL_FAILURE(Load());
+  SchedulerOptions options;
+  options.enable_prefix_caching = true;
+  options.prefill_chunk = 32;
+  ASSERT_NO_FATAL_FAILURE(MakeScheduler(options));
+  std::string text;
+  std::vector<int32_t> prompt;
+  for (int i = 0; prompt.size() < 70; ++i) {
+    text += std::string(kPrompts[i % 6]) + ". ";
+    prompt = Encode(text);
+  }
+  prompt.resize(70);
+  SchedulerRequest a = Greedy("a", "", 20);
+  a.prompt = prompt;
+  SchedulerRequest b = a;  // the first 50 tokens of a, then its own
+  b.id = "b";
+  b.prompt.resize(50);
+  for (int32_t id : Encode("The little dog ran to the big tree and")) b.prompt.push_back(id);
+  const GenerateResult ref_a = Reference(a), ref_b = Reference(b);
+  Submit(a);
+  RunAll();
+  EXPECT_EQ(scheduler_->stats().prefix_cache_queries_total, 70);
+  EXPECT_EQ(scheduler_->stats().prefix_cache_hits_total, 0);
+  Submit(b);
+  RunAll();
+  EXPECT_EQ(scheduler_->stats().prefix_cache_hits_total, 48);  // 3 whole blocks of 16
+  EXPECT_EQ(results_["b"].ids, ref_b.ids);
+  EXPECT_EQ(results_["b"].text, ref_b.text);
+  // a again: its 4 whole prompt blocks (the last token is always computed).
+  SchedulerRequest again = a;
+  again.id = "a2";
+  Submit(again);
+  RunAll();
+  EXPECT_EQ(scheduler_->stats().prefix_cache_hits_total, 48 + 64);
+  EXPECT_EQ(results_["a2"].ids, ref_a.ids);
+  EXPECT_EQ(results_["a"].ids, ref_a.ids);
+  // Another tenant's salt: no hit, the same output.
+  SchedulerRequest salted = a;
+  salted.id = "a3";
+  salted.cache_salt = 7;
+  Submit(salted);
+  RunAll();
+  EXPECT_EQ(scheduler_->stats().prefix_cache_hits_total, 48 + 64);
+  EXPECT_EQ(results_["a3"].ids, ref_a.ids);
+  // Idle: every page left is the cache's alone, reported as free.
+  const SchedulerStats idle = scheduler_->stats();
+  EXPECT_EQ(idle.kv_pages_used, 0);
+  EXPECT_GT(idle.prefix_cache_pages, 0);
+  EXPECT_EQ(idle.prefix_cache_pages, engine_->cache().pool().pages_used());
+}
+
+// Under memory pressure the cache gives its blocks back before running sequences are
+// preempted, and outputs stay those of cold runs.
+TEST_F(SchedulerTest, PrefixCachingUnderMemoryPressureKeepsTheOutput) {
+  ASSERT_NO_FATAL_FAILURE(Load(600 * 512));  // 15 blocks of 16 tokens
+  SchedulerOptions options;
+  options.enable_prefix_caching = true;
+  ASSERT_NO_FATAL_FAILURE(MakeScheduler(options));
+  std::vector<SchedulerRequest> requests;
+  std::vector<GenerateResult> refs;
+  for (int round = 0; round < 2; ++round) {
+    for (int i = 0; i < 4; ++i) {
+      // About 40 tokens: two whole blocks to share.
+      std::string text;
+      for (int k = 0; k < 5; ++k) text += std::string(kPrompts[(i + k) % 6]) + ". ";
+      SchedulerRequest r = Greedy(absl::StrCat("p", round, "-", i), text, 100);
+      r.ignore_eos = true;
+      requests.push_back(r);
+      refs.push_back(Reference(r));
+    }
+  }
+  for (int round = 0; round < 2; ++round) {
+    for (int i = 0; i < 4; ++i) Submit(requests[round * 4 + i]);
+    RunAll();
+  }
+  for (size_t i = 0; i < requests.size(); ++i) {
+    const Collected& c = results_[requests[i].id];
+    EXPECT_TRUE(c.finished && c.status.ok()) << requests[i].id << ": " << c.status;
+    EXPECT_EQ(c.ids, refs[i].ids) << requests[i].id;
+  }
+  EXPECT_GT(scheduler_->stats().prefix_cache_hits_total, 0);
+  EXPECT_GT(scheduler_->stats().preemptions_total, 0);
+  EXPECT_EQ(scheduler_->stats().kv_pages_used, 0);
+}
+
 TEST_F(SchedulerTest, ZeroMaxTokensAndCancelAll) {
   ASSERT_NO_FATAL_FAILURE(Load());
   ASSERT_NO_FATAL_FAILURE(MakeScheduler());

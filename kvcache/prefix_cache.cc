@@ -1,0 +1,136 @@
+// PrefixCache (see prefix_cache.h).
+#include "kvcache/prefix_cache.h"
+
+#include <algorithm>
+
+#include "common/hash.h"
+#include "kvcache/prefix_hash.h"
+
+namespace kvasir::kvcache {
+
+PrefixCache::~PrefixCache() {
+  for (auto& [hash, entry] : entries_) {
+    for (int32_t page : entry.pages) cache_.pool().Unref(page);
+  }
+}
+
+bool PrefixCache::Shares(const KvPolicy& policy) { return policy.spec() == "full"; }
+
+void PrefixCache::Touch(uint64_t hash, Entry& entry) {
+  lru_.erase(entry.last_use);
+  entry.last_use = ++clock_;
+  lru_[entry.last_use] = hash;
+}
+
+void PrefixCache::Extend(std::span<const int32_t> tokens, int64_t blocks, const KvPolicy& policy,
+                         Chain& chain) const {
+  const int32_t n = block_tokens();
+  while (static_cast<int64_t>(chain.hashes.size()) < blocks) {
+    // The chain starts from a seed of the salt and the policy: blocks of another tenant or
+    // policy never meet.
+    const uint64_t prev = chain.hashes.empty() ? Xxh3(policy.spec(), PrefixHashSeed() ^ chain.salt)
+                                               : chain.hashes.back();
+    const size_t begin = chain.hashes.size() * static_cast<size_t>(n);
+    chain.hashes.push_back(PrefixHashNext(prev, tokens.subspan(begin, n)));
+  }
+}
+
+int64_t PrefixCache::Attach(SequenceKv& seq, std::span<const int32_t> tokens, uint64_t salt,
+                            int64_t max_tokens, Chain& chain) {
+  chain = Chain{.salt = salt};
+  if (!Shares(seq.policy()) || seq.n_tokens() != 0) return 0;
+  const int32_t n = block_tokens();
+  const int64_t most = std::min<int64_t>(max_tokens, static_cast<int64_t>(tokens.size())) / n;
+  std::vector<Entry*> hit;
+  for (int64_t b = 0; b < most; ++b) {
+    Extend(tokens, b + 1, seq.policy(), chain);
+    auto it = entries_.find(chain.hashes.back());
+    if (it == entries_.end()) {
+      chain.hashes.pop_back();
+      break;
+    }
+    Touch(it->first, it->second);
+    hit.push_back(&it->second);
+  }
+  if (hit.empty()) return 0;
+  const KvGeometry& g = cache_.geometry();
+  for (const Entry* e : hit) {
+    size_t i = 0;
+    for (int32_t l = 0; l < g.n_layer; ++l) {
+      for (int32_t h = 0; h < g.n_head_kv; ++h) {
+        for (HeadTable* t : {&seq.k(l, h), &seq.v(l, h)}) {
+          cache_.pool().Ref(e->pages[i]);
+          t->pages.push_back(e->pages[i++]);
+        }
+      }
+    }
+  }
+  const int64_t held = static_cast<int64_t>(hit.size()) * n;
+  for (int32_t l = 0; l < g.n_layer; ++l) {
+    for (int32_t h = 0; h < g.n_head_kv; ++h) {
+      seq.k(l, h).length = seq.v(l, h).length = static_cast<int32_t>(held);
+    }
+  }
+  seq.set_n_tokens(held);
+  return held;
+}
+
+void PrefixCache::Insert(const SequenceKv& seq, std::span<const int32_t> tokens, int64_t n_tokens,
+                         Chain& chain) {
+  if (!Shares(seq.policy())) return;
+  const int32_t n = block_tokens();
+  const int64_t blocks =
+      std::min<int64_t>({n_tokens, seq.n_tokens(), static_cast<int64_t>(tokens.size())}) / n;
+  const size_t known = chain.hashes.size();
+  Extend(tokens, blocks, seq.policy(), chain);
+  const KvGeometry& g = cache_.geometry();
+  for (int64_t b = static_cast<int64_t>(known); b < blocks; ++b) {
+    const uint64_t hash = chain.hashes[b];
+    auto [it, added] = entries_.try_emplace(hash);
+    if (!added) {
+      Touch(hash, it->second);
+      continue;
+    }
+    Entry& e = it->second;
+    e.pages.reserve(size_t{2} * g.n_layer * g.n_head_kv);
+    for (int32_t l = 0; l < g.n_layer; ++l) {
+      for (int32_t h = 0; h < g.n_head_kv; ++h) {
+        for (const HeadTable* t : {&seq.k(l, h), &seq.v(l, h)}) {
+          const int32_t page = t->pages[b];
+          cache_.pool().Ref(page);
+          e.pages.push_back(page);
+        }
+      }
+    }
+    Touch(hash, e);
+  }
+}
+
+int64_t PrefixCache::UnusedPages() const {
+  // A block's pages are taken and given back together (Attach, Insert, and a sequence that
+  // frees its tables), so its first page's count stands for all of them.
+  int64_t unused = 0;
+  for (const auto& [hash, entry] : entries_) {
+    if (cache_.pool().refcount(entry.pages[0]) == 1) {
+      unused += static_cast<int64_t>(entry.pages.size());
+    }
+  }
+  return unused;
+}
+
+int64_t PrefixCache::Evict(int64_t pages) {
+  int64_t freed = 0;
+  while (freed < pages && !lru_.empty()) {
+    const uint64_t hash = lru_.begin()->second;
+    lru_.erase(lru_.begin());
+    auto it = entries_.find(hash);
+    for (int32_t page : it->second.pages) {
+      freed += cache_.pool().refcount(page) == 1 ? 1 : 0;
+      cache_.pool().Unref(page);
+    }
+    entries_.erase(it);
+  }
+  return freed;
+}
+
+}  // namespace kvasir::kvcache

@@ -1,0 +1,85 @@
+// Prefix reuse inside one KV cache: the pages of every whole block of tokens (page_size tokens,
+// the prefix hash chain's block) that a sequence computed, kept under the hash chain of its
+// tokens, so that a later sequence whose prompt starts the same way takes those pages (a page
+// reference each, no copy) and computes only the rest. Pages stay in the pool while any sequence
+// or the cache holds them; blocks that no sequence uses are given back least recently used
+// first when the pool needs room (Evict).
+//
+// Only policies whose tables hold one slot per token, written once, can share blocks (full): a
+// compressing policy's tables at a block boundary depend on what came after (eviction, merges,
+// fusion), so its blocks are not kept (Shares() is false).
+//
+//   PrefixCache::Chain chain;                        // per sequence, grows with it
+//   int64_t hit = prefix.Attach(seq, prompt, salt, prompt.size() - 1, chain);
+//   ... steps ...
+//   prefix.Insert(seq, tokens, computed, salt, chain);  // its new whole blocks
+//
+// The salt (a tenant's) enters the chain: sequences with another salt never share a block.
+// Thread contract: the owner of the KvCache (the engine's executor thread).
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <span>
+#include <vector>
+
+#include "absl/container/flat_hash_map.h"
+#include "kvcache/kv_cache.h"
+#include "kvcache/policy.h"
+
+namespace kvasir::kvcache {
+
+class PrefixCache {
+ public:
+  // The hash chain of one sequence's whole blocks, as far as it was computed.
+  struct Chain {
+    uint64_t salt = 0;
+    std::vector<uint64_t> hashes;  // hashes[i]: blocks 0..i
+  };
+
+  explicit PrefixCache(KvCache& cache) : cache_(cache) {}
+  ~PrefixCache();  // gives back every page reference it holds
+  PrefixCache(const PrefixCache&) = delete;
+  PrefixCache& operator=(const PrefixCache&) = delete;
+
+  // Whether sequences under `policy` can share blocks.
+  static bool Shares(const KvPolicy& policy);
+
+  // Makes the new, empty sequence `seq` share the longest run of cached blocks that starts
+  // `tokens` under its policy and `salt`, at most `max_tokens` tokens; returns the tokens it now
+  // holds (a multiple of the block size, 0 when nothing is cached or the policy does not share).
+  // `chain` is reset and gets the hashes of the blocks taken.
+  int64_t Attach(SequenceKv& seq, std::span<const int32_t> tokens, uint64_t salt,
+                 int64_t max_tokens, Chain& chain);
+
+  // Keeps the whole blocks among the first `n_tokens` of `tokens` (whose KV `seq` holds) that are
+  // not cached yet. `chain` is the sequence's (from Attach) and is extended.
+  void Insert(const SequenceKv& seq, std::span<const int32_t> tokens, int64_t n_tokens,
+              Chain& chain);
+
+  // Drops blocks, least recently used first, until `pages` pages went back to the pool or no
+  // block is left; returns the pages freed (a block still used by a sequence frees none).
+  int64_t Evict(int64_t pages);
+
+  int64_t blocks() const { return static_cast<int64_t>(entries_.size()); }
+  // Pages held by no sequence, only by the cache: what Evict can give back.
+  int64_t UnusedPages() const;
+  int32_t block_tokens() const { return cache_.pool().page_size(); }
+
+ private:
+  struct Entry {
+    std::vector<int32_t> pages;  // per (layer, KV head): the K page, then the V page
+    uint64_t last_use = 0;
+  };
+  void Touch(uint64_t hash, Entry& entry);
+  // The chain's hashes extended to `blocks` whole blocks of `tokens`.
+  void Extend(std::span<const int32_t> tokens, int64_t blocks, const KvPolicy& policy,
+              Chain& chain) const;
+
+  KvCache& cache_;
+  absl::flat_hash_map<uint64_t, Entry> entries_;
+  std::map<uint64_t, uint64_t> lru_;  // last_use -> hash
+  uint64_t clock_ = 0;
+};
+
+}  // namespace kvasir::kvcache
