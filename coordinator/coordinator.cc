@@ -12,6 +12,7 @@
 #include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "common/hash.h"
 #include "common/log.h"
 #include "common/process_metrics.h"
 #include "common/status_macros.h"
@@ -52,6 +53,9 @@ absl::StatusOr<std::unique_ptr<Coordinator>> Coordinator::Start(CoordinatorOptio
   }
   for (const std::string& key : options.api_keys) {
     if (key.empty()) return absl::InvalidArgumentError("an API key is empty");
+  }
+  if (options.api_key_tenants.size() > options.api_keys.size()) {
+    return absl::InvalidArgumentError("more API key tenants than API keys");
   }
   if (options.max_pending_requests < 1 || options.http_threads < 1) {
     return absl::InvalidArgumentError("max pending requests and HTTP threads must be >= 1");
@@ -257,19 +261,32 @@ void Coordinator::SweepLoop() {
   }
 }
 
-bool Coordinator::Authorized(const http::HttpRequest& request) const {
-  if (options_.api_keys.empty()) return true;
+std::optional<size_t> Coordinator::MatchKey(const http::HttpRequest& request) const {
   const std::string* header = request.header("authorization");
-  if (header == nullptr) return false;
+  if (header == nullptr) return std::nullopt;
   std::string_view value = *header;
   if (value.size() < 7 || !absl::EqualsIgnoreCase(ToAbsl(value.substr(0, 7)), "bearer ")) {
-    return false;
+    return std::nullopt;
   }
   value.remove_prefix(7);
   while (!value.empty() && value.front() == ' ') value.remove_prefix(1);
-  bool match = false;
-  for (const std::string& key : options_.api_keys) match |= ConstantTimeEquals(value, key);
+  // Every key is compared in full, whichever matches: the time does not tell which.
+  std::optional<size_t> match;
+  for (size_t i = 0; i < options_.api_keys.size(); ++i) {
+    if (ConstantTimeEquals(value, options_.api_keys[i])) match = i;
+  }
   return match;
+}
+
+bool Coordinator::Authorized(const http::HttpRequest& request) const {
+  return options_.api_keys.empty() || MatchKey(request).has_value();
+}
+
+uint64_t Coordinator::CacheSalt(const http::HttpRequest& request) const {
+  const std::optional<size_t> key = MatchKey(request);
+  if (!key.has_value() || *key >= options_.api_key_tenants.size()) return 0;
+  const std::string& tenant = options_.api_key_tenants[*key];
+  return tenant.empty() ? 0 : Xxh3(tenant, 0x6b7673616c74ULL) | 1;  // never the default's 0
 }
 
 void Coordinator::SendError(http::HttpResponder& responder, const ApiError& error,

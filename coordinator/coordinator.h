@@ -22,6 +22,7 @@
 #include <atomic>
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 #include <thread>
 #include <vector>
@@ -48,10 +49,13 @@ struct CoordinatorOptions {
   std::string rpc_host = "127.0.0.1";           // where workers register
   uint16_t rpc_port = 0;                        // (0: any)
   std::vector<std::string> api_keys;            // empty: no authentication
-  bool allow_unauthenticated = false;           // serve a non-loopback address without API keys
-  int32_t max_model_len = 0;                    // 0: the model's context length
-  size_t max_body_bytes = 4 << 20;              // larger request bodies get 413
-  int32_t max_pending_requests = 256;           // generations in flight at most; more get 429
+  // The tenant of api_keys[i] (missing or "": the shared default tenant). A tenant's requests
+  // share cached KV only among themselves: its name salts the workers' prefix cache.
+  std::vector<std::string> api_key_tenants;
+  bool allow_unauthenticated = false;  // serve a non-loopback address without API keys
+  int32_t max_model_len = 0;           // 0: the model's context length
+  size_t max_body_bytes = 4 << 20;     // larger request bodies get 413
+  int32_t max_pending_requests = 256;  // generations in flight at most; more get 429
   absl::Duration request_timeout = absl::Seconds(600);          // deadline of one generation
   absl::Duration heartbeat_interval = absl::Milliseconds(500);  // asked of workers
   absl::Duration worker_timeout = absl::Seconds(3);             // no heartbeat for this long: dead
@@ -98,6 +102,10 @@ class Coordinator {
   void SendError(transport::http::HttpResponder& responder, const ApiError& error,
                  const std::string& metric_reason);
   bool Authorized(const transport::http::HttpRequest& request) const;
+  // The index in options_.api_keys of the request's bearer key, if one matches.
+  std::optional<size_t> MatchKey(const transport::http::HttpRequest& request) const;
+  // The prefix-cache salt of the request's tenant (0: the default tenant).
+  uint64_t CacheSalt(const transport::http::HttpRequest& request) const;
   void SweepLoop();
   // Runs `fn` on a thread of its own; false after Stop.
   bool Spawn(std::function<void()> fn);

@@ -134,6 +134,8 @@ class Coordinator::Generation : public std::enable_shared_from_this<Generation> 
   ~Generation() { c_->pending_.fetch_sub(1); }
 
   int n() const { return request_.n; }
+  // The prefix-cache salt of the request's tenant (before the choices run).
+  void SetCacheSalt(uint64_t salt) { base_.set_cache_salt(salt); }
 
   // The client went away, or the coordinator stops.
   void Cancel(bool client_gone) {
@@ -550,6 +552,7 @@ void Coordinator::HandleGeneration(const http::HttpRequest& http_request, Endpoi
   auto generation =
       std::make_shared<Generation>(this, std::move(request), std::move(prompt),
                                    static_cast<int32_t>(max_tokens), meta, responder, arrival);
+  generation->SetCacheSalt(CacheSalt(http_request));
   {
     absl::MutexLock lock(&threads_mu_);
     live_.push_back(generation);

@@ -10,6 +10,7 @@
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
 #include "cli/args.h"
 #include "common/units.h"
 #include "coordinator/coordinator.h"
@@ -22,15 +23,25 @@ int Fail(const absl::Status& status, int code = 1) {
 }
 
 // One key per line; blank lines and lines starting with '#' are skipped.
-absl::Status ReadKeys(const std::string& path, std::vector<std::string>* keys) {
+// Lines "KEY" or "KEY TENANT" ('#' starts a comment line). Errors name the line, never its text.
+absl::Status ReadKeys(const std::string& path, std::vector<std::string>* keys,
+                      std::vector<std::string>* tenants) {
   std::ifstream in(path);
   if (!in) return absl::NotFoundError(absl::StrCat("cannot read the API key file ", path));
   std::string line;
   size_t found = 0;
-  while (std::getline(in, line)) {
-    const std::string key(absl::StripAsciiWhitespace(line));
-    if (key.empty() || key[0] == '#') continue;
-    keys->push_back(key);
+  for (int number = 1; std::getline(in, line); ++number) {
+    const absl::string_view text = absl::StripAsciiWhitespace(line);
+    if (text.empty() || text[0] == '#') continue;
+    const std::vector<std::string> fields =
+        absl::StrSplit(text, absl::ByAnyChar(" \t"), absl::SkipEmpty());
+    if (fields.size() > 2) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(path, " line ", number, ": expected an API key and at most a tenant name"));
+    }
+    tenants->resize(keys->size());
+    keys->push_back(fields[0]);
+    tenants->push_back(fields.size() == 2 ? fields[1] : "");
     ++found;
   }
   if (found == 0) return absl::InvalidArgumentError(absl::StrCat(path, " holds no API key"));
@@ -58,7 +69,9 @@ int Main(int argc, char** argv) {
   p.AddInt32("rpc-port", &rpc_port, "RPC port for workers (0: any free port)");
   p.AddStrings("api-key", &keys, "KEY",
                "accept this API key (repeatable; also KVASIR_API_KEY); none: no authentication");
-  p.AddString("api-key-file", &api_key_file, "PATH", "accept the API keys in PATH, one a line");
+  p.AddString("api-key-file", &api_key_file, "PATH",
+              "accept the API keys in PATH, one a line: KEY [TENANT] (a tenant's requests share "
+              "cached KV only among themselves)");
   p.AddBool("allow-unauthenticated", &o.allow_unauthenticated,
             "serve a non-loopback address without API keys");
   p.AddInt32("max-model-len", &o.max_model_len,
@@ -103,7 +116,9 @@ int Main(int argc, char** argv) {
     }
   }
   if (!api_key_file.empty()) {
-    if (absl::Status s = ReadKeys(api_key_file, &o.api_keys); !s.ok()) return Fail(s, 2);
+    if (absl::Status s = ReadKeys(api_key_file, &o.api_keys, &o.api_key_tenants); !s.ok()) {
+      return Fail(s, 2);
+    }
   }
 
   sigset_t signals;

@@ -335,6 +335,47 @@ TEST(ServingTest, ApiKeys) {
   EXPECT_EQ(MetricValue(metrics.body, "kvasir_request_failure_total{reason=\"unauthorized\"}"), 5);
 }
 
+// Tenants from the API key file: a tenant's requests share cached KV (the prefix cache's hits
+// grow), another tenant's identical prompt finds none of it.
+TEST(ServingTest, TenantsDoNotShareCachedKv) {
+  const std::string keys = (std::filesystem::temp_directory_path() /
+                            ("kvasir-tenants-" + std::to_string(getpid()) + ".txt"))
+                               .string();
+  {
+    std::FILE* f = std::fopen(keys.c_str(), "w");
+    ASSERT_NE(f, nullptr);
+    std::fputs("key-a alpha\nkey-a2\talpha\nkey-b beta\n", f);
+    std::fclose(f);
+  }
+  auto c = StartCluster({.coordinator_args = {"--api-key-file", keys}});
+  std::remove(keys.c_str());
+  ASSERT_NE(c, nullptr);
+  const json body = {{"prompt",
+                      "Once upon a time, there was a little girl named Lily. She loved to play "
+                      "outside in the sun with her big red ball. One day, she saw a dog"},
+                     {"max_tokens", 4},
+                     {"temperature", 0}};
+  const auto hits = [&] {
+    return MetricValue(c->WorkerMetrics(0), "kvasir_prefix_cache_hits_total{tier=\"local\"}")
+        .value_or(-1);
+  };
+  std::string text;
+  std::vector<double> seen = {hits()};  // hits before, then after each request
+  for (const char* key : {"key-a", "key-a2", "key-b", "key-b"}) {
+    const HttpResult r =
+        c->Post("/v1/completions", body, {{"Authorization", std::string("Bearer ") + key}});
+    ASSERT_EQ(r.status, 200) << r.body;
+    if (text.empty()) text = r.j["choices"][0]["text"];
+    EXPECT_EQ(r.j["choices"][0]["text"], text) << key;  // the same output, cached or not
+    seen.push_back(hits());
+  }
+  ASSERT_EQ(seen[0], 0);
+  EXPECT_EQ(seen[1], seen[0]);       // alpha's first request: nothing cached
+  EXPECT_GE(seen[2], seen[1] + 16);  // alpha's second key: alpha's blocks
+  EXPECT_EQ(seen[3], seen[2]);       // beta: none of alpha's
+  EXPECT_GE(seen[4], seen[3] + 16);  // beta again: beta's own
+}
+
 TEST(ServingTest, QueueFullAndNoWorkers) {
   auto c = StartCluster({.coordinator_args = {"--max-pending-requests", "1"},
                          .worker_args = {"--debug-step-delay-ms", "20"}});

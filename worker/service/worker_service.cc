@@ -204,6 +204,7 @@ void WorkerService::HandleGenerate(std::shared_ptr<rpc::ServerCall> call) {
                                                              : KvHandoff::kNone;
   r.resume.assign(request.resume().begin(), request.resume().end());
   r.kv_layer_bounds.assign(request.kv_layer_bounds().begin(), request.kv_layer_bounds().end());
+  r.cache_salt = request.cache_salt();
   const std::string id = r.id;
   absl::Status submitted = scheduler_->Submit(std::move(r), [call](const RequestOutput& out) {
     if (out.finished && !out.status.ok()) {
