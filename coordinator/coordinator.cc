@@ -57,6 +57,9 @@ absl::StatusOr<std::unique_ptr<Coordinator>> Coordinator::Start(CoordinatorOptio
   if (options.api_key_tenants.size() > options.api_keys.size()) {
     return absl::InvalidArgumentError("more API key tenants than API keys");
   }
+  if (options.routing != "kv" && options.routing != "load") {
+    return absl::InvalidArgumentError("routing must be kv or load");
+  }
   if (options.max_pending_requests < 1 || options.http_threads < 1) {
     return absl::InvalidArgumentError("max pending requests and HTTP threads must be >= 1");
   }
@@ -96,7 +99,8 @@ absl::StatusOr<std::unique_ptr<Coordinator>> Coordinator::Start(CoordinatorOptio
   c->registry_ = std::make_unique<WorkerRegistry>(
       WorkerRegistry::Options{.heartbeat_timeout = o.worker_timeout,
                               .model = stem,
-                              .n_vocab = c->tokenizer_->n_vocab()},
+                              .n_vocab = c->tokenizer_->n_vocab(),
+                              .kv_routing = o.routing == "kv"},
       [handshake, request_timeout](const std::string& host,
                                    uint16_t port) -> absl::StatusOr<WorkerChannel> {
         rpc::RpcClient::Options client_options;
@@ -144,8 +148,8 @@ absl::StatusOr<std::unique_ptr<Coordinator>> Coordinator::Start(CoordinatorOptio
       return;
     }
     serving::HeartbeatResponse response;
-    response.set_known(
-        self->registry_->Heartbeat(request.worker_id(), request.name(), request.load()));
+    response.set_known(self->registry_->Heartbeat(request.worker_id(), request.name(),
+                                                  request.load(), &request.prefix_cache()));
     call->Finish(response.SerializeAsString());
   });
   c->rpc_->RegisterUnary("coordinator.ProcessRestarts", [self](

@@ -60,6 +60,9 @@ struct CoordinatorOptions {
   absl::Duration heartbeat_interval = absl::Milliseconds(500);  // asked of workers
   absl::Duration worker_timeout = absl::Seconds(3);             // no heartbeat for this long: dead
   int http_threads = 2;
+  // "kv": route each request by its prompt's blocks cached on each worker against the worker's
+  // load (KV-aware routing); "load": by load alone.
+  std::string routing = "kv";
 };
 
 class Coordinator {

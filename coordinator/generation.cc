@@ -10,6 +10,8 @@
 #include "common/strings.h"
 #include "coordinator/coordinator.h"
 #include "kvcache/policy.h"
+#include "kvcache/prefix_cache.h"
+#include "kvcache/prefix_hash.h"
 #include "transport/rpc/client.h"
 #include "worker/service/worker_service.pb.h"
 
@@ -96,6 +98,23 @@ std::optional<ApiError> CheckKvPolicy(const std::string& kv_policy,
   return std::nullopt;
 }
 
+// The canonical spec of the policy a request's kv_policy selects: the default configured one
+// for "", a configured one by name, else the spec the request gave.
+std::string ResolvePolicySpec(const std::string& kv_policy, const WorkerRegistry& registry) {
+  const auto configured = registry.KvPolicies();
+  if (kv_policy.empty()) {
+    for (const auto& [name, info] : configured) {
+      if (info.is_default()) return info.spec();
+    }
+    return "full";
+  }
+  auto it = configured.find(kv_policy);
+  return it != configured.end() ? it->second.spec() : kv_policy;
+}
+
+// The block size of the prefix chains the router compares (the workers' default page size).
+constexpr int32_t kRouterBlockTokens = kvcache::kDefaultHashBlockTokens;
+
 }  // namespace
 
 class Coordinator::Generation : public std::enable_shared_from_this<Generation> {
@@ -151,11 +170,21 @@ class Coordinator::Generation : public std::enable_shared_from_this<Generation> 
     // worker and moves through the cachestore to a decode worker, which recomputes it when that
     // fails (each departure from the plan is counted in kvasir_disagg_fallbacks_total).
     const bool disaggregated = c_->registry_->HasRole("decode");
+    // KV-aware routing: the prompt's prefix blocks, matched against what each worker caches (for
+    // the worker that computes the prompt: the prefill worker when disaggregated).
+    const std::vector<int32_t> prompt(base_.prompt().begin(), base_.prompt().end());
+    const std::string spec = ResolvePolicySpec(request_.kv_policy, *c_->registry_);
+    const std::vector<uint64_t> chain =
+        kvcache::PrefixCache::SharesSpec(spec) && prompt.size() > 1
+            ? kvcache::PrefixCache::ChainOf(
+                  prompt, spec, base_.cache_salt(), kRouterBlockTokens,
+                  static_cast<int64_t>(prompt.size() - 1) / kRouterBlockTokens)
+            : std::vector<uint64_t>();
     serving::Handoff handoff = serving::HANDOFF_NONE;
     std::vector<int32_t> kv_layer_bounds;  // the parts the prefill wrote the KV in
     // When the prefill failed, the decode worker computes the prompt itself without asking the
     // store (which may be what failed).
-    if (disaggregated && base_.prompt_size() >= 2 && RunPrefill(index, kv_layer_bounds)) {
+    if (disaggregated && base_.prompt_size() >= 2 && RunPrefill(index, chain, kv_layer_bounds)) {
       handoff = serving::HANDOFF_DECODE;
     }
     absl::flat_hash_set<uint64_t> tried;
@@ -167,8 +196,11 @@ class Coordinator::Generation : public std::enable_shared_from_this<Generation> 
         status = absl::CancelledError("the request was cancelled");
         break;
       }
+      int64_t matched = 0;
       std::optional<WorkerRegistry::Lease> lease =
-          c_->registry_->Pick(tried, disaggregated ? "decode" : "");
+          disaggregated ? c_->registry_->Pick(tried, "decode")
+                        : c_->registry_->Pick(tried, "", chain, kRouterBlockTokens, &matched);
+      if (lease && !disaggregated && attempt == 0) CountRouted(chain, matched);
       if (!lease) {
         status = absl::UnavailableError(tried.empty() ? "no worker is available for this model"
                                                       : "no other worker is available to retry on");
@@ -253,8 +285,12 @@ class Coordinator::Generation : public std::enable_shared_from_this<Generation> 
   // The prefill half of a disaggregated choice: a prefill worker computes the prompt's KV and
   // writes it to the cachestore, in the layer parts it names in `kv_layer_bounds`. Best effort:
   // false on any failure (the decode worker then computes the prompt).
-  bool RunPrefill(int index, std::vector<int32_t>& kv_layer_bounds) {
-    std::optional<WorkerRegistry::Lease> lease = c_->registry_->Pick({}, "prefill");
+  bool RunPrefill(int index, std::span<const uint64_t> chain,
+                  std::vector<int32_t>& kv_layer_bounds) {
+    int64_t matched = 0;
+    std::optional<WorkerRegistry::Lease> lease =
+        c_->registry_->Pick({}, "prefill", chain, kRouterBlockTokens, &matched);
+    if (lease) CountRouted(chain, matched);
     if (!lease) {
       c_->metrics_->DisaggFallback("no_prefill_worker");
       return false;
@@ -281,6 +317,13 @@ class Coordinator::Generation : public std::enable_shared_from_this<Generation> 
                       meta_.id, index, lease->name, status.ToString());
     c_->metrics_->DisaggFallback("prefill_failed");
     return false;
+  }
+
+  // The router's view of one routed prompt: its cacheable blocks and those the worker held.
+  void CountRouted(std::span<const uint64_t> chain, int64_t matched) {
+    if (chain.empty()) return;
+    c_->metrics_->router_prompt_blocks().Increment(static_cast<double>(chain.size()));
+    c_->metrics_->router_cached_blocks().Increment(static_cast<double>(matched));
   }
 
   struct Choice {

@@ -69,6 +69,9 @@ int Main(int argc, char** argv) {
   p.AddInt32("rpc-port", &rpc_port, "RPC port for workers (0: any free port)");
   p.AddStrings("api-key", &keys, "KEY",
                "accept this API key (repeatable; also KVASIR_API_KEY); none: no authentication");
+  p.AddString("routing", &o.routing, "kv|load",
+              "kv: route by the prompt's KV cached on each worker against its load; load: by "
+              "load alone");
   p.AddString("api-key-file", &api_key_file, "PATH",
               "accept the API keys in PATH, one a line: KEY [TENANT] (a tenant's requests share "
               "cached KV only among themselves)");

@@ -109,6 +109,18 @@ CoordinatorMetrics::CoordinatorMetrics(prometheus::Registry& registry)
                     "hide behind the computation).")
               .Register(registry)
               .Add({}, kTransferBuckets)),
+      router_prompt_blocks_(prometheus::BuildCounter()
+                                .Name("kvasir_router_prompt_blocks_total")
+                                .Help("Whole 16-token prompt blocks of routed requests whose KV "
+                                      "policy caches prefixes.")
+                                .Register(registry)
+                                .Add({})),
+      router_cached_blocks_(prometheus::BuildCounter()
+                                .Name("kvasir_router_cached_blocks_total")
+                                .Help("Of those, the blocks the chosen worker held in its prefix "
+                                      "cache when the request was routed.")
+                                .Register(registry)
+                                .Add({})),
       workers_by_role_(prometheus::BuildGauge()
                            .Name("kvasir_num_workers_by_role")
                            .Help("Workers registered and alive, by role (both, prefill, decode).")

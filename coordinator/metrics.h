@@ -51,6 +51,10 @@ class CoordinatorMetrics {
   prometheus::Histogram& kv_transfer_seconds() { return kv_transfer_seconds_; }
   // kvasir_kv_push_wait_seconds: from the end of a prefill's computation to the end of its push.
   prometheus::Histogram& kv_push_wait_seconds() { return kv_push_wait_seconds_; }
+  // The router: whole prompt blocks of routed requests under a policy that caches them, and how
+  // many of them the chosen worker held (its prefix cache, from its events).
+  prometheus::Counter& router_prompt_blocks() { return router_prompt_blocks_; }
+  prometheus::Counter& router_cached_blocks() { return router_cached_blocks_; }
 
   // kvasir_process_restarts_total{process}: the supervisor's total for one process (a counter:
   // it only moves up, by the difference to the last total seen).
@@ -78,6 +82,8 @@ class CoordinatorMetrics {
   prometheus::Counter& kv_transfer_bytes_;
   prometheus::Histogram& kv_transfer_seconds_;
   prometheus::Histogram& kv_push_wait_seconds_;
+  prometheus::Counter& router_prompt_blocks_;
+  prometheus::Counter& router_cached_blocks_;
   prometheus::Family<prometheus::Gauge>& workers_by_role_;
   absl::Mutex mu_;
   absl::flat_hash_map<std::string, int64_t> restarts_seen_ ABSL_GUARDED_BY(mu_);

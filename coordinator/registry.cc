@@ -33,6 +33,7 @@ absl::StatusOr<uint64_t> WorkerRegistry::Register(const serving::WorkerInfo& inf
   entry.view.http_address = info.http_address();
   entry.view.role = info.role();
   entry.view.kv_policies.assign(info.kv_policies().begin(), info.kv_policies().end());
+  entry.prefix_block_tokens = info.prefix_block_tokens();
   entry.view.last_heartbeat = absl::Now();
   // It connected to its cachestore (when it has one) before it registered.
   entry.view.load.set_fabric_ok(true);
@@ -57,11 +58,17 @@ absl::StatusOr<uint64_t> WorkerRegistry::Register(const serving::WorkerInfo& inf
   return id;
 }
 
-bool WorkerRegistry::Heartbeat(uint64_t id, std::string_view name,
-                               const serving::WorkerLoad& load) {
+bool WorkerRegistry::Heartbeat(uint64_t id, std::string_view name, const serving::WorkerLoad& load,
+                               const serving::PrefixCacheEvents* prefix) {
   absl::MutexLock lock(&mu_);
   auto it = workers_.find(id);
   if (it == workers_.end() || it->second.view.name != name) return false;
+  if (prefix != nullptr) {
+    absl::flat_hash_set<uint64_t>& blocks = it->second.prefix_blocks;
+    if (prefix->reset()) blocks.clear();
+    for (uint64_t h : prefix->removed()) blocks.erase(h);
+    blocks.insert(prefix->added().begin(), prefix->added().end());
+  }
   it->second.view.load = load;
   it->second.view.draining |= load.draining();
   it->second.view.last_heartbeat = absl::Now();
@@ -132,11 +139,23 @@ bool WorkerRegistry::HasRole(std::string_view role) const {
 }
 
 std::optional<WorkerRegistry::Lease> WorkerRegistry::Pick(
-    const absl::flat_hash_set<uint64_t>& exclude, std::string_view role) {
+    const absl::flat_hash_set<uint64_t>& exclude, std::string_view role,
+    std::span<const uint64_t> chain, int32_t block_tokens, int64_t* matched) {
   absl::MutexLock lock(&mu_);
   Entry* best = nullptr;
-  auto key = [](const Entry& e) {
-    return std::make_tuple(e.view.inflight, e.view.load.kv_usage(), e.last_pick);
+  // The leading blocks of the chain that a worker holds.
+  auto held = [&](const Entry& e) {
+    if (!options_.kv_routing || block_tokens <= 0 || e.prefix_block_tokens != block_tokens) {
+      return int64_t{0};
+    }
+    int64_t n = 0;
+    while (n < static_cast<int64_t>(chain.size()) && e.prefix_blocks.contains(chain[n])) ++n;
+    return n;
+  };
+  auto key = [&](const Entry& e) {
+    const int64_t cost =
+        static_cast<int64_t>(chain.size()) - held(e) + kLoadWeightBlocks * e.view.inflight;
+    return std::make_tuple(cost, e.view.load.kv_usage(), e.last_pick);
   };
   for (auto& [id, entry] : workers_) {
     if (exclude.contains(id)) continue;
@@ -146,6 +165,7 @@ std::optional<WorkerRegistry::Lease> WorkerRegistry::Pick(
     if (best == nullptr || key(entry) < key(*best)) best = &entry;
   }
   if (best == nullptr) return std::nullopt;
+  if (matched != nullptr) *matched = held(*best);
   ++best->view.inflight;
   best->last_pick = ++picks_;
   return Lease{best->view.id, best->view.name, best->channel.channel};

@@ -14,7 +14,74 @@ PrefixCache::~PrefixCache() {
   }
 }
 
-bool PrefixCache::Shares(const KvPolicy& policy) { return policy.spec() == "full"; }
+namespace {
+
+// Journal entries kept between two TakeEvents at most; past it the next one is a reset.
+constexpr size_t kMaxJournal = 1 << 16;
+
+// The chain's seed: the salt and the policy, so that blocks of another tenant or policy never
+// meet.
+uint64_t ChainSeed(std::string_view policy_spec, uint64_t salt) {
+  return Xxh3(policy_spec, PrefixHashSeed() ^ salt);
+}
+
+}  // namespace
+
+bool PrefixCache::Shares(const KvPolicy& policy) { return SharesSpec(policy.spec()); }
+
+std::vector<uint64_t> PrefixCache::ChainOf(std::span<const int32_t> tokens,
+                                           std::string_view policy_spec, uint64_t salt,
+                                           int32_t block_tokens, int64_t max_blocks) {
+  std::vector<uint64_t> chain;
+  if (block_tokens <= 0) return chain;
+  const int64_t blocks =
+      std::min<int64_t>(max_blocks, static_cast<int64_t>(tokens.size()) / block_tokens);
+  uint64_t h = ChainSeed(policy_spec, salt);
+  for (int64_t b = 0; b < blocks; ++b) {
+    h = PrefixHashNext(h, tokens.subspan(static_cast<size_t>(b * block_tokens), block_tokens));
+    chain.push_back(h);
+  }
+  return chain;
+}
+
+void PrefixCache::Events::Merge(Events later) {
+  if (later.reset) {
+    *this = std::move(later);
+    return;
+  }
+  absl::flat_hash_map<uint64_t, bool> state;
+  for (uint64_t h : added) state[h] = true;
+  for (uint64_t h : removed) state[h] = false;
+  for (uint64_t h : later.added) state[h] = true;
+  for (uint64_t h : later.removed) state[h] = false;
+  added.clear();
+  removed.clear();
+  for (const auto& [h, kept] : state) (kept ? added : removed).push_back(h);
+}
+
+void PrefixCache::Journal(uint64_t hash, bool kept) {
+  if (resync_) return;  // the next TakeEvents lists everything anyway
+  if (journal_.size() >= kMaxJournal && !journal_.contains(hash)) {
+    resync_ = true;
+    journal_.clear();
+    return;
+  }
+  journal_[hash] = kept;
+}
+
+PrefixCache::Events PrefixCache::TakeEvents() {
+  Events out;
+  if (resync_) {
+    resync_ = false;
+    out.reset = true;
+    out.added.reserve(entries_.size());
+    for (const auto& [hash, entry] : entries_) out.added.push_back(hash);
+  } else {
+    for (const auto& [hash, kept] : journal_) (kept ? out.added : out.removed).push_back(hash);
+  }
+  journal_.clear();
+  return out;
+}
 
 void PrefixCache::Touch(uint64_t hash, Entry& entry) {
   lru_.erase(entry.last_use);
@@ -26,10 +93,8 @@ void PrefixCache::Extend(std::span<const int32_t> tokens, int64_t blocks, const 
                          Chain& chain) const {
   const int32_t n = block_tokens();
   while (static_cast<int64_t>(chain.hashes.size()) < blocks) {
-    // The chain starts from a seed of the salt and the policy: blocks of another tenant or
-    // policy never meet.
-    const uint64_t prev = chain.hashes.empty() ? Xxh3(policy.spec(), PrefixHashSeed() ^ chain.salt)
-                                               : chain.hashes.back();
+    const uint64_t prev =
+        chain.hashes.empty() ? ChainSeed(policy.spec(), chain.salt) : chain.hashes.back();
     const size_t begin = chain.hashes.size() * static_cast<size_t>(n);
     chain.hashes.push_back(PrefixHashNext(prev, tokens.subspan(begin, n)));
   }
@@ -103,6 +168,7 @@ void PrefixCache::Insert(const SequenceKv& seq, std::span<const int32_t> tokens,
       }
     }
     Touch(hash, e);
+    Journal(hash, true);
   }
 }
 
@@ -129,6 +195,7 @@ int64_t PrefixCache::Evict(int64_t pages) {
       cache_.pool().Unref(page);
     }
     entries_.erase(it);
+    Journal(hash, false);
   }
   return freed;
 }

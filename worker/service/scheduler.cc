@@ -272,8 +272,22 @@ SchedulerStats Scheduler::stats() const {
   return stats_;
 }
 
+kvcache::PrefixCache::Events Scheduler::TakePrefixEvents() {
+  absl::MutexLock lock(&mu_);
+  return std::exchange(prefix_events_, kvcache::PrefixCache::Events());
+}
+
+int32_t Scheduler::prefix_block_tokens() const {
+  return prefix_cache_ != nullptr ? prefix_cache_->block_tokens() : 0;
+}
+
 void Scheduler::PublishStats() {
   const kvcache::PagePool& pool = engine_.cache().pool();
+  kvcache::PrefixCache::Events events;
+  if (prefix_cache_ != nullptr) {
+    if (prefix_resync_.exchange(false)) prefix_cache_->Resync();
+    events = prefix_cache_->TakeEvents();
+  }
   for (auto& [kind, p] : kv_by_policy_) p.sequences = 0, p.bytes = 0, p.full_bytes = 0;
   for (const Request* r : running_) {
     if (r->seq == nullptr) continue;
@@ -289,6 +303,9 @@ void Scheduler::PublishStats() {
     p.full_byte_steps += static_cast<double>(p.full_bytes);
   }
   absl::MutexLock lock(&mu_);
+  if (events.reset || !events.added.empty() || !events.removed.empty()) {
+    prefix_events_.Merge(std::move(events));
+  }
   stats_.kv_by_policy = kv_by_policy_;
   stats_.running = static_cast<int32_t>(running_.size());
   stats_.pushing = pushes_in_flight_;

@@ -242,6 +242,13 @@ class Scheduler {
   void Wake();
 
   SchedulerStats stats() const;
+  // The prefix cache's blocks kept and dropped since the last call (for the coordinator's
+  // router; any thread). ResyncPrefixEvents makes the next call list every block (reset), as
+  // after a new registration or lost events.
+  kvcache::PrefixCache::Events TakePrefixEvents();
+  void ResyncPrefixEvents() { prefix_resync_.store(true); }
+  // Tokens per prefix-cache block; 0 without prefix caching.
+  int32_t prefix_block_tokens() const;
   const StepStats& last_step() const { return last_step_; }
   const SchedulerOptions& options() const { return options_; }
   const PolicyRegistry& policies() const { return *policies_; }
@@ -355,6 +362,8 @@ class Scheduler {
   bool draining_ ABSL_GUARDED_BY(mu_) = false;
   mutable bool woken_ ABSL_GUARDED_BY(mu_) = false;
   SchedulerStats stats_ ABSL_GUARDED_BY(mu_);
+  kvcache::PrefixCache::Events prefix_events_ ABSL_GUARDED_BY(mu_);
+  std::atomic<bool> prefix_resync_{false};
 };
 
 }  // namespace kvasir::worker::service

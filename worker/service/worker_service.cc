@@ -313,6 +313,7 @@ void WorkerService::HeartbeatLoop() {
       const kvcache::PagePool& pool = engine_.cache().pool();
       info->set_kv_capacity_bytes(static_cast<int64_t>(pool.capacity_pages()) *
                                   static_cast<int64_t>(pool.page_bytes()));
+      info->set_prefix_block_tokens(scheduler_->prefix_block_tokens());
       for (const PolicyListing& l : scheduler_->policies().listing()) {
         serving::KvPolicyInfo* p = info->add_kv_policies();
         p->set_name(l.name);
@@ -329,6 +330,7 @@ void WorkerService::HeartbeatLoop() {
           interval = absl::Milliseconds(response.heartbeat_interval_ms());
         }
         registered_.store(true);
+        scheduler_->ResyncPrefixEvents();  // the coordinator learns every cached block anew
         warned = false;
         KVASIR_LOG_SUBSYS(INFO, kWorker, "worker %s registered with coordinator %s (id %d)",
                           options_.name, options_.coordinator, worker_id);
@@ -342,9 +344,16 @@ void WorkerService::HeartbeatLoop() {
       request.set_worker_id(worker_id);
       request.set_name(options_.name);
       *request.mutable_load() = Load();
+      const kvcache::PrefixCache::Events events = scheduler_->TakePrefixEvents();
+      serving::PrefixCacheEvents* prefix = request.mutable_prefix_cache();
+      prefix->set_reset(events.reset);
+      prefix->mutable_added()->Add(events.added.begin(), events.added.end());
+      prefix->mutable_removed()->Add(events.removed.begin(), events.removed.end());
       serving::HeartbeatResponse response;
       absl::Status status = rpc::CallProto(*coordinator_client_, "coordinator.Heartbeat", request,
                                            &response, call_options);
+      // Events the coordinator may not have seen: send everything next time.
+      if (!status.ok()) scheduler_->ResyncPrefixEvents();
       if (status.ok() && !response.known()) {
         KVASIR_LOG_SUBSYS(INFO, kWorker, "coordinator %s forgot worker %s; registering again",
                           options_.coordinator, options_.name);
