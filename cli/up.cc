@@ -261,6 +261,10 @@ int RunUp(int argc, char** argv) {
   bool no_prefix_caching = false;
   p.AddBool("no-prefix-caching", &no_prefix_caching,
             "workers do not share the KV of common prompt prefixes between requests");
+  std::string routing;
+  p.AddString("routing", &routing, "kv|load",
+              "the coordinator's routing: by the prompt's KV cached on each worker against its "
+              "load (kv, the default) or by load alone");
   if (absl::Status s = p.Parse(argc, argv); !s.ok()) return Fail(cmd, s, 2);
   if (p.help_requested()) {
     std::fputs(p.Help().c_str(), stdout);
@@ -348,6 +352,10 @@ int RunUp(int argc, char** argv) {
   for (const std::string& name : served_names) {
     args.push_back("--served-model-name");
     args.push_back(name);
+  }
+  if (!routing.empty()) {
+    args.push_back("--routing");
+    args.push_back(routing);
   }
   if (!api_key_file.empty()) {
     args.push_back("--api-key-file");
