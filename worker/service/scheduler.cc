@@ -350,7 +350,6 @@ void Scheduler::TakeInbox() {
 }
 
 bool Scheduler::CanAdmit(const Request& r) {
-  if (running_.empty()) return true;  // alone it may still fit; if not, Step fails it cleanly
   const kvcache::KvCache& cache = engine_.cache();
   const int32_t page = cache.pool().page_size();
   // What the request's policy holds for its tokens so far (a full cache: all of them; a policy
@@ -364,8 +363,11 @@ bool Scheduler::CanAdmit(const Request& r) {
     need += other->policy->PlannedPages(cache.geometry(), page, n + page) -
             other->policy->PlannedPages(cache.geometry(), page, n);
   }
+  // Blocks only the prefix cache holds make room first (also for a request that runs alone: a
+  // KV hand-off restores its blocks at admission, outside any step).
   const int64_t free = engine_.cache().pool().pages_free();
   if (free < need && prefix_cache_ != nullptr) prefix_cache_->Evict(need - free);
+  if (running_.empty()) return true;  // alone it may still fit; if not, Step fails it cleanly
   return engine_.cache().pool().pages_free() >= need;
 }
 
@@ -440,6 +442,11 @@ bool Scheduler::TakeFetchedKv(Request& r) {
       fetched.ok()
           ? RestoreSnapshot(engine_.cache(), r.policy, *fetched, engine_.files().fingerprint())
           : absl::StatusOr<kvcache::SequenceKv*>(fetched.status());
+  // Out of pages: the prefix cache's unused blocks go, then the restore is tried once more.
+  if (absl::IsResourceExhausted(seq.status()) && prefix_cache_ != nullptr &&
+      prefix_cache_->Evict(engine_.cache().pool().capacity_pages()) > 0) {
+    seq = RestoreSnapshot(engine_.cache(), r.policy, *fetched, engine_.files().fingerprint());
+  }
   if (!seq.ok()) {
     const absl::Status& s = seq.status();
     const char* why = absl::IsNotFound(s)            ? "not_found"

@@ -405,6 +405,38 @@ TEST_P(HandoffFaultTest, CorruptedBlockFallsBackToRecompute) {
   EXPECT_EQ(stats->active_read_leases(), 0u);
 }
 
+// A decode worker whose KV pages are all held by its prefix cache (blocks of earlier requests)
+// still restores a hand-off from the store: the cache's unused blocks make room first.
+TEST_P(HandoffFaultTest, AFullPrefixCacheMakesRoomForAHandoff) {
+  const SchedulerRequest base = Request("r", kPrompt, SamplingParams::Greedy());
+  const Collected mono = MonolithicAndPrefilled(base);
+  EngineOptions small;
+  small.model = Model();
+  small.num_threads = 1;
+  small.prefault = false;
+  small.kv_cache_bytes = 600 * 512;  // 600 pages: 15 blocks of 16 tokens (40 pages each)
+  auto engine = Engine::Load(small);
+  ASSERT_TRUE(engine.ok()) << engine.status();
+  SchedulerOptions o = options_;
+  o.enable_prefix_caching = true;
+  auto created = Scheduler::Create(**engine, o, store_.get());
+  ASSERT_TRUE(created.ok()) << created.status();
+  Scheduler& s = **created;
+  // Requests of their own fill the pool with cached blocks.
+  for (int i = 0; i < 6; ++i) {
+    SchedulerRequest filler = Request(absl::StrCat("f", i), kPrompt, SamplingParams::Greedy());
+    filler.prompt[1] = 100 + i;  // blocks of their own
+    filler.max_tokens = 40;
+    filler.ignore_eos = true;
+    ASSERT_TRUE(RunAlone(s, filler).status.ok());
+  }
+  ASSERT_GT(s.stats().prefix_cache_pages, 400);
+  const Collected dec = RunAlone(s, DecodeOf(base));
+  ASSERT_TRUE(dec.status.ok()) << dec.status;
+  EXPECT_EQ(dec.kv_source, "store");
+  EXPECT_EQ(dec.ids, mono.ids);
+}
+
 // The push of a finished prefill runs off the step loop: while it is slow (the store client
 // delays it), another request keeps decoding on the same scheduler; a request cancelled during
 // its push ends cancelled once the push is done; nothing is left in the cache.
