@@ -501,15 +501,16 @@ void Scheduler::StreamParts(std::span<Request* const> requests, int32_t layer) {
   if (end == stream_bounds_.end() - 1) return;
   const int32_t begin = *(end - 1);
   const uint64_t fingerprint = engine_.files().fingerprint();
-  absl::MutexLock lock(&transfer_mu_);
+  std::vector<TransferJob> jobs;  // encoded outside the lock, which the transfer thread takes
   for (Request* r : requests) {
     if (r->parts == nullptr) r->parts = std::make_shared<StreamedParts>();
-    transfer_queue_.push_back(
-        {.kind = TransferJob::kPart,
-         .parts = r->parts,
-         .blocks = EncodeSnapshotPart(engine_.cache(), *r->seq, r->handoff_tokens(), fingerprint,
-                                      begin, layer + 1)});
+    jobs.push_back({.kind = TransferJob::kPart,
+                    .parts = r->parts,
+                    .blocks = EncodeSnapshotPart(engine_.cache(), *r->seq, r->handoff_tokens(),
+                                                 fingerprint, begin, layer + 1)});
   }
+  absl::MutexLock lock(&transfer_mu_);
+  for (TransferJob& job : jobs) transfer_queue_.push_back(std::move(job));
   if (!transfer_.joinable()) transfer_ = std::thread([this] { TransferLoop(); });
 }
 
