@@ -56,6 +56,12 @@ SequenceKv* KvCache::Find(SeqId id) {
   return it == seqs_.end() ? nullptr : it->second.get();
 }
 
+std::optional<int32_t> KvCache::AllocatePage() {
+  std::optional<int32_t> page = pool_.Allocate();
+  if (!page && reclaimer_ && reclaimer_(1) > 0) page = pool_.Allocate();
+  return page;
+}
+
 absl::Status KvCache::Reserve(HeadTable& table, int32_t slots, int32_t first_write) {
   const int32_t page_size = pool_.page_size();
   const int32_t pages_needed = (slots + page_size - 1) / page_size;
@@ -64,7 +70,7 @@ absl::Status KvCache::Reserve(HeadTable& table, int32_t slots, int32_t first_wri
        p < static_cast<int32_t>(table.pages.size()) && p < pages_needed; ++p) {
     const int32_t page = table.pages[p];
     if (pool_.refcount(page) > 1) {
-      std::optional<int32_t> copy = pool_.Allocate();
+      std::optional<int32_t> copy = AllocatePage();
       if (!copy) return absl::ResourceExhaustedError("KV cache is full");
       std::memcpy(pool_.page_data(*copy), pool_.page_data(page), pool_.page_bytes());
       pool_.Unref(page);
@@ -72,7 +78,7 @@ absl::Status KvCache::Reserve(HeadTable& table, int32_t slots, int32_t first_wri
     }
   }
   while (static_cast<int32_t>(table.pages.size()) < pages_needed) {
-    std::optional<int32_t> page = pool_.Allocate();
+    std::optional<int32_t> page = AllocatePage();
     if (!page) return absl::ResourceExhaustedError("KV cache is full");
     table.pages.push_back(*page);
   }

@@ -10,7 +10,9 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
+#include <optional>
 #include <span>
 #include <string>
 #include <vector>
@@ -117,8 +119,14 @@ class KvCache {
 
   // Allocates pages so that `table` can hold `slots` slots, and makes every page that will be
   // written from slot `first_write` on private (copy-on-write of shared pages). ResourceExhausted
-  // when the pool is full (what was allocated stays allocated and is freed with the sequence).
+  // when the pool is full and the reclaimer frees nothing (what was allocated stays allocated and
+  // is freed with the sequence).
   absl::Status Reserve(HeadTable& table, int32_t slots, int32_t first_write);
+  // Called when the pool is out of pages, before Reserve gives up: it gives some back (the
+  // prefix cache's unused blocks, kvcache/prefix_cache.h) and returns how many. Empty: none.
+  void set_reclaimer(std::function<int64_t(int64_t pages)> reclaimer) {
+    reclaimer_ = std::move(reclaimer);
+  }
   // Drops slots beyond `length`, and pages that become empty.
   void Truncate(HeadTable& table, int32_t length);
   // Pointer to a slot of a table (which must hold the page).
@@ -152,9 +160,12 @@ class KvCache {
   KvCache(const KvGeometry& geometry, PagePool pool)
       : geometry_(geometry), pool_(std::move(pool)) {}
   void FreeTable(HeadTable& table);
+  // A page from the pool, after asking the reclaimer for one when the pool is empty.
+  std::optional<int32_t> AllocatePage();
 
   KvGeometry geometry_;
   PagePool pool_;
+  std::function<int64_t(int64_t pages)> reclaimer_;
   SeqId next_id_ = 1;
   absl::flat_hash_map<SeqId, std::unique_ptr<SequenceKv>> seqs_;
 };

@@ -8,7 +8,12 @@
 
 namespace kvasir::kvcache {
 
+PrefixCache::PrefixCache(KvCache& cache) : cache_(cache) {
+  cache_.set_reclaimer([this](int64_t pages) { return Evict(pages); });
+}
+
 PrefixCache::~PrefixCache() {
+  cache_.set_reclaimer(nullptr);
   for (auto& [hash, entry] : entries_) {
     for (int32_t page : entry.pages) cache_.pool().Unref(page);
   }

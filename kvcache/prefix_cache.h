@@ -7,7 +7,8 @@
 //
 // Only policies whose tables hold one slot per token, written once, can share blocks (full): a
 // compressing policy's tables at a block boundary depend on what came after (eviction, merges,
-// fusion), so its blocks are not kept (Shares() is false).
+// fusion), so its blocks are not kept (Shares() is false). The cache is the KvCache's reclaimer:
+// when the pool runs out of pages, any allocation (a step, a restore) first evicts blocks.
 //
 //   PrefixCache::Chain chain;                        // per sequence, grows with it
 //   int64_t hit = prefix.Attach(seq, prompt, salt, prompt.size() - 1, chain);
@@ -41,7 +42,8 @@ class PrefixCache {
     std::vector<uint64_t> hashes;  // hashes[i]: blocks 0..i
   };
 
-  explicit PrefixCache(KvCache& cache) : cache_(cache) {}
+  // Becomes `cache`'s reclaimer (KvCache::set_reclaimer) until it goes.
+  explicit PrefixCache(KvCache& cache);
   ~PrefixCache();  // gives back every page reference it holds
   PrefixCache(const PrefixCache&) = delete;
   PrefixCache& operator=(const PrefixCache&) = delete;
@@ -81,7 +83,8 @@ class PrefixCache {
               Chain& chain);
 
   // Drops blocks, least recently used first, until `pages` pages went back to the pool or no
-  // block is left; returns the pages freed (a block still used by a sequence frees none).
+  // block is left; returns the pages freed (a block still used by a sequence frees none). The
+  // cache calls it when its pool is out of pages.
   int64_t Evict(int64_t pages);
 
   int64_t blocks() const { return static_cast<int64_t>(entries_.size()); }

@@ -175,5 +175,28 @@ TEST_F(PrefixCacheTest, EvictsBlocksNoSequenceUsesLeastRecentlyUsedFirst) {
   EXPECT_EQ(cache_->pool().pages_used(), empty);
 }
 
+// The cache is the pool's reclaimer: when an allocation finds the pool empty, unused blocks go
+// (a block a sequence still uses is dropped from the cache but frees nothing).
+TEST_F(PrefixCacheTest, AFullPoolTakesPagesBackFromUnusedBlocks) {
+  PrefixCache prefix(*cache_);
+  SequenceKv& a = Filled(tokens_);
+  PrefixCache::Chain chain;
+  prefix.Insert(a, tokens_, 14, chain);
+  cache_->FreeSequence(a.id());
+  ASSERT_EQ(prefix.UnusedPages(), 12);
+  // Take every free page.
+  SequenceKv& big = cache_->CreateSequence(full_);
+  const int32_t free = cache_->pool().pages_free();
+  ASSERT_TRUE(cache_->Reserve(big.k(0, 0), free * 4, 0).ok());
+  EXPECT_EQ(cache_->pool().pages_free(), 0);
+  // Four more pages: one block (4 tables) goes back to the pool for them.
+  EXPECT_TRUE(cache_->Reserve(big.v(0, 0), 4 * 4, 0).ok());
+  EXPECT_EQ(prefix.blocks(), 2);
+  // More than every block holds: ResourceExhausted once nothing is left to give back.
+  EXPECT_TRUE(absl::IsResourceExhausted(cache_->Reserve(big.k(1, 0), 64 * 4, 0)));
+  EXPECT_EQ(prefix.blocks(), 0);
+  cache_->FreeSequence(big.id());
+}
+
 }  // namespace
 }  // namespace kvasir::kvcache

@@ -349,7 +349,8 @@ void Scheduler::TakeInbox() {
   }
 }
 
-bool Scheduler::CanAdmit(const Request& r) {
+bool Scheduler::CanAdmit(const Request& r) const {
+  if (running_.empty()) return true;  // alone it may still fit; if not, Step fails it cleanly
   const kvcache::KvCache& cache = engine_.cache();
   const int32_t page = cache.pool().page_size();
   // What the request's policy holds for its tokens so far (a full cache: all of them; a policy
@@ -363,12 +364,10 @@ bool Scheduler::CanAdmit(const Request& r) {
     need += other->policy->PlannedPages(cache.geometry(), page, n + page) -
             other->policy->PlannedPages(cache.geometry(), page, n);
   }
-  // Blocks only the prefix cache holds make room first (also for a request that runs alone: a
-  // KV hand-off restores its blocks at admission, outside any step).
-  const int64_t free = engine_.cache().pool().pages_free();
-  if (free < need && prefix_cache_ != nullptr) prefix_cache_->Evict(need - free);
-  if (running_.empty()) return true;  // alone it may still fit; if not, Step fails it cleanly
-  return engine_.cache().pool().pages_free() >= need;
+  // Blocks only the prefix cache holds count as free: an allocation evicts them when it needs
+  // their pages (the cache is the pool's reclaimer).
+  const int64_t unused = prefix_cache_ != nullptr ? prefix_cache_->UnusedPages() : 0;
+  return cache.pool().pages_free() + unused >= need;
 }
 
 void Scheduler::Admit(Request& r) {
@@ -425,9 +424,7 @@ void Scheduler::StartFetch(Request& r) {
       {.tokens = {prompt.begin(), prompt.end()}, .layer_bounds = r.req.kv_layer_bounds});
   r.fetching = true;
   ++fetches_in_flight_;
-  absl::MutexLock lock(&transfer_mu_);
-  transfer_queue_.push_back(std::move(job));
-  if (!transfer_.joinable()) transfer_ = std::thread([this] { TransferLoop(); });
+  EnqueueTransfer(std::move(job));
 }
 
 bool Scheduler::TakeFetchedKv(Request& r) {
@@ -442,11 +439,6 @@ bool Scheduler::TakeFetchedKv(Request& r) {
       fetched.ok()
           ? RestoreSnapshot(engine_.cache(), r.policy, *fetched, engine_.files().fingerprint())
           : absl::StatusOr<kvcache::SequenceKv*>(fetched.status());
-  // Out of pages: the prefix cache's unused blocks go, then the restore is tried once more.
-  if (absl::IsResourceExhausted(seq.status()) && prefix_cache_ != nullptr &&
-      prefix_cache_->Evict(engine_.cache().pool().capacity_pages()) > 0) {
-    seq = RestoreSnapshot(engine_.cache(), r.policy, *fetched, engine_.files().fingerprint());
-  }
   if (!seq.ok()) {
     const absl::Status& s = seq.status();
     const char* why = absl::IsNotFound(s)            ? "not_found"
@@ -489,9 +481,7 @@ void Scheduler::StartPush(Request& r) {
   r.pushed_bounds = r.parts != nullptr ? stream_bounds_ : LayerParts(n_layer, 0);
   job.layer_begin = r.pushed_bounds[r.pushed_bounds.size() - 2];
   job.parts = std::move(r.parts);
-  absl::MutexLock lock(&transfer_mu_);
-  transfer_queue_.push_back(std::move(job));
-  if (!transfer_.joinable()) transfer_ = std::thread([this] { TransferLoop(); });
+  EnqueueTransfer(std::move(job));
 }
 
 void Scheduler::StreamParts(std::span<Request* const> requests, int32_t layer) {
@@ -501,16 +491,18 @@ void Scheduler::StreamParts(std::span<Request* const> requests, int32_t layer) {
   if (end == stream_bounds_.end() - 1) return;
   const int32_t begin = *(end - 1);
   const uint64_t fingerprint = engine_.files().fingerprint();
-  std::vector<TransferJob> jobs;  // encoded outside the lock, which the transfer thread takes
   for (Request* r : requests) {
     if (r->parts == nullptr) r->parts = std::make_shared<StreamedParts>();
-    jobs.push_back({.kind = TransferJob::kPart,
-                    .parts = r->parts,
-                    .blocks = EncodeSnapshotPart(engine_.cache(), *r->seq, r->handoff_tokens(),
-                                                 fingerprint, begin, layer + 1)});
+    EnqueueTransfer({.kind = TransferJob::kPart,
+                     .parts = r->parts,
+                     .blocks = EncodeSnapshotPart(engine_.cache(), *r->seq, r->handoff_tokens(),
+                                                  fingerprint, begin, layer + 1)});
   }
+}
+
+void Scheduler::EnqueueTransfer(TransferJob job) {
   absl::MutexLock lock(&transfer_mu_);
-  for (TransferJob& job : jobs) transfer_queue_.push_back(std::move(job));
+  transfer_queue_.push_back(std::move(job));
   if (!transfer_.joinable()) transfer_ = std::thread([this] { TransferLoop(); });
 }
 
@@ -908,13 +900,6 @@ bool Scheduler::Step() {
     }
     absl::Status status = engine_.runner().Forward(batch, logits_, on_layer_done);
     if (status.ok()) break;
-    // Blocks only the prefix cache holds go back before any running sequence is preempted.
-    if (absl::IsResourceExhausted(status) && prefix_cache_ != nullptr &&
-        prefix_cache_->Evict(int64_t{2} * engine_.cache().geometry().n_layer *
-                             engine_.cache().geometry().n_head_kv *
-                             static_cast<int64_t>(plan.size())) > 0) {
-      continue;
-    }
     if (!absl::IsResourceExhausted(status)) {
       KVASIR_LOG_SUBSYS(ERROR, kWorker, "forward step failed: %s", status.ToString());
       for (const Planned& p : plan) {

@@ -286,9 +286,9 @@ class Scheduler {
   void NoteStoreFailure(const absl::Status& status);
   bool StoreDown() const { return absl::Now() < store_down_until_; }
   void TakeInbox();
-  // Whether `r` fits beside the running sequences (giving back unused prefix-cache blocks for
-  // it when that makes it fit).
-  bool CanAdmit(const Request& r);
+  // Whether `r` fits beside the running sequences (blocks only the prefix cache holds count as
+  // free).
+  bool CanAdmit(const Request& r) const;
   void Admit(Request& r);
   void Preempt(Request& r);
   void Finish(Request& r, RequestState state, absl::Status status, std::string reason,
@@ -346,6 +346,8 @@ class Scheduler {
     double seconds = 0;
     absl::StatusOr<FetchedSnapshot> fetched = absl::NotFoundError("");  // of a fetch
   };
+  // Queues a job for the transfer thread (started with the first).
+  void EnqueueTransfer(TransferJob job);
   absl::Mutex transfer_mu_;
   std::deque<TransferJob> transfer_queue_ ABSL_GUARDED_BY(transfer_mu_);
   std::vector<TransferDone> transfer_done_ ABSL_GUARDED_BY(transfer_mu_);
