@@ -30,6 +30,16 @@ uint64_t ChainSeed(std::string_view policy_spec, uint64_t salt) {
   return Xxh3(policy_spec, PrefixHashSeed() ^ salt);
 }
 
+// Extends `hashes` (the chain of the first hashes.size() blocks) to `blocks` whole blocks.
+void ExtendChain(std::span<const int32_t> tokens, std::string_view policy_spec, uint64_t salt,
+                 int32_t block_tokens, int64_t blocks, std::vector<uint64_t>& hashes) {
+  while (static_cast<int64_t>(hashes.size()) < blocks) {
+    const uint64_t prev = hashes.empty() ? ChainSeed(policy_spec, salt) : hashes.back();
+    const size_t begin = hashes.size() * static_cast<size_t>(block_tokens);
+    hashes.push_back(PrefixHashNext(prev, tokens.subspan(begin, block_tokens)));
+  }
+}
+
 }  // namespace
 
 bool PrefixCache::Shares(const KvPolicy& policy) { return SharesSpec(policy.spec()); }
@@ -39,13 +49,9 @@ std::vector<uint64_t> PrefixCache::ChainOf(std::span<const int32_t> tokens,
                                            int32_t block_tokens, int64_t max_blocks) {
   std::vector<uint64_t> chain;
   if (block_tokens <= 0) return chain;
-  const int64_t blocks =
-      std::min<int64_t>(max_blocks, static_cast<int64_t>(tokens.size()) / block_tokens);
-  uint64_t h = ChainSeed(policy_spec, salt);
-  for (int64_t b = 0; b < blocks; ++b) {
-    h = PrefixHashNext(h, tokens.subspan(static_cast<size_t>(b * block_tokens), block_tokens));
-    chain.push_back(h);
-  }
+  ExtendChain(tokens, policy_spec, salt, block_tokens,
+              std::min<int64_t>(max_blocks, static_cast<int64_t>(tokens.size()) / block_tokens),
+              chain);
   return chain;
 }
 
@@ -94,26 +100,16 @@ void PrefixCache::Touch(uint64_t hash, Entry& entry) {
   lru_[entry.last_use] = hash;
 }
 
-void PrefixCache::Extend(std::span<const int32_t> tokens, int64_t blocks, const KvPolicy& policy,
-                         Chain& chain) const {
-  const int32_t n = block_tokens();
-  while (static_cast<int64_t>(chain.hashes.size()) < blocks) {
-    const uint64_t prev =
-        chain.hashes.empty() ? ChainSeed(policy.spec(), chain.salt) : chain.hashes.back();
-    const size_t begin = chain.hashes.size() * static_cast<size_t>(n);
-    chain.hashes.push_back(PrefixHashNext(prev, tokens.subspan(begin, n)));
-  }
-}
-
 int64_t PrefixCache::Attach(SequenceKv& seq, std::span<const int32_t> tokens, uint64_t salt,
                             int64_t max_tokens, Chain& chain) {
   chain = Chain{.salt = salt};
   if (!Shares(seq.policy()) || seq.n_tokens() != 0) return 0;
   const int32_t n = block_tokens();
   const int64_t most = std::min<int64_t>(max_tokens, static_cast<int64_t>(tokens.size())) / n;
+  const std::string spec = seq.policy().spec();
   std::vector<Entry*> hit;
   for (int64_t b = 0; b < most; ++b) {
-    Extend(tokens, b + 1, seq.policy(), chain);
+    ExtendChain(tokens, spec, chain.salt, n, b + 1, chain.hashes);
     auto it = entries_.find(chain.hashes.back());
     if (it == entries_.end()) {
       chain.hashes.pop_back();
@@ -152,7 +148,7 @@ void PrefixCache::Insert(const SequenceKv& seq, std::span<const int32_t> tokens,
   const int64_t blocks =
       std::min<int64_t>({n_tokens, seq.n_tokens(), static_cast<int64_t>(tokens.size())}) / n;
   const size_t known = chain.hashes.size();
-  Extend(tokens, blocks, seq.policy(), chain);
+  ExtendChain(tokens, seq.policy().spec(), chain.salt, n, blocks, chain.hashes);
   const KvGeometry& g = cache_.geometry();
   for (int64_t b = static_cast<int64_t>(known); b < blocks; ++b) {
     const uint64_t hash = chain.hashes[b];

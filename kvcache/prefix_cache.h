@@ -98,9 +98,6 @@ class PrefixCache {
     uint64_t last_use = 0;
   };
   void Touch(uint64_t hash, Entry& entry);
-  // The chain's hashes extended to `blocks` whole blocks of `tokens`.
-  void Extend(std::span<const int32_t> tokens, int64_t blocks, const KvPolicy& policy,
-              Chain& chain) const;
 
   void Journal(uint64_t hash, bool kept);
 
