@@ -282,12 +282,7 @@ std::optional<size_t> Coordinator::MatchKey(const http::HttpRequest& request) co
   return match;
 }
 
-bool Coordinator::Authorized(const http::HttpRequest& request) const {
-  return options_.api_keys.empty() || MatchKey(request).has_value();
-}
-
-uint64_t Coordinator::CacheSalt(const http::HttpRequest& request) const {
-  const std::optional<size_t> key = MatchKey(request);
+uint64_t Coordinator::CacheSalt(std::optional<size_t> key) const {
   if (!key.has_value() || *key >= options_.api_key_tenants.size()) return 0;
   const std::string& tenant = options_.api_key_tenants[*key];
   return tenant.empty() ? 0 : Xxh3(tenant, 0x6b7673616c74ULL) | 1;  // never the default's 0
@@ -317,7 +312,9 @@ void Coordinator::HandleHttp(http::HttpRequest request,
   };
   const bool api = absl::StartsWith(path, "/v1/") || path == "/tokenize" || path == "/detokenize" ||
                    absl::StartsWith(path, "/admin/");
-  if (api && !Authorized(request)) {
+  // The key is matched once: it authorizes the request and names its tenant.
+  const std::optional<size_t> key = options_.api_keys.empty() ? std::nullopt : MatchKey(request);
+  if (api && !options_.api_keys.empty() && !key.has_value()) {
     const bool missing = request.header("authorization") == nullptr;
     ApiError e;
     e.http_status = 401;
@@ -374,10 +371,10 @@ void Coordinator::HandleHttp(http::HttpRequest request,
     responder->Send(JsonResponse(200, model_json(name)));
   } else if (path == "/v1/completions") {
     if (!post) return wrong_method();
-    HandleGeneration(request, Endpoint::kCompletions, std::move(responder));
+    HandleGeneration(request, Endpoint::kCompletions, CacheSalt(key), std::move(responder));
   } else if (path == "/v1/chat/completions") {
     if (!post) return wrong_method();
-    HandleGeneration(request, Endpoint::kChat, std::move(responder));
+    HandleGeneration(request, Endpoint::kChat, CacheSalt(key), std::move(responder));
   } else if (path == "/admin/drain") {
     if (!post) return wrong_method();
     HandleDrain(request, std::move(responder));

@@ -92,7 +92,9 @@ class Coordinator {
   explicit Coordinator(CoordinatorOptions options) : options_(std::move(options)) {}
   void HandleHttp(transport::http::HttpRequest request,
                   std::shared_ptr<transport::http::HttpResponder> responder);
+  // `cache_salt`: the prefix-cache salt of the request's tenant (CacheSalt).
   void HandleGeneration(const transport::http::HttpRequest& request, Endpoint endpoint,
+                        uint64_t cache_salt,
                         std::shared_ptr<transport::http::HttpResponder> responder);
   void HandleTokenize(const transport::http::HttpRequest& request,
                       std::shared_ptr<transport::http::HttpResponder> responder);
@@ -104,11 +106,10 @@ class Coordinator {
                    std::shared_ptr<transport::http::HttpResponder> responder);
   void SendError(transport::http::HttpResponder& responder, const ApiError& error,
                  const std::string& metric_reason);
-  bool Authorized(const transport::http::HttpRequest& request) const;
   // The index in options_.api_keys of the request's bearer key, if one matches.
   std::optional<size_t> MatchKey(const transport::http::HttpRequest& request) const;
-  // The prefix-cache salt of the request's tenant (0: the default tenant).
-  uint64_t CacheSalt(const transport::http::HttpRequest& request) const;
+  // The prefix-cache salt of the tenant of api_keys[key] (0: the default tenant, or no key).
+  uint64_t CacheSalt(std::optional<size_t> key) const;
   void SweepLoop();
   // Runs `fn` on a thread of its own; false after Stop.
   bool Spawn(std::function<void()> fn);

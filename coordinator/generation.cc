@@ -504,6 +504,7 @@ void Coordinator::CancelGenerations() {
 }
 
 void Coordinator::HandleGeneration(const http::HttpRequest& http_request, Endpoint endpoint,
+                                   uint64_t cache_salt,
                                    std::shared_ptr<http::HttpResponder> responder) {
   const absl::Time arrival = absl::Now();
   CompletionRequest request;
@@ -595,7 +596,7 @@ void Coordinator::HandleGeneration(const http::HttpRequest& http_request, Endpoi
   auto generation =
       std::make_shared<Generation>(this, std::move(request), std::move(prompt),
                                    static_cast<int32_t>(max_tokens), meta, responder, arrival);
-  generation->SetCacheSalt(CacheSalt(http_request));
+  generation->SetCacheSalt(cache_salt);
   {
     absl::MutexLock lock(&threads_mu_);
     live_.push_back(generation);
