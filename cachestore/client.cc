@@ -370,6 +370,33 @@ absl::StatusOr<LookupResult> StoreClient::Lookup(const KeySpace& space,
   return result;
 }
 
+absl::StatusOr<std::vector<std::vector<uint64_t>>> StoreClient::LookupRun(
+    const KeySpace& space, std::span<const uint64_t> prefix_hashes, absl::Duration timeout) {
+  if (prefix_hashes.size() > static_cast<size_t>(kMaxLookupHashes)) {
+    return absl::InvalidArgumentError("too many prefix hashes for one lookup");
+  }
+  const absl::Time deadline = Deadline(timeout);
+  LookupRunRequest request;
+  ToProto(space, request.mutable_space());
+  request.mutable_prefix_hashes()->Add(prefix_hashes.begin(), prefix_hashes.end());
+  KVASIR_ASSIGN_OR_RETURN(std::string reply,
+                          Call(kLookupRunMethod, request.SerializeAsString(), deadline));
+  LookupRunResponse response;
+  if (!response.ParseFromString(reply) ||
+      static_cast<size_t>(response.run_size()) > prefix_hashes.size()) {
+    return absl::InternalError("cachestore sent an inconsistent lookup response");
+  }
+  std::vector<std::vector<uint64_t>> run;
+  run.reserve(response.run_size());
+  for (const ChunkSizes& sizes : response.run()) {
+    if (sizes.chunk_bytes_size() == 0) {
+      return absl::InternalError("cachestore sent an inconsistent lookup response");
+    }
+    run.emplace_back(sizes.chunk_bytes().begin(), sizes.chunk_bytes().end());
+  }
+  return run;
+}
+
 absl::StatusOr<LookupResult> StoreClient::LookupTokens(const KeySpace& space,
                                                        std::span<const int32_t> tokens,
                                                        int32_t block_tokens,

@@ -109,6 +109,12 @@ class StoreClient {
                                             int32_t block_tokens = kvcache::kDefaultHashBlockTokens,
                                             absl::Duration timeout = absl::ZeroDuration());
 
+  // The chunk sizes of the snapshots stored under prefix_hashes[0], [1], ... as long as each is
+  // stored whole (per-block entries, such as the workers' prefix-cache tier).
+  absl::StatusOr<std::vector<std::vector<uint64_t>>> LookupRun(
+      const KeySpace& space, std::span<const uint64_t> prefix_hashes,
+      absl::Duration timeout = absl::ZeroDuration());
+
   // Stores one block (bytes of a kvcache codec block; the key comes from its header).
   // InvalidArgument for bytes that are not a valid block.
   absl::StatusOr<PutResult> Put(std::span<const std::byte> block,

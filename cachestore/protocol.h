@@ -14,6 +14,7 @@ namespace kvasir::cachestore {
 
 inline constexpr char kHelloMethod[] = "cachestore.Hello";
 inline constexpr char kLookupMethod[] = "cachestore.Lookup";
+inline constexpr char kLookupRunMethod[] = "cachestore.LookupRun";
 inline constexpr char kReserveMethod[] = "cachestore.Reserve";
 inline constexpr char kWriteMethod[] = "cachestore.Write";
 inline constexpr char kCommitMethod[] = "cachestore.Commit";

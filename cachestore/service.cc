@@ -140,6 +140,25 @@ void StoreService::Impl::RegisterHandlers() {
     });
   });
 
+  server->RegisterUnary(kLookupRunMethod, [this](std::shared_ptr<ServerCall> call) {
+    Serve(call, "lookup", false, [this, call]() -> absl::StatusOr<std::string> {
+      LookupRunRequest request;
+      if (!request.ParseFromString(call->request())) return Malformed("lookup");
+      if (request.prefix_hashes_size() > kMaxLookupHashes) {
+        return absl::InvalidArgumentError("too many prefix hashes in one lookup");
+      }
+      KVASIR_ASSIGN_OR_RETURN(KeySpace space, FromProto(request.space()));
+      LookupRunResponse response;
+      for (const std::vector<uint64_t>& sizes : store->LookupRun(
+               space,
+               std::span<const uint64_t>(request.prefix_hashes().data(),
+                                         static_cast<size_t>(request.prefix_hashes_size())))) {
+        response.add_run()->mutable_chunk_bytes()->Add(sizes.begin(), sizes.end());
+      }
+      return response.SerializeAsString();
+    });
+  });
+
   server->RegisterUnary(kReserveMethod, [this](std::shared_ptr<ServerCall> call) {
     Serve(call, "reserve", false, [this, call]() -> absl::StatusOr<std::string> {
       ReserveRequest request;

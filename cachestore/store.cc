@@ -557,6 +557,22 @@ LookupResult BlockStore::Lookup(const KeySpace& space, std::span<const uint64_t>
   return LookupResult{};
 }
 
+std::vector<std::vector<uint64_t>> BlockStore::LookupRun(const KeySpace& space,
+                                                         std::span<const uint64_t> hashes) {
+  absl::MutexLock lock(&mu_);
+  std::vector<std::vector<uint64_t>> run;
+  SnapshotKey probe{space, 0};
+  for (uint64_t hash : hashes) {
+    probe.prefix_hash = hash;
+    auto it = snapshots_.find(probe);
+    if (it == snapshots_.end() || it->second.live != it->second.chunk_count) break;
+    std::vector<uint64_t>& chunk_bytes = run.emplace_back(it->second.chunk_count, 0);
+    for (const auto& [index, bytes] : it->second.chunk_bytes) chunk_bytes[index] = bytes;
+  }
+  ++(run.empty() ? stats_.lookup_misses : stats_.lookup_hits);
+  return run;
+}
+
 absl::Status BlockStore::Pin(const BlockKey& key) {
   absl::MutexLock lock(&mu_);
   auto it = blocks_.find(key);

@@ -135,6 +135,10 @@ class BlockStore {
 
   // The longest prefix of `hashes` (h[1..n] of a token sequence) whose snapshot is stored whole.
   LookupResult Lookup(const KeySpace& space, std::span<const uint64_t> hashes);
+  // The chunk sizes of the snapshots under hashes[0], hashes[1], ... as long as each is stored
+  // whole (the run stops at the first that is not).
+  std::vector<std::vector<uint64_t>> LookupRun(const KeySpace& space,
+                                               std::span<const uint64_t> hashes);
 
   // Pins keep a committed block in memory and on disk until as many Unpins. NotFound for a
   // missing block; Unpin of an unpinned block is FailedPrecondition.

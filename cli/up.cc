@@ -257,10 +257,18 @@ int RunUp(int argc, char** argv) {
   p.AddInt32("ready-timeout-s", &ready_timeout_s, "how long to wait for /ready");
   p.AddString("cachestore-capacity", &cachestore_capacity, "BYTES",
               "memory of the cachestore's KV block tier");
-  p.AddBool("no-cachestore", &no_cachestore, "do not start a cachestore");
+  std::string cachestore_disk_dir;
+  p.AddString("cachestore-disk-dir", &cachestore_disk_dir, "DIR",
+              "the cachestore's disk tier (its blocks, the prefix cache's included, survive a "
+              "restart of the cluster); default: memory only");
+  p.AddBool("no-cachestore", &no_cachestore,
+            "do not start a cachestore (prefix-cache blocks then stay in each worker)");
   bool no_prefix_caching = false;
   p.AddBool("no-prefix-caching", &no_prefix_caching,
             "workers do not share the KV of common prompt prefixes between requests");
+  bool no_prefix_store = false;
+  p.AddBool("no-prefix-store", &no_prefix_store,
+            "workers keep prefix-cache blocks to themselves (not written to the cachestore)");
   std::string routing;
   p.AddString("routing", &routing, "kv|load",
               "the coordinator's routing: by the prompt's KV cached on each worker against its "
@@ -392,6 +400,10 @@ int RunUp(int argc, char** argv) {
     std::vector<std::string> store_args = {
         cachestore_bin,      "--host", "127.0.0.1", "--port", "0", "--http-port", "0", "--capacity",
         cachestore_capacity, "--name", "cachestore"};
+    if (!cachestore_disk_dir.empty()) {
+      store_args.push_back("--disk-dir");
+      store_args.push_back(cachestore_disk_dir);
+    }
     auto store = transport::ChildProcess::Spawn(store_args);
     if (!store.ok()) return fail(store.status());
     children.push_back({.name = "cachestore", .argv = store_args, .process = std::move(*store)});
@@ -416,7 +428,8 @@ int RunUp(int argc, char** argv) {
     std::vector<std::string> w = {
         worker_bin, "--model", *path,       "--coordinator",         rpc,      "--name",   name,
         "--role",   role,      "--threads", std::to_string(threads), "--host", "127.0.0.1"};
-    if (role != "both") {
+    // Every worker uses the store: hand-offs, drains, and the prefix cache's second tier.
+    if (!store_rpc.empty()) {
       w.push_back("--cachestore");
       w.push_back(store_rpc);
     }
@@ -445,6 +458,7 @@ int RunUp(int argc, char** argv) {
       w.push_back(std::to_string(max_model_len));
     }
     if (no_prefix_caching) w.push_back("--no-prefix-caching");
+    if (no_prefix_store) w.push_back("--no-prefix-store");
     if (kv_stream_layers >= 0 && role == "prefill") {
       w.push_back("--kv-stream-layers");
       w.push_back(std::to_string(kv_stream_layers));

@@ -196,11 +196,12 @@ class Coordinator::Generation : public std::enable_shared_from_this<Generation> 
         status = absl::CancelledError("the request was cancelled");
         break;
       }
-      int64_t matched = 0;
+      int64_t matched = 0, stored = 0;
       std::optional<WorkerRegistry::Lease> lease =
-          disaggregated ? c_->registry_->Pick(tried, "decode")
-                        : c_->registry_->Pick(tried, "", chain, kRouterBlockTokens, &matched);
-      if (lease && !disaggregated && attempt == 0) CountRouted(chain, matched);
+          disaggregated
+              ? c_->registry_->Pick(tried, "decode")
+              : c_->registry_->Pick(tried, "", chain, kRouterBlockTokens, &matched, &stored);
+      if (lease && !disaggregated && attempt == 0) CountRouted(chain, matched, stored);
       if (!lease) {
         status = absl::UnavailableError(tried.empty() ? "no worker is available for this model"
                                                       : "no other worker is available to retry on");
@@ -287,10 +288,10 @@ class Coordinator::Generation : public std::enable_shared_from_this<Generation> 
   // false on any failure (the decode worker then computes the prompt).
   bool RunPrefill(int index, std::span<const uint64_t> chain,
                   std::vector<int32_t>& kv_layer_bounds) {
-    int64_t matched = 0;
+    int64_t matched = 0, stored = 0;
     std::optional<WorkerRegistry::Lease> lease =
-        c_->registry_->Pick({}, "prefill", chain, kRouterBlockTokens, &matched);
-    if (lease) CountRouted(chain, matched);
+        c_->registry_->Pick({}, "prefill", chain, kRouterBlockTokens, &matched, &stored);
+    if (lease) CountRouted(chain, matched, stored);
     if (!lease) {
       c_->metrics_->DisaggFallback("no_prefill_worker");
       return false;
@@ -319,11 +320,13 @@ class Coordinator::Generation : public std::enable_shared_from_this<Generation> 
     return false;
   }
 
-  // The router's view of one routed prompt: its cacheable blocks and those the worker held.
-  void CountRouted(std::span<const uint64_t> chain, int64_t matched) {
+  // The router's view of one routed prompt: its cacheable blocks, those the worker held and
+  // those after them that the store held.
+  void CountRouted(std::span<const uint64_t> chain, int64_t matched, int64_t stored) {
     if (chain.empty()) return;
     c_->metrics_->router_prompt_blocks().Increment(static_cast<double>(chain.size()));
     c_->metrics_->router_cached_blocks().Increment(static_cast<double>(matched));
+    c_->metrics_->router_stored_blocks().Increment(static_cast<double>(stored));
   }
 
   struct Choice {

@@ -121,6 +121,12 @@ CoordinatorMetrics::CoordinatorMetrics(prometheus::Registry& registry)
                                       "cache when the request was routed.")
                                 .Register(registry)
                                 .Add({})),
+      router_stored_blocks_(prometheus::BuildCounter()
+                                .Name("kvasir_router_stored_blocks_total")
+                                .Help("Of those, the blocks after the worker's own that the "
+                                      "cachestore held (the prefix cache's second tier).")
+                                .Register(registry)
+                                .Add({})),
       workers_by_role_(prometheus::BuildGauge()
                            .Name("kvasir_num_workers_by_role")
                            .Help("Workers registered and alive, by role (both, prefill, decode).")

@@ -55,6 +55,7 @@ class CoordinatorMetrics {
   // many of them the chosen worker held (its prefix cache, from its events).
   prometheus::Counter& router_prompt_blocks() { return router_prompt_blocks_; }
   prometheus::Counter& router_cached_blocks() { return router_cached_blocks_; }
+  prometheus::Counter& router_stored_blocks() { return router_stored_blocks_; }
 
   // kvasir_process_restarts_total{process}: the supervisor's total for one process (a counter:
   // it only moves up, by the difference to the last total seen).
@@ -84,6 +85,7 @@ class CoordinatorMetrics {
   prometheus::Histogram& kv_push_wait_seconds_;
   prometheus::Counter& router_prompt_blocks_;
   prometheus::Counter& router_cached_blocks_;
+  prometheus::Counter& router_stored_blocks_;
   prometheus::Family<prometheus::Gauge>& workers_by_role_;
   absl::Mutex mu_;
   absl::flat_hash_map<std::string, int64_t> restarts_seen_ ABSL_GUARDED_BY(mu_);

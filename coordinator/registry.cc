@@ -34,6 +34,7 @@ absl::StatusOr<uint64_t> WorkerRegistry::Register(const serving::WorkerInfo& inf
   entry.view.role = info.role();
   entry.view.kv_policies.assign(info.kv_policies().begin(), info.kv_policies().end());
   entry.prefix_block_tokens = info.prefix_block_tokens();
+  entry.prefix_store = info.prefix_store();
   entry.view.last_heartbeat = absl::Now();
   // It connected to its cachestore (when it has one) before it registered.
   entry.view.load.set_fabric_ok(true);
@@ -68,6 +69,8 @@ bool WorkerRegistry::Heartbeat(uint64_t id, std::string_view name, const serving
     if (prefix->reset()) blocks.clear();
     for (uint64_t h : prefix->removed()) blocks.erase(h);
     blocks.insert(prefix->added().begin(), prefix->added().end());
+    if (stored_blocks_.size() + prefix->stored_size() > kMaxStoredBlocks) stored_blocks_.clear();
+    stored_blocks_.insert(prefix->stored().begin(), prefix->stored().end());
   }
   it->second.view.load = load;
   it->second.view.draining |= load.draining();
@@ -140,21 +143,29 @@ bool WorkerRegistry::HasRole(std::string_view role) const {
 
 std::optional<WorkerRegistry::Lease> WorkerRegistry::Pick(
     const absl::flat_hash_set<uint64_t>& exclude, std::string_view role,
-    std::span<const uint64_t> chain, int32_t block_tokens, int64_t* matched) {
+    std::span<const uint64_t> chain, int32_t block_tokens, int64_t* matched, int64_t* stored) {
   absl::MutexLock lock(&mu_);
   Entry* best = nullptr;
-  // The leading blocks of the chain that a worker holds.
+  // The leading blocks of the chain that a worker holds, and those after them in the store
+  // that it would read.
   auto held = [&](const Entry& e) {
+    std::pair<int64_t, int64_t> run{0, 0};
     if (!options_.kv_routing || block_tokens <= 0 || e.prefix_block_tokens != block_tokens) {
-      return int64_t{0};
+      return run;
     }
-    int64_t n = 0;
-    while (n < static_cast<int64_t>(chain.size()) && e.prefix_blocks.contains(chain[n])) ++n;
-    return n;
+    const int64_t n = static_cast<int64_t>(chain.size());
+    while (run.first < n && e.prefix_blocks.contains(chain[run.first])) ++run.first;
+    while (e.prefix_store && run.first + run.second < n &&
+           stored_blocks_.contains(chain[run.first + run.second])) {
+      ++run.second;
+    }
+    return run;
   };
   auto key = [&](const Entry& e) {
-    const int64_t cost =
-        static_cast<int64_t>(chain.size()) - held(e) + kLoadWeightBlocks * e.view.inflight;
+    const auto [local, store] = held(e);
+    const int64_t cost = kStoreBlockDivisor * (static_cast<int64_t>(chain.size()) - local - store +
+                                               kLoadWeightBlocks * e.view.inflight) +
+                         store;
     return std::make_tuple(cost, e.view.load.kv_usage(), e.last_pick);
   };
   for (auto& [id, entry] : workers_) {
@@ -165,7 +176,9 @@ std::optional<WorkerRegistry::Lease> WorkerRegistry::Pick(
     if (best == nullptr || key(entry) < key(*best)) best = &entry;
   }
   if (best == nullptr) return std::nullopt;
-  if (matched != nullptr) *matched = held(*best);
+  const auto [local, store] = held(*best);
+  if (matched != nullptr) *matched = local;
+  if (stored != nullptr) *stored = store;
   ++best->view.inflight;
   best->last_pick = ++picks_;
   return Lease{best->view.id, best->view.name, best->channel.channel};

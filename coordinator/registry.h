@@ -65,6 +65,14 @@ class WorkerRegistry {
   // holding a prompt's prefix is preferred until it has this many more requests in flight per
   // block it saves (a 1k-token prefix, 62 blocks, outweighs 15 requests).
   static constexpr int64_t kLoadWeightBlocks = 4;
+  // A block a worker would read from the cachestore (the prefix cache's second tier) instead of
+  // computing it costs 1/kStoreBlockDivisor of a block to compute: on the CPU, reading a block
+  // of the default model (about 370 KB) takes well under a millisecond, computing its 16 tokens
+  // 40-50 ms.
+  static constexpr int64_t kStoreBlockDivisor = 8;
+  // Blocks the store index keeps at most; past it, it starts again empty (the store's own
+  // evictions are not reported, so the index is a hint, not a record).
+  static constexpr size_t kMaxStoredBlocks = size_t{1} << 20;
   WorkerRegistry(Options options, ChannelFactory factory)
       : options_(std::move(options)), factory_(std::move(factory)) {}
   ~WorkerRegistry();
@@ -93,10 +101,14 @@ class WorkerRegistry {
   // With KV-aware routing and a request's prefix chain (kvcache::PrefixCache::ChainOf, blocks
   // of `block_tokens`), the one with the least cost: prompt blocks it would compute (those
   // after the longest run of leading blocks it holds) plus kLoadWeightBlocks per request in
-  // flight. `matched`, when given, gets the blocks the chosen one holds.
+  // flight. A worker whose second tier is the cachestore computes only the blocks after the
+  // run that it holds or the store holds (reported in heartbeats' `stored`), and reads the
+  // store's at 1/kStoreBlockDivisor of a block each. `matched`, when given, gets the blocks the
+  // chosen one holds itself; `stored`, those it would read from the store.
   std::optional<Lease> Pick(const absl::flat_hash_set<uint64_t>& exclude = {},
                             std::string_view role = "", std::span<const uint64_t> chain = {},
-                            int32_t block_tokens = 0, int64_t* matched = nullptr);
+                            int32_t block_tokens = 0, int64_t* matched = nullptr,
+                            int64_t* stored = nullptr);
   // The KV policies the registered workers were configured with, by name (workers started
   // together are configured alike; a name offered by any worker is listed once).
   std::map<std::string, serving::KvPolicyInfo> KvPolicies() const;
@@ -120,6 +132,7 @@ class WorkerRegistry {
     uint64_t last_pick = 0;
     int32_t prefix_block_tokens = 0;              // 0: no prefix cache
     absl::flat_hash_set<uint64_t> prefix_blocks;  // chain hashes of the blocks it holds
+    bool prefix_store = false;                    // reads blocks from the cachestore
   };
   Options options_;
   ChannelFactory factory_;
@@ -128,6 +141,8 @@ class WorkerRegistry {
   uint64_t picks_ ABSL_GUARDED_BY(mu_) = 0;
   int64_t deaths_ ABSL_GUARDED_BY(mu_) = 0;
   absl::flat_hash_map<uint64_t, Entry> workers_ ABSL_GUARDED_BY(mu_);
+  // Blocks written to the cachestore by any worker (chain hashes; the store index).
+  absl::flat_hash_set<uint64_t> stored_blocks_ ABSL_GUARDED_BY(mu_);
 };
 
 }  // namespace kvasir::coordinator

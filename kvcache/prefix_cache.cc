@@ -4,6 +4,7 @@
 #include <algorithm>
 
 #include "common/hash.h"
+#include "common/status_macros.h"
 #include "kvcache/prefix_hash.h"
 
 namespace kvasir::kvcache {
@@ -56,7 +57,10 @@ std::vector<uint64_t> PrefixCache::ChainOf(std::span<const int32_t> tokens,
 }
 
 void PrefixCache::Events::Merge(Events later) {
+  stored.insert(stored.end(), later.stored.begin(), later.stored.end());
+  later.stored.clear();
   if (later.reset) {
+    later.stored = std::move(stored);
     *this = std::move(later);
     return;
   }
@@ -141,36 +145,90 @@ int64_t PrefixCache::Attach(SequenceKv& seq, std::span<const int32_t> tokens, ui
   return held;
 }
 
-void PrefixCache::Insert(const SequenceKv& seq, std::span<const int32_t> tokens, int64_t n_tokens,
-                         Chain& chain) {
-  if (!Shares(seq.policy())) return;
+bool PrefixCache::Keep(uint64_t hash, const SequenceKv& seq, int64_t block) {
+  auto [it, added] = entries_.try_emplace(hash);
+  if (!added) {
+    Touch(hash, it->second);
+    return false;
+  }
+  const KvGeometry& g = cache_.geometry();
+  Entry& e = it->second;
+  e.pages.reserve(size_t{2} * g.n_layer * g.n_head_kv);
+  for (int32_t l = 0; l < g.n_layer; ++l) {
+    for (int32_t h = 0; h < g.n_head_kv; ++h) {
+      for (const HeadTable* t : {&seq.k(l, h), &seq.v(l, h)}) {
+        const int32_t page = t->pages[block];
+        cache_.pool().Ref(page);
+        e.pages.push_back(page);
+      }
+    }
+  }
+  Touch(hash, e);
+  Journal(hash, true);
+  return true;
+}
+
+std::vector<int64_t> PrefixCache::Insert(const SequenceKv& seq, std::span<const int32_t> tokens,
+                                         int64_t n_tokens, Chain& chain) {
+  std::vector<int64_t> kept;
+  if (!Shares(seq.policy())) return kept;
   const int32_t n = block_tokens();
   const int64_t blocks =
       std::min<int64_t>({n_tokens, seq.n_tokens(), static_cast<int64_t>(tokens.size())}) / n;
   const size_t known = chain.hashes.size();
   ExtendChain(tokens, seq.policy().spec(), chain.salt, n, blocks, chain.hashes);
-  const KvGeometry& g = cache_.geometry();
   for (int64_t b = static_cast<int64_t>(known); b < blocks; ++b) {
-    const uint64_t hash = chain.hashes[b];
-    auto [it, added] = entries_.try_emplace(hash);
-    if (!added) {
-      Touch(hash, it->second);
-      continue;
-    }
-    Entry& e = it->second;
-    e.pages.reserve(size_t{2} * g.n_layer * g.n_head_kv);
-    for (int32_t l = 0; l < g.n_layer; ++l) {
-      for (int32_t h = 0; h < g.n_head_kv; ++h) {
-        for (const HeadTable* t : {&seq.k(l, h), &seq.v(l, h)}) {
-          const int32_t page = t->pages[b];
-          cache_.pool().Ref(page);
-          e.pages.push_back(page);
-        }
+    if (Keep(chain.hashes[b], seq, b)) kept.push_back(b);
+  }
+  return kept;
+}
+
+int64_t PrefixCache::CachedRun(std::span<const uint64_t> hashes) const {
+  int64_t run = 0;
+  while (run < static_cast<int64_t>(hashes.size()) && entries_.contains(hashes[run])) ++run;
+  return run;
+}
+
+absl::StatusOr<std::vector<std::string>> PrefixCache::EncodeBlock(
+    uint64_t hash, std::shared_ptr<const KvPolicy> policy, SnapshotInfo info) {
+  auto it = entries_.find(hash);
+  if (it == entries_.end()) return absl::NotFoundError("the block is not cached");
+  const KvGeometry& g = cache_.geometry();
+  SequenceKv& one = cache_.CreateSequence(std::move(policy));
+  size_t i = 0;
+  for (int32_t l = 0; l < g.n_layer; ++l) {
+    for (int32_t h = 0; h < g.n_head_kv; ++h) {
+      for (HeadTable* t : {&one.k(l, h), &one.v(l, h)}) {
+        cache_.pool().Ref(it->second.pages[i]);
+        t->pages.push_back(it->second.pages[i++]);
+        t->length = block_tokens();
       }
     }
-    Touch(hash, e);
-    Journal(hash, true);
   }
+  one.set_n_tokens(block_tokens());
+  info.prefix_hash = hash;
+  info.n_tokens = -1;
+  auto blocks = EncodeSequence(cache_, one, info);
+  cache_.FreeSequence(one.id());
+  return blocks;
+}
+
+absl::Status PrefixCache::AdoptBlock(uint64_t hash, std::span<const std::string> blocks,
+                                     std::shared_ptr<const KvPolicy> policy,
+                                     uint64_t model_fingerprint) {
+  if (entries_.contains(hash)) return absl::OkStatus();
+  if (blocks.empty()) return absl::InvalidArgumentError("no blocks");
+  KVASIR_ASSIGN_OR_RETURN(const KvBlockHeader header, DecodeBlockHeader(blocks.front()));
+  if (header.prefix_hash != hash || header.n_tokens != block_tokens()) {
+    return absl::InvalidArgumentError("the snapshot is not the one of this block");
+  }
+  KVASIR_ASSIGN_OR_RETURN(SequenceKv * one,
+                          DecodeSequence(cache_, blocks, std::move(policy), model_fingerprint));
+  if (one->n_tokens() == block_tokens() && Shares(one->policy())) Keep(hash, *one, 0);
+  const bool kept = entries_.contains(hash);
+  cache_.FreeSequence(one->id());
+  return kept ? absl::OkStatus()
+              : absl::InvalidArgumentError("the snapshot is not the one of this block");
 }
 
 int64_t PrefixCache::UnusedPages() const {

@@ -29,6 +29,9 @@
 #include <vector>
 
 #include "absl/container/flat_hash_map.h"
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "kvcache/codec.h"
 #include "kvcache/kv_cache.h"
 #include "kvcache/policy.h"
 
@@ -64,6 +67,9 @@ class PrefixCache {
     bool reset = false;
     std::vector<uint64_t> added;
     std::vector<uint64_t> removed;
+    // Blocks written to a second tier (filled by the cache's owner, not by TakeEvents; a reset
+    // does not drop them).
+    std::vector<uint64_t> stored;
     // Applies `later` on top of these events.
     void Merge(Events later);
   };
@@ -78,9 +84,26 @@ class PrefixCache {
                  int64_t max_tokens, Chain& chain);
 
   // Keeps the whole blocks among the first `n_tokens` of `tokens` (whose KV `seq` holds) that are
-  // not cached yet. `chain` is the sequence's (from Attach) and is extended.
-  void Insert(const SequenceKv& seq, std::span<const int32_t> tokens, int64_t n_tokens,
-              Chain& chain);
+  // not cached yet. `chain` is the sequence's (from Attach) and is extended. Returns the indices
+  // of the blocks it kept now (ascending; their hashes are chain.hashes[i]).
+  std::vector<int64_t> Insert(const SequenceKv& seq, std::span<const int32_t> tokens,
+                              int64_t n_tokens, Chain& chain);
+
+  // How many of the blocks `hashes` (a chain, ChainOf) names, from the first on, are cached.
+  int64_t CachedRun(std::span<const uint64_t> hashes) const;
+
+  // A second tier elsewhere (the cachestore, worker/service/scheduler.h) keeps blocks one by one:
+  // each as the codec snapshot of a sequence of its block_tokens() tokens alone, under the
+  // policy `policy` (one that shares) and info.prefix_hash = the block's chain hash.
+  // EncodeBlock: NotFound when the block is not cached.
+  absl::StatusOr<std::vector<std::string>> EncodeBlock(uint64_t hash,
+                                                       std::shared_ptr<const KvPolicy> policy,
+                                                       SnapshotInfo info);
+  // Keeps the block `hash` from such a snapshot (decoded and verified by the codec into pages
+  // of its own). InvalidArgument when the snapshot is not one of that block; ResourceExhausted
+  // without room. A block cached already is left as it is.
+  absl::Status AdoptBlock(uint64_t hash, std::span<const std::string> blocks,
+                          std::shared_ptr<const KvPolicy> policy, uint64_t model_fingerprint);
 
   // Drops blocks, least recently used first, until `pages` pages went back to the pool or no
   // block is left; returns the pages freed (a block still used by a sequence frees none). The
@@ -98,6 +121,8 @@ class PrefixCache {
     uint64_t last_use = 0;
   };
   void Touch(uint64_t hash, Entry& entry);
+  // Keeps block `block` of `seq` under `hash` unless cached; true when kept now.
+  bool Keep(uint64_t hash, const SequenceKv& seq, int64_t block);
 
   void Journal(uint64_t hash, bool kept);
 

@@ -174,6 +174,48 @@ absl::StatusOr<FetchedSnapshot> FetchSnapshot(cachestore::StoreClient& store,
   return f;
 }
 
+absl::StatusOr<FetchedRun> FetchBlockRun(cachestore::StoreClient& store,
+                                         const cachestore::KeySpace& space,
+                                         std::span<const uint64_t> hashes, absl::Duration timeout) {
+  const absl::Time start = absl::Now();
+  const absl::Time deadline = start + timeout;
+  FetchedRun run;
+  KVASIR_ASSIGN_OR_RETURN(const absl::Duration left, TimeLeft(deadline));
+  KVASIR_ASSIGN_OR_RETURN(auto sizes, store.LookupRun(space, hashes, left));
+  if (sizes.empty()) return run;
+  std::vector<cachestore::BlockKey> keys;
+  std::vector<std::string> bytes;
+  std::vector<size_t> first;  // index in keys of each block's first chunk
+  for (size_t b = 0; b < sizes.size(); ++b) {
+    first.push_back(keys.size());
+    for (size_t c = 0; c < sizes[b].size(); ++c) {
+      keys.push_back({space, hashes[b], static_cast<uint32_t>(c)});
+      bytes.emplace_back(sizes[b][c], '\0');
+    }
+  }
+  first.push_back(keys.size());
+  std::vector<std::span<std::byte>> outs;
+  outs.reserve(bytes.size());
+  for (std::string& b : bytes) outs.push_back(std::as_writable_bytes(std::span<char>(b)));
+  KVASIR_ASSIGN_OR_RETURN(const absl::Duration get_left, TimeLeft(deadline));
+  KVASIR_ASSIGN_OR_RETURN(auto got, store.GetBatch(keys, outs, get_left));
+  // The run ends at the first block a chunk of which was not read (evicted since the lookup).
+  for (size_t b = 0; b + 1 < first.size(); ++b) {
+    std::vector<std::string> chunks;
+    for (size_t k = first[b]; k < first[b + 1]; ++k) {
+      if (!got[k].ok()) break;
+      bytes[k].resize(*got[k]);
+      run.stats.bytes += static_cast<int64_t>(*got[k]);
+      chunks.push_back(std::move(bytes[k]));
+    }
+    if (chunks.size() != first[b + 1] - first[b]) break;
+    run.stats.blocks += static_cast<int64_t>(chunks.size());
+    run.blocks.push_back(std::move(chunks));
+  }
+  run.stats.seconds = absl::ToDoubleSeconds(absl::Now() - start);
+  return run;
+}
+
 absl::StatusOr<kvcache::SequenceKv*> RestoreSnapshot(
     kvcache::KvCache& cache, std::shared_ptr<const kvcache::KvPolicy> policy,
     FetchedSnapshot& snapshot, uint64_t model_fingerprint) {

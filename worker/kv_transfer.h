@@ -101,6 +101,18 @@ absl::StatusOr<FetchedSnapshot> FetchSnapshot(cachestore::StoreClient& store,
                                               absl::Duration timeout = absl::Seconds(10),
                                               std::span<const int32_t> layer_bounds = {});
 
+// The prefix cache's store tier (kvcache::PrefixCache::EncodeBlock: one snapshot per block of
+// tokens, under the block's chain hash): reads the stored blocks of `hashes` from the first on,
+// as far as the store holds them whole and they read without error. One entry per block (its
+// encoded blocks), hashes[0]'s first; empty when the first is not stored.
+struct FetchedRun {
+  std::vector<std::vector<std::string>> blocks;
+  KvTransferStats stats;
+};
+absl::StatusOr<FetchedRun> FetchBlockRun(cachestore::StoreClient& store,
+                                         const cachestore::KeySpace& space,
+                                         std::span<const uint64_t> hashes, absl::Duration timeout);
+
 // The cache half: restores a fetched snapshot in `cache` (DataLoss for a block that fails the
 // codec's checks, ResourceExhausted without room; nothing stays allocated on error). Adds the
 // restore's time and the KV bytes held to `snapshot.stats`.

@@ -352,8 +352,9 @@ TEST(StoreServiceInputTest, MalformedRequestsGetErrorsAndTheServiceCarriesOn) {
       {.port = service->port(), .handshake = CachestoreHandshake("test", "raw")});
   const transport::rpc::CallOptions opts{.timeout = absl::Seconds(5)};
   for (const char* method :
-       {kLookupMethod, kReserveMethod, kWriteMethod, kCommitMethod, kAbortMethod, kPutInlineMethod,
-        kOpenReadMethod, kReadMethod, kReleaseMethod, kPinMethod, kUnpinMethod, kRemoveMethod}) {
+       {kLookupMethod, kLookupRunMethod, kReserveMethod, kWriteMethod, kCommitMethod, kAbortMethod,
+        kPutInlineMethod, kOpenReadMethod, kReadMethod, kReleaseMethod, kPinMethod, kUnpinMethod,
+        kRemoveMethod}) {
     auto r = rpc->Call(method, std::string("\xff\xff\xff\xff garbage", 12), opts);
     EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument) << method << r.status();
   }

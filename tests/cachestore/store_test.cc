@@ -190,6 +190,40 @@ TEST(BlockStoreTest, LookupFindsTheLongestWholeSnapshot) {
   EXPECT_EQ(store->stats().lookup_misses, 2u);
 }
 
+TEST(BlockStoreTest, LookupRunStopsAtTheFirstBlockNotStoredWhole) {
+  auto store = *BlockStore::Create({.memory_capacity_bytes = 4 << 20});
+  std::vector<int32_t> tokens(64);
+  for (int i = 0; i < 64; ++i) tokens[i] = 2000 + i;
+  const std::vector<uint64_t> h = kvcache::PrefixHashes(tokens, 16);
+  // One snapshot per block (the prefix-cache tier's entries): blocks 0 and 1 whole, block 2 with
+  // a chunk missing, block 3 whole.
+  const auto b0 = Blocks(h[0], 1, kBlock, 1);
+  const auto b1 = Blocks(h[1], 2, kBlock, 2);
+  const auto b2 = Blocks(h[2], 2, kBlock, 3);
+  const auto b3 = Blocks(h[3], 1, kBlock, 4);
+  for (const auto* s : {&b0, &b1, &b3}) {
+    for (const std::string& b : *s) ASSERT_TRUE(Put(*store, b).ok());
+  }
+  for (size_t i = 0; i + 1 < b2.size(); ++i) ASSERT_TRUE(Put(*store, b2[i]).ok());
+  const KeySpace space = KeyOf(b0[0]).space;
+  auto run = store->LookupRun(space, h);
+  ASSERT_GE(b2.size(), 2u);
+  ASSERT_EQ(run.size(), 2u);
+  for (size_t b = 0; b < 2; ++b) {
+    const auto& chunks = b == 0 ? b0 : b1;
+    ASSERT_EQ(run[b].size(), chunks.size());
+    for (size_t c = 0; c < chunks.size(); ++c) EXPECT_EQ(run[b][c], chunks[c].size());
+  }
+  // From block 3 on: a run of one; from block 2 on: none.
+  EXPECT_EQ(store->LookupRun(space, std::span<const uint64_t>(h).subspan(3)).size(), 1u);
+  EXPECT_TRUE(store->LookupRun(space, std::span<const uint64_t>(h).subspan(2)).empty());
+  ASSERT_TRUE(Put(*store, b2.back()).ok());
+  EXPECT_EQ(store->LookupRun(space, h).size(), 4u);
+  KeySpace other = space;
+  other.policy_spec = "h2o:budget=64";
+  EXPECT_TRUE(store->LookupRun(other, h).empty());
+}
+
 TEST(BlockStoreTest, RefusesAChunkOfAnInconsistentSnapshot) {
   auto store = *BlockStore::Create({.memory_capacity_bytes = 4 << 20});
   const auto a = Blocks(21, 3, kBlock, 1);

@@ -232,6 +232,43 @@ TEST_F(RegistryTest, RoutesByCachedPrefixBlocksAgainstLoad) {
   registry_.Release(b);
 }
 
+// The store index: blocks any worker wrote to the cachestore make every worker whose second tier
+// is the store nearly as good as the one that holds them (a block read costs 1/8 of one
+// computed), and do nothing for a worker without the store tier.
+TEST_F(RegistryTest, BlocksInTheStoreCountForWorkersThatReadThem) {
+  serving::WorkerInfo info_a = Info("a", 7001), info_b = Info("b", 7002);
+  info_a.set_prefix_block_tokens(16);
+  info_b.set_prefix_block_tokens(16);
+  info_a.set_prefix_store(true);
+  const uint64_t a = *registry_.Register(info_a);
+  const uint64_t b = *registry_.Register(info_b);
+  const std::vector<uint64_t> chain = {31, 32, 33, 34, 35, 36, 37, 38};
+  serving::PrefixCacheEvents b_holds;
+  for (int i = 0; i < 2; ++i) b_holds.add_added(chain[i]);  // b: the first 2 blocks, locally
+  ASSERT_TRUE(registry_.Heartbeat(b, "b", Load(0.0), &b_holds));
+  serving::PrefixCacheEvents a_wrote;
+  for (int i = 0; i < 6; ++i) a_wrote.add_stored(chain[i]);  // in the store: the first 6
+  ASSERT_TRUE(registry_.Heartbeat(a, "a", Load(0.5), &a_wrote));
+  int64_t matched = -1, stored = -1;
+  // a computes 2 blocks and reads 6 (cost 8 * 2 + 6), b computes 6 (8 * 6): a.
+  auto lease = registry_.Pick({}, "", chain, 16, &matched, &stored);
+  ASSERT_TRUE(lease.has_value());
+  EXPECT_EQ(lease->id, a);
+  EXPECT_EQ(matched, 0);
+  EXPECT_EQ(stored, 6);
+  registry_.Release(a);
+  // Without the store tier the stored blocks are worth nothing to a: b, which holds 2 itself.
+  info_a.set_prefix_store(false);
+  const uint64_t a2 = *registry_.Register(info_a);
+  auto second = registry_.Pick({}, "", chain, 16, &matched, &stored);
+  ASSERT_TRUE(second.has_value());
+  EXPECT_EQ(second->id, b);
+  EXPECT_EQ(matched, 2);
+  EXPECT_EQ(stored, 0);
+  registry_.Release(b);
+  (void)a2;
+}
+
 TEST(RegistryRoutingTest, LoadAloneIgnoresCachedBlocks) {
   WorkerRegistry registry(
       {.kv_routing = false}, [](const std::string&, uint16_t) -> absl::StatusOr<WorkerChannel> {

@@ -40,7 +40,8 @@ int Main(int argc, char** argv) {
               "both (prefill and decode here), or prefill / decode (disaggregated serving: the "
               "KV moves through the cachestore)");
   p.AddString("cachestore", &options.cachestore, "HOST:PORT",
-              "the cachestore's RPC address (needed by --role prefill and decode)");
+              "the cachestore's RPC address (needed by --role prefill and decode; with prefix "
+              "caching it is also the prefix cache's second tier)");
   p.AddInt32("max-model-len", &sched.max_model_len,
              "tokens of one sequence at most, prompt included (0: the model's context)");
   p.AddInt32("max-num-seqs", &sched.max_num_seqs, "sequences in one batch at most");
@@ -64,6 +65,10 @@ int Main(int argc, char** argv) {
   bool no_prefix_caching = false;
   p.AddBool("no-prefix-caching", &no_prefix_caching,
             "do not share the KV of common prompt prefixes between requests");
+  bool no_prefix_store = false;
+  p.AddBool("no-prefix-store", &no_prefix_store,
+            "keep prefix-cache blocks in this worker only: do not write them to the cachestore "
+            "nor look them up there");
   p.AddInt32("heartbeat-interval-ms", &heartbeat_ms, "heartbeat period to the coordinator");
   p.AddInt32("debug-step-delay-ms", &step_delay_ms,
              "testing: sleep this long after every step (simulates a slow model)");
@@ -87,6 +92,7 @@ int Main(int argc, char** argv) {
   }
   sched.kv_transfer_timeout = absl::Milliseconds(transfer_timeout_ms);
   sched.enable_prefix_caching = !no_prefix_caching;
+  sched.enable_prefix_store = !no_prefix_store;
   options.rpc_port = static_cast<uint16_t>(port);
   options.http_port = static_cast<uint16_t>(http_port);
   options.heartbeat_interval = absl::Milliseconds(heartbeat_ms);

@@ -61,15 +61,27 @@ WorkerMetrics::WorkerMetrics(prometheus::Registry& registry, const std::string& 
       prefix_queries_(prometheus::BuildCounter()
                           .Name("kvasir_prefix_cache_queries_total")
                           .Help("Prompt tokens looked up in the prefix cache (requests whose KV "
-                                "policy shares blocks), by tier.")
-                          .Register(registry)
-                          .Add({{"tier", "local"}})),
+                                "policy shares blocks), by tier: local (every prompt token), "
+                                "store (the tokens not found locally that the store was asked "
+                                "for).")
+                          .Register(registry)),
       prefix_hits_(prometheus::BuildCounter()
                        .Name("kvasir_prefix_cache_hits_total")
                        .Help("Prompt tokens found in the prefix cache (their KV taken, not "
                              "computed), by tier.")
-                       .Register(registry)
-                       .Add({{"tier", "local"}})) {}
+                       .Register(registry)),
+      store_writes_(prometheus::BuildCounter()
+                        .Name("kvasir_prefix_cache_store_writes_total")
+                        .Help("Prefix-cache blocks written to the cachestore (result=written), "
+                              "or not (result=skipped: the queue was full, the store failed).")
+                        .Register(registry)) {
+  // Every series exists from the start (0), so that rates work from the first sample.
+  for (const char* tier : {"local", "store"}) {
+    prefix_queries_.Add({{"tier", tier}});
+    prefix_hits_.Add({{"tier", tier}});
+  }
+  for (const char* result : {"written", "skipped"}) store_writes_.Add({{"result", result}});
+}
 
 void WorkerMetrics::Update(const SchedulerStats& stats) {
   absl::MutexLock lock(&mu_);
@@ -91,10 +103,20 @@ void WorkerMetrics::Update(const SchedulerStats& stats) {
   generation_tokens_.Increment(
       static_cast<double>(stats.generation_tokens_total - last_.generation_tokens_total));
   steps_.Increment(static_cast<double>(stats.steps_total - last_.steps_total));
-  prefix_queries_.Increment(
-      static_cast<double>(stats.prefix_cache_queries_total - last_.prefix_cache_queries_total));
-  prefix_hits_.Increment(
-      static_cast<double>(stats.prefix_cache_hits_total - last_.prefix_cache_hits_total));
+  auto add = [](prometheus::Family<prometheus::Counter>& family, const char* key, const char* value,
+                int64_t now, int64_t before) {
+    family.Add({{key, value}}).Increment(static_cast<double>(now - before));
+  };
+  add(prefix_queries_, "tier", "local", stats.prefix_cache_queries_total,
+      last_.prefix_cache_queries_total);
+  add(prefix_hits_, "tier", "local", stats.prefix_cache_hits_total, last_.prefix_cache_hits_total);
+  add(prefix_queries_, "tier", "store", stats.prefix_store_queries_total,
+      last_.prefix_store_queries_total);
+  add(prefix_hits_, "tier", "store", stats.prefix_store_hits_total, last_.prefix_store_hits_total);
+  add(store_writes_, "result", "written", stats.prefix_store_blocks_written_total,
+      last_.prefix_store_blocks_written_total);
+  add(store_writes_, "result", "skipped", stats.prefix_store_blocks_skipped_total,
+      last_.prefix_store_blocks_skipped_total);
   last_ = stats;
 }
 

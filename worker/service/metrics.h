@@ -33,8 +33,9 @@ class WorkerMetrics {
   prometheus::Counter& prompt_tokens_;
   prometheus::Counter& generation_tokens_;
   prometheus::Counter& steps_;
-  prometheus::Counter& prefix_queries_;  // kvasir_prefix_cache_queries_total{tier="local"}
-  prometheus::Counter& prefix_hits_;     // kvasir_prefix_cache_hits_total{tier="local"}
+  prometheus::Family<prometheus::Counter>& prefix_queries_;  // {tier="local"|"store"}
+  prometheus::Family<prometheus::Counter>& prefix_hits_;
+  prometheus::Family<prometheus::Counter>& store_writes_;  // {result="written"|"skipped"}
   absl::Mutex mu_;
   SchedulerStats last_ ABSL_GUARDED_BY(mu_);
 };

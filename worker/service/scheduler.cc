@@ -232,6 +232,8 @@ void Scheduler::PublishStats() {
   if (prefix_cache_ != nullptr) {
     if (prefix_resync_.exchange(false)) prefix_cache_->Resync();
     events = prefix_cache_->TakeEvents();
+    events.stored = std::move(prefix_stored_);
+    prefix_stored_.clear();
   }
   for (auto& [kind, p] : kv_by_policy_) p.sequences = 0, p.bytes = 0, p.full_bytes = 0;
   for (const Request* r : running_) {
@@ -248,7 +250,7 @@ void Scheduler::PublishStats() {
     p.full_byte_steps += static_cast<double>(p.full_bytes);
   }
   absl::MutexLock lock(&mu_);
-  if (events.reset || !events.added.empty() || !events.removed.empty()) {
+  if (events.reset || !events.added.empty() || !events.removed.empty() || !events.stored.empty()) {
     prefix_events_.Merge(std::move(events));
   }
   stats_.kv_by_policy = kv_by_policy_;
@@ -261,6 +263,11 @@ void Scheduler::PublishStats() {
   stats_.kv_pages_total = pool.capacity_pages();
   stats_.prefix_cache_queries_total = prefix_queries_total_;
   stats_.prefix_cache_hits_total = prefix_hits_total_;
+  stats_.prefix_store_queries_total = prefix_store_queries_total_;
+  stats_.prefix_store_hits_total = prefix_store_hits_total_;
+  stats_.prefix_store_blocks_written_total = prefix_store_written_total_;
+  stats_.prefix_store_blocks_skipped_total = prefix_store_skipped_total_;
+  stats_.prefix_store_writing = puts_in_flight_;
   stats_.preemptions_total = preemptions_total_;
   stats_.steps_total = steps_total_;
   stats_.prompt_tokens_total = prompt_tokens_total_;
@@ -319,15 +326,31 @@ void Scheduler::Admit(Request& r) {
   if (r.req.handoff == KvHandoff::kPrefill) {
     r.tokens.resize(r.req.prompt.size() - 1);  // the last prompt token is the decode side's
   }
-  if (r.req.handoff != KvHandoff::kDecode || !TakeFetchedKv(r)) {
+  r.restored_tokens = 0;
+  if (r.req.handoff == KvHandoff::kDecode && TakeFetchedKv(r)) {
+    r.restored_tokens = r.computed;
+  } else {
     r.seq = &engine_.cache().CreateSequence(r.policy);
     r.computed = 0;
     if (prefix_cache_ != nullptr && kvcache::PrefixCache::Shares(*r.policy)) {
       // The last token is always computed: its logits give the next sample.
       const int64_t n = static_cast<int64_t>(r.tokens.size());
       r.computed = prefix_cache_->Attach(*r.seq, r.tokens, r.req.cache_salt, n - 1, r.chain);
+      // Tokens beyond the run held here when the store was asked came from the store.
+      const int32_t block = prefix_cache_->block_tokens();
+      const int64_t from_store =
+          r.store_asked
+              ? std::clamp<int64_t>(r.computed - r.local_blocks * block, 0, r.store_blocks * block)
+              : 0;
       prefix_queries_total_ += n;
-      prefix_hits_total_ += r.computed;
+      prefix_hits_total_ += r.computed - from_store;
+      if (r.store_asked && r.asked_blocks > r.local_blocks) {
+        prefix_store_queries_total_ += (r.asked_blocks - r.local_blocks) * block;
+        prefix_store_hits_total_ += from_store;
+      }
+      // Asked once per admission: a preempted request looks again when it comes back.
+      r.store_asked = false;
+      r.store_blocks = 0;
     }
   }
   r.state = RequestState::kPrefill;
@@ -599,7 +622,11 @@ bool Scheduler::Step() {
     if (!decode) prompt_tokens_total_ += plan[i].count;
     last_step_.ids.push_back(r.req.id);
     r.computed = r.seq->n_tokens();
-    if (prefix_cache_ != nullptr) prefix_cache_->Insert(*r.seq, r.tokens, r.computed, r.chain);
+    if (prefix_cache_ != nullptr) {
+      const std::vector<int64_t> kept =
+          prefix_cache_->Insert(*r.seq, r.tokens, r.computed, r.chain);
+      if (!kept.empty() && PrefixStoreOn()) PutNewBlocks(r, kept);
+    }
     if (r.pending() > 0) continue;  // more prompt chunks to come
     if (r.req.handoff == KvHandoff::kPrefill) {
       StartPush(r);

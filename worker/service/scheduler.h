@@ -89,6 +89,13 @@ struct SchedulerOptions {
   // wanted (kvcache/prefix_cache.h). Policies whose blocks cannot be shared (the compressing
   // ones) are not affected.
   bool enable_prefix_caching = false;
+  // With prefix caching and a store: the store is the cache's second tier. Every whole block a
+  // request computes is also written to the store (off the step loop), and a request looks up in
+  // the store the blocks it does not find here before it is admitted, so that blocks survive
+  // their eviction here and reach every worker (and, with the store's disk tier, a restart).
+  bool enable_prefix_store = true;
+  // Encoded blocks waiting for the transfer thread at most; further blocks are not written.
+  int64_t prefix_store_queue_bytes = int64_t{256} << 20;
   int32_t max_model_len = 0;  // tokens of one sequence at most; 0: the model's context
   // Policies the operator configured (files allowed), and the one of requests that name none: a
   // configured name or a spec ("" = the first configured, else "full"). See PolicyRegistry.
@@ -188,6 +195,13 @@ struct SchedulerStats {
   // found in the prefix cache (their KV taken, not computed).
   int64_t prefix_cache_queries_total = 0;
   int64_t prefix_cache_hits_total = 0;
+  // The store tier: prompt tokens asked of the store (those not found here, for requests that
+  // looked), and those taken from it.
+  int64_t prefix_store_queries_total = 0;
+  int64_t prefix_store_hits_total = 0;
+  int64_t prefix_store_blocks_written_total = 0;  // blocks written to the store
+  int64_t prefix_store_blocks_skipped_total = 0;  // not written: queue full, or the store down
+  int32_t prefix_store_writing = 0;               // blocks being written now
   int64_t preemptions_total = 0;
   int64_t steps_total = 0;
   int64_t prompt_tokens_total = 0;      // prompt tokens computed (recomputation included)
@@ -249,6 +263,8 @@ class Scheduler {
   void ResyncPrefixEvents() { prefix_resync_.store(true); }
   // Tokens per prefix-cache block; 0 without prefix caching.
   int32_t prefix_block_tokens() const;
+  // Whether the store is the prefix cache's second tier (SchedulerOptions::enable_prefix_store).
+  bool prefix_store() const { return PrefixStoreOn(); }
   const StepStats& last_step() const { return last_step_; }
   const SchedulerOptions& options() const { return options_; }
   const PolicyRegistry& policies() const { return *policies_; }
@@ -268,6 +284,16 @@ class Scheduler {
   // blocks do not pile up in memory behind a long queue.
   void PrefetchKv();
   void StartFetch(Request& r);
+  // The prefix cache's store tier (SchedulerOptions::enable_prefix_store).
+  bool PrefixStoreOn() const {
+    return prefix_cache_ != nullptr && store_ != nullptr && options_.enable_prefix_store;
+  }
+  // Asks the store for the blocks of `r`'s prompt that the prefix cache does not hold (once).
+  void StartBlockFetch(Request& r);
+  // Keeps the blocks a fetch read in the prefix cache, where `r`'s admission finds them.
+  void TakeBlockRun(Request& r, absl::StatusOr<FetchedRun> run);
+  // Writes the blocks of `r` that the prefix cache kept now (block indices) to the store.
+  void PutNewBlocks(const Request& r, std::span<const int64_t> blocks);
   // KvHandoff::kDecode at admission: restores the fetched KV, or false (recompute).
   bool TakeFetchedKv(Request& r);
   // KvHandoff::kPrefill once its prompt is computed: hands the push to the transfer thread (the
@@ -319,8 +345,15 @@ class Scheduler {
   std::unique_ptr<kvcache::PrefixCache> prefix_cache_;  // with enable_prefix_caching
   int64_t prefix_queries_total_ = 0;
   int64_t prefix_hits_total_ = 0;
+  int64_t prefix_store_queries_total_ = 0;
+  int64_t prefix_store_hits_total_ = 0;
+  int64_t prefix_store_written_total_ = 0;
+  int64_t prefix_store_skipped_total_ = 0;
+  std::vector<uint64_t> prefix_stored_;  // blocks written since the last PublishStats
   int32_t pushes_in_flight_ = 0;
   int32_t fetches_in_flight_ = 0;
+  int32_t puts_in_flight_ = 0;          // kBlockPut
+  int64_t put_bytes_in_flight_ = 0;     // their encoded bytes
   std::vector<int32_t> stream_bounds_;  // LayerParts of options_.kv_stream_layers
 
   // The transfer thread's queue and results.
@@ -330,21 +363,26 @@ class Scheduler {
     std::vector<int32_t> layer_bounds;  // empty: one part
   };
   struct TransferJob {
-    enum Kind { kPush, kPart, kFetch } kind = kPush;
-    Request* request = nullptr;  // kPush, kFetch
+    // kBlockFetch, kBlockPut: the prefix cache's store tier.
+    enum Kind { kPush, kPart, kFetch, kBlockFetch, kBlockPut } kind = kPush;
+    Request* request = nullptr;  // kPush, kFetch, kBlockFetch
     // kPush: the snapshot (from its layer layer_begin on). kFetch: the snapshots to try, in order.
     std::vector<Snapshot> snapshots;
     int32_t layer_begin = 0;
     std::shared_ptr<StreamedParts> parts;  // kPush and kPart of a streamed push
-    absl::StatusOr<std::vector<std::string>> blocks = absl::InternalError("");  // kPart: to put
+    absl::StatusOr<std::vector<std::string>> blocks = absl::InternalError("");  // kPart, kBlockPut
+    cachestore::KeySpace space;                                                 // kBlockFetch
+    std::vector<uint64_t> hashes;  // kBlockFetch: the blocks to read; kBlockPut: its block
   };
   struct TransferDone {
     Request* request = nullptr;
-    bool push = false;
+    TransferJob::Kind kind = TransferJob::kPush;
     absl::Status status;  // of a push (its parts included)
-    int64_t bytes = 0;
+    int64_t bytes = 0;    // of a push; of a kBlockPut: its encoded bytes
     double seconds = 0;
     absl::StatusOr<FetchedSnapshot> fetched = absl::NotFoundError("");  // of a fetch
+    absl::StatusOr<FetchedRun> run = absl::NotFoundError("");           // of a kBlockFetch
+    uint64_t hash = 0;                                                  // of a kBlockPut
   };
   // Queues a job for the transfer thread (started with the first).
   void EnqueueTransfer(TransferJob job);

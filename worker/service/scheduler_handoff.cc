@@ -8,6 +8,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/log.h"
+#include "kvcache/prefix_cache.h"
 #include "worker/kv_transfer.h"
 #include "worker/service/scheduler.h"
 #include "worker/service/scheduler_request.h"
@@ -30,7 +31,82 @@ void Scheduler::PrefetchKv() {
     if (r->req.handoff == KvHandoff::kDecode && !r->fetching && !r->fetched.has_value() &&
         !r->store_skipped) {
       StartFetch(*r);
+    } else if (r->req.handoff != KvHandoff::kDecode && !r->store_asked && PrefixStoreOn()) {
+      StartBlockFetch(*r);
     }
+  }
+}
+
+void Scheduler::StartBlockFetch(Request& r) {
+  r.store_asked = true;
+  if (!kvcache::PrefixCache::Shares(*r.policy) || StoreDown()) return;
+  // The blocks Attach may take at admission: never the last token (a prefill hand-off's last
+  // prompt token is the decode side's, so not the one before it either).
+  const int64_t n = r.req.handoff == KvHandoff::kPrefill
+                        ? static_cast<int64_t>(r.req.prompt.size()) - 1
+                        : static_cast<int64_t>(r.tokens.size());
+  const int32_t block = prefix_cache_->block_tokens();
+  const std::vector<uint64_t> chain = kvcache::PrefixCache::ChainOf(
+      r.tokens, r.policy->spec(), r.req.cache_salt, block, (n - 1) / block);
+  r.local_blocks = prefix_cache_->CachedRun(chain);
+  r.asked_blocks = static_cast<int64_t>(chain.size());
+  if (r.local_blocks == r.asked_blocks) return;
+  TransferJob job{.kind = TransferJob::kBlockFetch, .request = &r};
+  job.space =
+      SnapshotKeySpace(engine_.files().fingerprint(), *r.policy, engine_.cache().geometry());
+  job.hashes.assign(chain.begin() + r.local_blocks, chain.end());
+  r.fetching = true;
+  ++fetches_in_flight_;
+  EnqueueTransfer(std::move(job));
+}
+
+void Scheduler::TakeBlockRun(Request& r, absl::StatusOr<FetchedRun> run) {
+  if (!run.ok()) {
+    NoteStoreFailure(run.status());
+    KVASIR_LOG_SUBSYS(INFO, kWorker, "request=%s: the store's prefix blocks not read (%s)",
+                      r.req.id, run.status().ToString());
+    return;
+  }
+  const int32_t block = prefix_cache_->block_tokens();
+  const std::vector<uint64_t> chain =
+      kvcache::PrefixCache::ChainOf(r.tokens, r.policy->spec(), r.req.cache_salt, block,
+                                    r.local_blocks + static_cast<int64_t>(run->blocks.size()));
+  const uint64_t fingerprint = engine_.files().fingerprint();
+  for (size_t i = 0; i < run->blocks.size(); ++i) {
+    absl::Status kept = prefix_cache_->AdoptBlock(chain[r.local_blocks + static_cast<int64_t>(i)],
+                                                  run->blocks[i], r.policy, fingerprint);
+    if (!kept.ok()) {
+      KVASIR_LOG_SUBSYS(INFO, kWorker, "request=%s: a stored prefix block not taken (%s)", r.req.id,
+                        kept.ToString());
+      break;
+    }
+    ++r.store_blocks;
+  }
+}
+
+void Scheduler::PutNewBlocks(const Request& r, std::span<const int64_t> blocks) {
+  const int32_t block = prefix_cache_->block_tokens();
+  kvcache::SnapshotInfo info{.model_fingerprint = engine_.files().fingerprint()};
+  for (int64_t b : blocks) {
+    // Blocks restored from a hand-off were written by the worker that computed them.
+    if ((b + 1) * block <= r.restored_tokens) continue;
+    if (StoreDown() || put_bytes_in_flight_ >= options_.prefix_store_queue_bytes) {
+      ++prefix_store_skipped_total_;
+      continue;
+    }
+    TransferJob job{.kind = TransferJob::kBlockPut};
+    job.hashes = {r.chain.hashes[b]};
+    job.blocks = prefix_cache_->EncodeBlock(r.chain.hashes[b], r.policy, info);
+    if (!job.blocks.ok()) {
+      KVASIR_LOG_SUBSYS(WARN, kWorker, "a prefix block not encoded: %s",
+                        job.blocks.status().ToString());
+      continue;
+    }
+    for (const std::string& bytes : *job.blocks) {
+      put_bytes_in_flight_ += static_cast<int64_t>(bytes.size());
+    }
+    ++puts_in_flight_;
+    EnqueueTransfer(std::move(job));
   }
 }
 
@@ -160,8 +236,14 @@ void Scheduler::TransferLoop() {
       parts.seconds += sent->seconds;
       continue;
     }
-    TransferDone done{.request = job.request, .push = job.kind == TransferJob::kPush};
-    if (done.push) {
+    TransferDone done{.request = job.request, .kind = job.kind};
+    if (job.kind == TransferJob::kBlockPut) {
+      for (const std::string& bytes : *job.blocks) done.bytes += static_cast<int64_t>(bytes.size());
+      done.status = PutBlocks(*store_, *job.blocks, options_.kv_transfer_timeout).status();
+      done.hash = job.hashes.front();
+    } else if (job.kind == TransferJob::kBlockFetch) {
+      done.run = FetchBlockRun(*store_, job.space, job.hashes, options_.kv_transfer_timeout);
+    } else if (job.kind == TransferJob::kPush) {
       if (job.parts != nullptr && !job.parts->status.ok()) {
         done.status = job.parts->status;
       } else {
@@ -198,7 +280,7 @@ void Scheduler::TransferLoop() {
 
 void Scheduler::CompleteTransfers(absl::Duration wait) {
   const bool all = wait == absl::InfiniteDuration();
-  while (pushes_in_flight_ + fetches_in_flight_ > 0) {
+  while (pushes_in_flight_ + fetches_in_flight_ + puts_in_flight_ > 0) {
     std::vector<TransferDone> done;
     {
       absl::MutexLock lock(&transfer_mu_);
@@ -210,13 +292,29 @@ void Scheduler::CompleteTransfers(absl::Duration wait) {
     }
     if (done.empty()) return;
     for (TransferDone& d : done) {
+      if (d.kind == TransferJob::kBlockPut) {
+        --puts_in_flight_;
+        put_bytes_in_flight_ -= d.bytes;
+        if (d.status.ok()) {
+          ++prefix_store_written_total_;
+          prefix_stored_.push_back(d.hash);
+        } else {
+          ++prefix_store_skipped_total_;
+          NoteStoreFailure(d.status);
+        }
+        continue;
+      }
       Request& r = *d.request;
       RequestOutput out;
-      if (!d.push) {
+      if (d.kind == TransferJob::kFetch || d.kind == TransferJob::kBlockFetch) {
         --fetches_in_flight_;
         r.fetching = false;
-        if (!d.fetched.ok()) NoteStoreFailure(d.fetched.status());
-        r.fetched = std::move(d.fetched);
+        if (d.kind == TransferJob::kBlockFetch) {
+          TakeBlockRun(r, std::move(d.run));
+        } else {
+          if (!d.fetched.ok()) NoteStoreFailure(d.fetched.status());
+          r.fetched = std::move(d.fetched);
+        }
         if (r.cancelled) {
           Finish(r, RequestState::kCancelled, absl::CancelledError("the request was cancelled"), "",
                  out);

@@ -65,6 +65,13 @@ struct Scheduler::Request {
   std::shared_ptr<StreamedParts> parts;
   std::vector<int32_t> pushed_bounds;
   kvcache::PrefixCache::Chain chain;  // its whole blocks' hashes (prefix caching)
+  // The prefix cache's store tier: whether the store was asked for its blocks, the blocks the
+  // prefix cache held then, those asked of the store, and those taken from it.
+  bool store_asked = false;
+  int64_t local_blocks = 0;
+  int64_t asked_blocks = 0;
+  int64_t store_blocks = 0;
+  int64_t restored_tokens = 0;  // at the last admission: KV restored from a hand-off snapshot
   absl::Time computed_at;
   double push_wait_seconds = 0;
 };

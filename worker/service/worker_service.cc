@@ -314,6 +314,7 @@ void WorkerService::HeartbeatLoop() {
       info->set_kv_capacity_bytes(static_cast<int64_t>(pool.capacity_pages()) *
                                   static_cast<int64_t>(pool.page_bytes()));
       info->set_prefix_block_tokens(scheduler_->prefix_block_tokens());
+      info->set_prefix_store(scheduler_->prefix_store());
       for (const PolicyListing& l : scheduler_->policies().listing()) {
         serving::KvPolicyInfo* p = info->add_kv_policies();
         p->set_name(l.name);
@@ -349,6 +350,7 @@ void WorkerService::HeartbeatLoop() {
       prefix->set_reset(events.reset);
       prefix->mutable_added()->Add(events.added.begin(), events.added.end());
       prefix->mutable_removed()->Add(events.removed.begin(), events.removed.end());
+      prefix->mutable_stored()->Add(events.stored.begin(), events.stored.end());
       serving::HeartbeatResponse response;
       absl::Status status = rpc::CallProto(*coordinator_client_, "coordinator.Heartbeat", request,
                                            &response, call_options);

@@ -2,7 +2,9 @@
 // model and an in-process cachestore: for every policy, a request prefilled on one scheduler and
 // decoded on the other gives the monolithic run's tokens and text, greedy and seeded; a decode
 // request whose KV is not in the store recomputes the prompt and still gives the same output; and
-// the store keeps no reservation or lease.
+// the store keeps no reservation or lease. The prefix cache's store tier: blocks one worker
+// computed are taken by another (and after a restart of the store, from its disk tier) with the
+// output of a cold run, never across tenants.
 #include <map>
 #include <string>
 #include <vector>
@@ -13,6 +15,7 @@
 #include "gtest/gtest.h"
 #include "model/model_files.h"
 #include "tests/testing/paths.h"
+#include "tests/testing/safetensors_builder.h"
 #include "transport/fault/fault_schedule.h"
 #include "worker/engine.h"
 #include "worker/service/scheduler.h"
@@ -596,6 +599,157 @@ TEST(HandoffRefusalTest, NeedsAStoreAndTwoPromptTokens) {
   r.prompt = engine->tokenizer().Encode("Once upon a time", true, false);
   r.handoff = KvHandoff::kPrefill;
   EXPECT_TRUE(absl::IsFailedPrecondition((*scheduler)->Submit(r, [](const RequestOutput&) {})));
+}
+
+// Two workers (engines) over the stories model with prefix caching, sharing a store whose
+// disk tier is a temporary directory.
+class PrefixStoreTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    for (auto* engine : {&engine_a_, &engine_b_, &engine_ref_}) {
+      *engine = LoadStories();
+      ASSERT_NE(*engine, nullptr);
+    }
+    ASSERT_NO_FATAL_FAILURE(StartStore());
+    options_.enable_prefix_caching = true;
+    options_.prefill_chunk = 32;
+    a_ = MakeScheduler(*engine_a_, client_a_);
+    b_ = MakeScheduler(*engine_b_, client_b_);
+    auto ref = Scheduler::Create(*engine_ref_, {});
+    ASSERT_TRUE(a_ != nullptr && b_ != nullptr && ref.ok());
+    ref_ = std::move(*ref);
+  }
+
+  void StartStore() {
+    cachestore::ServiceOptions so;
+    so.http = false;
+    so.store.memory_capacity_bytes = 64 << 20;
+    so.store.arena_bytes = 32 << 20;
+    so.store.disk_dir = dir_.path();
+    so.store.disk_fsync = false;
+    auto service = cachestore::StoreService::Start(so);
+    ASSERT_TRUE(service.ok()) << service.status();
+    service_ = std::move(*service);
+    for (auto* client : {&client_a_, &client_b_}) {
+      cachestore::ClientOptions co;
+      co.port = service_->port();
+      auto c = cachestore::StoreClient::Connect(co);
+      ASSERT_TRUE(c.ok()) << c.status();
+      *client = std::move(*c);
+    }
+  }
+
+  std::unique_ptr<Scheduler> MakeScheduler(Engine& engine,
+                                           std::unique_ptr<cachestore::StoreClient>& client) {
+    auto s = Scheduler::Create(engine, options_, client.get());
+    EXPECT_TRUE(s.ok()) << s.status();
+    return s.ok() ? std::move(*s) : nullptr;
+  }
+
+  // Steps `s` until the prefix blocks it writes are in the store.
+  static void AwaitWrites(Scheduler& s) {
+    const absl::Time deadline = absl::Now() + absl::Seconds(10);
+    while (s.stats().prefix_store_writing > 0 && absl::Now() < deadline) {
+      s.Step();
+      absl::SleepFor(absl::Milliseconds(2));
+    }
+    ASSERT_EQ(s.stats().prefix_store_writing, 0);
+  }
+
+  SchedulerRequest Greedy(const std::string& id, std::vector<int32_t> prompt) {
+    SchedulerRequest r;
+    r.id = id;
+    r.prompt = std::move(prompt);
+    r.max_tokens = 24;
+    return r;
+  }
+
+  // A prompt of 70 tokens, and one that shares its first 50.
+  std::vector<int32_t> Prompt() {
+    std::vector<int32_t> p =
+        engine_a_->tokenizer().Encode(std::string(kPrompt) + " " + kPrompt, true, false);
+    p.resize(70);
+    return p;
+  }
+  std::vector<int32_t> Sibling() {
+    std::vector<int32_t> p = Prompt();
+    p.resize(50);
+    for (int32_t id : engine_a_->tokenizer().Encode(" the dog ran to the tree", false, false)) {
+      p.push_back(id);
+    }
+    return p;
+  }
+
+  testing::ScopedTempDir dir_;
+  SchedulerOptions options_;
+  std::unique_ptr<Engine> engine_a_, engine_b_, engine_ref_;
+  std::unique_ptr<cachestore::StoreService> service_;
+  std::unique_ptr<cachestore::StoreClient> client_a_, client_b_;
+  std::unique_ptr<Scheduler> a_, b_, ref_;
+};
+
+TEST_F(PrefixStoreTest, BlocksOneWorkerComputedAreTakenByAnother) {
+  const Collected cold_a = RunAlone(*ref_, Greedy("a", Prompt()));
+  const Collected cold_b = RunAlone(*ref_, Greedy("b", Sibling()));
+  ASSERT_FALSE(cold_b.ids.empty());
+  const Collected a = RunAlone(*a_, Greedy("a", Prompt()));
+  EXPECT_EQ(a.ids, cold_a.ids);
+  ASSERT_NO_FATAL_FAILURE(AwaitWrites(*a_));
+  // Prompt and output: 70 + 24 tokens computed, 5 whole blocks (the last sampled token's KV is
+  // not computed).
+  EXPECT_EQ(a_->stats().prefix_store_blocks_written_total, 5);
+  EXPECT_EQ(a_->stats().prefix_store_hits_total, 0);
+
+  // Worker b holds nothing: the 3 whole blocks of its 50 shared tokens come from the store.
+  const Collected b = RunAlone(*b_, Greedy("b", Sibling()));
+  EXPECT_EQ(b.ids, cold_b.ids);
+  EXPECT_EQ(b.text, cold_b.text);
+  const SchedulerStats sb = b_->stats();
+  EXPECT_EQ(sb.prefix_store_hits_total, 48);
+  EXPECT_EQ(sb.prefix_store_queries_total,
+            16 * ((static_cast<int64_t>(Sibling().size()) - 1) / 16));
+  EXPECT_EQ(sb.prefix_cache_hits_total, 0);  // none from its own cache
+  ASSERT_NO_FATAL_FAILURE(AwaitWrites(*b_));
+  // Only the blocks it computed itself went to the store.
+  EXPECT_EQ(sb.prefix_store_blocks_written_total + 3,
+            (static_cast<int64_t>(Sibling().size()) + 23) / 16);
+
+  // Another tenant on b: nothing from the store, the same output.
+  SchedulerRequest salted = Greedy("a-salted", Prompt());
+  salted.cache_salt = 42;
+  const Collected s = RunAlone(*b_, salted);
+  EXPECT_EQ(s.ids, cold_a.ids);
+  EXPECT_EQ(b_->stats().prefix_store_hits_total, 48);
+  EXPECT_EQ(b_->stats().prefix_cache_hits_total, 0);
+
+  // A policy that does not share blocks neither writes nor asks.
+  SchedulerRequest h2o = Greedy("h2o", Prompt());
+  h2o.kv_policy = "h2o:budget=24,recent=8";
+  const int64_t queries = b_->stats().prefix_store_queries_total;
+  const int64_t written = b_->stats().prefix_store_blocks_written_total;
+  EXPECT_TRUE(RunAlone(*b_, h2o).status.ok());
+  ASSERT_NO_FATAL_FAILURE(AwaitWrites(*b_));
+  EXPECT_EQ(b_->stats().prefix_store_queries_total, queries);
+  EXPECT_EQ(b_->stats().prefix_store_blocks_written_total, written);
+}
+
+TEST_F(PrefixStoreTest, StoredBlocksSurviveARestartOfTheStore) {
+  const Collected cold = RunAlone(*ref_, Greedy("b", Sibling()));
+  RunAlone(*a_, Greedy("a", Prompt()));
+  ASSERT_NO_FATAL_FAILURE(AwaitWrites(*a_));
+  ASSERT_EQ(a_->stats().prefix_store_blocks_written_total, 5);
+  // Everything goes: both workers' caches and the store's memory.
+  a_.reset();
+  b_.reset();
+  client_a_.reset();
+  client_b_.reset();
+  service_.reset();
+  ASSERT_NO_FATAL_FAILURE(StartStore());
+  b_ = MakeScheduler(*engine_b_, client_b_);
+  ASSERT_NE(b_, nullptr);
+  const Collected b = RunAlone(*b_, Greedy("b", Sibling()));
+  EXPECT_EQ(b.ids, cold.ids);
+  EXPECT_EQ(b_->stats().prefix_store_hits_total, 48);
 }
 
 INSTANTIATE_TEST_SUITE_P(Policies, HandoffTest,
