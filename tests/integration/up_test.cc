@@ -1,9 +1,11 @@
 // `kvasir up` as a user runs it: a local cluster that prints where it listens once /ready
-// answers, serves, and stops every process on SIGTERM (and SIGINT).
+// answers, serves, and stops every process on SIGTERM (and SIGINT); its prefix cache's blocks
+// outlive a restart of the whole cluster in the cachestore's disk tier.
 #include <signal.h>
 
 #include <atomic>
 #include <cerrno>
+#include <filesystem>
 #include <map>
 #include <optional>
 #include <thread>
@@ -11,6 +13,7 @@
 #include "absl/strings/numbers.h"
 #include "gtest/gtest.h"
 #include "tests/integration/cluster.h"
+#include "tests/testing/safetensors_builder.h"
 
 namespace kvasir::integration {
 namespace {
@@ -205,6 +208,72 @@ TEST(UpTest, DisaggregatedGreedyEqualsGenerateAndSurvivesKills) {
 TEST(UpTest, StartsServesAndStopsOnSigterm) { RunUpAndStop(SIGTERM); }
 
 TEST(UpTest, StopsOnCtrlC) { RunUpAndStop(SIGINT); }
+
+// The prefix cache's store tier across a restart of the whole cluster: the blocks a first
+// `kvasir up` computed are written to the cachestore's disk tier; a second one, started afresh
+// on the same directory, takes them from there (counted as store hits on its worker) and answers
+// as the first did.
+TEST(UpTest, PrefixBlocksSurviveARestartOfTheWholeCluster) {
+  testing::ScopedTempDir dir;
+  ASSERT_FALSE(dir.path().empty());
+  std::string prompt = "Once upon a time, there was a little girl named Lily.";
+  while (prompt.size() < 400) prompt += " She liked to play in the park with her friends.";
+  const std::string body =
+      absl::StrCat(R"({"prompt": ")", prompt, R"(", "max_tokens": 8, "temperature": 0})");
+  auto text_of = [](const std::string& reply) {
+    const json j = json::parse(reply, nullptr, false);
+    return j.is_object() && j.contains("choices") ? j["choices"][0]["text"].get<std::string>()
+                                                  : std::string("<no text>");
+  };
+  auto block_files = [&dir] {
+    int n = 0;
+    for (const auto& e : std::filesystem::recursive_directory_iterator(dir.path())) {
+      n += e.path().extension() == ".kvb" ? 1 : 0;
+    }
+    return n;
+  };
+  auto worker_metric = [](const Up& up, const std::string& series) -> std::optional<double> {
+    for (const std::string& line : up.lines) {
+      if (!absl::StartsWith(line, "kvasir up: worker-0 ")) continue;
+      auto m = Fetch(PortOf(LineField(line, "http")), "GET", "/metrics", "", absl::Seconds(5));
+      if (m.ok() && m->status == 200) return MetricValue(m->body, series);
+    }
+    return std::nullopt;
+  };
+  const std::vector<std::string> flags = {"--workers", "1", "--cachestore-disk-dir", dir.path()};
+  std::string first_text;
+  {
+    Up up;
+    ASSERT_NO_FATAL_FAILURE(StartUp(up, flags));
+    auto r = Fetch(up.port, "POST", "/v1/completions", body);
+    ASSERT_TRUE(r.ok()) << r.status();
+    ASSERT_EQ(r->status, 200) << r->body;
+    first_text = text_of(r->body);
+    // Every block the worker computed reaches the disk.
+    ASSERT_TRUE(Eventually(
+        [&] {
+          auto written =
+              worker_metric(up, "kvasir_prefix_cache_store_writes_total{result=\"written\"}");
+          return written.has_value() && *written >= 4 && block_files() >= *written;
+        },
+        absl::Seconds(20)));
+    up.process->Signal(SIGTERM);
+    auto code = up.process->Wait(absl::Seconds(30));
+    ASSERT_TRUE(code.ok()) << code.status();
+  }
+  Up up;
+  ASSERT_NO_FATAL_FAILURE(StartUp(up, flags));
+  auto r = Fetch(up.port, "POST", "/v1/completions", body);
+  ASSERT_TRUE(r.ok()) << r.status();
+  ASSERT_EQ(r->status, 200) << r->body;
+  EXPECT_EQ(text_of(r->body), first_text);
+  const std::optional<double> hits =
+      worker_metric(up, "kvasir_prefix_cache_hits_total{tier=\"store\"}");
+  ASSERT_TRUE(hits.has_value());
+  EXPECT_GE(*hits, 64);  // at least 4 blocks of 16 tokens
+  up.process->Signal(SIGTERM);
+  EXPECT_TRUE(up.process->Wait(absl::Seconds(30)).ok());
+}
 
 TEST(UpTest, RefusesBadOptions) {
   auto up = transport::ChildProcess::Spawn({Bin("kvasir"), "up", "--workers", "0"});
