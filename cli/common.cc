@@ -37,6 +37,9 @@ absl::StatusOr<worker::EngineOptions> EngineFlags::ToOptions() const {
   if (!kv_cache_memory.empty()) {
     KVASIR_ASSIGN_OR_RETURN(o.kv_cache_bytes, ParseByteSize(kv_cache_memory));
   }
+  o.tp_size = tp_size;
+  o.tp_rank = tp_rank;
+  o.comm = comm;
   if (kv_dtype == "f32") {
     o.kv_dtype = DType::kF32;
   } else if (kv_dtype == "f16") {
@@ -79,6 +82,82 @@ absl::StatusOr<std::unique_ptr<worker::Engine>> LoadEngine(const EngineFlags& fl
                  (*engine)->runner().num_threads());
   }
   return engine;
+}
+
+void TpFlags::Register(ArgParser& p) {
+  p.AddInt32("tensor-parallel-size", &size,
+             "tensor-parallel ranks: this process and N-1 processes it starts, each holding 1/N of "
+             "the weights and of the KV heads (docs/parallelism.md)");
+  p.AddInt32("tp-rank", &rank, "internal: the rank of a process that rank 0 started");
+  p.AddString("tp-rendezvous", &rendezvous, "HOST:PORT",
+              "internal: where a started rank joins its group");
+}
+
+absl::Status TpFlags::Check() const {
+  if (size < 1 || size > 64) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--tensor-parallel-size ", size, " is out of range [1, 64]"));
+  }
+  if (rank < 0 || rank >= size) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--tp-rank ", rank, " is outside [0, ", size, ")"));
+  }
+  if (rank > 0 && rendezvous.empty()) {
+    return absl::InvalidArgumentError("--tp-rank needs --tp-rendezvous");
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<RankEngine> LoadRankEngine(const EngineFlags& flags, const TpFlags& tp,
+                                          const std::vector<std::string>& command) {
+  KVASIR_RETURN_IF_ERROR(tp.Check());
+  RankEngine out;
+  EngineFlags rank_flags = flags;
+  if (tp.size > 1) {
+    char self[4096];
+    const ssize_t n = ::readlink("/proc/self/exe", self, sizeof(self) - 1);
+    if (n <= 0) return absl::InternalError("cannot find this executable to start the ranks");
+    std::vector<std::string> argv = {std::string(self, static_cast<size_t>(n))};
+    argv.insert(argv.end(), command.begin(), command.end());
+    if (!flags.quiet) {
+      std::fprintf(stderr, "starting %d tensor-parallel ranks\n", tp.size - 1);
+    }
+    KVASIR_ASSIGN_OR_RETURN(out.group, worker::TpGroup::Start(tp.size, argv));
+    rank_flags.tp_size = tp.size;
+    rank_flags.comm = &out.group->comm();
+  }
+  KVASIR_ASSIGN_OR_RETURN(out.engine, LoadEngine(rank_flags));
+  if (tp.size > 1) {
+    worker::Engine& engine = *out.engine;
+    engine.WrapRunner([&](std::unique_ptr<worker::ModelRunner> inner) {
+      auto leader = std::make_unique<worker::TpLeaderRunner>(std::move(inner), engine.cache(),
+                                                             out.group->comm());
+      out.leader = leader.get();
+      return leader;
+    });
+  }
+  return out;
+}
+
+int RunFollower(const std::string& name, const EngineFlags& flags, const TpFlags& tp,
+                const std::function<worker::PolicyResolver(worker::Engine&)>& resolver) {
+  const std::string who = absl::StrCat(name, " (tensor-parallel rank ", tp.rank, ")");
+  if (absl::Status s = tp.Check(); !s.ok()) return Fail(who, s, 2);
+  auto comm = worker::JoinTpGroup(tp.rank, tp.size, tp.rendezvous);
+  if (!comm.ok()) return Fail(who, comm.status());
+  EngineFlags rank_flags = flags;
+  rank_flags.quiet = true;
+  rank_flags.tp_size = tp.size;
+  rank_flags.tp_rank = tp.rank;
+  rank_flags.comm = comm->get();
+  auto engine = LoadEngine(rank_flags);
+  if (!engine.ok()) return Fail(who, engine.status());
+  worker::Engine& e = **engine;
+  worker::PolicyResolver resolve =
+      resolver ? resolver(e) : [&e](std::string_view spec) { return e.Policy(spec); };
+  absl::Status s = worker::RunTpFollower(e, **comm, resolve);
+  if (!s.ok()) return Fail(who, s);
+  return 0;
 }
 
 }  // namespace kvasir::cli

@@ -25,7 +25,9 @@ int RunGenerate(int argc, char** argv) {
   uint64_t seed = 0;
   bool chat = false, json = false, ignore_eos = false;
   std::vector<std::string> stop;
+  TpFlags tp;
   engine_flags.Register(p);
+  tp.Register(p);
   p.AddString("prompt", &prompt, "TEXT", "the prompt (required)");
   p.AddBool("chat", &chat, "wrap the prompt in the model's chat template as a user message");
   p.AddString("system", &system, "TEXT", "system message for --chat (default: none)");
@@ -53,10 +55,11 @@ int RunGenerate(int argc, char** argv) {
     return Fail(cmd, absl::InvalidArgumentError("--prompt is required (see --help)"), 2);
   }
   if (!p.was_set("seed")) seed = std::random_device{}();
+  if (tp.follower()) return RunFollower(cmd, engine_flags, tp);
 
-  auto engine_or = LoadEngine(engine_flags);
-  if (!engine_or.ok()) return Fail(cmd, engine_or.status());
-  worker::Engine& engine = **engine_or;
+  auto ranks = LoadRankEngine(engine_flags, tp, std::vector<std::string>(argv, argv + argc));
+  if (!ranks.ok()) return Fail(cmd, ranks.status());
+  worker::Engine& engine = *ranks->engine;
   const model::Tokenizer& tok = engine.tokenizer();
 
   worker::GenerateRequest req;

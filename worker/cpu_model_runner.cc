@@ -17,13 +17,21 @@ namespace cpu = kernels::cpu;
 class CpuModelRunner : public ModelRunner {
  public:
   CpuModelRunner(const model::ModelConfig& config, const LlamaWeights& weights,
-                 kvcache::KvCache& cache, int num_threads)
-      : config_(config), weights_(weights), cache_(cache), pool_(num_threads) {
+                 kvcache::KvCache& cache, const CpuRunnerOptions& options)
+      : config_(config),
+        weights_(weights),
+        cache_(cache),
+        pool_(options.num_threads),
+        comm_(options.comm) {
     ctx_.pool = &pool_;
+    // Without a plan, the whole model (the plan of a group of one).
+    shard_ = options.shard != nullptr ? *options.shard : *model::PlanShard(config_, 1, 0);
+    local_ = model::ShardConfig(config_, shard_);
   }
 
   const model::ModelConfig& config() const override { return config_; }
   int num_threads() const override { return pool_.num_threads(); }
+  CollectiveStats collective_stats() const override { return collectives_; }
 
   using ModelRunner::Forward;
   absl::Status Forward(std::span<const StepSequence> batch, std::vector<float>& logits,
@@ -31,12 +39,24 @@ class CpuModelRunner : public ModelRunner {
 
  private:
   void Resize(int64_t n_tokens);
+  // Tensor parallelism: x = the sum of x over the group.
+  absl::Status AllReduce(float* x, int64_t count);
+  // The embedding rows of tokens_ into x_ (this rank's vocabulary slice; summed over the group).
+  absl::Status Embed(int64_t n);
+  // The logits of `rows` rows of out_rows_ into `logits` (gathered over the group).
+  absl::Status Logits(int64_t rows, std::vector<float>& logits);
 
-  model::ModelConfig config_;
+  model::ModelConfig config_;  // the whole model
+  model::ShardPlan shard_;     // this rank's part (size 1: all)
+  model::ModelConfig local_;   // its dimensions (ShardConfig)
   const LlamaWeights& weights_;
   kvcache::KvCache& cache_;
   ThreadPool pool_;
   cpu::CpuContext ctx_;
+  transport::collectives::Communicator* comm_ = nullptr;
+  CollectiveStats collectives_;
+  std::vector<float> gather_in_, gather_out_, embed_rows_;
+  std::vector<int32_t> embed_ids_, embed_at_;
 
   // Step buffers, [n_tokens, width].
   std::vector<int32_t> tokens_, pos_;
@@ -46,11 +66,78 @@ class CpuModelRunner : public ModelRunner {
   std::vector<kvcache::SeqSpan> spans_;
 };
 
-void CpuModelRunner::Resize(int64_t n) {
+absl::Status CpuModelRunner::AllReduce(float* x, int64_t count) {
+  if (!shard_.sharded()) return absl::OkStatus();
+  const absl::Time start = absl::Now();
+  absl::Status s = comm_->AllReduceSum(
+      std::as_writable_bytes(std::span<float>(x, static_cast<size_t>(count))), DType::kF32);
+  ++collectives_.calls;
+  collectives_.seconds += absl::ToDoubleSeconds(absl::Now() - start);
+  return s;
+}
+
+absl::Status CpuModelRunner::Embed(int64_t n) {
   const int64_t d = config_.n_embd;
-  const int64_t qd = static_cast<int64_t>(config_.n_head) * config_.head_dim;
-  const int64_t kvd = static_cast<int64_t>(config_.n_head_kv) * config_.head_dim;
-  const int64_t ff = config_.n_ff;
+  if (!shard_.sharded()) {
+    cpu::GetRows(weights_.tok_embd, tokens_.data(), n, x_.data());
+    return absl::OkStatus();
+  }
+  // The rows of this rank's vocabulary slice; zero for the others, which the sum fills in.
+  std::fill(x_.begin(), x_.begin() + n * d, 0.0f);
+  embed_ids_.clear();
+  embed_at_.clear();
+  for (int64_t i = 0; i < n; ++i) {
+    if (tokens_[i] >= shard_.vocab_begin && tokens_[i] < shard_.vocab_end) {
+      embed_ids_.push_back(tokens_[i] - shard_.vocab_begin);
+      embed_at_.push_back(static_cast<int32_t>(i));
+    }
+  }
+  const int64_t found = static_cast<int64_t>(embed_ids_.size());
+  if (static_cast<int64_t>(embed_rows_.size()) < found * d) embed_rows_.resize(found * d);
+  cpu::GetRows(weights_.tok_embd, embed_ids_.data(), found, embed_rows_.data());
+  for (int64_t i = 0; i < found; ++i) {
+    std::memcpy(x_.data() + embed_at_[i] * d, embed_rows_.data() + i * d, sizeof(float) * d);
+  }
+  return AllReduce(x_.data(), n * d);
+}
+
+absl::Status CpuModelRunner::Logits(int64_t rows, std::vector<float>& logits) {
+  const int64_t d = config_.n_embd;
+  const int64_t vocab = config_.n_vocab;
+  logits.resize(rows * vocab);
+  if (!shard_.sharded()) {
+    cpu::MatMul(ctx_, weights_.output, out_rows_.data(), rows, d, logits.data(), vocab);
+    return absl::OkStatus();
+  }
+  // Each rank's slice [rows, vocab_shard] (the last one's padded), gathered rank after rank.
+  const int64_t vs = shard_.vocab_shard;
+  gather_in_.assign(rows * vs, 0.0f);
+  gather_out_.resize(rows * vs * shard_.size);
+  if (weights_.output.rows > 0) {
+    cpu::MatMul(ctx_, weights_.output, out_rows_.data(), rows, d, gather_in_.data(), vs);
+  }
+  const absl::Time start = absl::Now();
+  KVASIR_RETURN_IF_ERROR(comm_->AllGather(std::as_bytes(std::span<const float>(gather_in_)),
+                                          std::as_writable_bytes(std::span<float>(gather_out_))));
+  ++collectives_.calls;
+  collectives_.seconds += absl::ToDoubleSeconds(absl::Now() - start);
+  for (int64_t r = 0; r < rows; ++r) {
+    for (int32_t k = 0; k < shard_.size; ++k) {
+      const int64_t begin = k * vs;
+      const int64_t count = std::min(vs, vocab - begin);
+      if (count <= 0) break;
+      std::memcpy(logits.data() + r * vocab + begin, gather_out_.data() + (k * rows + r) * vs,
+                  sizeof(float) * count);
+    }
+  }
+  return absl::OkStatus();
+}
+
+void CpuModelRunner::Resize(int64_t n) {
+  const int64_t d = local_.n_embd;
+  const int64_t qd = static_cast<int64_t>(local_.n_head) * local_.head_dim;
+  const int64_t kvd = static_cast<int64_t>(local_.n_head_kv) * local_.head_dim;
+  const int64_t ff = local_.n_ff;
   auto grow = [](std::vector<float>& b, int64_t size) {
     if (static_cast<int64_t>(b.size()) < size) b.resize(size);
   };
@@ -89,10 +176,21 @@ absl::Status CpuModelRunner::Forward(std::span<const StepSequence> batch,
       }
     }
   }
+  absl::Status reserved = absl::OkStatus();
   for (const StepSequence& s : batch) {
-    KVASIR_RETURN_IF_ERROR(
-        s.seq->policy().Reserve(cache_, *s.seq, static_cast<int32_t>(s.tokens.size())));
+    reserved = s.seq->policy().Reserve(cache_, *s.seq, static_cast<int32_t>(s.tokens.size()));
+    if (!reserved.ok()) break;
   }
+  if (shard_.sharded()) {
+    // The ranks' caches hold different heads, which a compressing policy may keep in different
+    // numbers of pages: the step runs only if every rank has room.
+    float failed = reserved.ok() ? 0.0f : 1.0f;
+    KVASIR_RETURN_IF_ERROR(AllReduce(&failed, 1));
+    if (failed > 0 && reserved.ok()) {
+      reserved = absl::ResourceExhaustedError("another tensor-parallel rank has no KV room");
+    }
+  }
+  KVASIR_RETURN_IF_ERROR(reserved);
   for (const StepSequence& s : batch) {
     const int32_t begin = static_cast<int32_t>(tokens_.size());
     const int32_t count = static_cast<int32_t>(s.tokens.size());
@@ -105,12 +203,12 @@ absl::Status CpuModelRunner::Forward(std::span<const StepSequence> batch,
   }
   const int64_t n = static_cast<int64_t>(tokens_.size());
   Resize(n);
-  const int64_t d = c.n_embd;
-  const int64_t qd = static_cast<int64_t>(c.n_head) * c.head_dim;
-  const int64_t kvd = static_cast<int64_t>(c.n_head_kv) * c.head_dim;
-  const int64_t ff = c.n_ff;
+  const int64_t d = local_.n_embd;
+  const int64_t qd = static_cast<int64_t>(local_.n_head) * local_.head_dim;
+  const int64_t kvd = static_cast<int64_t>(local_.n_head_kv) * local_.head_dim;
+  const int64_t ff = local_.n_ff;
 
-  cpu::GetRows(weights_.tok_embd, tokens_.data(), n, x_.data());
+  KVASIR_RETURN_IF_ERROR(Embed(n));
 
   // Group the spans by policy: each policy attends over its own sequences.
   std::vector<std::pair<const kvcache::KvPolicy*, std::vector<kvcache::SeqSpan>>> groups;
@@ -147,12 +245,14 @@ absl::Status CpuModelRunner::Forward(std::span<const StepSequence> batch,
     }
     if (on_layer_done) on_layer_done(l);
     cpu::MatMul(ctx_, w.wo, attn_.data(), n, qd, xn_.data(), d);
+    KVASIR_RETURN_IF_ERROR(AllReduce(xn_.data(), n * d));
     cpu::Add(x_.data(), xn_.data(), n * d);
     cpu::RmsNorm(x_.data(), w.ffn_norm, n, d, c.rms_eps, xn_.data());
     const cpu::MatMulTarget gate_up[2] = {{w.gate, ffn_a_.data(), ff}, {w.up, ffn_b_.data(), ff}};
     cpu::MatMulShared(ctx_, gate_up, 2, xn_.data(), n, d);
     cpu::SiluMul(ffn_a_.data(), ffn_b_.data(), n * ff, ffn_a_.data());
     cpu::MatMul(ctx_, w.down, ffn_a_.data(), n, ff, xn_.data(), d);
+    KVASIR_RETURN_IF_ERROR(AllReduce(xn_.data(), n * d));
     cpu::Add(x_.data(), xn_.data(), n * d);
   }
 
@@ -163,8 +263,7 @@ absl::Status CpuModelRunner::Forward(std::span<const StepSequence> batch,
     std::memcpy(out_rows_.data() + r * d, x_.data() + logit_rows_[r] * d, sizeof(float) * d);
   }
   cpu::RmsNorm(out_rows_.data(), weights_.output_norm, rows, d, c.rms_eps, out_rows_.data());
-  logits.resize(rows * c.n_vocab);
-  cpu::MatMul(ctx_, weights_.output, out_rows_.data(), rows, d, logits.data(), c.n_vocab);
+  KVASIR_RETURN_IF_ERROR(Logits(rows, logits));
 
   for (const kvcache::SeqSpan& span : spans_) {
     KVASIR_RETURN_IF_ERROR(span.seq->policy().EndStep(cache_, *span.seq, span.count));
@@ -202,8 +301,18 @@ absl::StatusOr<std::unique_ptr<ModelRunner>> CreateCpuRunner(const model::ModelC
   if (static_cast<int32_t>(weights.layers.size()) != config.n_layer) {
     return absl::InvalidArgumentError("weights and config disagree on the number of layers");
   }
-  return std::unique_ptr<ModelRunner>(
-      new CpuModelRunner(config, weights, cache, options.num_threads));
+  if (options.shard != nullptr && options.shard->sharded()) {
+    if (options.comm == nullptr || options.comm->size() != options.shard->size ||
+        options.comm->rank() != options.shard->rank) {
+      return absl::InvalidArgumentError(
+          "a tensor-parallel runner needs the communicator of its group, at its rank");
+    }
+    const kvcache::KvGeometry& g = cache.geometry();
+    if (g.n_head != options.shard->n_head() || g.n_head_kv != options.shard->n_head_kv()) {
+      return absl::InvalidArgumentError("the KV cache does not have the rank's heads");
+    }
+  }
+  return std::unique_ptr<ModelRunner>(new CpuModelRunner(config, weights, cache, options));
 }
 
 }  // namespace kvasir::worker

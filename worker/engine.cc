@@ -30,21 +30,28 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Load(const EngineOptions& option
                                                    e->tokenizer_->n_vocab(),
                                                    " tokens, the model only ", c.n_vocab));
   }
-  KVASIR_ASSIGN_OR_RETURN(e->weights_,
-                          BindLlamaWeights(*e->files_, options.prefault, options.progress));
+  KVASIR_ASSIGN_OR_RETURN(e->shard_, model::PlanShard(c, options.tp_size, options.tp_rank));
+  if (e->shard_.sharded() && options.comm == nullptr) {
+    return absl::InvalidArgumentError("a tensor-parallel engine needs its group's communicator");
+  }
+  KVASIR_ASSIGN_OR_RETURN(
+      e->weights_, BindLlamaWeights(*e->files_, options.prefault, options.progress, &e->shard_));
+  const model::ModelConfig local = model::ShardConfig(c, e->shard_);
   int64_t kv_bytes = options.kv_cache_bytes;
   if (kv_bytes <= 0) {
     const int bytes_per_elem = options.kv_dtype == DType::kF16 ? 2 : 4;
     kv_bytes = std::min<int64_t>(int64_t{4} << 30,
-                                 4 * c.KvBytesPerToken(bytes_per_elem) * c.context_length);
+                                 4 * local.KvBytesPerToken(bytes_per_elem) * c.context_length);
   }
   kvcache::KvCacheOptions kv;
   kv.page_size = options.kv_page_size;
   kv.dtype = options.kv_dtype;
   kv.capacity_bytes = kv_bytes;
-  KVASIR_ASSIGN_OR_RETURN(e->cache_, kvcache::KvCache::Create(GeometryOf(c), kv));
+  KVASIR_ASSIGN_OR_RETURN(e->cache_, kvcache::KvCache::Create(GeometryOf(local), kv));
   CpuRunnerOptions ro;
   ro.num_threads = options.num_threads;
+  ro.shard = &e->shard_;
+  ro.comm = options.comm;
   KVASIR_ASSIGN_OR_RETURN(e->runner_, CreateCpuRunner(c, e->weights_, *e->cache_, ro));
   return e;
 }

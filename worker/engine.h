@@ -37,6 +37,12 @@ struct EngineOptions {
   int32_t kv_page_size = 16;
   bool prefault = true;   // read the weights in at load time, with progress
   LoadProgress progress;  // optional
+  // Tensor parallelism (docs/parallelism.md): this engine is rank `tp_rank` of a group of
+  // `tp_size` that runs every step together through `comm` (which must outlive the engine). It
+  // holds the rank's part of the weights (model::PlanShard) and a KV cache of its KV heads.
+  int32_t tp_size = 1;
+  int32_t tp_rank = 0;
+  transport::collectives::Communicator* comm = nullptr;
 };
 
 class Engine {
@@ -48,7 +54,13 @@ class Engine {
   const model::Tokenizer& tokenizer() const { return *tokenizer_; }
   kvcache::KvCache& cache() { return *cache_; }
   ModelRunner& runner() { return *runner_; }
+  // Replaces the runner with `wrap(runner)` (the leader of a tensor-parallel group wraps it).
+  void WrapRunner(
+      const std::function<std::unique_ptr<ModelRunner>(std::unique_ptr<ModelRunner>)>& wrap) {
+    runner_ = wrap(std::move(runner_));
+  }
   const LlamaWeights& weights() const { return weights_; }
+  const model::ShardPlan& shard() const { return shard_; }
   // A policy for this model's geometry, from a spec string (docs/compression.md).
   absl::StatusOr<std::shared_ptr<const kvcache::KvPolicy>> Policy(std::string_view spec) const;
 
@@ -56,6 +68,7 @@ class Engine {
   Engine() = default;
   std::unique_ptr<model::ModelFiles> files_;
   std::unique_ptr<model::Tokenizer> tokenizer_;
+  model::ShardPlan shard_;
   LlamaWeights weights_;
   std::unique_ptr<kvcache::KvCache> cache_;
   std::unique_ptr<ModelRunner> runner_;

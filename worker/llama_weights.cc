@@ -28,6 +28,45 @@ absl::StatusOr<kernels::WeightView> Matrix(const model::ModelFiles& files, const
   return w;
 }
 
+// Rows [begin, end) of `w`: a view.
+kernels::WeightView RowSlice(const kernels::WeightView& w, int64_t begin, int64_t end) {
+  kernels::WeightView s = w;
+  s.data = w.row(begin);
+  s.rows = end - begin;
+  return s;
+}
+
+// Columns [begin, end) of every row of `w`, copied into `owned` (then the mapping's pages of `w`
+// are given back: only the slice stays resident).
+absl::StatusOr<kernels::WeightView> ColumnSlice(const std::string& name,
+                                                const kernels::WeightView& w, int64_t begin,
+                                                int64_t end,
+                                                std::vector<std::vector<uint8_t>>& owned) {
+  const int64_t block = DTypeBlockSize(w.type);
+  if (begin % block != 0 || end % block != 0) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        name, ": tensor-parallel ranks split its ", w.cols, " columns at ", begin, " and ", end,
+        ", which do not fall on its ", std::string(DTypeName(w.type)), " blocks of ", block,
+        " (a smaller tensor-parallel size, or another quantization, would)"));
+  }
+  const int64_t offset = DTypeRowBytes(w.type, begin);
+  const int64_t bytes = DTypeRowBytes(w.type, end - begin);
+  std::vector<uint8_t>& out = owned.emplace_back(static_cast<size_t>(bytes * w.rows));
+  for (int64_t r = 0; r < w.rows; ++r) {
+    std::memcpy(out.data() + r * bytes, w.row(r) + offset, static_cast<size_t>(bytes));
+  }
+  const int64_t page = sysconf(_SC_PAGESIZE);
+  const auto first = reinterpret_cast<uintptr_t>(w.data);
+  const uintptr_t lo = (first + page - 1) & ~static_cast<uintptr_t>(page - 1);
+  const uintptr_t hi = (first + w.rows * w.row_bytes) & ~static_cast<uintptr_t>(page - 1);
+  if (hi > lo) ::madvise(reinterpret_cast<void*>(lo), hi - lo, MADV_DONTNEED);
+  kernels::WeightView s = w;
+  s.data = out.data();
+  s.cols = end - begin;
+  s.row_bytes = bytes;
+  return s;
+}
+
 absl::StatusOr<const float*> Vector(const model::ModelFiles& files, const std::string& name,
                                     int64_t n, std::vector<std::vector<float>>& owned) {
   KVASIR_ASSIGN_OR_RETURN(model::TensorRef t, files.Tensor(name));
@@ -86,12 +125,20 @@ void Prefault(const LlamaWeights& w, const LoadProgress& progress) {
 }  // namespace
 
 absl::StatusOr<LlamaWeights> BindLlamaWeights(const model::ModelFiles& files, bool prefault,
-                                              const LoadProgress& progress) {
+                                              const LoadProgress& progress,
+                                              const model::ShardPlan* plan) {
   const model::ModelConfig& c = files.config();
   KVASIR_RETURN_IF_ERROR(c.Validate());
+  model::ShardPlan whole;
+  if (plan == nullptr) {
+    KVASIR_ASSIGN_OR_RETURN(whole, model::PlanShard(c, 1, 0));
+    plan = &whole;
+  }
+  const model::ShardPlan& p = *plan;
   LlamaWeights w;
-  const int64_t q_dim = static_cast<int64_t>(c.n_head) * c.head_dim;
-  const int64_t kv_dim = static_cast<int64_t>(c.n_head_kv) * c.head_dim;
+  const int64_t hd = c.head_dim;
+  const int64_t q_dim = static_cast<int64_t>(c.n_head) * hd;
+  const int64_t kv_dim = static_cast<int64_t>(c.n_head_kv) * hd;
   KVASIR_ASSIGN_OR_RETURN(w.tok_embd, Matrix(files, "token_embd.weight", c.n_vocab, c.n_embd));
   KVASIR_ASSIGN_OR_RETURN(w.output_norm, Vector(files, "output_norm.weight", c.n_embd, w.owned));
   if (files.HasTensor("output.weight")) {
@@ -99,20 +146,34 @@ absl::StatusOr<LlamaWeights> BindLlamaWeights(const model::ModelFiles& files, bo
   } else {
     w.output = w.tok_embd;
   }
+  const bool tied = w.output.data == w.tok_embd.data;
+  w.tok_embd = RowSlice(w.tok_embd, p.vocab_begin, p.vocab_end);
+  w.output = tied ? w.tok_embd : RowSlice(w.output, p.vocab_begin, p.vocab_end);
   w.bytes = w.tok_embd.rows * w.tok_embd.row_bytes;
-  if (w.output.data != w.tok_embd.data) w.bytes += w.output.rows * w.output.row_bytes;
+  if (!tied) w.bytes += w.output.rows * w.output.row_bytes;
   for (int32_t i = 0; i < c.n_layer; ++i) {
-    const std::string p = absl::StrCat("blk.", i, ".");
+    const std::string n = absl::StrCat("blk.", i, ".");
     LayerWeights l;
-    KVASIR_ASSIGN_OR_RETURN(l.attn_norm, Vector(files, p + "attn_norm.weight", c.n_embd, w.owned));
-    KVASIR_ASSIGN_OR_RETURN(l.wq, Matrix(files, p + "attn_q.weight", q_dim, c.n_embd));
-    KVASIR_ASSIGN_OR_RETURN(l.wk, Matrix(files, p + "attn_k.weight", kv_dim, c.n_embd));
-    KVASIR_ASSIGN_OR_RETURN(l.wv, Matrix(files, p + "attn_v.weight", kv_dim, c.n_embd));
-    KVASIR_ASSIGN_OR_RETURN(l.wo, Matrix(files, p + "attn_output.weight", c.n_embd, q_dim));
-    KVASIR_ASSIGN_OR_RETURN(l.ffn_norm, Vector(files, p + "ffn_norm.weight", c.n_embd, w.owned));
-    KVASIR_ASSIGN_OR_RETURN(l.gate, Matrix(files, p + "ffn_gate.weight", c.n_ff, c.n_embd));
-    KVASIR_ASSIGN_OR_RETURN(l.up, Matrix(files, p + "ffn_up.weight", c.n_ff, c.n_embd));
-    KVASIR_ASSIGN_OR_RETURN(l.down, Matrix(files, p + "ffn_down.weight", c.n_embd, c.n_ff));
+    KVASIR_ASSIGN_OR_RETURN(l.attn_norm, Vector(files, n + "attn_norm.weight", c.n_embd, w.owned));
+    KVASIR_ASSIGN_OR_RETURN(l.wq, Matrix(files, n + "attn_q.weight", q_dim, c.n_embd));
+    KVASIR_ASSIGN_OR_RETURN(l.wk, Matrix(files, n + "attn_k.weight", kv_dim, c.n_embd));
+    KVASIR_ASSIGN_OR_RETURN(l.wv, Matrix(files, n + "attn_v.weight", kv_dim, c.n_embd));
+    KVASIR_ASSIGN_OR_RETURN(l.wo, Matrix(files, n + "attn_output.weight", c.n_embd, q_dim));
+    KVASIR_ASSIGN_OR_RETURN(l.ffn_norm, Vector(files, n + "ffn_norm.weight", c.n_embd, w.owned));
+    KVASIR_ASSIGN_OR_RETURN(l.gate, Matrix(files, n + "ffn_gate.weight", c.n_ff, c.n_embd));
+    KVASIR_ASSIGN_OR_RETURN(l.up, Matrix(files, n + "ffn_up.weight", c.n_ff, c.n_embd));
+    KVASIR_ASSIGN_OR_RETURN(l.down, Matrix(files, n + "ffn_down.weight", c.n_embd, c.n_ff));
+    if (p.sharded()) {
+      l.wq = RowSlice(l.wq, p.head_begin * hd, p.head_end * hd);
+      l.wk = RowSlice(l.wk, p.kv_head_begin * hd, p.kv_head_end * hd);
+      l.wv = RowSlice(l.wv, p.kv_head_begin * hd, p.kv_head_end * hd);
+      l.gate = RowSlice(l.gate, p.ff_begin, p.ff_end);
+      l.up = RowSlice(l.up, p.ff_begin, p.ff_end);
+      KVASIR_ASSIGN_OR_RETURN(l.wo, ColumnSlice(n + "attn_output.weight", l.wo, p.head_begin * hd,
+                                                p.head_end * hd, w.owned_slices));
+      KVASIR_ASSIGN_OR_RETURN(
+          l.down, ColumnSlice(n + "ffn_down.weight", l.down, p.ff_begin, p.ff_end, w.owned_slices));
+    }
     for (const auto* v : {&l.wq, &l.wk, &l.wv, &l.wo, &l.gate, &l.up, &l.down}) {
       w.bytes += v->rows * v->row_bytes;
     }

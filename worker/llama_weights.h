@@ -8,6 +8,7 @@
 #include "absl/status/statusor.h"
 #include "kernels/types.h"
 #include "model/model_files.h"
+#include "model/shard_plan.h"
 
 namespace kvasir::worker {
 
@@ -29,7 +30,10 @@ struct LlamaWeights {
   kernels::WeightView output;  // [n_vocab, n_embd]; tok_embd when tied
   std::vector<LayerWeights> layers;
   std::vector<std::vector<float>> owned;  // f32 copies of the norm vectors
-  int64_t bytes = 0;                      // bytes of all matrices
+  // Copies of the column slices a tensor-parallel rank keeps (o and down), so that it holds
+  // only its part of them in memory; every other matrix is a view into the mapped files.
+  std::vector<std::vector<uint8_t>> owned_slices;
+  int64_t bytes = 0;  // bytes of all matrices (of this rank's shard)
 };
 
 // progress(done_bytes, total_bytes) is called while the weights are paged in (optional).
@@ -37,7 +41,11 @@ using LoadProgress = std::function<void(int64_t done, int64_t total)>;
 
 // Binds every tensor the config calls for, checking shapes against it. With `prefault`, reads
 // every page of the weights once (with progress), so the first request does not pay for disk.
+// With a sharded `plan` (model/shard_plan.h), only that rank's part: row slices are views, column
+// slices (o, down) are copied (their pages of the mapping are then given back); InvalidArgument
+// when a column slice does not fall on the quantization blocks of its tensor.
 absl::StatusOr<LlamaWeights> BindLlamaWeights(const model::ModelFiles& files, bool prefault,
-                                              const LoadProgress& progress = nullptr);
+                                              const LoadProgress& progress = nullptr,
+                                              const model::ShardPlan* plan = nullptr);
 
 }  // namespace kvasir::worker

@@ -20,6 +20,8 @@
 #include "kvcache/kv_cache.h"
 #include "kvcache/policy.h"
 #include "model/model_config.h"
+#include "model/shard_plan.h"
+#include "transport/collectives/communicator.h"
 #include "worker/llama_weights.h"
 
 namespace kvasir::worker {
@@ -42,6 +44,12 @@ struct ForwardStats {
 // while the later layers are still to compute. The hook must not change the cache.
 using LayerDoneHook = std::function<void(int32_t layer)>;
 
+// Time a runner spent in collectives (tensor parallelism), for benchmarks.
+struct CollectiveStats {
+  int64_t calls = 0;
+  double seconds = 0;
+};
+
 class ModelRunner {
  public:
   virtual ~ModelRunner() = default;
@@ -57,19 +65,28 @@ class ModelRunner {
   }
   virtual const model::ModelConfig& config() const = 0;
   virtual int num_threads() const = 0;
+  virtual CollectiveStats collective_stats() const { return {}; }
 };
 
 struct CpuRunnerOptions {
   int num_threads = 0;  // 0: all cores
+  // Tensor parallelism (docs/parallelism.md): this rank's part of the model (its weights are bound
+  // with the same plan, its cache has the geometry of ShardConfig) and the group's communicator.
+  // Every rank runs Forward with the same batch; activations are summed after the attention
+  // output and the down projection, the embedding after its lookup, and the logits gathered.
+  // Null: the whole model.
+  const model::ShardPlan* shard = nullptr;
+  transport::collectives::Communicator* comm = nullptr;
 };
 
-// The runner borrows `weights` and `cache`; both must outlive it.
+// The runner borrows `weights`, `cache` and the communicator; they must outlive it. `config` is
+// the whole model's.
 absl::StatusOr<std::unique_ptr<ModelRunner>> CreateCpuRunner(const model::ModelConfig& config,
                                                              const LlamaWeights& weights,
                                                              kvcache::KvCache& cache,
                                                              const CpuRunnerOptions& options);
 
-// The KV geometry of a model config (RoPE settings included).
+// The KV geometry of a model config (RoPE settings included); of a rank's shard with ShardConfig.
 kvcache::KvGeometry GeometryOf(const model::ModelConfig& config);
 
 }  // namespace kvasir::worker

@@ -125,4 +125,12 @@ size_t PolicyRegistry::request_specs() const {
   return by_text_.size();
 }
 
+absl::StatusOr<std::shared_ptr<const kvcache::KvPolicy>> PolicyRegistry::ResolveSpec(
+    std::string_view spec) {
+  for (const auto& [name, policy] : configured_) {
+    if (policy->spec() == spec) return policy;
+  }
+  return Resolve(spec);
+}
+
 }  // namespace kvasir::worker

@@ -61,6 +61,9 @@ class PolicyRegistry {
   // without file parameters. InvalidArgument for an unknown name or a bad spec,
   // PermissionDenied for a spec that names a file (nothing is opened).
   absl::StatusOr<std::shared_ptr<const kvcache::KvPolicy>> Resolve(std::string_view kv_policy);
+  // The configured policy whose spec() is `spec` (files included), else Resolve(spec): how a
+  // tensor-parallel rank finds the policy of a sequence rank 0 sends it by spec.
+  absl::StatusOr<std::shared_ptr<const kvcache::KvPolicy>> ResolveSpec(std::string_view spec);
 
   const std::vector<PolicyListing>& listing() const { return listing_; }
   const std::string& default_name() const { return default_name_; }

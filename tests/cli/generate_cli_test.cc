@@ -52,6 +52,34 @@ TEST(GenerateCliTest, JsonGreedyMatchesGolden) {
   EXPECT_GT(j["timings"]["prefill_tokens_per_s"].get<double>(), 0);
 }
 
+// --tensor-parallel-size: this process and the ranks it starts (processes joined over Gloo)
+// give the golden greedy ids; a size the heads do not allow is refused with the reason.
+TEST(GenerateCliTest, TensorParallelRanksAsProcessesMatchTheGolden) {
+  std::ifstream golden(testing::SharedPath("golden/stories260K_public.jsonl"));
+  std::string line;
+  std::getline(golden, line);
+  const auto g = nlohmann::json::parse(line);
+  for (const char* tp : {"2"}) {  // TP 4 and 8: tests/worker/tensor_parallel_test.cc
+    const std::string prompt = g["prompt"].get<std::string>();
+    RunResult r = Kvasir({"generate", "--model", kStories, "--prompt", prompt, "--temperature", "0",
+                          "--max-tokens", "64", "--json", "--quiet", "--threads", "1",
+                          "--tensor-parallel-size", tp});
+    ASSERT_EQ(r.exit_code, 0) << r.err;
+    auto j = nlohmann::json::parse(r.out, nullptr, false);
+    ASSERT_FALSE(j.is_discarded()) << r.out;
+    EXPECT_EQ(j["ids"], g["greedy_ids"]) << "TP " << tp;
+  }
+  RunResult bad = Kvasir({"generate", "--model", kStories, "--prompt", "Once", "--quiet",
+                          "--tensor-parallel-size", "3"});
+  EXPECT_EQ(bad.exit_code, 1);
+  EXPECT_NE(bad.err.find("does not divide the model's 8 attention heads"), std::string::npos)
+      << bad.err;
+  RunResult range =
+      Kvasir({"generate", "--model", kStories, "--prompt", "Once", "--tensor-parallel-size", "0"});
+  EXPECT_EQ(range.exit_code, 1);
+  EXPECT_NE(range.err.find("out of range"), std::string::npos) << range.err;
+}
+
 TEST(GenerateCliTest, StreamsTextToStdout) {
   RunResult r = Kvasir({"generate", "--model", kStories, "--prompt", "Once upon a time",
                         "--temperature", "0", "--max-tokens", "16"});

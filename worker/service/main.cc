@@ -26,8 +26,10 @@ int Main(int argc, char** argv) {
   kvasir::cli::EngineFlags engine_flags;
   kvasir::worker::service::WorkerServiceOptions options;
   kvasir::worker::service::SchedulerOptions& sched = options.scheduler;
-  int32_t port = 0, http_port = 0, heartbeat_ms = 500, step_delay_ms = 0, tp = 1;
+  int32_t port = 0, http_port = 0, heartbeat_ms = 500, step_delay_ms = 0;
+  kvasir::cli::TpFlags tp;
   engine_flags.Register(p);
+  tp.Register(p);
   p.AddString("host", &options.host, "ADDR", "address to bind the RPC and HTTP servers");
   p.AddInt32("port", &port, "RPC port for the coordinator (0: any free port)");
   p.AddInt32("http-port", &http_port, "HTTP port for /health, /ready, /metrics (0: any)");
@@ -55,7 +57,6 @@ int Main(int argc, char** argv) {
                "(groups=, weights=) are named only here: requests select the policy by NAME");
   p.AddString("default-kv-policy", &sched.default_kv_policy, "NAME|SPEC",
               "KV policy of requests that name none (default: the first --kv-policy, or full)");
-  p.AddInt32("tensor-parallel-size", &tp, "tensor-parallel ranks (only 1 for now)");
   int32_t transfer_timeout_ms = 3000;
   p.AddInt32("kv-transfer-timeout-ms", &transfer_timeout_ms,
              "deadline of one KV push or pull to the cachestore (then: recompute)");
@@ -77,10 +78,12 @@ int Main(int argc, char** argv) {
     std::fputs(p.Help().c_str(), stdout);
     return 0;
   }
-  if (tp != 1) {
+  if (absl::Status s = tp.Check(); !s.ok()) return Fail(cmd, s, 2);
+  if (tp.size > 1 && options.role != "both") {
     return Fail(cmd,
                 absl::InvalidArgumentError(
-                    absl::StrCat("--tensor-parallel-size ", tp, ": only 1 is supported for now")),
+                    "--tensor-parallel-size > 1 serves --role both only for now (KV hand-offs "
+                    "between groups are not built yet)"),
                 2);
   }
   if (port < 0 || port > 65535 || http_port < 0 || http_port > 65535 || heartbeat_ms <= 0 ||
@@ -89,6 +92,22 @@ int Main(int argc, char** argv) {
   }
   for (const std::string& v : kv_policies) {
     sched.kv_policies.push_back(kvasir::worker::ParsePolicyConfig(v));
+  }
+  if (tp.follower()) {
+    // Ranks 1..N-1 of a group: the steps of rank 0, with the same configured policies.
+    return kvasir::cli::RunFollower(
+        cmd, engine_flags, tp, [&sched](kvasir::worker::Engine& engine) {
+          auto registry = std::shared_ptr<kvasir::worker::PolicyRegistry>(
+              kvasir::worker::PolicyRegistry::Create(engine.cache().geometry(), sched.kv_policies,
+                                                     sched.default_kv_policy)
+                  .value_or(nullptr));
+          return kvasir::worker::PolicyResolver(
+              [registry, &engine](std::string_view spec)
+                  -> absl::StatusOr<std::shared_ptr<const kvasir::kvcache::KvPolicy>> {
+                if (registry == nullptr) return engine.Policy(spec);
+                return registry->ResolveSpec(spec);
+              });
+        });
   }
   sched.kv_transfer_timeout = absl::Milliseconds(transfer_timeout_ms);
   sched.enable_prefix_caching = !no_prefix_caching;
@@ -108,9 +127,10 @@ int Main(int argc, char** argv) {
   auto path = kvasir::model::ResolveModelPath(engine_flags.model);
   if (!path.ok()) return Fail(cmd, path.status());
   options.model_name = std::filesystem::path(*path).stem().string();
-  auto engine = kvasir::cli::LoadEngine(engine_flags);
-  if (!engine.ok()) return Fail(cmd, engine.status());
-  auto service = kvasir::worker::service::WorkerService::Start(**engine, options);
+  auto ranks = kvasir::cli::LoadRankEngine(engine_flags, tp,
+                                           std::vector<std::string>(argv + 1, argv + argc));
+  if (!ranks.ok()) return Fail(cmd, ranks.status());
+  auto service = kvasir::worker::service::WorkerService::Start(*ranks->engine, options);
   if (!service.ok()) return Fail(cmd, service.status());
   std::printf("kvasir-worker: name=%s rpc=%s:%d http=%s:%d\n", (*service)->name().c_str(),
               options.host.c_str(), (*service)->rpc_port(), options.host.c_str(),
@@ -129,6 +149,13 @@ int Main(int argc, char** argv) {
     if ((*service)->drained()) {
       std::fprintf(stderr, "kvasir-worker: drained, stopping\n");
       break;
+    }
+    if (ranks->leader != nullptr && ranks->leader->lost()) {
+      // A rank died or hung: the group serves no more (the coordinator sees this worker go, and
+      // `kvasir up` starts the group again).
+      std::fprintf(stderr, "kvasir-worker: the tensor-parallel group is lost, stopping\n");
+      (*service)->Stop();
+      return 1;
     }
   }
   (*service)->Stop();

@@ -39,6 +39,17 @@ std::string_view RequestStateName(RequestState state) {
 absl::StatusOr<std::unique_ptr<Scheduler>> Scheduler::Create(Engine& engine,
                                                              SchedulerOptions options,
                                                              cachestore::StoreClient* store) {
+  if (engine.shard().sharded()) {
+    // A tensor-parallel group: its other ranks can only compute the KV of a sequence
+    // themselves (worker/tensor_parallel.h), so nothing comes from the prefix cache or the store.
+    if (options.enable_prefix_caching || store != nullptr) {
+      KVASIR_LOG_SUBSYS(INFO, kWorker,
+                        "tensor parallelism: prefix caching and KV moves through the cachestore "
+                        "are off (not built for groups yet)");
+    }
+    options.enable_prefix_caching = false;
+    store = nullptr;
+  }
   const int32_t context = engine.config().context_length;
   if (options.max_model_len <= 0) options.max_model_len = context;
   if (options.max_model_len > context) {
