@@ -9,5 +9,6 @@ int RunBench(int argc, char** argv);
 int RunCalibrate(int argc, char** argv);
 int RunUp(int argc, char** argv);
 int RunEval(int argc, char** argv);
+int RunPlan(int argc, char** argv);
 
 }  // namespace kvasir::cli

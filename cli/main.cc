@@ -18,6 +18,7 @@ constexpr const char* kUsage =
     "  bench      benchmarks (engine, transport, cachestore)\n"
     "  up         start a local cluster (coordinator, workers) serving the OpenAI API\n"
     "  calibrate  fit the parameters of a KV policy to a model (pod)\n"
+    "  plan       memory and speed estimate for a model, device, tensor-parallel size, KV policy\n"
     "\n"
     "Run 'kvasir <command> --help' for the options of a command.\n";
 
@@ -35,6 +36,7 @@ int main(int argc, char** argv) {
   if (command == "bench") return kvasir::cli::RunBench(argc - 1, argv + 1);
   if (command == "calibrate") return kvasir::cli::RunCalibrate(argc - 1, argv + 1);
   if (command == "up") return kvasir::cli::RunUp(argc - 1, argv + 1);
+  if (command == "plan") return kvasir::cli::RunPlan(argc - 1, argv + 1);
   std::fprintf(stderr, "kvasir: unknown command '%s'\n\n%s", argv[1], kUsage);
   return 2;
 }
