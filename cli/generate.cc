@@ -118,6 +118,14 @@ int RunGenerate(int argc, char** argv) {
         {"prompt_tokens", r.prompt_tokens},        {"generated_tokens", r.ids.size()},
         {"prefill_seconds", r.prefill_seconds},    {"decode_seconds", r.decode_seconds},
         {"prefill_tokens_per_s", r.prefill_tps()}, {"decode_tokens_per_s", r.decode_tps()}};
+    if (tp.size > 1) {
+      // Rank 0's time in collectives (all-reduces, the logits' all-gather), prefill and decode.
+      const worker::CollectiveStats cs = engine.runner().collective_stats();
+      out["tensor_parallel"] = {{"size", tp.size},
+                                {"collectives", cs.calls},
+                                {"collective_seconds", cs.seconds},
+                                {"weight_bytes_per_rank", engine.weights().bytes}};
+    }
     // Invalid UTF-8 cannot reach here (the streaming decoder replaces it), but be safe.
     std::cout << out.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) << "\n";
   } else {

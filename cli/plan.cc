@@ -6,8 +6,10 @@
 // decode and prefill tokens/s including the all-reduce time. Every formula and assumption is in
 // docs/parallelism.md ("Capacity planning: kvasir plan") and in --help.
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <functional>
@@ -29,18 +31,21 @@
 #include "cli/commands.h"
 #include "cli/common.h"
 #include "common/base/dtype.h"
+#include "common/base/thread_pool.h"
 #include "common/status_macros.h"
 #include "common/strings.h"
 #include "common/units.h"
+#include "kernels/cpu/membw.h"
+#include "kernels/cpu/ops.h"
 #include "kvcache/kv_cache.h"
 #include "kvcache/policy.h"
 #include "model/gguf.h"
 #include "model/model_config.h"
 #include "model/model_files.h"
 #include "model/shard_plan.h"
-#include "worker/model_runner.h"
 #include "nlohmann/json.hpp"
 #include "worker/engine.h"
+#include "worker/model_runner.h"
 
 namespace kvasir::cli {
 namespace {
@@ -93,14 +98,46 @@ constexpr Preset kGpuPresets[] = {
 };
 
 // The cpu preset's defaults for what cannot be read from the machine without a measurement.
-constexpr double kCpuBandwidthGbs = 20;
-constexpr double kCpuTflops = 0.2;  // 2 cores * 3 GHz * 32 f32 FLOP/cycle (2 AVX2 FMA ports)
+constexpr double kCpuBandwidthGbs = 20;  // until measured (RunPlan measures it)
+constexpr double kCpuTflops = 0.2;       // 2 cores * 3 GHz * 32 f32 FLOP/cycle (2 AVX2 FMA ports)
 constexpr double kCpuInterconnectGbs = 5;
 constexpr double kCpuLatencyUs = 30;
 constexpr double kCpuUtilization = 0.75;
 constexpr double kGpuUtilization = 0.9;
 
 // MemTotal of /proc/meminfo, in bytes.
+// The rate at which this machine's kernels read quantized weights in a batch-1 product: a Q4_0
+// matrix of 128 MiB (beyond the caches) times one vector, the best of 4 runs after a warm-up, in
+// GB/s of weight bytes. The weights are random 4-bit values with a small scale.
+double MeasureMatVecGBps(ThreadPool& pool) {
+  constexpr int64_t kCols = 4096;
+  const int64_t row_bytes = DTypeRowBytes(DType::kQ4_0, kCols);
+  const int64_t rows = (int64_t{128} << 20) / row_bytes;
+  std::vector<uint8_t> data(static_cast<size_t>(rows * row_bytes));
+  uint64_t state = 0x9E3779B97F4A7C15ull;
+  for (uint8_t& b : data) {
+    state ^= state << 13, state ^= state >> 7, state ^= state << 17;
+    b = static_cast<uint8_t>(state);
+  }
+  const uint16_t scale = 0x1800;  // f16 0.0078125
+  for (int64_t blk = 0; blk < rows * kCols / 32; ++blk) {
+    std::memcpy(data.data() + blk * 18, &scale, 2);
+  }
+  kernels::WeightView w{DType::kQ4_0, data.data(), rows, kCols, row_bytes};
+  std::vector<float> x(kCols, 0.01f), y(static_cast<size_t>(rows));
+  kernels::cpu::CpuContext ctx;
+  ctx.pool = &pool;
+  double best = 0;
+  for (int run = 0; run < 5; ++run) {
+    const auto start = std::chrono::steady_clock::now();
+    kernels::cpu::MatMul(ctx, w, x.data(), 1, kCols, y.data(), rows);
+    const double s =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    if (run > 0 && s > 0) best = std::max(best, static_cast<double>(data.size()) / s / 1e9);
+  }
+  return best;
+}
+
 absl::StatusOr<double> MemTotalBytes() {
   std::ifstream in("/proc/meminfo");
   std::string key, unit;
@@ -705,7 +742,9 @@ constexpr const char* kAssumptions =
     "  memory    per rank: memory * utilization - weights - workspace, where workspace = 1 GiB\n"
     "            (GPU; cpu 0.25 GiB) + one prefill chunk's activations in one layer + f32 logits\n"
     "            of the rank's vocabulary slice for that many rows (--workspace-gib overrides)\n"
-    "  cpu       memory = MemTotal of /proc/meminfo, utilization 0.75, 20 GB/s, 0.2 TFLOP/s\n"
+    "  cpu       memory = MemTotal of /proc/meminfo, utilization 0.75; bandwidth = the lower of\n"
+    "            the memory's read rate and the rate the kernels read Q4_0 weights at batch 1,\n"
+    "            both measured (about 2 s; --bandwidth-gbs skips it); 0.2 TFLOP/s\n"
     "            (2 cores * 3 GHz * 32 f32 FLOP/cycle), loopback TCP 5 GB/s + 30 us; the TP ranks\n"
     "            share the machine (each gets 1/TP of its memory, bandwidth and FLOP/s). Measure\n"
     "            the bandwidth with `kvasir bench engine` and pass --bandwidth-gbs\n"
@@ -821,6 +860,17 @@ int RunPlan(int argc, char** argv) {
     auto mem = MemTotalBytes();
     if (!mem.ok()) return Fail(cmd, mem.status(), 1);
     device.memory_bytes = *mem;
+  }
+  if (!device.gpu && !p.was_set("bandwidth-gbs")) {
+    // On a few cores decode is bound by how fast the kernels consume quantized weights rather
+    // than by the memory: take the lower of the two, both measured here (about 2 s).
+    ThreadPool pool(0);
+    const double memory = kernels::cpu::MeasureMemoryReadGBps(pool);
+    const double kernels = MeasureMatVecGBps(pool);
+    device.bandwidth = std::min(memory, kernels) * 1e9;
+    device.description = absl::StrFormat(
+        "this machine; weights read at %.1f GB/s by the kernels, memory %.1f GB/s: measured",
+        kernels, memory);
   }
 
   Options o;

@@ -253,7 +253,9 @@ int RunUp(int argc, char** argv) {
              "at the end; -1: the worker's default)");
   p.AddStrings("served-model-name", &served_names, "NAME", "model name(s) clients use");
   p.AddString("api-key-file", &api_key_file, "PATH", "require one of these API keys");
-  p.AddInt32("tensor-parallel-size", &tp, "tensor-parallel ranks per worker (only 1 for now)");
+  p.AddInt32("tensor-parallel-size", &tp,
+             "tensor-parallel ranks per worker: each worker starts N-1 more processes, each "
+             "holding 1/N of the weights and KV heads (docs/parallelism.md)");
   p.AddInt32("ready-timeout-s", &ready_timeout_s, "how long to wait for /ready");
   p.AddString("cachestore-capacity", &cachestore_capacity, "BYTES",
               "memory of the cachestore's KV block tier");
@@ -307,8 +309,15 @@ int RunUp(int argc, char** argv) {
     roles.emplace_back(absl::StrCat("prefill-", i), "prefill");
   for (int i = 0; i < decode_workers; ++i) roles.emplace_back(absl::StrCat("decode-", i), "decode");
   const int total_workers = static_cast<int>(roles.size());
-  if (tp != 1) {
-    return Fail(cmd, absl::InvalidArgumentError("--tensor-parallel-size: only 1 for now"), 2);
+  if (tp < 1 || tp > 64) {
+    return Fail(cmd, absl::InvalidArgumentError("--tensor-parallel-size must be in [1, 64]"), 2);
+  }
+  if (tp > 1 && disaggregated) {
+    return Fail(cmd,
+                absl::InvalidArgumentError(
+                    "--tensor-parallel-size > 1 serves workers of role both only for now (KV "
+                    "hand-offs between tensor-parallel groups are not built yet)"),
+                2);
   }
   if (port < 0 || port > 65535 || ready_timeout_s <= 0) {
     return Fail(cmd, absl::InvalidArgumentError("--port or --ready-timeout-s out of range"), 2);
@@ -458,6 +467,10 @@ int RunUp(int argc, char** argv) {
       w.push_back(std::to_string(max_model_len));
     }
     if (no_prefix_caching) w.push_back("--no-prefix-caching");
+    if (tp > 1) {
+      w.push_back("--tensor-parallel-size");
+      w.push_back(std::to_string(tp));
+    }
     if (no_prefix_store) w.push_back("--no-prefix-store");
     if (kv_stream_layers >= 0 && role == "prefill") {
       w.push_back("--kv-stream-layers");

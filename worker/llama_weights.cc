@@ -28,11 +28,31 @@ absl::StatusOr<kernels::WeightView> Matrix(const model::ModelFiles& files, const
   return w;
 }
 
+// Unmaps the pages wholly inside [begin, end) of a read-only file mapping: they leave the
+// process's resident set (and come back from the file if touched again).
+void GiveBack(const void* begin, const void* end) {
+  const uintptr_t page = static_cast<uintptr_t>(sysconf(_SC_PAGESIZE));
+  const uintptr_t lo = (reinterpret_cast<uintptr_t>(begin) + page - 1) & ~(page - 1);
+  const uintptr_t hi = reinterpret_cast<uintptr_t>(end) & ~(page - 1);
+  if (hi > lo) ::madvise(reinterpret_cast<void*>(lo), hi - lo, MADV_DONTNEED);
+}
+
+// The bytes of a whole tensor and the part of them a rank uses ([used_begin, used_end); empty
+// for a tensor it copied), to give the rest back once its part is paged in.
+struct MappedPart {
+  const uint8_t* begin;
+  const uint8_t* end;
+  const uint8_t* used_begin;
+  const uint8_t* used_end;
+};
+
 // Rows [begin, end) of `w`: a view.
-kernels::WeightView RowSlice(const kernels::WeightView& w, int64_t begin, int64_t end) {
+kernels::WeightView RowSlice(const kernels::WeightView& w, int64_t begin, int64_t end,
+                             std::vector<MappedPart>& parts) {
   kernels::WeightView s = w;
   s.data = w.row(begin);
   s.rows = end - begin;
+  parts.push_back({w.row(0), w.row(w.rows), w.row(begin), w.row(end)});
   return s;
 }
 
@@ -41,7 +61,8 @@ kernels::WeightView RowSlice(const kernels::WeightView& w, int64_t begin, int64_
 absl::StatusOr<kernels::WeightView> ColumnSlice(const std::string& name,
                                                 const kernels::WeightView& w, int64_t begin,
                                                 int64_t end,
-                                                std::vector<std::vector<uint8_t>>& owned) {
+                                                std::vector<std::vector<uint8_t>>& owned,
+                                                std::vector<MappedPart>& parts) {
   const int64_t block = DTypeBlockSize(w.type);
   if (begin % block != 0 || end % block != 0) {
     return absl::InvalidArgumentError(absl::StrCat(
@@ -55,11 +76,8 @@ absl::StatusOr<kernels::WeightView> ColumnSlice(const std::string& name,
   for (int64_t r = 0; r < w.rows; ++r) {
     std::memcpy(out.data() + r * bytes, w.row(r) + offset, static_cast<size_t>(bytes));
   }
-  const int64_t page = sysconf(_SC_PAGESIZE);
-  const auto first = reinterpret_cast<uintptr_t>(w.data);
-  const uintptr_t lo = (first + page - 1) & ~static_cast<uintptr_t>(page - 1);
-  const uintptr_t hi = (first + w.rows * w.row_bytes) & ~static_cast<uintptr_t>(page - 1);
-  if (hi > lo) ::madvise(reinterpret_cast<void*>(lo), hi - lo, MADV_DONTNEED);
+  GiveBack(w.row(0), w.row(w.rows));
+  parts.push_back({w.row(0), w.row(w.rows), w.row(0), w.row(0)});
   kernels::WeightView s = w;
   s.data = out.data();
   s.cols = end - begin;
@@ -147,8 +165,9 @@ absl::StatusOr<LlamaWeights> BindLlamaWeights(const model::ModelFiles& files, bo
     w.output = w.tok_embd;
   }
   const bool tied = w.output.data == w.tok_embd.data;
-  w.tok_embd = RowSlice(w.tok_embd, p.vocab_begin, p.vocab_end);
-  w.output = tied ? w.tok_embd : RowSlice(w.output, p.vocab_begin, p.vocab_end);
+  std::vector<MappedPart> parts;  // of a sharded rank's tensors
+  w.tok_embd = RowSlice(w.tok_embd, p.vocab_begin, p.vocab_end, parts);
+  w.output = tied ? w.tok_embd : RowSlice(w.output, p.vocab_begin, p.vocab_end, parts);
   w.bytes = w.tok_embd.rows * w.tok_embd.row_bytes;
   if (!tied) w.bytes += w.output.rows * w.output.row_bytes;
   for (int32_t i = 0; i < c.n_layer; ++i) {
@@ -164,15 +183,15 @@ absl::StatusOr<LlamaWeights> BindLlamaWeights(const model::ModelFiles& files, bo
     KVASIR_ASSIGN_OR_RETURN(l.up, Matrix(files, n + "ffn_up.weight", c.n_ff, c.n_embd));
     KVASIR_ASSIGN_OR_RETURN(l.down, Matrix(files, n + "ffn_down.weight", c.n_embd, c.n_ff));
     if (p.sharded()) {
-      l.wq = RowSlice(l.wq, p.head_begin * hd, p.head_end * hd);
-      l.wk = RowSlice(l.wk, p.kv_head_begin * hd, p.kv_head_end * hd);
-      l.wv = RowSlice(l.wv, p.kv_head_begin * hd, p.kv_head_end * hd);
-      l.gate = RowSlice(l.gate, p.ff_begin, p.ff_end);
-      l.up = RowSlice(l.up, p.ff_begin, p.ff_end);
+      l.wq = RowSlice(l.wq, p.head_begin * hd, p.head_end * hd, parts);
+      l.wk = RowSlice(l.wk, p.kv_head_begin * hd, p.kv_head_end * hd, parts);
+      l.wv = RowSlice(l.wv, p.kv_head_begin * hd, p.kv_head_end * hd, parts);
+      l.gate = RowSlice(l.gate, p.ff_begin, p.ff_end, parts);
+      l.up = RowSlice(l.up, p.ff_begin, p.ff_end, parts);
       KVASIR_ASSIGN_OR_RETURN(l.wo, ColumnSlice(n + "attn_output.weight", l.wo, p.head_begin * hd,
-                                                p.head_end * hd, w.owned_slices));
-      KVASIR_ASSIGN_OR_RETURN(
-          l.down, ColumnSlice(n + "ffn_down.weight", l.down, p.ff_begin, p.ff_end, w.owned_slices));
+                                                p.head_end * hd, w.owned_slices, parts));
+      KVASIR_ASSIGN_OR_RETURN(l.down, ColumnSlice(n + "ffn_down.weight", l.down, p.ff_begin,
+                                                  p.ff_end, w.owned_slices, parts));
     }
     for (const auto* v : {&l.wq, &l.wk, &l.wv, &l.wo, &l.gate, &l.up, &l.down}) {
       w.bytes += v->rows * v->row_bytes;
@@ -180,6 +199,19 @@ absl::StatusOr<LlamaWeights> BindLlamaWeights(const model::ModelFiles& files, bo
     w.layers.push_back(l);
   }
   if (prefault) Prefault(w, progress);
+  if (p.sharded() && prefault) {
+    // Paging in a slice maps its neighbours' pages too (the kernel's fault-around, from the page
+    // cache other ranks filled): unmap what this rank does not use, so that it keeps only its
+    // part resident. Its own pages are mapped now and are not faulted again.
+    for (const MappedPart& m : parts) {
+      if (m.used_begin == m.used_end) {
+        GiveBack(m.begin, m.end);
+      } else {
+        GiveBack(m.begin, m.used_begin);
+        GiveBack(m.used_end, m.end);
+      }
+    }
+  }
   return w;
 }
 
