@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <tuple>
 
 #include "absl/strings/str_cat.h"
 #include "common/hash.h"
@@ -222,7 +223,13 @@ absl::StatusOr<std::vector<std::string>> EncodeSequence(const KvCache& cache, co
   const std::string spec = seq.policy().spec();
   if (spec.size() > 65535) return absl::InvalidArgumentError("policy spec too long");
   const int64_t n_tokens = info.n_tokens < 0 ? seq.n_tokens() : info.n_tokens;
+  const int32_t total = info.total_heads < 0 ? g.n_head_kv : info.total_heads;
+  if (info.head_offset < 0 || info.head_offset + g.n_head_kv > total) {
+    return absl::InvalidArgumentError(absl::StrCat("the cache's heads at ", info.head_offset,
+                                                   " do not fit in ", total, " KV heads"));
+  }
   // The part that ends the grid carries the policy state; the state is whole only between steps.
+  const bool all_heads = info.head_offset == 0 && total == g.n_head_kv;
   const bool with_state = l1 == g.n_layer && h1 == g.n_head_kv;
   if (with_state && n_tokens != seq.n_tokens()) {
     return absl::FailedPreconditionError(
@@ -230,6 +237,12 @@ absl::StatusOr<std::vector<std::string>> EncodeSequence(const KvCache& cache, co
   }
   std::string state;
   if (with_state) KVASIR_RETURN_IF_ERROR(seq.policy().SaveState(seq, state));
+  if (!all_heads && !state.empty()) {
+    return absl::UnimplementedError(
+        absl::StrCat("the state of KV policy '", seq.policy().spec(),
+                     "' is not split by KV heads yet: its KV cannot move between "
+                     "tensor-parallel groups"));
+  }
   const uint64_t payload_bytes = PayloadBytes(cache, seq, l0, l1, h0, h1, state.size());
 
   KvBlockHeader h;
@@ -238,12 +251,12 @@ absl::StatusOr<std::vector<std::string>> EncodeSequence(const KvCache& cache, co
   h.prefix_hash = info.prefix_hash;
   h.n_tokens = n_tokens;
   h.n_layer = g.n_layer;
-  h.n_head_kv = g.n_head_kv;
+  h.n_head_kv = total;
   h.head_dim = g.head_dim;
   h.layer_begin = l0;
   h.layer_end = l1;
-  h.head_begin = h0;
-  h.head_end = h1;
+  h.head_begin = info.head_offset + h0;
+  h.head_end = info.head_offset + h1;
   h.dtype = cache.pool().dtype();
   h.policy_spec = spec;
   h.snapshot_bytes = payload_bytes;
@@ -367,23 +380,35 @@ absl::Status VerifyPart(std::span<const std::string> blocks, std::span<const KvB
   return absl::OkStatus();
 }
 
-// Reads one part's payload into the tables of its layers; `state` gets its policy state.
+// Reads one part's payload into the tables of its layers and of the model's KV heads the cache
+// holds ([head_offset, head_offset + n_head_kv); the part's other heads are skipped); `state`
+// gets its policy state.
 absl::Status ReadPart(KvCache& cache, SequenceKv& seq, const KvBlockHeader& header,
-                      std::vector<std::string_view> payload, std::string& state) {
+                      std::vector<std::string_view> payload, int32_t head_offset,
+                      std::string& state) {
   ChunkReader r(std::move(payload));
   int64_t n_tokens = 0;
   if (!r.Get(&n_tokens) || n_tokens != header.n_tokens || n_tokens < 0) {
     return absl::InvalidArgumentError("KV snapshot: bad token count");
   }
   const size_t slot_bytes = cache.pool().slot_bytes();
+  const int32_t held = cache.geometry().n_head_kv;
+  std::vector<char> skip;
   for (int32_t l = header.layer_begin; l < header.layer_end; ++l) {
     for (int32_t h = header.head_begin; h < header.head_end; ++h) {
-      for (HeadTable* t : {&seq.k(l, h), &seq.v(l, h)}) {
+      const int32_t local = h - head_offset;
+      for (int kv = 0; kv < 2; ++kv) {
         int32_t length = 0;
         if (!r.Get(&length) || length < 0 ||
             static_cast<uint64_t>(length) * slot_bytes > r.left()) {
           return absl::InvalidArgumentError("KV snapshot: bad table length");
         }
+        if (local < 0 || local >= held) {  // another rank's head
+          skip.resize(std::max(skip.size(), static_cast<size_t>(length) * slot_bytes));
+          r.Bytes(skip.data(), static_cast<size_t>(length) * slot_bytes);
+          continue;
+        }
+        HeadTable* t = kv == 0 ? &seq.k(l, local) : &seq.v(l, local);
         KVASIR_RETURN_IF_ERROR(cache.Reserve(*t, length, 0));
         t->length = length;
         ForEachSlotRun(cache, *t, length, [&](int32_t s, int32_t n) {
@@ -405,7 +430,7 @@ absl::Status ReadPart(KvCache& cache, SequenceKv& seq, const KvBlockHeader& head
 
 absl::StatusOr<SequenceKv*> DecodeSequence(KvCache& cache, std::span<const std::string> blocks,
                                            std::shared_ptr<const KvPolicy> policy,
-                                           uint64_t model_fingerprint) {
+                                           uint64_t model_fingerprint, int32_t head_offset) {
   if (blocks.empty()) return absl::InvalidArgumentError("no KV blocks");
   std::vector<KvBlockHeader> headers;
   for (size_t i = 0; i < blocks.size(); ++i) {
@@ -422,12 +447,14 @@ absl::StatusOr<SequenceKv*> DecodeSequence(KvCache& cache, std::span<const std::
     return absl::InvalidArgumentError(absl::StrCat(
         "KV blocks were written by policy '", first.policy_spec, "', not '", policy->spec(), "'"));
   }
-  if (first.n_layer != g.n_layer || first.n_head_kv != g.n_head_kv ||
+  // The blocks name the model's KV heads; this cache holds [head_offset, head_end).
+  const int32_t head_end = head_offset + g.n_head_kv;
+  if (first.n_layer != g.n_layer || head_offset < 0 || head_end > first.n_head_kv ||
       first.head_dim != g.head_dim || first.dtype != cache.pool().dtype()) {
     return absl::InvalidArgumentError("KV blocks have another cache geometry or element type");
   }
-  // Every block of one snapshot; grouped into parts by layer range.
-  std::vector<std::vector<size_t>> by_part;  // block indices, parts in layer order once sorted
+  // Every block of one snapshot; grouped into parts by their layer and head ranges.
+  std::vector<std::vector<size_t>> by_part;  // block indices
   for (size_t i = 0; i < blocks.size(); ++i) {
     const KvBlockHeader& h = headers[i];
     if (h.model_fingerprint != first.model_fingerprint || h.prefix_hash != first.prefix_hash ||
@@ -437,42 +464,58 @@ absl::StatusOr<SequenceKv*> DecodeSequence(KvCache& cache, std::span<const std::
       return absl::InvalidArgumentError(
           absl::StrCat("KV block ", i, " belongs to another snapshot"));
     }
-    if (h.head_begin != 0 || h.head_end != g.n_head_kv) {
-      return absl::UnimplementedError(
-          "restoring a partial KV-head range needs the other ranks' blocks too");
+    if (h.layer_begin < 0 || h.layer_end <= h.layer_begin || h.layer_end > g.n_layer ||
+        h.head_begin < 0 || h.head_end <= h.head_begin || h.head_end > first.n_head_kv) {
+      return absl::InvalidArgumentError(absl::StrCat("KV block ", i, " has a bad range"));
     }
     auto part = std::find_if(by_part.begin(), by_part.end(), [&](const std::vector<size_t>& p) {
-      return headers[p[0]].layer_begin == h.layer_begin;
+      const KvBlockHeader& o = headers[p[0]];
+      return o.layer_begin == h.layer_begin && o.layer_end == h.layer_end &&
+             o.head_begin == h.head_begin && o.head_end == h.head_end;
     });
     if (part == by_part.end()) {
       by_part.push_back({i});
-    } else if (headers[(*part)[0]].layer_end != h.layer_end) {
-      return absl::InvalidArgumentError("KV snapshot parts overlap in their layers");
     } else {
       part->push_back(i);
     }
   }
-  std::sort(by_part.begin(), by_part.end(), [&](const auto& a, const auto& b) {
-    return headers[a[0]].layer_begin < headers[b[0]].layer_begin;
-  });
-  int32_t next_layer = 0;
-  for (const std::vector<size_t>& part : by_part) {
-    const KvBlockHeader& h = headers[part[0]];
-    if (h.layer_begin != next_layer || h.layer_end <= h.layer_begin || h.layer_end > g.n_layer) {
-      return absl::InvalidArgumentError(absl::StrCat("KV snapshot parts do not tile the ",
-                                                     g.n_layer, " layers (layers ", next_layer,
-                                                     " on are missing or repeated)"));
-    }
-    next_layer = h.layer_end;
-  }
-  if (next_layer != g.n_layer) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("KV snapshot lacks layers ", next_layer, " to ", g.n_layer - 1));
-  }
-  // Check every chunk of every part before anything is allocated.
-  std::vector<std::vector<std::string_view>> payloads(by_part.size());
+  // Each layer of each head this cache holds is in exactly one part; parts outside it are not
+  // read.
+  std::vector<int32_t> cover(static_cast<size_t>(g.n_layer) * g.n_head_kv, 0);
+  std::vector<size_t> used;  // indices into by_part, in layer order
   for (size_t p = 0; p < by_part.size(); ++p) {
-    KVASIR_RETURN_IF_ERROR(VerifyPart(blocks, headers, by_part[p], payloads[p]));
+    const KvBlockHeader& h = headers[by_part[p][0]];
+    if (h.head_end <= head_offset || h.head_begin >= head_end) continue;
+    used.push_back(p);
+    for (int32_t l = h.layer_begin; l < h.layer_end; ++l) {
+      for (int32_t k = std::max(h.head_begin, head_offset); k < std::min(h.head_end, head_end);
+           ++k) {
+        ++cover[static_cast<size_t>(l) * g.n_head_kv + (k - head_offset)];
+      }
+    }
+  }
+  for (int32_t l = 0; l < g.n_layer; ++l) {
+    for (int32_t k = 0; k < g.n_head_kv; ++k) {
+      const int32_t n = cover[static_cast<size_t>(l) * g.n_head_kv + k];
+      if (n == 0) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "KV snapshot lacks layer ", l, " of KV head ", head_offset + k, " (parts missing)"));
+      }
+      if (n > 1) {
+        return absl::InvalidArgumentError(absl::StrCat("KV snapshot parts overlap in layer ", l,
+                                                       " of KV head ", head_offset + k));
+      }
+    }
+  }
+  std::sort(used.begin(), used.end(), [&](size_t a, size_t b) {
+    const KvBlockHeader& x = headers[by_part[a][0]];
+    const KvBlockHeader& y = headers[by_part[b][0]];
+    return std::tie(x.layer_begin, x.head_begin) < std::tie(y.layer_begin, y.head_begin);
+  });
+  // Check every chunk of every part read before anything is allocated.
+  std::vector<std::vector<std::string_view>> payloads(used.size());
+  for (size_t u = 0; u < used.size(); ++u) {
+    KVASIR_RETURN_IF_ERROR(VerifyPart(blocks, headers, by_part[used[u]], payloads[u]));
   }
 
   // Parse into a new sequence; free it on any error.
@@ -481,17 +524,27 @@ absl::StatusOr<SequenceKv*> DecodeSequence(KvCache& cache, std::span<const std::
     cache.FreeSequence(seq.id());
     return s;
   };
-  std::string state;
-  for (size_t p = 0; p < by_part.size(); ++p) {
-    if (absl::Status s =
-            ReadPart(cache, seq, headers[by_part[p][0]], std::move(payloads[p]), state);
+  std::string state, part_state;
+  const bool all_heads = head_offset == 0 && head_end == first.n_head_kv;
+  for (size_t u = 0; u < used.size(); ++u) {
+    const KvBlockHeader& h = headers[by_part[used[u]][0]];
+    if (absl::Status s = ReadPart(cache, seq, h, std::move(payloads[u]), head_offset, part_state);
         !s.ok()) {
       return fail(s);
     }
-    if (p + 1 < by_part.size() && !state.empty()) {
+    if (part_state.empty()) continue;
+    // Only the part that ends the whole grid carries the state, and only a cache of every head
+    // can take it.
+    if (h.layer_end != g.n_layer || h.head_begin != 0 || h.head_end != first.n_head_kv) {
       return fail(absl::InvalidArgumentError(
           "KV snapshot: a part other than the last carries policy state"));
     }
+    if (!all_heads) {
+      return fail(absl::UnimplementedError(
+          "the KV policy's state is not split by KV heads yet: a tensor-parallel rank cannot "
+          "take it"));
+    }
+    state = std::move(part_state);
   }
   seq.set_n_tokens(first.n_tokens);
   if (absl::Status s = seq.policy().LoadState(state, seq); !s.ok()) {

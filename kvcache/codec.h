@@ -9,7 +9,11 @@
 // A snapshot may come in parts, each a range of layers encoded on its own (so that a prefill can
 // hand each range over as soon as its layers are computed, see worker/kv_transfer.h): the part
 // that ends the layer range carries the policy state, the others an empty one, and DecodeSequence
-// takes the blocks of every part together.
+// takes the blocks of every part together. Parts may also cover ranges of KV heads (the ranks of
+// a tensor-parallel group, each its own heads, in the model's head numbering): a cache holding
+// heads [a, b) of the model takes those heads from whichever parts hold them, so that groups of
+// different sizes hand KV over. Head-range parts are for policies without per-sequence state
+// (their state is not split by heads yet: Unimplemented).
 //
 //   KVASIR_ASSIGN_OR_RETURN(auto blocks, EncodeSequence(cache, seq, info));
 //   ... move the blocks ...
@@ -35,11 +39,16 @@ inline constexpr uint16_t kKvLayoutVersion = 1;
 
 struct SnapshotInfo {
   uint64_t model_fingerprint = 0;
-  uint64_t prefix_hash = 0;           // PrefixHashes(tokens).back() (0 if not keyed by a prefix)
-  int32_t layer_begin = 0;            // layers [layer_begin, layer_end) are included
-  int32_t layer_end = -1;             // -1: all layers
-  int32_t head_begin = 0;             // KV heads [head_begin, head_end) are included
-  int32_t head_end = -1;              // -1: all KV heads
+  uint64_t prefix_hash = 0;  // PrefixHashes(tokens).back() (0 if not keyed by a prefix)
+  int32_t layer_begin = 0;   // layers [layer_begin, layer_end) are included
+  int32_t layer_end = -1;    // -1: all layers
+  int32_t head_begin = 0;    // KV heads [head_begin, head_end) of the cache are included
+  int32_t head_end = -1;     // -1: all KV heads
+  // A tensor-parallel rank's cache holds KV heads [head_offset, head_offset + its n_head_kv) of
+  // a model with `total_heads` KV heads (-1: the cache's own count): the header then names the
+  // model's heads, so that a cache of another split takes the heads it holds from such parts.
+  int32_t head_offset = 0;
+  int32_t total_heads = -1;
   int64_t max_block_bytes = 4 << 20;  // payload bytes per block
   // The tokens the snapshot holds the KV of; -1: seq.n_tokens(). Set while a step is under way
   // (its tokens are in the tables of the layers it ran, n_tokens advances at its end); only a
@@ -76,11 +85,12 @@ absl::StatusOr<KvBlockHeader> DecodeBlockHeader(std::string_view block);
 
 // Verifies every block (checksums, same snapshot, complete, model fingerprint, policy spec equal
 // to policy->spec(), geometry equal to the cache's) and restores the sequence in `cache` under
-// `policy`. The blocks may be those of several parts whose layer ranges tile the model's layers,
-// in any order (parts of a KV-head range are refused with Unimplemented). DataLoss names the
-// block whose checksum failed. On error nothing stays allocated.
+// `policy`. The blocks may be those of several parts, in any order, whose layer and KV-head
+// ranges cover every layer of the heads the cache holds exactly once: the cache holds the
+// model's KV heads [head_offset, head_offset + its n_head_kv) (a tensor-parallel rank; 0: from
+// the first). DataLoss names the block whose checksum failed. On error nothing stays allocated.
 absl::StatusOr<SequenceKv*> DecodeSequence(KvCache& cache, std::span<const std::string> blocks,
                                            std::shared_ptr<const KvPolicy> policy,
-                                           uint64_t model_fingerprint);
+                                           uint64_t model_fingerprint, int32_t head_offset = 0);
 
 }  // namespace kvasir::kvcache

@@ -211,7 +211,7 @@ TEST_F(DmcDefaultModelTest, FreeModeReachesItsRatioAndAgreesWithFull) {
 // Figures for docs/compression.md: perplexity and teacher-forced top-1 agreement with full on
 // ../shared/eval/shakespeare-public.txt, windows of KVASIR_DMC_EVAL_WINDOW tokens (default
 // 1024), for several specs. Slow; run by hand:
-//   build/tests/kvasir_worker_tests --gtest_also_run_disabled_tests \
+//   build/tests/kvasir_worker_tests --gtest_also_run_disabled_tests
 //     --gtest_filter='*DISABLED_DefaultModelQuality*'
 TEST_F(DmcDefaultModelTest, DISABLED_DefaultModelQuality) {
   Engine* e = engine_.get();

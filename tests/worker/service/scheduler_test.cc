@@ -558,7 +558,9 @@ TEST_F(SchedulerTest, PlannedPagesBoundWhatEachPolicyHolds) {
       EXPECT_LT(planned, full);
     }
     // DMC steers toward its ratio without a bound; the others cannot hold more than planned.
-    if (!absl::StartsWith(spec, "dmc")) EXPECT_LE(held, planned);
+    if (!absl::StartsWith(spec, "dmc")) {
+      EXPECT_LE(held, planned);
+    }
     cache.FreeSequence(seq.id());
   }
 }
