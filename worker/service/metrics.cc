@@ -58,6 +58,22 @@ WorkerMetrics::WorkerMetrics(prometheus::Registry& registry, const std::string& 
                  .Help("Forward steps run by the scheduler.")
                  .Register(registry)
                  .Add({})),
+      target_itl_(prometheus::BuildGauge()
+                      .Name("kvasir_scheduler_target_itl_seconds")
+                      .Help("The inter-token latency target steps are sized to (0: none).")
+                      .Register(registry)
+                      .Add({})),
+      step_estimate_(prometheus::BuildGauge()
+                         .Name("kvasir_scheduler_step_cost_estimate_seconds")
+                         .Help("The step-time model's estimate of the last step, before it ran.")
+                         .Register(registry)
+                         .Add({})),
+      steps_over_target_(prometheus::BuildCounter()
+                             .Name("kvasir_scheduler_steps_over_target_total")
+                             .Help("Steps with decoding sequences that took longer than the "
+                                   "inter-token latency target.")
+                             .Register(registry)
+                             .Add({})),
       prefix_queries_(prometheus::BuildCounter()
                           .Name("kvasir_prefix_cache_queries_total")
                           .Help("Prompt tokens looked up in the prefix cache (requests whose KV "
@@ -103,6 +119,10 @@ void WorkerMetrics::Update(const SchedulerStats& stats) {
   generation_tokens_.Increment(
       static_cast<double>(stats.generation_tokens_total - last_.generation_tokens_total));
   steps_.Increment(static_cast<double>(stats.steps_total - last_.steps_total));
+  target_itl_.Set(stats.target_itl_seconds);
+  step_estimate_.Set(stats.step_cost_estimate_seconds);
+  steps_over_target_.Increment(
+      static_cast<double>(stats.steps_over_target_total - last_.steps_over_target_total));
   auto add = [](prometheus::Family<prometheus::Counter>& family, const char* key, const char* value,
                 int64_t now, int64_t before) {
     family.Add({{key, value}}).Increment(static_cast<double>(now - before));

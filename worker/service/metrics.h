@@ -33,6 +33,9 @@ class WorkerMetrics {
   prometheus::Counter& prompt_tokens_;
   prometheus::Counter& generation_tokens_;
   prometheus::Counter& steps_;
+  prometheus::Gauge& target_itl_;
+  prometheus::Gauge& step_estimate_;
+  prometheus::Counter& steps_over_target_;
   prometheus::Family<prometheus::Counter>& prefix_queries_;  // {tier="local"|"store"}
   prometheus::Family<prometheus::Counter>& prefix_hits_;
   prometheus::Family<prometheus::Counter>& store_writes_;  // {result="written"|"skipped"}

@@ -281,6 +281,9 @@ void Scheduler::PublishStats() {
   stats_.prefix_store_writing = puts_in_flight_;
   stats_.preemptions_total = preemptions_total_;
   stats_.steps_total = steps_total_;
+  stats_.target_itl_seconds = absl::ToDoubleSeconds(options_.target_itl);
+  stats_.step_cost_estimate_seconds = step_estimate_;
+  stats_.steps_over_target_total = steps_over_target_;
   stats_.prompt_tokens_total = prompt_tokens_total_;
   stats_.generation_tokens_total = generation_tokens_total_;
 }
@@ -537,16 +540,33 @@ bool Scheduler::Step() {
   // Plan: decode tokens of running sequences first, then their prefill chunks, then admit.
   std::vector<Planned> plan;
   int64_t budget = options_.max_num_batched_tokens;
+  StepCostModel::Features decoding;
   for (Request* r : running_) {
     if (r->pending() == 1 && budget > 0) {
       plan.push_back({r, 1});
       --budget;
+      decoding.decodes += 1;
+      decoding.context_k += static_cast<double>(r->computed) / 1000.0;
     }
   }
-  for (Request* r : running_) {
+  // Under a latency target, the prefill tokens that fit beside the decodes, shared among the
+  // prompts being prefilled (each at least kMinPrefillChunk) so that none waits for a long one.
+  int64_t share = options_.prefill_chunk;
+  const double target = absl::ToDoubleSeconds(options_.target_itl);
+  if (target > 0 && decoding.decodes > 0) {
+    budget = std::min(budget, step_cost_.PrefillBudget(decoding, target, kMinPrefillChunk, budget));
+    int64_t prefilling = 0;
+    for (const Request* r : running_) prefilling += r->pending() > 1 ? 1 : 0;
+    if (prefilling > 0) share = std::max(kMinPrefillChunk, budget / prefilling);
+  }
+  // Under a target the prompts take turns at the head of the line (a tight budget may hold one
+  // chunk per step); otherwise first come, first served.
+  const size_t first = target > 0 && !running_.empty() ? steps_total_ % running_.size() : 0;
+  for (size_t i = 0; i < running_.size(); ++i) {
+    Request* r = running_[(first + i) % running_.size()];
     if (r->pending() > 1 && budget > 0) {
-      const int32_t n =
-          static_cast<int32_t>(std::min<int64_t>({r->pending(), budget, options_.prefill_chunk}));
+      const int32_t n = static_cast<int32_t>(
+          std::min<int64_t>({r->pending(), budget, options_.prefill_chunk, share}));
       plan.push_back({r, n});
       budget -= n;
     }
@@ -572,6 +592,7 @@ bool Scheduler::Step() {
   }
 
   // Run it; when the KV pages run out, preempt the newest sequence and try again.
+  const absl::Time step_start = absl::Now();
   std::vector<StepSequence> batch;
   std::vector<Request*> streaming;  // prefill hand-offs whose prompt ends in this step
   while (!plan.empty()) {
@@ -621,6 +642,23 @@ bool Scheduler::Step() {
       Preempt(*victim);
       ++last_step_.preempted;
     }
+  }
+
+  // The step's time teaches the cost model (a step that preempted is not a clean sample).
+  if (!plan.empty() && last_step_.preempted == 0) {
+    StepCostModel::Features f;
+    for (const Planned& p : plan) {
+      if (p.request->state == RequestState::kDecode) {
+        f.decodes += 1;
+        f.context_k += static_cast<double>(p.request->computed) / 1000.0;
+      } else {
+        f.prefill_tokens += p.count;
+      }
+    }
+    const double took = absl::ToDoubleSeconds(absl::Now() - step_start);
+    step_estimate_ = step_cost_.Predict(f);
+    if (target > 0 && f.decodes > 0 && took > target) ++steps_over_target_;
+    step_cost_.Observe(f, took);
   }
 
   // Outputs: a sequence whose pending tokens are all computed samples its next token.

@@ -49,6 +49,7 @@
 #include "worker/kv_transfer.h"
 #include "worker/policy_registry.h"
 #include "worker/sampler.h"
+#include "worker/service/step_cost.h"
 
 namespace kvasir::worker::service {
 
@@ -72,7 +73,13 @@ struct SchedulerOptions {
   // 512 with a p99 inter-token latency 35-45 % lower (docs/performance.md, serving).
   int32_t max_num_batched_tokens = 256;
   int32_t prefill_chunk = 512;  // prompt tokens of one sequence in one step at most
-  int32_t max_waiting = 512;    // queued requests at most; Submit refuses beyond
+  // Inter-token latency target (0: none). While sequences are decoding, a step takes only as
+  // many prefill tokens as an online model of this machine's step time (step_cost.h) predicts to
+  // fit within it (at least kMinPrefillChunk), shared among the prompts being prefilled so that
+  // a long one does not hold back the others; with nothing decoding, prefill takes the whole
+  // token budget (stall-free batching, docs/serving.md).
+  absl::Duration target_itl = absl::ZeroDuration();
+  int32_t max_waiting = 512;  // queued requests at most; Submit refuses beyond
   // One KV push or pull to the store; past it the decode side recomputes. Transfers on one host
   // take milliseconds to tens of them (docs/disaggregation.md), a deadline costs a whole one.
   absl::Duration kv_transfer_timeout = absl::Seconds(3);
@@ -204,6 +211,11 @@ struct SchedulerStats {
   int32_t prefix_store_writing = 0;               // blocks being written now
   int64_t preemptions_total = 0;
   int64_t steps_total = 0;
+  // The latency target (0: none), the step-time model's estimate for the last step before it
+  // ran, and the steps with decodes that took longer than the target.
+  double target_itl_seconds = 0;
+  double step_cost_estimate_seconds = 0;
+  int64_t steps_over_target_total = 0;
   int64_t prompt_tokens_total = 0;      // prompt tokens computed (recomputation included)
   int64_t generation_tokens_total = 0;  // tokens sampled
   // By policy kind ("full", "h2o", ...): every kind that ran since the start (now idle ones with
@@ -216,6 +228,8 @@ struct SchedulerStats {
 
 class Scheduler {
  public:
+  // Prompt tokens a prefilling request gets per step at least under a latency target.
+  static constexpr int64_t kMinPrefillChunk = 16;
   // The engine (and the store, when given) must outlive the scheduler. InvalidArgument for bad
   // options. Without a store, requests with a KV hand-off are refused.
   static absl::StatusOr<std::unique_ptr<Scheduler>> Create(
@@ -339,6 +353,9 @@ class Scheduler {
   StepStats last_step_;
   int64_t steps_total_ = 0;
   int64_t preemptions_total_ = 0;
+  StepCostModel step_cost_;
+  double step_estimate_ = 0;
+  int64_t steps_over_target_ = 0;
   int64_t prompt_tokens_total_ = 0;
   int64_t generation_tokens_total_ = 0;
   std::map<std::string, PolicyKvBytes> kv_by_policy_;

@@ -342,6 +342,46 @@ TEST_F(SchedulerTest, DecodesKeepGoingWhileALongPromptIsPrefilled) {
   EXPECT_EQ(results_["b"].ids, Reference(b, 16).ids);
 }
 
+// An inter-token latency target: the decoding request gets a token every step while two long
+// prompts are prefilled beside it in turns, every output is the one of a run without the target,
+// and the target, the model's estimate and the steps over target are reported.
+TEST_F(SchedulerTest, ALatencyTargetKeepsDecodesGoingAndTheOutput) {
+  ASSERT_NO_FATAL_FAILURE(Load());
+  SchedulerOptions options;
+  options.prefill_chunk = 16;
+  options.target_itl = absl::Microseconds(1);  // below any step: prefill at its minimum
+  ASSERT_NO_FATAL_FAILURE(MakeScheduler(options));
+  SchedulerRequest a = Greedy("a", "The dog", 120);
+  a.ignore_eos = true;
+  Submit(a);
+  ASSERT_TRUE(scheduler_->Step());
+  std::string long_text;
+  for (int i = 0; i < 10; ++i) long_text += "Lily and Tom went to the park to play with a ball. ";
+  SchedulerRequest b = Greedy("b", long_text, 8);
+  SchedulerRequest c = Greedy("c", "Once upon a time " + long_text, 8);
+  Submit(b);
+  Submit(c);
+  int steps = 0, both = 0;
+  while (results_["b"].outputs == 0 || results_["c"].outputs == 0) {
+    const int before = results_["a"].outputs;
+    ASSERT_TRUE(scheduler_->Step());
+    ++steps;
+    ASSERT_LT(steps, 200);
+    EXPECT_EQ(results_["a"].outputs, before + 1) << "a got no token in step " << steps;
+    EXPECT_LE(scheduler_->last_step().prefill_tokens, 2 * 16);
+    both += scheduler_->last_step().prefill_tokens == 2 * 16 ? 1 : 0;
+  }
+  RunAll();
+  EXPECT_EQ(results_["a"].ids, Reference(a, 16).ids);
+  EXPECT_EQ(results_["b"].ids, Reference(b, 16).ids);
+  EXPECT_EQ(results_["c"].ids, Reference(c, 16).ids);
+  const SchedulerStats st = scheduler_->stats();
+  EXPECT_DOUBLE_EQ(st.target_itl_seconds, 1e-6);
+  EXPECT_GT(st.step_cost_estimate_seconds, 0);
+  EXPECT_GE(st.steps_over_target_total, steps);  // every step with a decode took over 1 us
+  RecordProperty("steps_with_both_prompts", both);
+}
+
 TEST_F(SchedulerTest, RefusesBadRequests) {
   ASSERT_NO_FATAL_FAILURE(Load());
   SchedulerOptions options;

@@ -1,0 +1,60 @@
+// StepCostModel: recovers the weights of a linear step cost from noisy observations, follows a
+// change of the machine, and sizes prefill so that a step stays within a target.
+#include "worker/service/step_cost.h"
+
+#include <random>
+
+#include "gtest/gtest.h"
+
+namespace kvasir::worker::service {
+namespace {
+
+double TrueCost(const StepCostModel::Features& f, double scale = 1.0) {
+  return scale * (0.010 + 0.0008 * f.decodes + 0.004 * f.prefill_tokens + 0.002 * f.context_k);
+}
+
+TEST(StepCostModelTest, LearnsALinearCostAndSizesPrefill) {
+  StepCostModel m;
+  std::mt19937 rng(3);
+  std::uniform_int_distribution<int> decodes(0, 16), prefill(0, 256), context(0, 8000);
+  std::normal_distribution<double> noise(1.0, 0.02);
+  StepCostModel::Features f;
+  EXPECT_EQ(m.PrefillBudget(f, 0.1, 16, 256), 256);  // not ready: no cut
+  for (int i = 0; i < 400; ++i) {
+    f = {static_cast<double>(decodes(rng)), static_cast<double>(prefill(rng)),
+         context(rng) / 1000.0};
+    m.Observe(f, TrueCost(f) * noise(rng));
+  }
+  ASSERT_TRUE(m.ready());
+  const StepCostModel::Features probe{8, 100, 3.0};
+  EXPECT_NEAR(m.Predict(probe), TrueCost(probe), 0.05 * TrueCost(probe));
+  // 8 decodes attending to 3k tokens cost 0.0224 s; a 0.1 s target leaves ~19 prefill tokens.
+  const int64_t budget = m.PrefillBudget({8, 0, 3.0}, 0.1, 4, 256);
+  EXPECT_GE(budget, 17);
+  EXPECT_LE(budget, 21);
+  // A target below the decodes alone: the minimum, so that prefill still advances.
+  EXPECT_EQ(m.PrefillBudget({8, 0, 3.0}, 0.01, 4, 256), 4);
+  // A generous target: the cap.
+  EXPECT_EQ(m.PrefillBudget({8, 0, 3.0}, 10.0, 4, 256), 256);
+}
+
+TEST(StepCostModelTest, FollowsTheMachineWhenItSlowsDown) {
+  StepCostModel m;
+  std::mt19937 rng(5);
+  std::uniform_int_distribution<int> decodes(0, 16), prefill(0, 256);
+  auto observe = [&](double scale, int n) {
+    for (int i = 0; i < n; ++i) {
+      StepCostModel::Features f{static_cast<double>(decodes(rng)),
+                                static_cast<double>(prefill(rng)), 1.0};
+      m.Observe(f, TrueCost(f, scale));
+    }
+  };
+  observe(1.0, 200);
+  const StepCostModel::Features probe{4, 64, 1.0};
+  EXPECT_NEAR(m.Predict(probe), TrueCost(probe), 0.02 * TrueCost(probe));
+  observe(2.0, 200);  // twice as slow (another process took a core)
+  EXPECT_NEAR(m.Predict(probe), TrueCost(probe, 2.0), 0.05 * TrueCost(probe, 2.0));
+}
+
+}  // namespace
+}  // namespace kvasir::worker::service

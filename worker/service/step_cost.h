@@ -1,0 +1,51 @@
+// An online model of how long one forward step takes on this machine, for sizing steps to an
+// inter-token latency target (stall-free batching as in Sarathi-Serve; docs/serving.md):
+//
+//   seconds ~ w0 + w1 * decode sequences + w2 * prefill tokens + w3 * thousands of KV tokens
+//             the decodes attend to
+//
+// fit by recursive least squares with a forgetting factor, so that it follows the machine as it
+// runs (other load, clock changes). Thread contract: one thread (the scheduler's executor).
+#pragma once
+
+#include <array>
+#include <cstdint>
+
+namespace kvasir::worker::service {
+
+class StepCostModel {
+ public:
+  struct Features {
+    double decodes = 0;         // sequences decoding one token in the step
+    double prefill_tokens = 0;  // prompt tokens computed in the step
+    double context_k = 0;       // KV tokens the decodes attend to, in thousands
+  };
+
+  // `forget` in (0, 1]: the weight of an observation falls by this factor per later one.
+  explicit StepCostModel(double forget = 0.98);
+
+  void Observe(const Features& f, double seconds);
+  // Predicted seconds (0 before the first observation).
+  double Predict(const Features& f) const;
+  // Steps observed so far; the model is trusted from kMinObservations on.
+  int64_t observations() const { return n_; }
+  static constexpr int64_t kMinObservations = 8;
+  bool ready() const { return n_ >= kMinObservations && w_[2] > 0; }
+  // The most prefill tokens (at most `max_tokens`, at least `min_tokens`) that a step with the
+  // decodes of `base` can take and be predicted to stay within `target_seconds`. max_tokens
+  // until ready().
+  int64_t PrefillBudget(const Features& base, double target_seconds, int64_t min_tokens,
+                        int64_t max_tokens) const;
+
+ private:
+  static constexpr int kDims = 4;
+  using Vec = std::array<double, kDims>;
+  static Vec Row(const Features& f) { return {1.0, f.decodes, f.prefill_tokens, f.context_k}; }
+
+  double forget_;
+  Vec w_{};
+  std::array<Vec, kDims> p_{};  // the inverse covariance of the fit
+  int64_t n_ = 0;
+};
+
+}  // namespace kvasir::worker::service
