@@ -87,15 +87,17 @@ int Main(int argc, char** argv) {
              "a worker without heartbeat for this long is dead");
   p.AddInt32("heartbeat-interval-ms", &heartbeat_ms, "heartbeat period asked of workers");
   p.AddInt32("http-threads", &o.http_threads, "HTTP I/O threads");
-  p.AddInt32("tensor-parallel-size", &tp, "tensor-parallel ranks per worker (only 1 for now)");
+  p.AddInt32("tensor-parallel-size", &tp,
+             "accepted for vLLM-style command lines: each worker starts and reports its own "
+             "ranks (kvasir-worker --tensor-parallel-size); a group is one worker here");
   if (absl::Status s = p.Parse(argc, argv); !s.ok()) return Fail(s, 2);
   if (p.help_requested()) {
     std::fputs(p.Help().c_str(), stdout);
     return 0;
   }
-  if (tp != 1) {
+  if (tp < 1 || tp > 64) {
     return Fail(absl::InvalidArgumentError(
-                    absl::StrCat("--tensor-parallel-size ", tp, ": only 1 is supported for now")),
+                    absl::StrCat("--tensor-parallel-size ", tp, " is out of range [1, 64]")),
                 2);
   }
   if (port < 0 || port > 65535 || rpc_port < 0 || rpc_port > 65535 || timeout_s <= 0 ||
