@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <tuple>
+#include <utility>
 
 #include "absl/strings/str_cat.h"
 #include "common/log.h"
@@ -168,12 +169,17 @@ std::optional<WorkerRegistry::Lease> WorkerRegistry::Pick(
                          store;
     return std::make_tuple(cost, e.view.load.kv_usage(), e.last_pick);
   };
+  decltype(key(std::declval<const Entry&>())) best_key;
   for (auto& [id, entry] : workers_) {
     if (exclude.contains(id)) continue;
     if (!role.empty() && entry.view.role != role) continue;
     if (entry.view.draining) continue;
     if (!entry.channel.connected || !entry.channel.connected()) continue;
-    if (best == nullptr || key(entry) < key(*best)) best = &entry;
+    const auto k = key(entry);  // once per worker: it walks the chain
+    if (best == nullptr || k < best_key) {
+      best = &entry;
+      best_key = k;
+    }
   }
   if (best == nullptr) return std::nullopt;
   const auto [local, store] = held(*best);

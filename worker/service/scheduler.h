@@ -304,8 +304,9 @@ class Scheduler {
   }
   // Asks the store for the blocks of `r`'s prompt that the prefix cache does not hold (once).
   void StartBlockFetch(Request& r);
-  // Keeps the blocks a fetch read in the prefix cache, where `r`'s admission finds them.
-  void TakeBlockRun(Request& r, absl::StatusOr<FetchedRun> run);
+  // Keeps the blocks a fetch read (of `hashes`, from the first on) in the prefix cache, where
+  // `r`'s admission finds them.
+  void TakeBlockRun(Request& r, std::span<const uint64_t> hashes, absl::StatusOr<FetchedRun> run);
   // Writes the blocks of `r` that the prefix cache kept now (block indices) to the store.
   void PutNewBlocks(const Request& r, std::span<const int64_t> blocks);
   // KvHandoff::kDecode at admission: restores the fetched KV, or false (recompute).
@@ -399,7 +400,7 @@ class Scheduler {
     double seconds = 0;
     absl::StatusOr<FetchedSnapshot> fetched = absl::NotFoundError("");  // of a fetch
     absl::StatusOr<FetchedRun> run = absl::NotFoundError("");           // of a kBlockFetch
-    uint64_t hash = 0;                                                  // of a kBlockPut
+    std::vector<uint64_t> hashes;  // of a kBlockPut (its block) and a kBlockFetch (asked)
   };
   // Queues a job for the transfer thread (started with the first).
   void EnqueueTransfer(TransferJob job);

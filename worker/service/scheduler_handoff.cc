@@ -60,21 +60,17 @@ void Scheduler::StartBlockFetch(Request& r) {
   EnqueueTransfer(std::move(job));
 }
 
-void Scheduler::TakeBlockRun(Request& r, absl::StatusOr<FetchedRun> run) {
+void Scheduler::TakeBlockRun(Request& r, std::span<const uint64_t> hashes,
+                             absl::StatusOr<FetchedRun> run) {
   if (!run.ok()) {
     NoteStoreFailure(run.status());
     KVASIR_LOG_SUBSYS(INFO, kWorker, "request=%s: the store's prefix blocks not read (%s)",
                       r.req.id, run.status().ToString());
     return;
   }
-  const int32_t block = prefix_cache_->block_tokens();
-  const std::vector<uint64_t> chain =
-      kvcache::PrefixCache::ChainOf(r.tokens, r.policy->spec(), r.req.cache_salt, block,
-                                    r.local_blocks + static_cast<int64_t>(run->blocks.size()));
   const uint64_t fingerprint = engine_.files().fingerprint();
   for (size_t i = 0; i < run->blocks.size(); ++i) {
-    absl::Status kept = prefix_cache_->AdoptBlock(chain[r.local_blocks + static_cast<int64_t>(i)],
-                                                  run->blocks[i], r.policy, fingerprint);
+    absl::Status kept = prefix_cache_->AdoptBlock(hashes[i], run->blocks[i], r.policy, fingerprint);
     if (!kept.ok()) {
       KVASIR_LOG_SUBSYS(INFO, kWorker, "request=%s: a stored prefix block not taken (%s)", r.req.id,
                         kept.ToString());
@@ -240,9 +236,10 @@ void Scheduler::TransferLoop() {
     if (job.kind == TransferJob::kBlockPut) {
       for (const std::string& bytes : *job.blocks) done.bytes += static_cast<int64_t>(bytes.size());
       done.status = PutBlocks(*store_, *job.blocks, options_.kv_transfer_timeout).status();
-      done.hash = job.hashes.front();
+      done.hashes = std::move(job.hashes);
     } else if (job.kind == TransferJob::kBlockFetch) {
       done.run = FetchBlockRun(*store_, job.space, job.hashes, options_.kv_transfer_timeout);
+      done.hashes = std::move(job.hashes);
     } else if (job.kind == TransferJob::kPush) {
       if (job.parts != nullptr && !job.parts->status.ok()) {
         done.status = job.parts->status;
@@ -297,7 +294,7 @@ void Scheduler::CompleteTransfers(absl::Duration wait) {
         put_bytes_in_flight_ -= d.bytes;
         if (d.status.ok()) {
           ++prefix_store_written_total_;
-          prefix_stored_.push_back(d.hash);
+          prefix_stored_.push_back(d.hashes.front());
         } else {
           ++prefix_store_skipped_total_;
           NoteStoreFailure(d.status);
@@ -310,7 +307,7 @@ void Scheduler::CompleteTransfers(absl::Duration wait) {
         --fetches_in_flight_;
         r.fetching = false;
         if (d.kind == TransferJob::kBlockFetch) {
-          TakeBlockRun(r, std::move(d.run));
+          TakeBlockRun(r, d.hashes, std::move(d.run));
         } else {
           if (!d.fetched.ok()) NoteStoreFailure(d.fetched.status());
           r.fetched = std::move(d.fetched);
