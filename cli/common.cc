@@ -131,7 +131,7 @@ absl::StatusOr<RankEngine> LoadRankEngine(const EngineFlags& flags, const TpFlag
     worker::Engine& engine = *out.engine;
     engine.WrapRunner([&](std::unique_ptr<worker::ModelRunner> inner) {
       auto leader = std::make_unique<worker::TpLeaderRunner>(std::move(inner), engine.cache(),
-                                                             out.group->comm());
+                                                             engine.config(), out.group->comm());
       out.leader = leader.get();
       return leader;
     });

@@ -226,7 +226,7 @@ int RunUp(int argc, char** argv) {
   std::vector<std::string> served_names;
   int32_t port = 8000, workers = 1, prefill_workers = 0, decode_workers = 0, threads = 0,
           max_num_seqs = 0, max_num_batched_tokens = 0, max_model_len = 0, ready_timeout_s = 600,
-          kv_stream_layers = -1, tp = 1;
+          kv_stream_layers = -1, tp = 1, prefill_tp = 0, decode_tp = 0;
   p.AddString("model", &model, "PATH", "a .gguf file, a Hugging Face folder, or 'default'");
   p.AddString("host", &host, "ADDR", "HTTP address of the coordinator");
   p.AddInt32("port", &port, "HTTP port of the coordinator (0: any free port)");
@@ -242,7 +242,9 @@ int RunUp(int argc, char** argv) {
                "named only here; requests select the policy by NAME");
   p.AddString("kv", &kv, "NAME|SPEC",
               "KV policy of requests that name none (default: the first --kv-policy, or full)");
-  p.AddInt32("threads", &threads, "compute threads per worker (0: the cores divided by workers)");
+  p.AddInt32("threads", &threads,
+             "compute threads per worker process (0: the cores divided by the processes of every "
+             "worker's ranks)");
   p.AddString("kv-cache-memory", &kv_cache_memory, "BYTES", "KV cache size per worker (4GiB)");
   p.AddInt32("max-num-seqs", &max_num_seqs, "sequences per batch per worker (0: default)");
   p.AddInt32("max-num-batched-tokens", &max_num_batched_tokens,
@@ -256,6 +258,11 @@ int RunUp(int argc, char** argv) {
   p.AddInt32("tensor-parallel-size", &tp,
              "tensor-parallel ranks per worker: each worker starts N-1 more processes, each "
              "holding 1/N of the weights and KV heads (docs/parallelism.md)");
+  p.AddInt32("prefill-tp", &prefill_tp,
+             "tensor-parallel ranks per prefill worker (0: --tensor-parallel-size); the KV moves "
+             "to decode workers of another size by KV heads");
+  p.AddInt32("decode-tp", &decode_tp,
+             "tensor-parallel ranks per decode worker (0: --tensor-parallel-size)");
   p.AddInt32("ready-timeout-s", &ready_timeout_s, "how long to wait for /ready");
   p.AddString("cachestore-capacity", &cachestore_capacity, "BYTES",
               "memory of the cachestore's KV block tier");
@@ -312,16 +319,26 @@ int RunUp(int argc, char** argv) {
     roles.emplace_back(absl::StrCat("prefill-", i), "prefill");
   for (int i = 0; i < decode_workers; ++i) roles.emplace_back(absl::StrCat("decode-", i), "decode");
   const int total_workers = static_cast<int>(roles.size());
-  if (tp < 1 || tp > 64) {
-    return Fail(cmd, absl::InvalidArgumentError("--tensor-parallel-size must be in [1, 64]"), 2);
-  }
-  if (tp > 1 && disaggregated) {
+  if (tp < 1 || tp > 64 || prefill_tp < 0 || prefill_tp > 64 || decode_tp < 0 || decode_tp > 64) {
     return Fail(cmd,
                 absl::InvalidArgumentError(
-                    "--tensor-parallel-size > 1 serves workers of role both only for now (KV "
-                    "hand-offs between tensor-parallel groups are not built yet)"),
+                    "--tensor-parallel-size must be in [1, 64], --prefill-tp and --decode-tp in "
+                    "[0, 64]"),
                 2);
   }
+  if ((prefill_tp > 0 && prefill_workers == 0) || (decode_tp > 0 && decode_workers == 0)) {
+    return Fail(cmd,
+                absl::InvalidArgumentError(
+                    "--prefill-tp and --decode-tp size the prefill and decode workers: give "
+                    "--prefill-workers and --decode-workers"),
+                2);
+  }
+  if (prefill_tp == 0) prefill_tp = tp;
+  if (decode_tp == 0) decode_tp = tp;
+  // The ranks of each worker, by role.
+  auto ranks_of = [&](const std::string& role) {
+    return role == "prefill" ? prefill_tp : role == "decode" ? decode_tp : tp;
+  };
   if (port < 0 || port > 65535 || ready_timeout_s <= 0) {
     return Fail(cmd, absl::InvalidArgumentError("--port or --ready-timeout-s out of range"), 2);
   }
@@ -344,7 +361,10 @@ int RunUp(int argc, char** argv) {
     }
   }
   if (threads <= 0) {
-    threads = std::max(1, static_cast<int>(std::thread::hardware_concurrency()) / total_workers);
+    // Every rank of every worker is a process with its own threads.
+    int total_ranks = 0;
+    for (const auto& [name, role] : roles) total_ranks += ranks_of(role);
+    threads = std::max(1, static_cast<int>(std::thread::hardware_concurrency()) / total_ranks);
   }
 
   // Signals are taken with sigtimedwait below. Children inherit the mask; ours block and
@@ -470,9 +490,9 @@ int RunUp(int argc, char** argv) {
       w.push_back(std::to_string(max_model_len));
     }
     if (no_prefix_caching) w.push_back("--no-prefix-caching");
-    if (tp > 1) {
+    if (ranks_of(role) > 1) {
       w.push_back("--tensor-parallel-size");
-      w.push_back(std::to_string(tp));
+      w.push_back(std::to_string(ranks_of(role)));
     }
     if (no_prefix_store) w.push_back("--no-prefix-store");
     if (target_itl_ms > 0) {

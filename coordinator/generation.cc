@@ -115,6 +115,12 @@ std::string ResolvePolicySpec(const std::string& kv_policy, const WorkerRegistry
 // The block size of the prefix chains the router compares (the workers' default page size).
 constexpr int32_t kRouterBlockTokens = kvcache::kDefaultHashBlockTokens;
 
+// Where a prefill worker wrote a prompt's KV: its layer parts and KV-head parts (each empty: one
+// part), which the decode worker looks the snapshot up by.
+struct KvParts {
+  std::vector<int32_t> layers, heads;
+};
+
 }  // namespace
 
 class Coordinator::Generation : public std::enable_shared_from_this<Generation> {
@@ -181,16 +187,17 @@ class Coordinator::Generation : public std::enable_shared_from_this<Generation> 
                   static_cast<int64_t>(prompt.size() - 1) / kRouterBlockTokens)
             : std::vector<uint64_t>();
     serving::Handoff handoff = serving::HANDOFF_NONE;
-    std::vector<int32_t> kv_layer_bounds;  // the parts the prefill wrote the KV in
+    KvParts prefilled;  // the parts the prefill wrote the KV in
     // When the prefill failed, the decode worker computes the prompt itself without asking the
     // store (which may be what failed).
-    if (disaggregated && base_.prompt_size() >= 2 && RunPrefill(index, chain, kv_layer_bounds)) {
+    if (disaggregated && base_.prompt_size() >= 2 && RunPrefill(index, chain, prefilled)) {
       handoff = serving::HANDOFF_DECODE;
     }
     absl::flat_hash_set<uint64_t> tried;
     absl::Status status;
     int failures = 0;
-    std::vector<int32_t> resume;  // tokens delivered by earlier attempts
+    std::vector<int32_t> resume;        // tokens delivered by earlier attempts
+    std::vector<int32_t> resume_heads;  // the KV-head parts of a drained worker's snapshot
     for (int attempt = 0;; ++attempt) {
       if (cancel_[index]->cancelled()) {
         status = absl::CancelledError("the request was cancelled");
@@ -209,12 +216,15 @@ class Coordinator::Generation : public std::enable_shared_from_this<Generation> 
       }
       tried.insert(lease->id);
       bool migrated = false;
-      status = Stream(*lease, index, absl::StrCat(attempt), handoff, resume, kv_layer_bounds,
-                      [&](const serving::GenerateEvent& event) {
+      std::vector<int32_t> migrated_heads;
+      status = Stream(*lease, index, absl::StrCat(attempt), handoff, resume, resume_heads,
+                      prefilled, [&](const serving::GenerateEvent& event) {
                         if (event.finish_reason() != "migrated") return OnEvent(index, event);
                         // The worker drains: whatever came with this event is delivered, the
                         // finish is not; the request goes on elsewhere.
                         migrated = true;
+                        migrated_heads.assign(event.kv_head_bounds().begin(),
+                                              event.kv_head_bounds().end());
                         serving::GenerateEvent delivered = event;
                         delivered.clear_finish_reason();
                         OnEvent(index, delivered);
@@ -233,6 +243,7 @@ class Coordinator::Generation : public std::enable_shared_from_this<Generation> 
       }
       // Another worker goes on from the tokens delivered so far (none: a plain retry).
       resume = Delivered(index);
+      resume_heads = resume.empty() ? std::vector<int32_t>() : migrated_heads;
       if (!resume.empty() || migrated) {
         c_->metrics_->RequestResumed(migrated ? "drained" : "worker_lost");
       }
@@ -253,14 +264,18 @@ class Coordinator::Generation : public std::enable_shared_from_this<Generation> 
   // `on_event`. OK when the stream ended normally; the call's or the stream's error otherwise.
   absl::Status Stream(const WorkerRegistry::Lease& lease, int index, std::string_view attempt,
                       serving::Handoff handoff, std::span<const int32_t> resume,
-                      std::span<const int32_t> kv_layer_bounds,
+                      std::span<const int32_t> resume_heads, const KvParts& prefilled,
                       const std::function<void(const serving::GenerateEvent&)>& on_event) {
     serving::GenerateRequest call = base_;
     call.set_request_id(absl::StrCat(meta_.id, "-", index, "-", ToAbsl(attempt)));
     call.mutable_sampling()->set_seed(seed_ + static_cast<uint64_t>(index));
     call.set_handoff(handoff);
     call.mutable_resume()->Add(resume.begin(), resume.end());
-    call.mutable_kv_layer_bounds()->Add(kv_layer_bounds.begin(), kv_layer_bounds.end());
+    if (handoff == serving::HANDOFF_DECODE) {
+      call.mutable_kv_layer_bounds()->Add(prefilled.layers.begin(), prefilled.layers.end());
+      call.mutable_kv_head_bounds()->Add(prefilled.heads.begin(), prefilled.heads.end());
+    }
+    call.mutable_resume_kv_head_bounds()->Add(resume_heads.begin(), resume_heads.end());
     rpc::CallOptions options;
     options.timeout = deadline_ - absl::Now();
     options.cancel = cancel_[index];
@@ -284,10 +299,9 @@ class Coordinator::Generation : public std::enable_shared_from_this<Generation> 
   }
 
   // The prefill half of a disaggregated choice: a prefill worker computes the prompt's KV and
-  // writes it to the cachestore, in the layer parts it names in `kv_layer_bounds`. Best effort:
+  // writes it to the cachestore, in the layer and KV-head parts it names (`parts`). Best effort:
   // false on any failure (the decode worker then computes the prompt).
-  bool RunPrefill(int index, std::span<const uint64_t> chain,
-                  std::vector<int32_t>& kv_layer_bounds) {
+  bool RunPrefill(int index, std::span<const uint64_t> chain, KvParts& parts) {
     int64_t matched = 0, stored = 0;
     std::optional<WorkerRegistry::Lease> lease =
         c_->registry_->Pick({}, "prefill", chain, kRouterBlockTokens, &matched, &stored);
@@ -298,11 +312,12 @@ class Coordinator::Generation : public std::enable_shared_from_this<Generation> 
     }
     bool prefilled = false;
     const absl::Status status = Stream(
-        *lease, index, "prefill", serving::HANDOFF_PREFILL, {}, {},
+        *lease, index, "prefill", serving::HANDOFF_PREFILL, {}, {}, {},
         [&](const serving::GenerateEvent& event) {
           if (event.finish_reason() != "prefilled") return;
           prefilled = true;
-          kv_layer_bounds.assign(event.kv_layer_bounds().begin(), event.kv_layer_bounds().end());
+          parts.layers.assign(event.kv_layer_bounds().begin(), event.kv_layer_bounds().end());
+          parts.heads.assign(event.kv_head_bounds().begin(), event.kv_head_bounds().end());
           c_->metrics_->kv_push_wait_seconds().Observe(event.kv_push_wait_seconds());
           c_->metrics_->kv_transfer_bytes().Increment(
               static_cast<double>(event.kv_transfer_bytes()));

@@ -34,14 +34,14 @@ uint64_t SnapshotHash(std::span<const int32_t> tokens) {
 
 cachestore::KeySpace SnapshotKeySpace(uint64_t model_fingerprint, const kvcache::KvPolicy& policy,
                                       const kvcache::KvGeometry& geometry, int32_t layer_begin,
-                                      int32_t layer_end) {
+                                      int32_t layer_end, int32_t head_begin, int32_t head_end) {
   cachestore::KeySpace space;
   space.model_fingerprint = model_fingerprint;
   space.policy_spec = policy.spec();
   space.layer_begin = layer_begin;
   space.layer_end = layer_end < 0 ? geometry.n_layer : layer_end;
-  space.head_begin = 0;
-  space.head_end = geometry.n_head_kv;
+  space.head_begin = head_begin;
+  space.head_end = head_end < 0 ? geometry.n_head_kv : head_end;
   return space;
 }
 
@@ -105,15 +105,19 @@ absl::StatusOr<KvTransferStats> PushSequence(cachestore::StoreClient& store,
                                              const kvcache::SequenceKv& seq,
                                              std::span<const int32_t> tokens,
                                              uint64_t model_fingerprint, absl::Duration timeout,
-                                             int32_t layer_begin) {
+                                             int32_t layer_begin, ModelRunner* runner) {
   const absl::Time start = absl::Now();
   if (seq.n_tokens() != static_cast<int64_t>(tokens.size())) {
     return absl::InvalidArgumentError(absl::StrCat("the sequence holds ", seq.n_tokens(),
                                                    " tokens, the snapshot names ", tokens.size()));
   }
-  KVASIR_ASSIGN_OR_RETURN(
-      std::vector<std::string> blocks,
-      EncodeSnapshotPart(cache, seq, tokens, model_fingerprint, layer_begin, -1));
+  kvcache::SnapshotInfo info;
+  info.model_fingerprint = model_fingerprint;
+  info.prefix_hash = SnapshotHash(tokens);
+  info.layer_begin = layer_begin;
+  KVASIR_ASSIGN_OR_RETURN(std::vector<std::string> blocks,
+                          runner != nullptr ? runner->EncodeKv(cache, seq, info)
+                                            : kvcache::EncodeSequence(cache, seq, info));
   KVASIR_ASSIGN_OR_RETURN(KvTransferStats stats, PutBlocks(store, blocks, timeout));
   stats.kv_bytes = cache.Usage(seq).bytes;
   stats.seconds = absl::ToDoubleSeconds(absl::Now() - start);
@@ -125,7 +129,8 @@ absl::StatusOr<FetchedSnapshot> FetchSnapshot(cachestore::StoreClient& store,
                                               const kvcache::KvGeometry& geometry,
                                               std::span<const int32_t> tokens,
                                               uint64_t model_fingerprint, absl::Duration timeout,
-                                              std::span<const int32_t> layer_bounds) {
+                                              std::span<const int32_t> layer_bounds,
+                                              std::span<const int32_t> head_bounds) {
   const absl::Time start = absl::Now();
   const absl::Time deadline = start + timeout;
   const std::vector<int32_t> whole = LayerParts(geometry.n_layer, 0);
@@ -133,26 +138,35 @@ absl::StatusOr<FetchedSnapshot> FetchSnapshot(cachestore::StoreClient& store,
   if (!ValidLayerParts(layer_bounds, geometry.n_layer)) {
     return absl::InvalidArgumentError("the KV snapshot's layer parts do not fit the model");
   }
+  const std::vector<int32_t> all_heads = {0, geometry.n_head_kv};
+  if (head_bounds.empty()) head_bounds = all_heads;
+  if (!ValidLayerParts(head_bounds, head_bounds.back()) || head_bounds.back() <= 0) {
+    return absl::InvalidArgumentError("the KV snapshot's head parts are not ranges of heads");
+  }
   const uint64_t hash = SnapshotHash(tokens);
   FetchedSnapshot f;
   f.tokens = static_cast<int64_t>(tokens.size());
   std::vector<cachestore::BlockKey> keys;
   for (size_t p = 0; p + 1 < layer_bounds.size(); ++p) {
-    const cachestore::KeySpace space =
-        SnapshotKeySpace(model_fingerprint, policy, geometry, layer_bounds[p], layer_bounds[p + 1]);
-    KVASIR_ASSIGN_OR_RETURN(const absl::Duration left, TimeLeft(deadline));
-    KVASIR_ASSIGN_OR_RETURN(cachestore::LookupResult found,
-                            store.Lookup(space, std::span<const uint64_t>(&hash, 1), left));
-    if (found.matched_blocks != 1 || found.chunk_bytes.empty()) {
-      return absl::NotFoundError(
-          layer_bounds.size() == 2
-              ? "the store holds no complete KV snapshot of these tokens"
-              : absl::StrCat("the store holds no complete KV snapshot of these tokens (layers ",
-                             layer_bounds[p], " to ", layer_bounds[p + 1] - 1, " are missing)"));
-    }
-    for (size_t i = 0; i < found.chunk_bytes.size(); ++i) {
-      keys.push_back({space, hash, static_cast<uint32_t>(i)});
-      f.blocks.emplace_back(found.chunk_bytes[i], '\0');
+    for (size_t h = 0; h + 1 < head_bounds.size(); ++h) {
+      const cachestore::KeySpace space =
+          SnapshotKeySpace(model_fingerprint, policy, geometry, layer_bounds[p],
+                           layer_bounds[p + 1], head_bounds[h], head_bounds[h + 1]);
+      KVASIR_ASSIGN_OR_RETURN(const absl::Duration left, TimeLeft(deadline));
+      KVASIR_ASSIGN_OR_RETURN(cachestore::LookupResult found,
+                              store.Lookup(space, std::span<const uint64_t>(&hash, 1), left));
+      if (found.matched_blocks != 1 || found.chunk_bytes.empty()) {
+        const bool one = layer_bounds.size() == 2 && head_bounds.size() == 2;
+        return absl::NotFoundError(
+            one ? "the store holds no complete KV snapshot of these tokens"
+                : absl::StrCat("the store holds no complete KV snapshot of these tokens (layers ",
+                               layer_bounds[p], " to ", layer_bounds[p + 1] - 1, ", KV heads ",
+                               head_bounds[h], " to ", head_bounds[h + 1] - 1, " are missing)"));
+      }
+      for (size_t i = 0; i < found.chunk_bytes.size(); ++i) {
+        keys.push_back({space, hash, static_cast<uint32_t>(i)});
+        f.blocks.emplace_back(found.chunk_bytes[i], '\0');
+      }
     }
   }
   std::vector<std::span<std::byte>> outs;
@@ -218,11 +232,13 @@ absl::StatusOr<FetchedRun> FetchBlockRun(cachestore::StoreClient& store,
 
 absl::StatusOr<kvcache::SequenceKv*> RestoreSnapshot(
     kvcache::KvCache& cache, std::shared_ptr<const kvcache::KvPolicy> policy,
-    FetchedSnapshot& snapshot, uint64_t model_fingerprint) {
+    FetchedSnapshot& snapshot, uint64_t model_fingerprint, ModelRunner* runner) {
   const absl::Time start = absl::Now();
   KVASIR_ASSIGN_OR_RETURN(
       kvcache::SequenceKv * seq,
-      kvcache::DecodeSequence(cache, snapshot.blocks, std::move(policy), model_fingerprint));
+      runner != nullptr
+          ? runner->DecodeKv(cache, snapshot.blocks, std::move(policy), model_fingerprint)
+          : kvcache::DecodeSequence(cache, snapshot.blocks, std::move(policy), model_fingerprint));
   if (seq->n_tokens() != snapshot.tokens) {
     const int64_t held = seq->n_tokens();
     cache.FreeSequence(seq->id());

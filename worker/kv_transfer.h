@@ -34,6 +34,7 @@
 #include "cachestore/client.h"
 #include "kvcache/kv_cache.h"
 #include "kvcache/policy.h"
+#include "worker/model_runner.h"
 
 namespace kvasir::worker {
 
@@ -49,16 +50,20 @@ struct KvTransferStats {
 // in their tail never share a key), or the chain's seed for an empty prompt.
 uint64_t SnapshotHash(std::span<const int32_t> tokens);
 
-// The key space of the part of layers [layer_begin, layer_end) (-1: to the last) of a snapshot
-// under `policy`, all KV heads (TP 1).
+// The key space of the part of layers [layer_begin, layer_end) (-1: to the last) and the model's
+// KV heads [head_begin, head_end) (-1: the cache's count, all of them at TP 1) of a snapshot
+// under `policy`.
 cachestore::KeySpace SnapshotKeySpace(uint64_t model_fingerprint, const kvcache::KvPolicy& policy,
                                       const kvcache::KvGeometry& geometry, int32_t layer_begin = 0,
-                                      int32_t layer_end = -1);
+                                      int32_t layer_end = -1, int32_t head_begin = 0,
+                                      int32_t head_end = -1);
 
 // The layer bounds of a snapshot in parts of `layers_per_part` layers: {0, k, 2k, ..., n_layer}
 // (the last part may be shorter); {0, n_layer}, one part, for 0 or at least n_layer.
 std::vector<int32_t> LayerParts(int32_t n_layer, int32_t layers_per_part);
-// True when `bounds` start at 0, rise strictly and end at n_layer (at most 1024 parts).
+// True when `bounds` start at 0, rise strictly and end at n_layer (at most 1024 parts). The same
+// check serves the KV-head parts of a tensor-parallel group's snapshot (n_layer: the model's KV
+// heads).
 bool ValidLayerParts(std::span<const int32_t> bounds, int32_t n_layer);
 
 // Encodes the part of layers [layer_begin, layer_end) of `seq` as the snapshot of `tokens`. A
@@ -77,11 +82,14 @@ absl::StatusOr<KvTransferStats> PutBlocks(cachestore::StoreClient& store,
                                           absl::Duration timeout);
 
 // Encodes `seq` after `tokens` (its n_tokens must equal tokens.size()) from layer `layer_begin`
-// on (the last part of a streamed snapshot; 0: the whole) and writes every block.
+// on (the last part of a streamed snapshot; 0: the whole) and writes every block. With `runner`
+// the runner encodes (ModelRunner::EncodeKv: a tensor-parallel group, every rank its KV heads, in
+// the parts runner->KvHeadParts names), else the codec on `cache`.
 absl::StatusOr<KvTransferStats> PushSequence(
     cachestore::StoreClient& store, const kvcache::KvCache& cache, const kvcache::SequenceKv& seq,
     std::span<const int32_t> tokens, uint64_t model_fingerprint,
-    absl::Duration timeout = absl::Seconds(10), int32_t layer_begin = 0);
+    absl::Duration timeout = absl::Seconds(10), int32_t layer_begin = 0,
+    ModelRunner* runner = nullptr);
 
 // A snapshot's blocks read from the store (FetchSnapshot), not yet restored in a cache.
 struct FetchedSnapshot {
@@ -91,15 +99,15 @@ struct FetchedSnapshot {
 };
 
 // The network half of PullSequence, safe off the cache's thread: finds the snapshot of exactly
-// `tokens` under `policy`, in the parts `layer_bounds` names (LayerParts; empty: one part), and
-// reads their blocks. NotFound when the store does not hold every part whole.
-absl::StatusOr<FetchedSnapshot> FetchSnapshot(cachestore::StoreClient& store,
-                                              const kvcache::KvPolicy& policy,
-                                              const kvcache::KvGeometry& geometry,
-                                              std::span<const int32_t> tokens,
-                                              uint64_t model_fingerprint,
-                                              absl::Duration timeout = absl::Seconds(10),
-                                              std::span<const int32_t> layer_bounds = {});
+// `tokens` under `policy`, in the parts `layer_bounds` names (LayerParts; empty: one part) times
+// those `head_bounds` names (the model's KV heads, a tensor-parallel writer's KvHeadParts; empty:
+// one part of the cache's heads), and reads their blocks. NotFound when the store does not hold
+// every part whole.
+absl::StatusOr<FetchedSnapshot> FetchSnapshot(
+    cachestore::StoreClient& store, const kvcache::KvPolicy& policy,
+    const kvcache::KvGeometry& geometry, std::span<const int32_t> tokens,
+    uint64_t model_fingerprint, absl::Duration timeout = absl::Seconds(10),
+    std::span<const int32_t> layer_bounds = {}, std::span<const int32_t> head_bounds = {});
 
 // The prefix cache's store tier (kvcache::PrefixCache::EncodeBlock: one snapshot per block of
 // tokens, under the block's chain hash): reads the stored blocks of `hashes` from the first on,
@@ -114,11 +122,12 @@ absl::StatusOr<FetchedRun> FetchBlockRun(cachestore::StoreClient& store,
                                          std::span<const uint64_t> hashes, absl::Duration timeout);
 
 // The cache half: restores a fetched snapshot in `cache` (DataLoss for a block that fails the
-// codec's checks, ResourceExhausted without room; nothing stays allocated on error). Adds the
-// restore's time and the KV bytes held to `snapshot.stats`.
+// codec's checks, ResourceExhausted without room; nothing stays allocated on error), through
+// `runner` when given (ModelRunner::DecodeKv: every rank of a tensor-parallel group its heads).
+// Adds the restore's time and the KV bytes held to `snapshot.stats`.
 absl::StatusOr<kvcache::SequenceKv*> RestoreSnapshot(
     kvcache::KvCache& cache, std::shared_ptr<const kvcache::KvPolicy> policy,
-    FetchedSnapshot& snapshot, uint64_t model_fingerprint);
+    FetchedSnapshot& snapshot, uint64_t model_fingerprint, ModelRunner* runner = nullptr);
 
 // Finds the snapshot of exactly `tokens` under `policy`, reads and verifies its blocks, and
 // restores the sequence in `cache` (FetchSnapshot, then RestoreSnapshot). NotFound when the store

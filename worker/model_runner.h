@@ -13,10 +13,12 @@
 #include <functional>
 #include <memory>
 #include <span>
+#include <string>
 #include <vector>
 
 #include "absl/status/statusor.h"
 #include "kernels/cpu/ops.h"
+#include "kvcache/codec.h"
 #include "kvcache/kv_cache.h"
 #include "kvcache/policy.h"
 #include "model/model_config.h"
@@ -66,6 +68,26 @@ class ModelRunner {
   virtual const model::ModelConfig& config() const = 0;
   virtual int num_threads() const = 0;
   virtual CollectiveStats collective_stats() const { return {}; }
+
+  // A sequence's KV as codec blocks (kvcache/codec.h) of every KV head of the model, and the
+  // restore of such blocks: by default from and into `cache`, this process's; a tensor-parallel
+  // group's rank 0 (TpLeaderRunner) has every rank encode or restore its KV heads, so that the
+  // blocks name the model's heads whatever the group's size. Called between steps.
+  virtual absl::StatusOr<std::vector<std::string>> EncodeKv(const kvcache::KvCache& cache,
+                                                            const kvcache::SequenceKv& seq,
+                                                            const kvcache::SnapshotInfo& info) {
+    return kvcache::EncodeSequence(cache, seq, info);
+  }
+  virtual absl::StatusOr<kvcache::SequenceKv*> DecodeKv(
+      kvcache::KvCache& cache, std::span<const std::string> blocks,
+      std::shared_ptr<const kvcache::KvPolicy> policy, uint64_t model_fingerprint) {
+    return kvcache::DecodeSequence(cache, blocks, std::move(policy), model_fingerprint);
+  }
+  // The model's KV-head bounds of the parts EncodeKv writes: {0, n_head_kv} (one part) by
+  // default; a group's ranks' distinct head ranges.
+  virtual std::vector<int32_t> KvHeadParts(const kvcache::KvCache& cache) const {
+    return {0, cache.geometry().n_head_kv};
+  }
 };
 
 struct CpuRunnerOptions {

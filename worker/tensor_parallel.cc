@@ -3,7 +3,9 @@
 
 #include <signal.h>
 
+#include <algorithm>
 #include <cstring>
+#include <iterator>
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
@@ -12,11 +14,13 @@
 #include "kvcache/prefix_hash.h"
 #include "transport/collectives/gloo_communicator.h"
 #include "transport/rpc/client.h"
+#include "worker/tensor_parallel.pb.h"
 
 namespace kvasir::worker {
 namespace {
 
 namespace coll = transport::collectives;
+namespace tp = ::kvasir::worker::tp;
 
 constexpr char kGroupKey[] = "kvasir-tp";
 constexpr absl::Duration kKeepAlive = absl::Seconds(1);
@@ -29,60 +33,93 @@ transport::rpc::HandshakeInfo Handshake(const std::string& name) {
   return h;
 }
 
-// The step message: little-endian fields, appended and read in order.
-enum class MessageKind : uint32_t { kStep = 0, kKeepAlive = 1, kStop = 2 };
-
-class Writer {
- public:
-  template <typename T>
-  void Put(T v) {
-    out_.append(reinterpret_cast<const char*>(&v), sizeof(v));
-  }
-  void PutBytes(std::string_view s) {
-    Put(static_cast<uint32_t>(s.size()));
-    out_.append(s);
-  }
-  std::string& out() { return out_; }
-
- private:
-  std::string out_;
-};
-
-class Reader {
- public:
-  explicit Reader(std::string_view in) : in_(in) {}
-  template <typename T>
-  bool Get(T& v) {
-    if (in_.size() < sizeof(T)) return false;
-    std::memcpy(&v, in_.data(), sizeof(T));
-    in_.remove_prefix(sizeof(T));
-    return true;
-  }
-  bool GetBytes(std::string& s, size_t max) {
-    uint32_t n = 0;
-    if (!Get(n) || n > max || in_.size() < n) return false;
-    s.assign(in_.data(), n);
-    in_.remove_prefix(n);
-    return true;
-  }
-  bool done() const { return in_.empty(); }
-
- private:
-  std::string_view in_;
-};
-
 // Rank 0's message to every rank: its size, then its bytes (a broadcast needs equal sizes).
 absl::Status BroadcastMessage(coll::Communicator& comm, std::string& message) {
   uint64_t size = message.size();
   KVASIR_RETURN_IF_ERROR(comm.Broadcast(std::as_writable_bytes(std::span<uint64_t>(&size, 1)), 0));
   if (comm.rank() != 0) {
-    if (size > (uint64_t{1} << 30)) return absl::DataLossError("a step message over 1 GiB");
+    if (size > (uint64_t{16} << 30)) return absl::DataLossError("a step message over 16 GiB");
     message.resize(size);
   }
   if (size == 0) return absl::OkStatus();
   return comm.Broadcast(std::as_writable_bytes(std::span<char>(message.data(), message.size())), 0);
 }
 
+absl::Status SendMessage(coll::Communicator& comm, const tp::Message& m) {
+  std::string bytes = m.SerializeAsString();
+  return BroadcastMessage(comm, bytes);
+}
+
+// Every rank's `mine`, gathered on every rank (the sizes first: an all-gather wants equal sizes).
+absl::StatusOr<std::vector<std::string>> GatherBytes(coll::Communicator& comm,
+                                                     const std::string& mine) {
+  const size_t n = static_cast<size_t>(comm.size());
+  std::vector<uint64_t> sizes(n);
+  const uint64_t size = mine.size();
+  KVASIR_RETURN_IF_ERROR(comm.AllGather(std::as_bytes(std::span<const uint64_t>(&size, 1)),
+                                        std::as_writable_bytes(std::span<uint64_t>(sizes))));
+  const uint64_t max = *std::max_element(sizes.begin(), sizes.end());
+  if (max > (uint64_t{16} << 30)) return absl::DataLossError("a rank's reply is over 16 GiB");
+  std::string padded = mine;
+  padded.resize(max);
+  std::string all(max * n, '\0');
+  if (max > 0) {
+    KVASIR_RETURN_IF_ERROR(comm.AllGather(std::as_bytes(std::span<const char>(padded)),
+                                          std::as_writable_bytes(std::span<char>(all))));
+  }
+  std::vector<std::string> out(n);
+  for (size_t r = 0; r < n; ++r) out[r] = all.substr(r * max, sizes[r]);
+  return out;
+}
+
+// This rank's KV heads of `seq` (null: the rank does not know it) as codec blocks, or why not.
+tp::EncodeReply EncodeOnRank(const kvcache::KvCache& cache, const kvcache::SequenceKv* seq,
+                             const tp::Encode& e, const model::ShardPlan& plan,
+                             int32_t model_kv_heads) {
+  tp::EncodeReply reply;
+  absl::StatusOr<std::vector<std::string>> blocks =
+      absl::FailedPreconditionError("a tensor-parallel rank does not hold the sequence");
+  if (seq != nullptr) {
+    kvcache::SnapshotInfo info;
+    info.model_fingerprint = e.model_fingerprint();
+    info.prefix_hash = e.prefix_hash();
+    info.layer_begin = e.layer_begin();
+    info.layer_end = e.layer_end();
+    info.head_offset = plan.kv_head_begin;
+    info.total_heads = model_kv_heads;
+    info.max_block_bytes = e.max_block_bytes();
+    info.n_tokens = e.n_tokens();
+    blocks = kvcache::EncodeSequence(cache, *seq, info);
+  }
+  if (!blocks.ok()) {
+    reply.set_code(static_cast<int32_t>(blocks.status().code()));
+    reply.set_error(std::string(blocks.status().message()));
+    return reply;
+  }
+  for (std::string& b : *blocks) reply.add_blocks(std::move(b));
+  return reply;
+}
+
+// Restores this rank's KV heads from `r`'s blocks; OK or why not.
+absl::StatusOr<kvcache::SequenceKv*> RestoreOnRank(kvcache::KvCache& cache, tp::Restore& r,
+                                                   const PolicyResolver& resolve,
+                                                   const model::ShardPlan& plan) {
+  KVASIR_ASSIGN_OR_RETURN(auto policy, resolve(r.policy_spec()));
+  std::vector<std::string> blocks(std::make_move_iterator(r.mutable_blocks()->begin()),
+                                  std::make_move_iterator(r.mutable_blocks()->end()));
+  return kvcache::DecodeSequence(cache, blocks, std::move(policy), r.model_fingerprint(),
+                                 plan.kv_head_begin);
+}
+
+// Every rank's outcome of a restore (its absl::StatusCode, 0: restored), the same on every rank.
+absl::StatusOr<std::vector<float>> AgreeOnRestore(coll::Communicator& comm,
+                                                  const absl::Status& mine) {
+  std::vector<float> codes(static_cast<size_t>(comm.size()), 0.0f);
+  codes[static_cast<size_t>(comm.rank())] = static_cast<float>(mine.code());
+  KVASIR_RETURN_IF_ERROR(
+      comm.AllReduceSum(std::as_writable_bytes(std::span<float>(codes)), DType::kF32));
+  return codes;
+}
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<TpGroup>> TpGroup::Start(int32_t size,
@@ -145,8 +182,12 @@ absl::StatusOr<std::unique_ptr<coll::Communicator>> JoinTpGroup(int32_t rank, in
 }
 
 TpLeaderRunner::TpLeaderRunner(std::unique_ptr<ModelRunner> inner, kvcache::KvCache& cache,
-                               coll::Communicator& comm)
-    : inner_(std::move(inner)), cache_(cache), comm_(comm) {
+                               const model::ModelConfig& model, coll::Communicator& comm)
+    : inner_(std::move(inner)), cache_(cache), comm_(comm), model_kv_heads_(model.n_head_kv) {
+  for (int32_t r = 0; r < comm.size(); ++r) {
+    // The engine of rank 0 was loaded with the same plan, so it cannot fail here.
+    plans_.push_back(model::PlanShard(model, comm.size(), r).value_or(model::ShardPlan{}));
+  }
   keepalive_ = std::thread([this] { KeepAlive(); });
 }
 
@@ -155,24 +196,25 @@ TpLeaderRunner::~TpLeaderRunner() {
     absl::MutexLock lock(&mu_);
     stop_ = true;
     if (!lost_.load()) {
-      Writer w;
-      w.Put(MessageKind::kStop);
-      (void)Send(w.out());
+      tp::Message m;
+      m.set_stop(true);
+      (void)Send(m);
     }
   }
   keepalive_.join();
 }
 
-absl::Status TpLeaderRunner::Send(std::string_view message) {
-  std::string m(message);
-  absl::Status s = BroadcastMessage(comm_, m);
-  last_send_ = absl::Now();
-  if (!s.ok()) {
-    if (!lost_.exchange(true)) {
-      KVASIR_LOG_SUBSYS(ERROR, kWorker, "the tensor-parallel group is lost: %s", s.ToString());
-    }
+absl::Status TpLeaderRunner::Send(const tp::Message& message) {
+  return Lost(SendMessage(comm_, message));
+}
+
+absl::Status TpLeaderRunner::Lost(absl::Status status) {
+  if (status.ok()) {
+    last_send_ = absl::Now();
+  } else if (!lost_.exchange(true)) {
+    KVASIR_LOG_SUBSYS(ERROR, kWorker, "the tensor-parallel group is lost: %s", status.ToString());
   }
-  return s;
+  return status;
 }
 
 void TpLeaderRunner::KeepAlive() {
@@ -183,9 +225,9 @@ void TpLeaderRunner::KeepAlive() {
     };
     mu_.AwaitWithTimeout(absl::Condition(&quiet), kKeepAlive);
     if (stop_ || absl::Now() - last_send_ < kKeepAlive) continue;
-    Writer w;
-    w.Put(MessageKind::kKeepAlive);
-    (void)Send(w.out());
+    tp::Message m;
+    m.set_keepalive(true);
+    (void)Send(m);
   }
 }
 
@@ -194,111 +236,211 @@ absl::Status TpLeaderRunner::Forward(std::span<const StepSequence> batch,
                                      const LayerDoneHook& on_layer_done) {
   absl::MutexLock lock(&mu_);
   if (lost_.load()) return absl::UnavailableError("the tensor-parallel group is lost");
-  Writer w;
-  w.Put(MessageKind::kStep);
-  // Sequences freed since the last step.
-  std::vector<kvcache::SeqId> freed;
-  for (const auto& [id, n] : known_) {
-    if (cache_.Find(id) == nullptr) freed.push_back(id);
+  tp::Message m;
+  tp::Step& step = *m.mutable_step();
+  // Sequences freed since the last message.
+  for (auto it = known_.begin(); it != known_.end();) {
+    if (cache_.Find(it->first) == nullptr) {
+      step.add_freed(it->first);
+      known_.erase(it++);
+    } else {
+      ++it;
+    }
   }
-  w.Put(static_cast<uint32_t>(freed.size()));
-  for (kvcache::SeqId id : freed) {
-    w.Put(id);
-    known_.erase(id);
-  }
-  // New sequences: they must start empty (the followers compute all their KV).
-  std::vector<const kvcache::SequenceKv*> fresh;
+  // New sequences: they must start empty (the followers compute all their KV), unless
+  // DecodeKv restored them on every rank.
   for (const StepSequence& s : batch) {
     if (s.seq == nullptr) return absl::InvalidArgumentError("a step sequence has no sequence");
     auto it = known_.find(s.seq->id());
     const int64_t expected = it == known_.end() ? 0 : it->second;
     if (s.seq->n_tokens() != expected) {
       return absl::FailedPreconditionError(
-          "a sequence holds KV the other tensor-parallel ranks did not compute (prefix caching or "
-          "a KV hand-off); they are not supported with tensor parallelism yet");
+          "a sequence holds KV the other tensor-parallel ranks do not hold (prefix caching is not "
+          "supported with tensor parallelism yet)");
     }
-    if (it == known_.end()) fresh.push_back(s.seq);
+    if (it == known_.end()) {
+      tp::NewSequence& fresh = *step.add_fresh();
+      fresh.set_id(s.seq->id());
+      fresh.set_policy_spec(s.seq->policy().spec());
+    }
   }
-  w.Put(static_cast<uint32_t>(fresh.size()));
-  for (const kvcache::SequenceKv* seq : fresh) {
-    w.Put(seq->id());
-    w.PutBytes(seq->policy().spec());
-  }
-  w.Put(static_cast<uint32_t>(batch.size()));
   for (const StepSequence& s : batch) {
-    w.Put(s.seq->id());
-    w.Put(static_cast<uint8_t>(s.all_logits ? 1 : 0));
-    w.Put(static_cast<uint32_t>(s.tokens.size()));
-    for (int32_t t : s.tokens) w.Put(t);
+    tp::StepSequence& out = *step.add_batch();
+    out.set_id(s.seq->id());
+    out.set_all_logits(s.all_logits);
+    out.mutable_tokens()->Add(s.tokens.begin(), s.tokens.end());
   }
-  KVASIR_RETURN_IF_ERROR(Send(w.out()));
+  KVASIR_RETURN_IF_ERROR(Send(m));
   absl::Status status = inner_->Forward(batch, logits, on_layer_done);
   // Every rank reached the same outcome (a lack of KV room is agreed on inside Forward).
   for (const StepSequence& s : batch) known_[s.seq->id()] = s.seq->n_tokens();
   if (!status.ok() && !absl::IsResourceExhausted(status) && !absl::IsInvalidArgument(status)) {
-    if (!lost_.exchange(true)) {
-      KVASIR_LOG_SUBSYS(ERROR, kWorker, "the tensor-parallel group is lost: %s", status.ToString());
-    }
+    (void)Lost(status);
   }
   return status;
+}
+
+absl::StatusOr<std::vector<std::string>> TpLeaderRunner::EncodeKv(
+    const kvcache::KvCache& cache, const kvcache::SequenceKv& seq,
+    const kvcache::SnapshotInfo& info) {
+  absl::MutexLock lock(&mu_);
+  if (lost_.load()) return absl::UnavailableError("the tensor-parallel group is lost");
+  auto it = known_.find(seq.id());
+  if (it == known_.end() || it->second != seq.n_tokens()) {
+    return absl::FailedPreconditionError(
+        "the other tensor-parallel ranks do not hold this sequence's KV");
+  }
+  tp::Message m;
+  tp::Encode& e = *m.mutable_encode();
+  e.set_id(seq.id());
+  e.set_model_fingerprint(info.model_fingerprint);
+  e.set_prefix_hash(info.prefix_hash);
+  e.set_layer_begin(info.layer_begin);
+  e.set_layer_end(info.layer_end);
+  e.set_n_tokens(info.n_tokens);
+  e.set_max_block_bytes(info.max_block_bytes);
+  KVASIR_RETURN_IF_ERROR(Send(m));
+  const tp::EncodeReply mine = EncodeOnRank(cache, &seq, e, plans_[0], model_kv_heads_);
+  KVASIR_ASSIGN_OR_RETURN(std::vector<std::string> replies,
+                          Lost(GatherBytes(comm_, mine.SerializeAsString())));
+  std::vector<std::string> blocks;
+  for (size_t r = 0; r < replies.size(); ++r) {
+    // Ranks that replicate the KV heads of the rank before them add nothing.
+    if (r > 0 && plans_[r].kv_head_begin == plans_[r - 1].kv_head_begin) continue;
+    tp::EncodeReply reply;
+    if (!reply.ParseFromString(replies[r])) {
+      return Lost(absl::DataLossError("a malformed reply from a tensor-parallel rank"));
+    }
+    if (reply.code() != 0) {
+      return absl::Status(static_cast<absl::StatusCode>(reply.code()),
+                          absl::StrCat("tensor-parallel rank ", r, ": ", reply.error()));
+    }
+    for (std::string& b : *reply.mutable_blocks()) blocks.push_back(std::move(b));
+  }
+  return blocks;
+}
+
+absl::StatusOr<kvcache::SequenceKv*> TpLeaderRunner::DecodeKv(
+    kvcache::KvCache& cache, std::span<const std::string> blocks,
+    std::shared_ptr<const kvcache::KvPolicy> policy, uint64_t model_fingerprint) {
+  absl::MutexLock lock(&mu_);
+  if (lost_.load()) return absl::UnavailableError("the tensor-parallel group is lost");
+  const std::string spec = policy->spec();
+  // This rank first: when the blocks do not fit it, the others are not asked.
+  KVASIR_ASSIGN_OR_RETURN(kvcache::SequenceKv * seq,
+                          kvcache::DecodeSequence(cache, blocks, std::move(policy),
+                                                  model_fingerprint, plans_[0].kv_head_begin));
+  const kvcache::SeqId id = seq->id();
+  tp::Message m;
+  tp::Restore& restore = *m.mutable_restore();
+  restore.set_id(id);
+  restore.set_policy_spec(spec);
+  restore.set_model_fingerprint(model_fingerprint);
+  for (const std::string& b : blocks) {
+    // Only the blocks some other rank takes heads from.
+    auto header = kvcache::DecodeBlockHeader(b);
+    bool wanted = !header.ok();  // theirs to refuse
+    for (size_t r = 1; r < plans_.size() && !wanted; ++r) {
+      wanted =
+          header->head_begin < plans_[r].kv_head_end && header->head_end > plans_[r].kv_head_begin;
+    }
+    if (wanted) restore.add_blocks(b);
+  }
+  const absl::Status sent = Send(m);
+  absl::StatusOr<std::vector<float>> codes = sent.ok()
+                                                 ? Lost(AgreeOnRestore(comm_, absl::OkStatus()))
+                                                 : absl::StatusOr<std::vector<float>>(sent);
+  if (!codes.ok()) {
+    cache.FreeSequence(id);
+    return codes.status();
+  }
+  for (size_t r = 0; r < codes->size(); ++r) {
+    if ((*codes)[r] != 0) {
+      cache.FreeSequence(id);
+      return absl::Status(static_cast<absl::StatusCode>(static_cast<int>((*codes)[r])),
+                          absl::StrCat("tensor-parallel rank ", r, " could not restore the KV"));
+    }
+  }
+  known_[id] = seq->n_tokens();
+  return seq;
+}
+
+std::vector<int32_t> TpLeaderRunner::KvHeadParts(const kvcache::KvCache&) const {
+  std::vector<int32_t> bounds = {0};
+  for (const model::ShardPlan& p : plans_) {
+    if (p.kv_head_end > bounds.back()) bounds.push_back(p.kv_head_end);
+  }
+  return bounds;
 }
 
 absl::Status RunTpFollower(Engine& engine, coll::Communicator& comm,
                            const PolicyResolver& resolve) {
   kvcache::KvCache& cache = engine.cache();
+  const model::ShardPlan& plan = engine.shard();
   absl::flat_hash_map<kvcache::SeqId, kvcache::SequenceKv*> seqs;  // rank 0's id -> ours
+  auto free_seq = [&](kvcache::SeqId id) {
+    auto it = seqs.find(id);
+    if (it == seqs.end()) return;
+    cache.FreeSequence(it->second->id());
+    seqs.erase(it);
+  };
   std::vector<float> logits;
-  std::vector<std::vector<int32_t>> tokens;
   std::vector<StepSequence> batch;
+  tp::Message m;
   while (true) {
-    std::string message;
-    KVASIR_RETURN_IF_ERROR(BroadcastMessage(comm, message));
-    Reader r(message);
-    MessageKind kind;
-    if (!r.Get(kind)) return absl::DataLossError("an empty step message");
-    if (kind == MessageKind::kStop) return absl::OkStatus();
-    if (kind == MessageKind::kKeepAlive) continue;
-    if (kind != MessageKind::kStep) return absl::DataLossError("an unknown step message");
-    auto malformed = [] { return absl::DataLossError("a malformed step message"); };
-    uint32_t n = 0;
-    if (!r.Get(n)) return malformed();
-    for (uint32_t i = 0; i < n; ++i) {
-      kvcache::SeqId id;
-      if (!r.Get(id)) return malformed();
-      auto it = seqs.find(id);
-      if (it != seqs.end()) {
-        cache.FreeSequence(it->second->id());
-        seqs.erase(it);
+    std::string bytes;
+    KVASIR_RETURN_IF_ERROR(BroadcastMessage(comm, bytes));
+    if (!m.ParseFromString(bytes)) return absl::DataLossError("a malformed step message");
+    switch (m.kind_case()) {
+      case tp::Message::kStop:
+        return absl::OkStatus();
+      case tp::Message::kKeepalive:
+        break;
+      case tp::Message::kEncode: {
+        auto it = seqs.find(m.encode().id());
+        const tp::EncodeReply reply = EncodeOnRank(cache, it == seqs.end() ? nullptr : it->second,
+                                                   m.encode(), plan, engine.config().n_head_kv);
+        KVASIR_RETURN_IF_ERROR(GatherBytes(comm, reply.SerializeAsString()).status());
+        break;
       }
-    }
-    if (!r.Get(n)) return malformed();
-    for (uint32_t i = 0; i < n; ++i) {
-      kvcache::SeqId id;
-      std::string spec;
-      if (!r.Get(id) || !r.GetBytes(spec, 1 << 16)) return malformed();
-      KVASIR_ASSIGN_OR_RETURN(auto policy, resolve(spec));
-      seqs[id] = &cache.CreateSequence(std::move(policy));
-    }
-    if (!r.Get(n)) return malformed();
-    batch.clear();
-    tokens.resize(std::max<size_t>(tokens.size(), n));
-    for (uint32_t i = 0; i < n; ++i) {
-      kvcache::SeqId id;
-      uint8_t all = 0;
-      uint32_t count = 0;
-      if (!r.Get(id) || !r.Get(all) || !r.Get(count)) return malformed();
-      auto it = seqs.find(id);
-      if (it == seqs.end()) return absl::DataLossError("a step names an unknown sequence");
-      tokens[i].resize(count);
-      for (uint32_t k = 0; k < count; ++k) {
-        if (!r.Get(tokens[i][k])) return malformed();
+      case tp::Message::kRestore: {
+        const kvcache::SeqId id = m.restore().id();
+        free_seq(id);
+        absl::StatusOr<kvcache::SequenceKv*> seq =
+            RestoreOnRank(cache, *m.mutable_restore(), resolve, plan);
+        KVASIR_ASSIGN_OR_RETURN(std::vector<float> codes, AgreeOnRestore(comm, seq.status()));
+        const bool all = std::all_of(codes.begin(), codes.end(), [](float c) { return c == 0; });
+        if (seq.ok() && all) {
+          seqs[id] = *seq;
+        } else if (seq.ok()) {
+          cache.FreeSequence((*seq)->id());
+        }
+        break;
       }
-      batch.push_back({it->second, tokens[i], all != 0});
+      case tp::Message::kStep: {
+        const tp::Step& step = m.step();
+        for (kvcache::SeqId id : step.freed()) free_seq(id);
+        for (const tp::NewSequence& fresh : step.fresh()) {
+          KVASIR_ASSIGN_OR_RETURN(auto policy, resolve(fresh.policy_spec()));
+          free_seq(fresh.id());
+          seqs[fresh.id()] = &cache.CreateSequence(std::move(policy));
+        }
+        batch.clear();
+        for (const tp::StepSequence& s : step.batch()) {
+          auto it = seqs.find(s.id());
+          if (it == seqs.end()) return absl::DataLossError("a step names an unknown sequence");
+          batch.push_back({it->second,
+                           std::span<const int32_t>(s.tokens().data(), s.tokens().size()),
+                           s.all_logits()});
+        }
+        absl::Status st = engine.runner().Forward(batch, logits);
+        // Rank 0 saw the same outcome; a lack of KV room is retried with another batch.
+        if (!st.ok() && !absl::IsResourceExhausted(st) && !absl::IsInvalidArgument(st)) return st;
+        break;
+      }
+      default:
+        return absl::DataLossError("an unknown step message");
     }
-    if (!r.done()) return malformed();
-    absl::Status s = engine.runner().Forward(batch, logits);
-    // Rank 0 saw the same outcome; a lack of KV room is retried with another batch.
-    if (!s.ok() && !absl::IsResourceExhausted(s) && !absl::IsInvalidArgument(s)) return s;
   }
 }
 

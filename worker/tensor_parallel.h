@@ -10,13 +10,16 @@
 //   rank r:  KVASIR_ASSIGN_OR_RETURN(auto comm, JoinTpGroup(r, n, rendezvous));
 //            engine options: tp_rank = r, comm = comm.get(); then RunTpFollower(engine, *comm, ..)
 //
-// What a step carries: the sequences rank 0 freed since the last one, the sequences new to the
-// group (their id and KV policy spec), and the batch (sequence, tokens, whether all rows'
-// logits are wanted). A sequence must start empty on rank 0 (no prefix-cache pages, no KV
-// restored from the cachestore): the followers cannot rebuild KV they did not compute, so such
-// a step fails with FailedPrecondition before anything is sent. When rank 0 is idle it sends a
-// keepalive every second, so that the followers' waits (bounded by the group's timeout) do not
-// expire; when a collective fails the group is lost (lost()), and the worker leaves service.
+// What rank 0 sends (worker/tensor_parallel.proto): each step (the sequences freed since the last
+// message, those new to the group with their KV policy spec, the batch); requests to encode a
+// sequence's KV (each rank its KV heads; rank 0 gathers the blocks, which name the model's heads,
+// so that a group of another size, or one process, restores them) and to restore one from such
+// blocks (each rank takes the heads it holds). A sequence that enters a step must be empty or
+// restored that way: the followers cannot rebuild KV they did not compute (pages shared from the
+// prefix cache), so such a step fails with FailedPrecondition before anything is sent. When
+// rank 0 is idle it sends a keepalive every second, so that the followers' waits (bounded by
+// the group's timeout) do not expire; when a collective fails the group is lost (lost()), and
+// the worker leaves service.
 #pragma once
 
 #include <atomic>
@@ -31,6 +34,7 @@
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
+#include "model/shard_plan.h"
 #include "transport/child_process.h"
 #include "transport/collectives/communicator.h"
 #include "transport/collectives/rendezvous.h"
@@ -39,6 +43,10 @@
 #include "worker/model_runner.h"
 
 namespace kvasir::worker {
+
+namespace tp {
+class Message;
+}  // namespace tp
 
 // Rank 0's side of a group: the rendezvous it serves, the processes of ranks 1..size-1 it
 // started, and its communicator.
@@ -72,8 +80,9 @@ absl::StatusOr<std::unique_ptr<transport::collectives::Communicator>> JoinTpGrou
 // Rank 0's runner: sends each step to the followers, then runs `inner` (this rank's shard).
 class TpLeaderRunner final : public ModelRunner {
  public:
+  // `model`: the whole model's config (every rank's plan is drawn from it).
   TpLeaderRunner(std::unique_ptr<ModelRunner> inner, kvcache::KvCache& cache,
-                 transport::collectives::Communicator& comm);
+                 const model::ModelConfig& model, transport::collectives::Communicator& comm);
   ~TpLeaderRunner() override;  // tells the followers to stop
 
   absl::Status Forward(std::span<const StepSequence> batch, std::vector<float>& logits,
@@ -82,17 +91,37 @@ class TpLeaderRunner final : public ModelRunner {
   const model::ModelConfig& config() const override { return inner_->config(); }
   int num_threads() const override { return inner_->num_threads(); }
   CollectiveStats collective_stats() const override { return inner_->collective_stats(); }
+  // Every rank encodes (restores) its KV heads; `info`'s head fields are each rank's own. A rank
+  // that fails fails the whole (its status, naming the rank); nothing stays restored then.
+  absl::StatusOr<std::vector<std::string>> EncodeKv(const kvcache::KvCache& cache,
+                                                    const kvcache::SequenceKv& seq,
+                                                    const kvcache::SnapshotInfo& info) override;
+  absl::StatusOr<kvcache::SequenceKv*> DecodeKv(kvcache::KvCache& cache,
+                                                std::span<const std::string> blocks,
+                                                std::shared_ptr<const kvcache::KvPolicy> policy,
+                                                uint64_t model_fingerprint) override;
+  // The distinct KV-head ranges of the ranks ({0, 2, 4}: two parts; replicas count once).
+  std::vector<int32_t> KvHeadParts(const kvcache::KvCache& cache) const override;
   // A collective failed (a rank died or hung): the group can run no more steps.
   bool lost() const { return lost_.load(); }
 
  private:
-  absl::Status Send(std::string_view message) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  absl::Status Send(const tp::Message& message) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Marks the group lost when `status` is an error (a collective failed); passes it on.
+  absl::Status Lost(absl::Status status) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  template <typename T>
+  absl::StatusOr<T> Lost(absl::StatusOr<T> result) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    if (!result.ok()) (void)Lost(result.status());
+    return result;
+  }
   void KeepAlive();  // the keepalive thread
 
   std::unique_ptr<ModelRunner> inner_;
   kvcache::KvCache& cache_;
   transport::collectives::Communicator& comm_;
-  absl::Mutex mu_;  // one collective sequence at a time (steps, keepalives)
+  const int32_t model_kv_heads_;
+  std::vector<model::ShardPlan> plans_;  // every rank's, by rank
+  absl::Mutex mu_;                       // one collective sequence at a time (steps, keepalives)
   absl::flat_hash_map<kvcache::SeqId, int64_t> known_ ABSL_GUARDED_BY(mu_);  // id -> n_tokens
   absl::Time last_send_ ABSL_GUARDED_BY(mu_) = absl::Now();
   bool stop_ ABSL_GUARDED_BY(mu_) = false;

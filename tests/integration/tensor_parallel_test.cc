@@ -1,7 +1,8 @@
 // A tensor-parallel worker group as processes behind the coordinator: `kvasir-worker
 // --tensor-parallel-size 2` starts its second rank itself; the group serves greedy completions
 // equal to a single worker's, and when its second rank dies the group leaves service (the worker
-// exits with status 1, so that `kvasir up` starts it again) and requests fail cleanly.
+// exits with status 1, so that `kvasir up` starts it again) and requests fail cleanly. Prefill
+// and decode groups of different sizes hand KV over through the cachestore.
 #include <signal.h>
 
 #include <fstream>
@@ -60,20 +61,75 @@ TEST(TensorParallelServingTest, AGroupOfTwoProcessesServesAndLeavesWhenARankDies
   EXPECT_EQ(r.status, 503) << r.body;
 }
 
-TEST(TensorParallelServingTest, RefusesRolesAndSizesItCannotServe) {
-  auto disagg = transport::ChildProcess::Spawn({Bin("kvasir-worker"), "--model", StoriesModel(),
-                                                "--tensor-parallel-size", "2", "--role", "prefill",
-                                                "--cachestore", "127.0.0.1:1"});
-  ASSERT_TRUE(disagg.ok());
-  auto code = disagg->Wait(absl::Seconds(10));
+TEST(TensorParallelServingTest, RefusesSizesItCannotServe) {
+  // Per-role sizes without workers of that role.
+  auto roles = transport::ChildProcess::Spawn(
+      {Bin("kvasir"), "up", "--model", StoriesModel(), "--port", "0", "--prefill-tp", "2"});
+  ASSERT_TRUE(roles.ok());
+  auto code = roles->Wait(absl::Seconds(10));
   ASSERT_TRUE(code.ok());
   EXPECT_EQ(*code, 2);
+  // Three ranks do not divide stories260K's 8 heads.
   auto heads = transport::ChildProcess::Spawn(
       {Bin("kvasir-worker"), "--model", StoriesModel(), "--tensor-parallel-size", "3"});
   ASSERT_TRUE(heads.ok());
   code = heads->Wait(absl::Seconds(30));
   ASSERT_TRUE(code.ok());
   EXPECT_EQ(*code, 1);
+}
+
+// Prefill and decode workers of different tensor-parallel sizes (`kvasir up --prefill-tp
+// --decode-tp`): the prefill group's ranks each write their KV heads, the decode side takes the
+// heads it holds, and the greedy text equals `kvasir generate`'s (one process) with no fallback
+// to recomputing. Policies whose state is not split by heads yet (h2o, pod) fall back cleanly to
+// recomputing on the decode worker, with the same text.
+TEST(TensorParallelServingTest, PrefillAndDecodeGroupsOfDifferentSizesHandKvOver) {
+  const std::string prompt =
+      "Once upon a time, there was a little girl named Lily. She loved to play outside in the "
+      "sun with her big red ball.";
+  for (const auto& [prefill_tp, decode_tp] :
+       std::vector<std::pair<std::string, std::string>>{{"2", "1"}, {"1", "2"}}) {
+    SCOPED_TRACE("prefill TP " + prefill_tp + ", decode TP " + decode_tp);
+    Up up;
+    ASSERT_NO_FATAL_FAILURE(StartUp(up, {"--prefill-workers", "1", "--decode-workers", "1",
+                                         "--prefill-tp", prefill_tp, "--decode-tp", decode_tp}));
+    auto complete = [&](const std::string& policy) -> std::string {
+      json body = {
+          {"prompt", prompt}, {"max_tokens", 24}, {"temperature", 0}, {"kv_policy", policy}};
+      auto r = Fetch(up.port, "POST", "/v1/completions", body.dump());
+      if (!r.ok()) return "error: " + r.status().ToString();
+      const json j = json::parse(r->body, nullptr, false);
+      if (r->status != 200 || !j.is_object()) return "error: " + r->body;
+      return j["choices"][0]["text"].get<std::string>();
+    };
+    auto expect_generate = [&](const std::string& policy) {
+      auto expected = KvasirGenerate({"--model", StoriesModel(), "--prompt", prompt, "--max-tokens",
+                                      "24", "--temperature", "0", "--kv", policy});
+      ASSERT_TRUE(expected.ok()) << expected.status();
+      EXPECT_EQ(complete(policy), (*expected)["text"].get<std::string>()) << policy;
+    };
+    for (const std::string policy : {"full", "streaming:sink=4,window=16"}) {
+      expect_generate(policy);
+    }
+    auto metrics = Fetch(up.port, "GET", "/metrics");
+    ASSERT_TRUE(metrics.ok());
+    EXPECT_GT(MetricValue(metrics->body, "kvasir_kv_transfer_bytes_total").value_or(0), 0)
+        << metrics->body;
+    EXPECT_FALSE(MetricValue(metrics->body, "kvasir_disagg_fallbacks_total").has_value())
+        << metrics->body;
+    expect_generate("h2o:budget=24,recent=8");
+    expect_generate("pod:sink=4,window=16");
+    metrics = Fetch(up.port, "GET", "/metrics");
+    ASSERT_TRUE(metrics.ok());
+    const std::string fallback = prefill_tp == "2" ? "prefill_failed" : "error";
+    EXPECT_EQ(
+        MetricValue(metrics->body, "kvasir_disagg_fallbacks_total{reason=\"" + fallback + "\"}"), 2)
+        << metrics->body;
+    up.process->Signal(SIGTERM);
+    auto code = up.process->Wait(absl::Seconds(30));
+    ASSERT_TRUE(code.ok()) << code.status();
+    EXPECT_EQ(*code, 0);
+  }
 }
 
 }  // namespace

@@ -4,6 +4,8 @@
 // prompts, under every policy
 // at TP 2; the default model at TP 3. The shard plan refuses sizes that do not divide the heads,
 // and a rank holds about 1/TP of the layer weights.
+#include "worker/tensor_parallel.h"
+
 #include <algorithm>
 #include <fstream>
 #include <functional>
@@ -302,6 +304,161 @@ TEST(TensorParallelTest, KvMovesBetweenGroupsOfDifferentSizes) {
       dec[r] = *seq;
     }
     EXPECT_EQ(decode.Continue(dec, last, 20), ref);
+  }
+}
+
+// A group as the worker runs it: rank 0's runner (TpLeaderRunner) drives the other ranks
+// (RunTpFollower, threads here) through the steps, and encodes and restores KV on every rank.
+class LeaderGroup {
+ public:
+  LeaderGroup(const std::string& model, int32_t size) {
+    auto comms = transport::collectives::CreateLocalGroup(size);
+    EXPECT_TRUE(comms.ok());
+    comms_ = std::move(*comms);
+    engines_.resize(size);
+    std::vector<std::thread> loads;
+    for (int32_t r = 0; r < size; ++r) {
+      loads.emplace_back([&, r] {
+        EngineOptions o;
+        o.model = model;
+        o.num_threads = 1;
+        o.prefault = false;
+        o.tp_size = size;
+        o.tp_rank = r;
+        o.comm = comms_[r].get();
+        auto e = Engine::Load(o);
+        ASSERT_TRUE(e.ok()) << e.status();
+        engines_[r] = std::move(*e);
+      });
+    }
+    for (auto& t : loads) t.join();
+    stopped_.resize(size);
+    for (int32_t r = 1; r < size; ++r) {
+      followers_.emplace_back([this, r] {
+        Engine& e = *engines_[r];
+        stopped_[r] =
+            RunTpFollower(e, *comms_[r], [&e](std::string_view spec) { return e.Policy(spec); });
+      });
+    }
+    Engine& lead = *engines_[0];
+    lead.WrapRunner([&](std::unique_ptr<ModelRunner> inner) {
+      auto runner = std::make_unique<TpLeaderRunner>(std::move(inner), lead.cache(), lead.config(),
+                                                     *comms_[0]);
+      leader_ = runner.get();
+      return runner;
+    });
+  }
+  ~LeaderGroup() {
+    engines_[0].reset();  // the leader's runner tells the followers to stop
+    for (auto& t : followers_) t.join();
+    for (size_t r = 1; r < stopped_.size(); ++r) EXPECT_TRUE(stopped_[r].ok()) << stopped_[r];
+  }
+  Engine& leader() { return *engines_[0]; }
+  TpLeaderRunner& runner() { return *leader_; }
+
+ private:
+  std::vector<std::unique_ptr<transport::collectives::Communicator>> comms_;
+  std::vector<std::unique_ptr<Engine>> engines_;
+  std::vector<std::thread> followers_;
+  std::vector<absl::Status> stopped_;  // how each follower's loop ended
+  TpLeaderRunner* leader_ = nullptr;
+};
+
+// Greedy: feeds `tokens`, then samples n tokens, on one engine's runner.
+std::vector<int32_t> ContinueOn(ModelRunner& runner, kvcache::SequenceKv* seq,
+                                std::vector<int32_t> tokens, int32_t n) {
+  std::vector<int32_t> ids;
+  std::vector<float> logits;
+  for (int32_t i = 0; i < n; ++i) {
+    const StepSequence step{seq, tokens, false};
+    EXPECT_TRUE(runner.Forward({&step, 1}, logits).ok());
+    ids.push_back(
+        static_cast<int32_t>(std::max_element(logits.begin(), logits.end()) - logits.begin()));
+    tokens = {ids.back()};
+  }
+  return ids;
+}
+
+// The serving path of a hand-off between a group and one process: the group's leader encodes
+// every rank's KV heads (ModelRunner::EncodeKv) and a single engine decodes on from them; a
+// single engine's blocks are restored on every rank of a group (DecodeKv), which decodes on; both
+// give the greedy ids of one engine. A policy whose state is not split by heads is refused on
+// both paths, naming the rank, and leaves nothing behind.
+TEST(TensorParallelTest, TheLeaderEncodesAndRestoresKvOnEveryRank) {
+  const std::string model = testing::SharedPath("models/stories260K.gguf");
+  const std::vector<int32_t> prompt = GoldenPrompts().at(1);
+  const std::vector<int32_t> ref = RunGroup(model, 1, {Greedy(prompt, "full", 20)}).ids.at(0);
+  ASSERT_EQ(ref.size(), 20u);
+  const std::vector<int32_t> head(prompt.begin(), prompt.end() - 1);
+  const std::vector<int32_t> last = {prompt.back()};
+  EngineOptions o;
+  o.model = model;
+  o.num_threads = 1;
+  o.prefault = false;
+  auto single = Engine::Load(o);
+  ASSERT_TRUE(single.ok()) << single.status();
+  Engine& one = **single;
+  kvcache::SnapshotInfo info;
+  info.model_fingerprint = one.files().fingerprint();
+  info.max_block_bytes = 4096;
+  for (int32_t size : {2, 8}) {
+    SCOPED_TRACE(::testing::Message() << "TP " << size);
+    LeaderGroup group(model, size);
+    Engine& lead = group.leader();
+    EXPECT_EQ(group.runner().KvHeadParts(lead.cache()),
+              size == 2 ? std::vector<int32_t>({0, 2, 4}) : std::vector<int32_t>({0, 1, 2, 3, 4}));
+    // Group -> one engine.
+    kvcache::SequenceKv* seq = &lead.cache().CreateSequence(*lead.Policy("full"));
+    std::vector<float> logits;
+    const StepSequence step{seq, head, false};
+    ASSERT_TRUE(lead.runner().Forward({&step, 1}, logits).ok());
+    auto blocks = lead.runner().EncodeKv(lead.cache(), *seq, info);
+    ASSERT_TRUE(blocks.ok()) << blocks.status();
+    auto moved =
+        kvcache::DecodeSequence(one.cache(), *blocks, *one.Policy("full"), info.model_fingerprint);
+    ASSERT_TRUE(moved.ok()) << moved.status();
+    EXPECT_EQ(ContinueOn(one.runner(), *moved, last, 20), ref);
+    one.cache().FreeSequence((*moved)->id());
+    lead.cache().FreeSequence(seq->id());
+
+    // One engine -> group.
+    kvcache::SequenceKv* mine = &one.cache().CreateSequence(*one.Policy("full"));
+    const StepSequence mine_step{mine, head, false};
+    ASSERT_TRUE(one.runner().Forward({&mine_step, 1}, logits).ok());
+    auto single_blocks = kvcache::EncodeSequence(one.cache(), *mine, info);
+    ASSERT_TRUE(single_blocks.ok()) << single_blocks.status();
+    one.cache().FreeSequence(mine->id());
+    auto restored = lead.runner().DecodeKv(lead.cache(), *single_blocks, *lead.Policy("full"),
+                                           info.model_fingerprint);
+    ASSERT_TRUE(restored.ok()) << restored.status();
+    EXPECT_EQ(ContinueOn(lead.runner(), *restored, last, 20), ref);
+    lead.cache().FreeSequence((*restored)->id());
+
+    // A stateful policy: refused both ways, nothing stays on rank 0.
+    const std::string h2o = "h2o:budget=24,recent=8";
+    kvcache::SequenceKv* stateful = &lead.cache().CreateSequence(*lead.Policy(h2o));
+    const StepSequence stateful_step{stateful, head, false};
+    ASSERT_TRUE(lead.runner().Forward({&stateful_step, 1}, logits).ok());
+    auto refused = lead.runner().EncodeKv(lead.cache(), *stateful, info);
+    ASSERT_FALSE(refused.ok());
+    EXPECT_EQ(refused.status().code(), absl::StatusCode::kUnimplemented) << refused.status();
+    EXPECT_NE(refused.status().message().find("tensor-parallel rank"), std::string::npos);
+    lead.cache().FreeSequence(stateful->id());
+    kvcache::SequenceKv* one_h2o = &one.cache().CreateSequence(*one.Policy(h2o));
+    const StepSequence one_h2o_step{one_h2o, head, false};
+    ASSERT_TRUE(one.runner().Forward({&one_h2o_step, 1}, logits).ok());
+    auto h2o_blocks = kvcache::EncodeSequence(one.cache(), *one_h2o, info);
+    ASSERT_TRUE(h2o_blocks.ok());
+    one.cache().FreeSequence(one_h2o->id());
+    auto not_restored = lead.runner().DecodeKv(lead.cache(), *h2o_blocks, *lead.Policy(h2o),
+                                               info.model_fingerprint);
+    ASSERT_FALSE(not_restored.ok());
+    EXPECT_EQ(lead.cache().num_sequences(), 0);
+    // The group still runs, and its ranks agree.
+    kvcache::SequenceKv* again = &lead.cache().CreateSequence(*lead.Policy("full"));
+    EXPECT_EQ(ContinueOn(lead.runner(), again, prompt, 20), ref);
+    lead.cache().FreeSequence(again->id());
+    EXPECT_FALSE(group.runner().lost());
   }
 }
 

@@ -83,13 +83,6 @@ int Main(int argc, char** argv) {
     return 0;
   }
   if (absl::Status s = tp.Check(); !s.ok()) return Fail(cmd, s, 2);
-  if (tp.size > 1 && options.role != "both") {
-    return Fail(cmd,
-                absl::InvalidArgumentError(
-                    "--tensor-parallel-size > 1 serves --role both only for now (KV hand-offs "
-                    "between groups are not built yet)"),
-                2);
-  }
   if (port < 0 || port > 65535 || http_port < 0 || http_port > 65535 || heartbeat_ms <= 0 ||
       step_delay_ms < 0 || transfer_timeout_ms <= 0) {
     return Fail(cmd, absl::InvalidArgumentError("a port, interval or delay is out of range"), 2);

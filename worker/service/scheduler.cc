@@ -40,15 +40,15 @@ absl::StatusOr<std::unique_ptr<Scheduler>> Scheduler::Create(Engine& engine,
                                                              SchedulerOptions options,
                                                              cachestore::StoreClient* store) {
   if (engine.shard().sharded()) {
-    // A tensor-parallel group: its other ranks can only compute the KV of a sequence
-    // themselves (worker/tensor_parallel.h), so nothing comes from the prefix cache or the store.
-    if (options.enable_prefix_caching || store != nullptr) {
+    // A tensor-parallel group: its other ranks cannot share pages of the prefix cache
+    // (worker/tensor_parallel.h); KV hand-offs go through every rank (ModelRunner::EncodeKv),
+    // after the step (not streamed by layers).
+    if (options.enable_prefix_caching) {
       KVASIR_LOG_SUBSYS(INFO, kWorker,
-                        "tensor parallelism: prefix caching and KV moves through the cachestore "
-                        "are off (not built for groups yet)");
+                        "tensor parallelism: prefix caching is off (not built for groups yet)");
     }
     options.enable_prefix_caching = false;
-    store = nullptr;
+    options.kv_stream_layers = 0;
   }
   const int32_t context = engine.config().context_length;
   if (options.max_model_len <= 0) options.max_model_len = context;
@@ -151,6 +151,15 @@ absl::Status Scheduler::Submit(SchedulerRequest request, OutputSink sink) {
        !ValidLayerParts(request.kv_layer_bounds, engine_.cache().geometry().n_layer))) {
     return absl::InvalidArgumentError(
         "kv layer bounds must go with a decode hand-off and tile the model's layers");
+  }
+  const int32_t kv_heads = engine_.config().n_head_kv;
+  if ((!request.kv_head_bounds.empty() && (request.handoff != KvHandoff::kDecode ||
+                                           !ValidLayerParts(request.kv_head_bounds, kv_heads))) ||
+      (!request.resume_kv_head_bounds.empty() &&
+       (request.resume.empty() || !ValidLayerParts(request.resume_kv_head_bounds, kv_heads)))) {
+    return absl::InvalidArgumentError(
+        "kv head bounds must go with a decode hand-off (or a resume) and tile the model's KV "
+        "heads");
   }
   // One shared object per policy: requests that select the same one batch their attention.
   auto policy = policies_->Resolve(request.kv_policy);
@@ -412,6 +421,9 @@ void Scheduler::Emit(Request& r, RequestOutput& out) {
   if (out.finish_reason == "prefilled") {
     out.kv_layer_bounds = r.pushed_bounds;
     out.kv_push_wait_seconds = r.push_wait_seconds;
+  }
+  if (out.finish_reason == "prefilled" || out.finish_reason == "migrated") {
+    out.kv_head_bounds = r.pushed_head_bounds;
   }
   r.sink(out);
 }

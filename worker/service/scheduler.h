@@ -128,8 +128,13 @@ struct SchedulerRequest {
   // else the prefill's snapshot of the prompt), else recomputed.
   std::vector<int32_t> resume;
   // KvHandoff::kDecode: the layer parts the prefill worker wrote the prompt's KV in (its
-  // RequestOutput::kv_layer_bounds); empty: one part.
+  // RequestOutput::kv_layer_bounds); empty: one part. And its KV-head parts (those of a
+  // tensor-parallel group, in the model's heads; empty: one part of every head).
   std::vector<int32_t> kv_layer_bounds;
+  std::vector<int32_t> kv_head_bounds;
+  // With `resume`: the KV-head parts of the drained worker's snapshot (its "migrated" output's
+  // kv_head_bounds; empty: one part).
+  std::vector<int32_t> resume_kv_head_bounds;
   // Enters the prefix cache's hash chain: requests with another salt (another tenant) never
   // share a cached block.
   uint64_t cache_salt = 0;
@@ -164,7 +169,10 @@ struct RequestOutput {
   double kv_transfer_seconds = 0;  // the time that push or pull took (a streamed push: its parts')
   // "prefilled": the layer parts the KV was written in (LayerParts bounds), for the kDecode
   // request; and the time from the end of the prompt's computation to the end of the push.
+  // "prefilled" and "migrated": the KV-head parts it was written in (a tensor-parallel group's
+  // ranks' heads; empty: one part), for the request that takes it.
   std::vector<int32_t> kv_layer_bounds;
+  std::vector<int32_t> kv_head_bounds;
   double kv_push_wait_seconds = 0;
 };
 
@@ -298,6 +306,8 @@ class Scheduler {
   // blocks do not pile up in memory behind a long queue.
   void PrefetchKv();
   void StartFetch(Request& r);
+  // The KV-head parts a push writes (ModelRunner::KvHeadParts; empty: one part of every head).
+  std::vector<int32_t> PushedHeadParts();
   // The prefix cache's store tier (SchedulerOptions::enable_prefix_store).
   bool PrefixStoreOn() const {
     return prefix_cache_ != nullptr && store_ != nullptr && options_.enable_prefix_store;
@@ -379,6 +389,7 @@ class Scheduler {
   struct Snapshot {
     std::vector<int32_t> tokens;
     std::vector<int32_t> layer_bounds;  // empty: one part
+    std::vector<int32_t> head_bounds;   // the model's KV heads; empty: one part
   };
   struct TransferJob {
     // kBlockFetch, kBlockPut: the prefix cache's store tier.

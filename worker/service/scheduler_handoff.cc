@@ -106,17 +106,30 @@ void Scheduler::PutNewBlocks(const Request& r, std::span<const int64_t> blocks) 
   }
 }
 
+std::vector<int32_t> Scheduler::PushedHeadParts() {
+  std::vector<int32_t> parts = engine_.runner().KvHeadParts(engine_.cache());
+  // One part of every head: said by no bounds at all.
+  if (parts.size() == 2 && parts[0] == 0 && parts[1] == engine_.config().n_head_kv) parts.clear();
+  return parts;
+}
+
 void Scheduler::StartFetch(Request& r) {
   r.store_skipped = StoreDown();
   if (r.store_skipped) return;
   TransferJob job{.kind = TransferJob::kFetch, .request = &r};
+  // Head parts in the model's KV heads (this worker's cache may hold some of them only).
+  auto heads = [this](const std::vector<int32_t>& bounds) {
+    return bounds.empty() ? std::vector<int32_t>{0, engine_.config().n_head_kv} : bounds;
+  };
   if (!r.req.resume.empty()) {
     // A drained worker's snapshot first: every token but the last (whose KV it had not computed).
-    job.snapshots.push_back({.tokens = {r.tokens.begin(), r.tokens.end() - 1}});
+    job.snapshots.push_back({.tokens = {r.tokens.begin(), r.tokens.end() - 1},
+                             .head_bounds = heads(r.req.resume_kv_head_bounds)});
   }
   const std::span<const int32_t> prompt = r.handoff_tokens();
-  job.snapshots.push_back(
-      {.tokens = {prompt.begin(), prompt.end()}, .layer_bounds = r.req.kv_layer_bounds});
+  job.snapshots.push_back({.tokens = {prompt.begin(), prompt.end()},
+                           .layer_bounds = r.req.kv_layer_bounds,
+                           .head_bounds = heads(r.req.kv_head_bounds)});
   r.fetching = true;
   ++fetches_in_flight_;
   EnqueueTransfer(std::move(job));
@@ -131,9 +144,9 @@ bool Scheduler::TakeFetchedKv(Request& r) {
       r.fetched.has_value() ? std::move(*r.fetched) : absl::NotFoundError("no fetch was made");
   r.fetched.reset();
   absl::StatusOr<kvcache::SequenceKv*> seq =
-      fetched.ok()
-          ? RestoreSnapshot(engine_.cache(), r.policy, *fetched, engine_.files().fingerprint())
-          : absl::StatusOr<kvcache::SequenceKv*>(fetched.status());
+      fetched.ok() ? RestoreSnapshot(engine_.cache(), r.policy, *fetched,
+                                     engine_.files().fingerprint(), &engine_.runner())
+                   : absl::StatusOr<kvcache::SequenceKv*>(fetched.status());
   if (!seq.ok()) {
     const absl::Status& s = seq.status();
     const char* why = absl::IsNotFound(s)            ? "not_found"
@@ -175,6 +188,7 @@ void Scheduler::StartPush(Request& r) {
   const int32_t n_layer = engine_.cache().geometry().n_layer;
   r.pushed_bounds = r.parts != nullptr ? stream_bounds_ : LayerParts(n_layer, 0);
   job.layer_begin = r.pushed_bounds[r.pushed_bounds.size() - 2];
+  r.pushed_head_bounds = PushedHeadParts();
   job.parts = std::move(r.parts);
   EnqueueTransfer(std::move(job));
 }
@@ -245,9 +259,10 @@ void Scheduler::TransferLoop() {
         done.status = job.parts->status;
       } else {
         // Reads the sequence, which the executor leaves alone while the request is pushing.
-        auto sent =
-            PushSequence(*store_, engine_.cache(), *job.request->seq, job.snapshots.front().tokens,
-                         fingerprint, options_.kv_transfer_timeout, job.layer_begin);
+        // A tensor-parallel group's runner has every rank encode its heads.
+        auto sent = PushSequence(*store_, engine_.cache(), *job.request->seq,
+                                 job.snapshots.front().tokens, fingerprint,
+                                 options_.kv_transfer_timeout, job.layer_begin, &engine_.runner());
         done.status = sent.status();
         if (sent.ok()) {
           done.bytes = sent->bytes;
@@ -263,7 +278,7 @@ void Scheduler::TransferLoop() {
       for (const Snapshot& snapshot : job.snapshots) {
         done.fetched = FetchSnapshot(*store_, *job.request->policy, engine_.cache().geometry(),
                                      snapshot.tokens, fingerprint, options_.kv_transfer_timeout,
-                                     snapshot.layer_bounds);
+                                     snapshot.layer_bounds, snapshot.head_bounds);
         if (!absl::IsNotFound(done.fetched.status())) break;
       }
     }
@@ -371,10 +386,11 @@ void Scheduler::MigrateAll() {
     // resuming worker looks for first. Without a store (or when it fails) that worker recomputes.
     if (store_ != nullptr && r->seq != nullptr && r->state == RequestState::kDecode &&
         r->pending() == 1 && !StoreDown()) {
-      auto sent = PushSequence(*store_, engine_.cache(), *r->seq,
-                               std::span<const int32_t>(r->tokens).first(r->computed),
-                               engine_.files().fingerprint(), options_.kv_transfer_timeout);
+      auto sent = PushSequence(
+          *store_, engine_.cache(), *r->seq, std::span<const int32_t>(r->tokens).first(r->computed),
+          engine_.files().fingerprint(), options_.kv_transfer_timeout, 0, &engine_.runner());
       if (sent.ok()) {
+        r->pushed_head_bounds = PushedHeadParts();
         r->kv_transfer_bytes += sent->bytes;
         r->kv_transfer_seconds += sent->seconds;
       } else {

@@ -64,7 +64,8 @@ struct Scheduler::Request {
   // bounds of the whole push, and when the prompt's computation ended.
   std::shared_ptr<StreamedParts> parts;
   std::vector<int32_t> pushed_bounds;
-  kvcache::PrefixCache::Chain chain;  // its whole blocks' hashes (prefix caching)
+  std::vector<int32_t> pushed_head_bounds;  // empty: one part of every KV head
+  kvcache::PrefixCache::Chain chain;        // its whole blocks' hashes (prefix caching)
   // The prefix cache's store tier: whether the store was asked for its blocks, the blocks the
   // prefix cache held then, those asked of the store, and those taken from it.
   bool store_asked = false;

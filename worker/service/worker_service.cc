@@ -41,6 +41,7 @@ serving::GenerateEvent ToEvent(const RequestOutput& out) {
   event.set_kv_transfer_seconds(out.kv_transfer_seconds);
   event.mutable_kv_layer_bounds()->Add(out.kv_layer_bounds.begin(), out.kv_layer_bounds.end());
   event.set_kv_push_wait_seconds(out.kv_push_wait_seconds);
+  event.mutable_kv_head_bounds()->Add(out.kv_head_bounds.begin(), out.kv_head_bounds.end());
   return event;
 }
 
@@ -204,6 +205,9 @@ void WorkerService::HandleGenerate(std::shared_ptr<rpc::ServerCall> call) {
                                                              : KvHandoff::kNone;
   r.resume.assign(request.resume().begin(), request.resume().end());
   r.kv_layer_bounds.assign(request.kv_layer_bounds().begin(), request.kv_layer_bounds().end());
+  r.kv_head_bounds.assign(request.kv_head_bounds().begin(), request.kv_head_bounds().end());
+  r.resume_kv_head_bounds.assign(request.resume_kv_head_bounds().begin(),
+                                 request.resume_kv_head_bounds().end());
   r.cache_salt = request.cache_salt();
   const std::string id = r.id;
   absl::Status submitted = scheduler_->Submit(std::move(r), [call](const RequestOutput& out) {
