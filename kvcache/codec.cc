@@ -208,6 +208,38 @@ std::string EncodeHeader(const KvBlockHeader& h) {
   return out;
 }
 
+// The policy state a part carries: the state split by KV heads (KvPolicy::SaveSplitState), with
+// the records of the part's heads [h0, h1) of the cache, every layer's:
+//   u32 kSplitStateMagic, u32 shared bytes, shared, then per layer, per head: u32 bytes, record
+// Empty for a policy without state.
+constexpr uint32_t kSplitStateMagic = 0x5353564B;  // "KVSS" little-endian
+
+absl::Status EncodeState(const SequenceKv& seq, const KvGeometry& g, int32_t h0, int32_t h1,
+                         std::string& out) {
+  out.clear();
+  std::string shared;
+  std::vector<std::string> heads;
+  KVASIR_RETURN_IF_ERROR(seq.policy().SaveSplitState(seq, shared, heads));
+  if (shared.empty() && heads.empty()) return absl::OkStatus();
+  if (heads.size() != static_cast<size_t>(g.n_layer) * g.n_head_kv) {
+    return absl::InternalError(absl::StrCat("KV policy '", seq.policy().spec(), "' saved ",
+                                            heads.size(), " head states for a cache of ",
+                                            g.n_layer * g.n_head_kv));
+  }
+  Writer w(out);
+  w.Put<uint32_t>(kSplitStateMagic);
+  w.Put<uint32_t>(static_cast<uint32_t>(shared.size()));
+  w.Bytes(shared.data(), shared.size());
+  for (int32_t l = 0; l < g.n_layer; ++l) {
+    for (int32_t h = h0; h < h1; ++h) {
+      const std::string& record = heads[static_cast<size_t>(l) * g.n_head_kv + h];
+      w.Put<uint32_t>(static_cast<uint32_t>(record.size()));
+      w.Bytes(record.data(), record.size());
+    }
+  }
+  return absl::OkStatus();
+}
+
 }  // namespace
 
 absl::StatusOr<std::vector<std::string>> EncodeSequence(const KvCache& cache, const SequenceKv& seq,
@@ -228,21 +260,15 @@ absl::StatusOr<std::vector<std::string>> EncodeSequence(const KvCache& cache, co
     return absl::InvalidArgumentError(absl::StrCat("the cache's heads at ", info.head_offset,
                                                    " do not fit in ", total, " KV heads"));
   }
-  // The part that ends the grid carries the policy state; the state is whole only between steps.
-  const bool all_heads = info.head_offset == 0 && total == g.n_head_kv;
-  const bool with_state = l1 == g.n_layer && h1 == g.n_head_kv;
+  // A part that ends the layer range carries the policy state of its KV heads (of every layer);
+  // the state is whole only between steps.
+  const bool with_state = l1 == g.n_layer;
   if (with_state && n_tokens != seq.n_tokens()) {
     return absl::FailedPreconditionError(
         "a KV snapshot part with the policy state can only be taken between steps");
   }
   std::string state;
-  if (with_state) KVASIR_RETURN_IF_ERROR(seq.policy().SaveState(seq, state));
-  if (!all_heads && !state.empty()) {
-    return absl::UnimplementedError(
-        absl::StrCat("the state of KV policy '", seq.policy().spec(),
-                     "' is not split by KV heads yet: its KV cannot move between "
-                     "tensor-parallel groups"));
-  }
+  if (with_state) KVASIR_RETURN_IF_ERROR(EncodeState(seq, g, h0, h1, state));
   const uint64_t payload_bytes = PayloadBytes(cache, seq, l0, l1, h0, h1, state.size());
 
   KvBlockHeader h;
@@ -524,32 +550,59 @@ absl::StatusOr<SequenceKv*> DecodeSequence(KvCache& cache, std::span<const std::
     cache.FreeSequence(seq.id());
     return s;
   };
-  std::string state, part_state;
-  const bool all_heads = head_offset == 0 && head_end == first.n_head_kv;
+  // The policy state: the shared part (the same in every part that has one) and a record per
+  // (layer, KV head) of this cache, from the parts that end the layer range.
+  std::vector<std::string> states(used.size());
+  std::string_view shared;
+  bool any_state = false;
+  std::vector<std::string_view> records(static_cast<size_t>(g.n_layer) * g.n_head_kv);
+  std::vector<int32_t> have(records.size(), 0);
   for (size_t u = 0; u < used.size(); ++u) {
     const KvBlockHeader& h = headers[by_part[used[u]][0]];
-    if (absl::Status s = ReadPart(cache, seq, h, std::move(payloads[u]), head_offset, part_state);
+    if (absl::Status s = ReadPart(cache, seq, h, std::move(payloads[u]), head_offset, states[u]);
         !s.ok()) {
       return fail(s);
     }
-    if (part_state.empty()) continue;
-    // Only the part that ends the whole grid carries the state, and only a cache of every head
-    // can take it.
-    if (h.layer_end != g.n_layer || h.head_begin != 0 || h.head_end != first.n_head_kv) {
+    if (states[u].empty()) continue;
+    if (h.layer_end != g.n_layer) {
       return fail(absl::InvalidArgumentError(
-          "KV snapshot: a part other than the last carries policy state"));
+          "KV snapshot: a part that does not end the layers carries policy state"));
     }
-    if (!all_heads) {
-      return fail(absl::UnimplementedError(
-          "the KV policy's state is not split by KV heads yet: a tensor-parallel rank cannot "
-          "take it"));
+    Reader r(states[u]);
+    uint32_t magic = 0, shared_bytes = 0;
+    std::string_view part_shared;
+    if (!r.Get(&magic) || magic != kSplitStateMagic || !r.Get(&shared_bytes) ||
+        !r.Bytes(shared_bytes, &part_shared) || (any_state && part_shared != shared)) {
+      return fail(absl::InvalidArgumentError("KV snapshot: bad or disagreeing policy state"));
     }
-    state = std::move(part_state);
+    shared = part_shared;
+    any_state = true;
+    for (int32_t l = 0; l < g.n_layer; ++l) {
+      for (int32_t k = h.head_begin; k < h.head_end; ++k) {
+        uint32_t n = 0;
+        std::string_view record;
+        if (!r.Get(&n) || !r.Bytes(n, &record)) {
+          return fail(absl::InvalidArgumentError("KV snapshot: truncated policy state"));
+        }
+        if (k < head_offset || k >= head_end) continue;  // another rank's head
+        const size_t at = static_cast<size_t>(l) * g.n_head_kv + (k - head_offset);
+        records[at] = record;
+        ++have[at];
+      }
+    }
+    if (r.left() != 0) {
+      return fail(absl::InvalidArgumentError("KV snapshot: trailing bytes in the policy state"));
+    }
+  }
+  if (any_state && std::any_of(have.begin(), have.end(), [](int32_t n) { return n != 1; })) {
+    return fail(
+        absl::InvalidArgumentError("KV snapshot: the policy state of some KV heads is missing"));
   }
   seq.set_n_tokens(first.n_tokens);
-  if (absl::Status s = seq.policy().LoadState(state, seq); !s.ok()) {
-    return fail(Annotate(s, "KV snapshot policy state"));
-  }
+  const absl::Status loaded = any_state
+                                  ? seq.policy().LoadSplitState(shared, records, g.n_head_kv, seq)
+                                  : seq.policy().LoadState("", seq);
+  if (!loaded.ok()) return fail(Annotate(loaded, "KV snapshot policy state"));
   return &seq;
 }
 

@@ -8,12 +8,12 @@
 //
 // A snapshot may come in parts, each a range of layers encoded on its own (so that a prefill can
 // hand each range over as soon as its layers are computed, see worker/kv_transfer.h): the part
-// that ends the layer range carries the policy state, the others an empty one, and DecodeSequence
+// that ends the layer range carries the policy state, the others none, and DecodeSequence
 // takes the blocks of every part together. Parts may also cover ranges of KV heads (the ranks of
 // a tensor-parallel group, each its own heads, in the model's head numbering): a cache holding
 // heads [a, b) of the model takes those heads from whichever parts hold them, so that groups of
-// different sizes hand KV over. Head-range parts are for policies without per-sequence state
-// (their state is not split by heads yet: Unimplemented).
+// different sizes hand KV over. The policy state travels split by KV heads
+// (KvPolicy::SaveSplitState): every part that ends the layer range carries its heads' records.
 //
 //   KVASIR_ASSIGN_OR_RETURN(auto blocks, EncodeSequence(cache, seq, info));
 //   ... move the blocks ...
@@ -35,7 +35,8 @@
 namespace kvasir::kvcache {
 
 inline constexpr uint32_t kKvBlockMagic = 0x424B564B;  // "KVKB" little-endian
-inline constexpr uint16_t kKvLayoutVersion = 1;
+// 2: the policy state is split by KV heads (each part that ends the layers carries its heads').
+inline constexpr uint16_t kKvLayoutVersion = 2;
 
 struct SnapshotInfo {
   uint64_t model_fingerprint = 0;

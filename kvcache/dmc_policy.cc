@@ -476,6 +476,15 @@ absl::Status DmcPolicy::SaveState(const SequenceKv& seq, std::string& out) const
   return absl::OkStatus();
 }
 
+std::optional<KvPolicy::StateLayout> DmcPolicy::state_layout() const {
+  const size_t head = dmc::State::SerializedHeadBytes(geometry_.head_dim, options_.window);
+  return StateLayout{.header_bytes = dmc::State::SerializedHeaderBytes(),
+                     .n_head_kv_at = dmc::State::SerializedHeadsAt(),
+                     .record_bytes = [head](std::string_view rest) -> size_t {
+                       return rest.size() >= head ? head : 0;
+                     }};
+}
+
 absl::Status DmcPolicy::LoadState(std::string_view in, SequenceKv& seq) const {
   dmc::State* state = StateOf(seq);
   const KvGeometry& g = geometry_;

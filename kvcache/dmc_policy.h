@@ -95,7 +95,12 @@ class DmcPolicy : public KvPolicy {
   // refuses bytes of another version, mode, window or geometry (InvalidArgument).
   absl::Status SaveState(const SequenceKv& seq, std::string& out) const override;
   absl::Status LoadState(std::string_view in, SequenceKv& seq) const override;
+  bool reads_whole_query_group() const override { return options_.mode == DmcMode::kLearned; }
 
+ protected:
+  std::optional<StateLayout> state_layout() const override;
+
+ public:
   // The state of one head of `seq` (which must use this policy).
   DmcHeadStats HeadStats(const SequenceKv& seq, int32_t layer, int32_t kv_head) const;
 

@@ -143,6 +143,12 @@ bool Step(const StepParams& p, State& state, int32_t head, const float* q, int64
   return alpha;
 }
 
+size_t State::SerializedHeaderBytes() { return kHeaderBytes; }
+size_t State::SerializedHeadsAt() { return 4 + 2 + 1 + 1 + 4; }
+size_t State::SerializedHeadBytes(int32_t head_dim, int32_t window) {
+  return kScalarBytes + 4 * static_cast<size_t>((2 + 2 * window) * head_dim + window);
+}
+
 std::string State::Serialize(DmcMode mode, const KvGeometry& geometry,
                              const std::vector<int32_t>& slots) const {
   KVASIR_CHECK(slots.size() == scalars_.size());

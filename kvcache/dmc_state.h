@@ -58,6 +58,11 @@ class State : public PolicyState {
   // wrong size, or values out of range; the state is unchanged then.
   absl::StatusOr<std::vector<int32_t>> Deserialize(std::string_view in, DmcMode mode,
                                                    const KvGeometry& geometry);
+  // The serialized form's header size, where its int32 n_head_kv sits, and the bytes of one
+  // head's record (its scalars and floats).
+  static size_t SerializedHeaderBytes();
+  static size_t SerializedHeadsAt();
+  static size_t SerializedHeadBytes(int32_t head_dim, int32_t window);
 
  private:
   int32_t head_dim_;

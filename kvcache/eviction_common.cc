@@ -166,6 +166,13 @@ void WriteStateHeader(StateWriter& w, const StateHeader& header) {
   w.I32(header.params[1]);
 }
 
+size_t CountedRecordBytes(std::string_view rest, size_t item_bytes) {
+  StateReader r(rest);
+  int32_t n = 0;
+  if (!r.I32(n) || n < 0) return 0;
+  return 4 + static_cast<size_t>(n) * item_bytes;
+}
+
 absl::Status ReadStateHeader(StateReader& r, const StateHeader& expected, std::string_view spec) {
   const char* policy = expected.policy;
   uint32_t magic = 0, version = 0;

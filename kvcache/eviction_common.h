@@ -134,6 +134,12 @@ struct StateHeader {
 };
 
 void WriteStateHeader(StateWriter& w, const StateHeader& header);
+// Its size, and where n_head_kv sits in it (KvPolicy::StateLayout).
+inline constexpr size_t kStateHeaderBytes = 6 * 4;
+inline constexpr size_t kStateHeaderHeadsAt = 3 * 4;
+// The size of a record that starts with an int32 count n followed by n items of `item_bytes`
+// (0 when `rest` cannot hold the count or it is negative).
+size_t CountedRecordBytes(std::string_view rest, size_t item_bytes);
 
 // Reads what StateWriter wrote; every read fails (returns false) past the end.
 class StateReader {

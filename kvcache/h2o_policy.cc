@@ -149,6 +149,14 @@ absl::Status H2oPolicy::SaveState(const SequenceKv& seq, std::string& out) const
   return absl::OkStatus();
 }
 
+std::optional<KvPolicy::StateLayout> H2oPolicy::state_layout() const {
+  // The header, then per (layer, head) a slot count, then its token indices and scores.
+  return StateLayout{
+      .header_bytes = internal::kStateHeaderBytes,
+      .n_head_kv_at = internal::kStateHeaderHeadsAt,
+      .record_bytes = [](std::string_view rest) { return internal::CountedRecordBytes(rest, 8); }};
+}
+
 absl::Status H2oPolicy::LoadState(std::string_view in, SequenceKv& seq) const {
   H2oState* state = StateOf(seq);
   if (state == nullptr) return absl::FailedPreconditionError("h2o: the sequence has no h2o state");

@@ -60,7 +60,12 @@ class H2oPolicy : public KvPolicy {
   // (layer, head): n, n token indices, n scores (f32 bits).
   absl::Status SaveState(const SequenceKv& seq, std::string& out) const override;
   absl::Status LoadState(std::string_view in, SequenceKv& seq) const override;
+  bool reads_whole_query_group() const override { return true; }
 
+ protected:
+  std::optional<StateLayout> state_layout() const override;
+
+ public:
   int32_t budget() const { return budget_; }
   int32_t recent() const { return recent_; }
 

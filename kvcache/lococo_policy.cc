@@ -289,6 +289,14 @@ absl::Status LococoPolicy::SaveState(const SequenceKv& seq, std::string& out) co
   return absl::OkStatus();
 }
 
+std::optional<KvPolicy::StateLayout> LococoPolicy::state_layout() const {
+  // The header, then per (layer, head) a count, then its scores.
+  return StateLayout{
+      .header_bytes = internal::kStateHeaderBytes,
+      .n_head_kv_at = internal::kStateHeaderHeadsAt,
+      .record_bytes = [](std::string_view rest) { return internal::CountedRecordBytes(rest, 4); }};
+}
+
 absl::Status LococoPolicy::LoadState(std::string_view in, SequenceKv& seq) const {
   LococoState* state = StateOf(seq);
   if (state == nullptr) {

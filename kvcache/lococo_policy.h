@@ -70,7 +70,12 @@ class LococoPolicy : public KvPolicy {
   // (layer, head): n, n scores (f32 bits).
   absl::Status SaveState(const SequenceKv& seq, std::string& out) const override;
   absl::Status LoadState(std::string_view in, SequenceKv& seq) const override;
+  bool reads_whole_query_group() const override { return true; }
 
+ protected:
+  std::optional<StateLayout> state_layout() const override;
+
+ public:
   int32_t slots() const { return slots_; }
   int32_t chunk() const { return chunk_; }
   int32_t fused_slots() const { return m_c_; }

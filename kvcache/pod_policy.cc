@@ -316,6 +316,15 @@ absl::Status PodPolicy::SaveState(const SequenceKv& seq, std::string& out) const
   return absl::OkStatus();
 }
 
+std::optional<KvPolicy::StateLayout> PodPolicy::state_layout() const {
+  // The header (n_head_kv after magic, version, sink, window, n_layer), then per (layer, head)
+  // its anchor layer.
+  return StateLayout{
+      .header_bytes = kStateHeaderBytes,
+      .n_head_kv_at = 4 + 4 + 3 * 4,
+      .record_bytes = [](std::string_view rest) -> size_t { return rest.size() >= 4 ? 4 : 0; }};
+}
+
 absl::Status PodPolicy::LoadState(std::string_view in, SequenceKv& seq) const {
   const auto bad = [](const std::string& why) {
     return absl::InvalidArgumentError(absl::StrCat("pod state: ", why));

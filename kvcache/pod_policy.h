@@ -35,6 +35,10 @@ class PodPolicy : public KvPolicy {
   absl::Status SaveState(const SequenceKv& seq, std::string& out) const override;
   absl::Status LoadState(std::string_view in, SequenceKv& seq) const override;
 
+ protected:
+  std::optional<StateLayout> state_layout() const override;
+
+ public:
   int32_t sink() const { return sink_; }
   int32_t window() const { return window_; }
   const PodGroups& groups() const { return groups_; }

@@ -1,6 +1,7 @@
 #include "kvcache/policy.h"
 
 #include <algorithm>
+#include <cstring>
 
 #include "absl/strings/str_cat.h"
 #include "common/status_macros.h"
@@ -17,6 +18,68 @@ int64_t UniformTablePages(const KvGeometry& geometry, int32_t page_size, int64_t
 int64_t KvPolicy::PlannedPages(const KvGeometry& geometry, int32_t page_size,
                                int64_t n_tokens) const {
   return UniformTablePages(geometry, page_size, n_tokens);
+}
+
+absl::Status KvPolicy::SaveSplitState(const SequenceKv& seq, std::string& shared,
+                                      std::vector<std::string>& heads) const {
+  shared.clear();
+  heads.clear();
+  std::string whole;
+  KVASIR_RETURN_IF_ERROR(SaveState(seq, whole));
+  if (whole.empty()) return absl::OkStatus();
+  const std::optional<StateLayout> layout = state_layout();
+  if (!layout.has_value()) {
+    return absl::UnimplementedError(
+        absl::StrCat("the state of KV policy '", spec(), "' does not split by KV heads"));
+  }
+  if (whole.size() < layout->header_bytes || layout->n_head_kv_at + 4 > layout->header_bytes) {
+    return absl::InternalError(
+        absl::StrCat("KV policy '", spec(), "': a state shorter than its header"));
+  }
+  shared = whole.substr(0, layout->header_bytes);
+  std::memset(shared.data() + layout->n_head_kv_at, 0, 4);  // the same whatever the split
+  std::string_view rest = std::string_view(whole).substr(layout->header_bytes);
+  while (!rest.empty()) {
+    const size_t n = layout->record_bytes(rest);
+    if (n == 0 || n > rest.size()) {
+      return absl::InternalError(
+          absl::StrCat("KV policy '", spec(), "': a malformed state record"));
+    }
+    heads.emplace_back(rest.substr(0, n));
+    rest.remove_prefix(n);
+  }
+  return absl::OkStatus();
+}
+
+absl::Status KvPolicy::LoadSplitState(std::string_view shared,
+                                      std::span<const std::string_view> heads, int32_t n_head_kv,
+                                      SequenceKv& seq) const {
+  if (shared.empty() && heads.empty()) return LoadState("", seq);
+  const std::optional<StateLayout> layout = state_layout();
+  if (!layout.has_value()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("KV policy '", spec(), "' keeps no state that splits by KV heads"));
+  }
+  if (shared.size() != layout->header_bytes) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("KV policy '", spec(), "': the shared part of its state has ", shared.size(),
+                     " bytes, not ", layout->header_bytes));
+  }
+  std::string whole(shared);
+  const uint32_t n = static_cast<uint32_t>(n_head_kv);
+  const unsigned char le[4] = {static_cast<unsigned char>(n), static_cast<unsigned char>(n >> 8),
+                               static_cast<unsigned char>(n >> 16),
+                               static_cast<unsigned char>(n >> 24)};
+  std::memcpy(whole.data() + layout->n_head_kv_at, le, 4);
+  for (std::string_view record : heads) {
+    // Each record alone must be one record (LoadState would take a run of them as well).
+    if (layout->record_bytes(record) != record.size()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("KV policy '", spec(), "': a malformed per-head state record"));
+    }
+    whole.append(record);
+  }
+  return LoadState(whole, seq);
 }
 
 namespace {

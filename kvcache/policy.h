@@ -7,10 +7,13 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
+#include <optional>
 #include <span>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "absl/status/statusor.h"
 #include "kernels/cpu/ops.h"
@@ -79,6 +82,24 @@ class KvPolicy {
                       : absl::InvalidArgumentError("this KV policy keeps no state");
   }
 
+  // The same state split by KV heads, for the block codec: each tensor-parallel rank's part
+  // carries its own heads' records, and a cache of another split takes its heads' records from
+  // several parts. `shared` is what every head has in common (the policy's parameters; the same
+  // whatever the split), `heads` one record per (layer, KV head) of the sequence's cache,
+  // layer-major. LoadSplitState takes the shared part and a record for every head of a cache of
+  // `n_head_kv` KV heads, in the same order, and checks them as LoadState does (it puts them
+  // together and calls it). Both empty for a policy without state; Unimplemented for a state
+  // that does not split (state_layout()).
+  // True when the policy's choices for a KV head read every query head of its group (h2o and
+  // lococo scores, learned dmc): a tensor-parallel rank that replicates a KV head holds only some
+  // of them, so such a policy is refused there (worker/cpu_model_runner.cc).
+  virtual bool reads_whole_query_group() const { return false; }
+
+  absl::Status SaveSplitState(const SequenceKv& seq, std::string& shared,
+                              std::vector<std::string>& heads) const;
+  absl::Status LoadSplitState(std::string_view shared, std::span<const std::string_view> heads,
+                              int32_t n_head_kv, SequenceKv& seq) const;
+
   // The KV pages a sequence is planned to hold after `n_tokens` tokens, over every table (K and V
   // of every layer and KV head, each rounded up to whole pages), a step's reservation included:
   // what the scheduler sets aside to admit it. A bound where the policy has one (full: every
@@ -88,6 +109,19 @@ class KvPolicy {
   // sequence that compresses less), learned mode for every token.
   virtual int64_t PlannedPages(const KvGeometry& geometry, int32_t page_size,
                                int64_t n_tokens) const;
+
+ protected:
+  // How SaveState's bytes split by KV heads: a header of `header_bytes` whose little-endian
+  // int32 at `n_head_kv_at` is the cache's KV-head count, then one record per (layer, KV head),
+  // layer-major, `record_bytes(the bytes from the record on)` long (0: malformed).
+  struct StateLayout {
+    size_t header_bytes = 0;
+    size_t n_head_kv_at = 0;
+    std::function<size_t(std::string_view rest)> record_bytes;
+  };
+  // Policies with a state that splits so say; none (the default): no state, or one that does
+  // not split.
+  virtual std::optional<StateLayout> state_layout() const { return std::nullopt; }
 };
 
 // Pages of every table (K and V of every layer and KV head) holding `slots` slots each.

@@ -175,6 +175,13 @@ absl::Status CpuModelRunner::Forward(std::span<const StepSequence> batch,
             absl::StrCat("token id ", t, " out of range [0, ", c.n_vocab, ")"));
       }
     }
+    // Every rank checks the same, so all refuse together.
+    if (shard_.kv_replicas > 1 && s.seq->policy().reads_whole_query_group()) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "KV policy '", s.seq->policy().spec(),
+          "' chooses by all the query heads of a KV head, which a tensor-parallel group larger "
+          "than the model's KV heads splits among replicas: not supported at this size"));
+    }
   }
   absl::Status reserved = absl::OkStatus();
   for (const StepSequence& s : batch) {

@@ -1,9 +1,9 @@
 // Tensor parallelism in the forward pass: a group of ranks (threads here, each with its own
 // engine holding its shard, over the in-process LocalGroup communicator) gives the greedy ids of
 // one whole engine: stories260K at TP 2, 4 and 8 (KV heads replicated) on the public golden
-// prompts, under every policy
-// at TP 2; the default model at TP 3. The shard plan refuses sizes that do not divide the heads,
-// and a rank holds about 1/TP of the layer weights.
+// prompts, under every policy at TP 2; the default model at TP 3. KV (and every policy's state)
+// moves between groups of different sizes. The shard plan refuses sizes that do not divide the
+// heads, and a rank holds about 1/TP of the layer weights.
 #include "worker/tensor_parallel.h"
 
 #include <algorithm>
@@ -274,36 +274,60 @@ std::vector<std::string> EncodeGroup(Group& g, const std::vector<kvcache::Sequen
 
 // Prefill on a group of one size, decode on a group of another: the blocks each rank writes name
 // the model's KV heads, and each rank of the other group takes the heads it holds (from one part,
-// from several, or a slice of one), then decodes greedily as one engine would.
+// from several, or a slice of one), then decodes greedily as a group of its size would have
+// without the move. Under every policy: the policy state travels split by KV heads.
 TEST(TensorParallelTest, KvMovesBetweenGroupsOfDifferentSizes) {
   const std::string model = testing::SharedPath("models/stories260K.gguf");
   const std::vector<int32_t> prompt = GoldenPrompts().at(1);
-  const std::vector<int32_t> ref = RunGroup(model, 1, {Greedy(prompt, "full", 20)}).ids.at(0);
-  ASSERT_EQ(ref.size(), 20u);
   const std::vector<int32_t> head(prompt.begin(), prompt.end() - 1);
   const std::vector<int32_t> last = {prompt.back()};
-  for (auto [from, to] :
-       std::vector<std::pair<int32_t, int32_t>>{{2, 1}, {1, 2}, {2, 4}, {4, 2}, {1, 8}}) {
-    SCOPED_TRACE(::testing::Message() << "TP " << from << " -> TP " << to);
-    Group prefill(model, from), decode(model, to);
-    std::vector<kvcache::SequenceKv*> pre(from), dec(to);
-    prefill.OnEveryRank([&](int32_t r) {
-      Engine& e = prefill.engine(r);
-      pre[r] = &e.cache().CreateSequence(*e.Policy("full"));
+  auto prefill = [&](Group& g, const std::string& policy) {
+    std::vector<kvcache::SequenceKv*> seqs(g.size());
+    g.OnEveryRank([&](int32_t r) {
+      Engine& e = g.engine(r);
+      seqs[r] = &e.cache().CreateSequence(*e.Policy(policy));
       std::vector<float> logits;
-      const StepSequence step{pre[r], head, false};
+      const StepSequence step{seqs[r], head, false};
       ASSERT_TRUE(e.runner().Forward({&step, 1}, logits).ok());
     });
-    const std::vector<std::string> blocks = EncodeGroup(prefill, pre);
-    for (int32_t r = 0; r < to; ++r) {
-      Engine& e = decode.engine(r);
-      auto seq = kvcache::DecodeSequence(e.cache(), blocks, *e.Policy("full"),
-                                         e.files().fingerprint(), e.shard().kv_head_begin);
-      ASSERT_TRUE(seq.ok()) << seq.status();
-      ASSERT_EQ((*seq)->n_tokens(), static_cast<int64_t>(head.size()));
-      dec[r] = *seq;
+    return seqs;
+  };
+  struct Move {
+    int32_t from, to;
+    std::vector<std::string> policies;
+  };
+  const std::vector<std::string> every = {"full",
+                                          "streaming:sink=4,window=16",
+                                          "h2o:budget=24,recent=8",
+                                          "dmc:mode=free,ratio=3",
+                                          "pod:sink=4,window=16",
+                                          "lococo:slots=16,chunk=4"};
+  // Replicated KV heads (TP 8 of 4 KV heads) only under full: the other policies' choices sum
+  // over a KV head's query heads, which replicas split.
+  for (const Move& m : std::vector<Move>{{2, 1, every},
+                                         {1, 2, every},
+                                         {1, 4, every},
+                                         {4, 2, every},
+                                         {2, 4, {"full"}},
+                                         {1, 8, {"full"}}}) {
+    for (const std::string& policy : m.policies) {
+      SCOPED_TRACE(::testing::Message() << "TP " << m.from << " -> TP " << m.to << ", " << policy);
+      Group reference(model, m.to);
+      const std::vector<int32_t> ref = reference.Continue(prefill(reference, policy), last, 20);
+      ASSERT_EQ(ref.size(), 20u);
+      Group source(model, m.from), target(model, m.to);
+      const std::vector<std::string> blocks = EncodeGroup(source, prefill(source, policy));
+      std::vector<kvcache::SequenceKv*> dec(m.to);
+      for (int32_t r = 0; r < m.to; ++r) {
+        Engine& e = target.engine(r);
+        auto seq = kvcache::DecodeSequence(e.cache(), blocks, *e.Policy(policy),
+                                           e.files().fingerprint(), e.shard().kv_head_begin);
+        ASSERT_TRUE(seq.ok()) << seq.status();
+        ASSERT_EQ((*seq)->n_tokens(), static_cast<int64_t>(head.size()));
+        dec[r] = *seq;
+      }
+      EXPECT_EQ(target.Continue(dec, last, 20), ref);
     }
-    EXPECT_EQ(decode.Continue(dec, last, 20), ref);
   }
 }
 
@@ -382,8 +406,8 @@ std::vector<int32_t> ContinueOn(ModelRunner& runner, kvcache::SequenceKv* seq,
 // The serving path of a hand-off between a group and one process: the group's leader encodes
 // every rank's KV heads (ModelRunner::EncodeKv) and a single engine decodes on from them; a
 // single engine's blocks are restored on every rank of a group (DecodeKv), which decodes on; both
-// give the greedy ids of one engine. A policy whose state is not split by heads is refused on
-// both paths, naming the rank, and leaves nothing behind.
+// give the greedy ids of one engine, under policies with state too (h2o, dmc). Blocks rank 0 cannot
+// take leave nothing behind.
 TEST(TensorParallelTest, TheLeaderEncodesAndRestoresKvOnEveryRank) {
   const std::string model = testing::SharedPath("models/stories260K.gguf");
   const std::vector<int32_t> prompt = GoldenPrompts().at(1);
@@ -434,26 +458,27 @@ TEST(TensorParallelTest, TheLeaderEncodesAndRestoresKvOnEveryRank) {
     EXPECT_EQ(ContinueOn(lead.runner(), *restored, last, 20), ref);
     lead.cache().FreeSequence((*restored)->id());
 
-    // A stateful policy: refused both ways, nothing stays on rank 0.
-    const std::string h2o = "h2o:budget=24,recent=8";
-    kvcache::SequenceKv* stateful = &lead.cache().CreateSequence(*lead.Policy(h2o));
-    const StepSequence stateful_step{stateful, head, false};
-    ASSERT_TRUE(lead.runner().Forward({&stateful_step, 1}, logits).ok());
-    auto refused = lead.runner().EncodeKv(lead.cache(), *stateful, info);
-    ASSERT_FALSE(refused.ok());
-    EXPECT_EQ(refused.status().code(), absl::StatusCode::kUnimplemented) << refused.status();
-    EXPECT_NE(refused.status().message().find("tensor-parallel rank"), std::string::npos);
-    lead.cache().FreeSequence(stateful->id());
-    kvcache::SequenceKv* one_h2o = &one.cache().CreateSequence(*one.Policy(h2o));
-    const StepSequence one_h2o_step{one_h2o, head, false};
-    ASSERT_TRUE(one.runner().Forward({&one_h2o_step, 1}, logits).ok());
-    auto h2o_blocks = kvcache::EncodeSequence(one.cache(), *one_h2o, info);
-    ASSERT_TRUE(h2o_blocks.ok());
-    one.cache().FreeSequence(one_h2o->id());
-    auto not_restored = lead.runner().DecodeKv(lead.cache(), *h2o_blocks, *lead.Policy(h2o),
+    // A policy with per-sequence state moves both ways too (its state split by KV heads); with
+    // replicated KV heads (TP 8) one that does not read the whole query group.
+    const std::string h2o = size == 2 ? "h2o:budget=24,recent=8" : "dmc:mode=free,ratio=3";
+    kvcache::SequenceKv* one_ref = &one.cache().CreateSequence(*one.Policy(h2o));
+    const StepSequence one_ref_step{one_ref, head, false};
+    ASSERT_TRUE(one.runner().Forward({&one_ref_step, 1}, logits).ok());
+    auto h2o_blocks = kvcache::EncodeSequence(one.cache(), *one_ref, info);
+    ASSERT_TRUE(h2o_blocks.ok()) << h2o_blocks.status();
+    const std::vector<int32_t> h2o_ref = ContinueOn(one.runner(), one_ref, last, 20);
+    one.cache().FreeSequence(one_ref->id());
+    auto h2o_restored = lead.runner().DecodeKv(lead.cache(), *h2o_blocks, *lead.Policy(h2o),
                                                info.model_fingerprint);
-    ASSERT_FALSE(not_restored.ok());
-    EXPECT_EQ(lead.cache().num_sequences(), 0);
+    ASSERT_TRUE(h2o_restored.ok()) << h2o_restored.status();
+    EXPECT_EQ(ContinueOn(lead.runner(), *h2o_restored, last, 20), h2o_ref);
+    lead.cache().FreeSequence((*h2o_restored)->id());
+    // Blocks that do not fit (another model's) are refused on rank 0 before the others are
+    // asked, and nothing stays.
+    auto foreign = lead.runner().DecodeKv(lead.cache(), *single_blocks, *lead.Policy("full"),
+                                          info.model_fingerprint + 1);
+    ASSERT_FALSE(foreign.ok());
+    EXPECT_EQ(lead.cache().num_sequences(), 0u);
     // The group still runs, and its ranks agree.
     kvcache::SequenceKv* again = &lead.cache().CreateSequence(*lead.Policy("full"));
     EXPECT_EQ(ContinueOn(lead.runner(), again, prompt, 20), ref);
@@ -462,27 +487,32 @@ TEST(TensorParallelTest, TheLeaderEncodesAndRestoresKvOnEveryRank) {
   }
 }
 
-// A policy with per-sequence state cannot be split by heads yet: refused, not garbled.
-TEST(TensorParallelTest, AStatefulPolicysKvStaysInItsGroup) {
+// With replicated KV heads (TP 8, 4 KV heads) each replica holds only some query heads of its KV
+// head: the policies that choose by all of them are refused on every rank, the others run.
+TEST(TensorParallelTest, PoliciesReadingTheWholeQueryGroupAreRefusedWithReplicatedKvHeads) {
   const std::string model = testing::SharedPath("models/stories260K.gguf");
-  Group two(model, 2);
-  std::vector<kvcache::SequenceKv*> seqs(2);
-  const std::vector<int32_t> prompt = GoldenPrompts().at(0);
-  two.OnEveryRank([&](int32_t r) {
-    Engine& e = two.engine(r);
-    seqs[r] = &e.cache().CreateSequence(*e.Policy("h2o:budget=24,recent=8"));
-    std::vector<float> logits;
-    const StepSequence step{seqs[r], prompt, false};
-    ASSERT_TRUE(e.runner().Forward({&step, 1}, logits).ok());
-  });
-  Engine& e = two.engine(1);
-  kvcache::SnapshotInfo info;
-  info.model_fingerprint = e.files().fingerprint();
-  info.head_offset = e.shard().kv_head_begin;
-  info.total_heads = e.config().n_head_kv;
-  auto part = kvcache::EncodeSequence(e.cache(), *seqs[1], info);
-  ASSERT_FALSE(part.ok());
-  EXPECT_EQ(part.status().code(), absl::StatusCode::kUnimplemented) << part.status();
+  Group eight(model, 8);
+  for (const auto& [policy, refused] :
+       std::vector<std::pair<std::string, bool>>{{"h2o:budget=24,recent=8", true},
+                                                 {"lococo:slots=16,chunk=4", true},
+                                                 {"dmc:mode=free,ratio=3", false},
+                                                 {"streaming:sink=4,window=16", false}}) {
+    SCOPED_TRACE(policy);
+    std::vector<absl::Status> status(8);
+    eight.OnEveryRank([&](int32_t r) {
+      Engine& e = eight.engine(r);
+      kvcache::SequenceKv& seq = e.cache().CreateSequence(*e.Policy(policy));
+      const std::vector<int32_t> tokens = GoldenPrompts().at(0);
+      std::vector<float> logits;
+      const StepSequence step{&seq, tokens, false};
+      status[r] = e.runner().Forward({&step, 1}, logits);
+      e.cache().FreeSequence(seq.id());
+    });
+    for (const absl::Status& s : status) {
+      EXPECT_EQ(s.code(), refused ? absl::StatusCode::kInvalidArgument : absl::StatusCode::kOk)
+          << s;
+    }
+  }
 }
 
 TEST(ShardPlanTest, SplitsHeadsReplicatesKvHeadsAndRefusesWithTheReason) {

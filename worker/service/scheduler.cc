@@ -168,6 +168,12 @@ absl::Status Scheduler::Submit(SchedulerRequest request, OutputSink sink) {
     return absl::InvalidArgumentError(
         absl::StartsWith(why, "kv_policy") ? std::string(why) : absl::StrCat("kv_policy: ", why));
   }
+  if (engine_.shard().kv_replicas > 1 && (*policy)->reads_whole_query_group()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("kv_policy: '", (*policy)->spec(),
+                     "' is not supported by this worker's tensor-parallel size (its KV heads are "
+                     "replicated, and the policy chooses by all the query heads of a KV head)"));
+  }
   if (!sink) return absl::InvalidArgumentError("no output sink");
 
   auto r = std::make_unique<Request>(engine_.tokenizer(), std::move(request), *std::move(policy));
