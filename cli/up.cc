@@ -278,9 +278,10 @@ int RunUp(int argc, char** argv) {
   bool no_prefix_store = false;
   p.AddBool("no-prefix-store", &no_prefix_store,
             "workers keep prefix-cache blocks to themselves (not written to the cachestore)");
-  int32_t target_itl_ms = 0;
+  int32_t target_itl_ms = -1;
   p.AddInt32("target-itl-ms", &target_itl_ms,
-             "workers size each step to this inter-token latency target (0: none)");
+             "workers size each step to this inter-token latency target (-1: each worker "
+             "measures its own at start-up; 0: none)");
   std::string routing;
   p.AddString("routing", &routing, "kv|load",
               "the coordinator's routing: by the prompt's KV cached on each worker against its "
@@ -495,7 +496,7 @@ int RunUp(int argc, char** argv) {
       w.push_back(std::to_string(ranks_of(role)));
     }
     if (no_prefix_store) w.push_back("--no-prefix-store");
-    if (target_itl_ms > 0) {
+    if (target_itl_ms >= 0) {
       w.push_back("--target-itl-ms");
       w.push_back(std::to_string(target_itl_ms));
     }

@@ -264,6 +264,8 @@ TEST(ServingTest, ModelsHealthReadyTokenizeMetrics) {
   const std::string wm = c->WorkerMetrics(0);
   EXPECT_EQ(MetricValue(wm, "kvasir_generation_tokens_total"), 4) << wm;
   EXPECT_EQ(MetricValue(wm, "kvasir_num_requests_running"), 0);
+  // The worker measured its default inter-token latency target at start-up (at least 20 ms).
+  EXPECT_GE(MetricValue(wm, "kvasir_scheduler_target_itl_seconds").value_or(0), 0.020) << wm;
 }
 
 TEST(ServingTest, ErrorCases) {

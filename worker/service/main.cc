@@ -50,10 +50,11 @@ int Main(int argc, char** argv) {
   p.AddInt32("max-num-batched-tokens", &sched.max_num_batched_tokens,
              "tokens in one forward step at most (decode tokens plus prefill chunks)");
   p.AddInt32("prefill-chunk", &sched.prefill_chunk, "prompt tokens of one sequence per step");
-  int32_t target_itl_ms = 0;
+  int32_t target_itl_ms = -1;
   p.AddInt32("target-itl-ms", &target_itl_ms,
              "inter-token latency target: while sequences decode, steps take only the prefill "
-             "tokens a model of this machine's step time predicts to fit (0: none)");
+             "tokens a model of this machine's step time predicts to fit (-1: 1.5x a step of "
+             "--max-num-seqs decodes, measured at start-up; 0: none)");
   p.AddInt32("max-waiting", &sched.max_waiting, "queued requests at most (then refused)");
   std::vector<std::string> kv_policies;
   p.AddStrings("kv-policy", &kv_policies, "[NAME=]SPEC",
@@ -107,10 +108,10 @@ int Main(int argc, char** argv) {
         });
   }
   sched.kv_transfer_timeout = absl::Milliseconds(transfer_timeout_ms);
-  if (target_itl_ms < 0 || target_itl_ms > 600000) {
-    return Fail(cmd, absl::InvalidArgumentError("--target-itl-ms must be in [0, 600000]"), 2);
+  if (target_itl_ms < -1 || target_itl_ms > 600000) {
+    return Fail(cmd, absl::InvalidArgumentError("--target-itl-ms must be in [-1, 600000]"), 2);
   }
-  sched.target_itl = absl::Milliseconds(target_itl_ms);
+  sched.target_itl = absl::Milliseconds(target_itl_ms);  // -1 ms: calibrated
   sched.enable_prefix_caching = !no_prefix_caching;
   sched.enable_prefix_store = !no_prefix_store;
   options.rpc_port = static_cast<uint16_t>(port);

@@ -74,6 +74,21 @@ absl::StatusOr<std::unique_ptr<Scheduler>> Scheduler::Create(Engine& engine,
   KVASIR_ASSIGN_OR_RETURN(auto policies,
                           PolicyRegistry::Create(engine.cache().geometry(), options.kv_policies,
                                                  options.default_kv_policy));
+  if (options.target_itl < absl::ZeroDuration()) {
+    double step = 0;
+    absl::StatusOr<absl::Duration> target = CalibrateTargetItl(engine, options.max_num_seqs, &step);
+    if (target.ok()) {
+      KVASIR_LOG_SUBSYS(INFO, kWorker,
+                        "inter-token latency target %s (a step of %d decodes took %.1f ms here; "
+                        "--target-itl-ms sets another, 0 none)",
+                        absl::FormatDuration(*target), options.max_num_seqs, step * 1000.0);
+      options.target_itl = *target;
+    } else {
+      KVASIR_LOG_SUBSYS(WARN, kWorker, "no inter-token latency target: calibration failed (%s)",
+                        target.status().ToString());
+      options.target_itl = absl::ZeroDuration();
+    }
+  }
   return std::unique_ptr<Scheduler>(
       new Scheduler(engine, std::move(options), std::move(policies), store));
 }

@@ -77,7 +77,8 @@ struct SchedulerOptions {
   // many prefill tokens as an online model of this machine's step time (step_cost.h) predicts to
   // fit within it (at least kMinPrefillChunk), shared among the prompts being prefilled so that
   // a long one does not hold back the others; with nothing decoding, prefill takes the whole
-  // token budget (stall-free batching, docs/serving.md).
+  // token budget (stall-free batching, docs/serving.md). Negative: Create measures a default
+  // (CalibrateTargetItl in step_cost.h; what kvasir-worker does unless told otherwise).
   absl::Duration target_itl = absl::ZeroDuration();
   int32_t max_waiting = 512;  // queued requests at most; Submit refuses beyond
   // One KV push or pull to the store; past it the decode side recomputes. Transfers on one host

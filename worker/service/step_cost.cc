@@ -3,6 +3,9 @@
 
 #include <algorithm>
 #include <cmath>
+#include <vector>
+
+#include "common/status_macros.h"
 
 namespace kvasir::worker::service {
 
@@ -48,6 +51,36 @@ int64_t StepCostModel::PrefillBudget(const Features& base, double target_seconds
   const double tokens = left / w_[2];
   if (!(tokens > static_cast<double>(min_tokens))) return std::min(min_tokens, max_tokens);
   return std::min<int64_t>(max_tokens, static_cast<int64_t>(tokens));
+}
+
+absl::StatusOr<absl::Duration> CalibrateTargetItl(Engine& engine, int32_t max_num_seqs,
+                                                  double* step_seconds) {
+  const int32_t n = std::max(1, max_num_seqs);
+  KVASIR_ASSIGN_OR_RETURN(auto policy, engine.Policy("full"));
+  kvcache::KvCache& cache = engine.cache();
+  std::vector<kvcache::SequenceKv*> seqs;
+  for (int32_t i = 0; i < n; ++i) seqs.push_back(&cache.CreateSequence(policy));
+  // Token ids of the vocabulary's middle: ordinary tokens, whatever the model.
+  const std::vector<int32_t> token = {engine.config().n_vocab / 2};
+  std::vector<StepSequence> batch;
+  for (kvcache::SequenceKv* seq : seqs) batch.push_back({seq, token, false});
+  std::vector<float> logits;
+  std::vector<double> times;
+  absl::Status status;
+  // A warm-up step of one sequence (first touches of the weights), then 3 of all of them.
+  for (int step = 0; step < 4 && status.ok(); ++step) {
+    const absl::Time start = absl::Now();
+    status = engine.runner().Forward(
+        step == 0 ? std::span<const StepSequence>(batch).first(1) : std::span(batch), logits);
+    if (step > 0) times.push_back(absl::ToDoubleSeconds(absl::Now() - start));
+  }
+  for (kvcache::SequenceKv* seq : seqs) cache.FreeSequence(seq->id());
+  KVASIR_RETURN_IF_ERROR(status);
+  std::sort(times.begin(), times.end());
+  const double median = times[times.size() / 2];
+  if (step_seconds != nullptr) *step_seconds = median;
+  const double target = std::clamp(kDefaultTargetFactor * median, 0.020, 2.0);
+  return absl::Milliseconds(std::round(target * 1000.0));
 }
 
 }  // namespace kvasir::worker::service

@@ -11,6 +11,10 @@
 #include <array>
 #include <cstdint>
 
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "worker/engine.h"
+
 namespace kvasir::worker::service {
 
 class StepCostModel {
@@ -47,5 +51,14 @@ class StepCostModel {
   std::array<Vec, kDims> p_{};  // the inverse covariance of the fit
   int64_t n_ = 0;
 };
+
+// The default latency target, from a short calibration of this machine at start-up: the time of
+// a step that decodes `max_num_seqs` sequences at once (the busiest decode step the scheduler
+// runs; measured as one token of as many fresh sequences, the median of 3 after a warm-up), times
+// kDefaultTargetFactor, within [20 ms, 2 s]. Leaves the cache as it found it. `step_seconds`
+// receives the measured step time. ResourceExhausted when the cache has no room for them.
+inline constexpr double kDefaultTargetFactor = 1.5;
+absl::StatusOr<absl::Duration> CalibrateTargetItl(Engine& engine, int32_t max_num_seqs,
+                                                  double* step_seconds = nullptr);
 
 }  // namespace kvasir::worker::service

@@ -1,10 +1,13 @@
 // StepCostModel: recovers the weights of a linear step cost from noisy observations, follows a
-// change of the machine, and sizes prefill so that a step stays within a target.
+// change of the machine, and sizes prefill so that a step stays within a target. The default
+// target's calibration measures a step and leaves the cache as it was.
 #include "worker/service/step_cost.h"
 
+#include <algorithm>
 #include <random>
 
 #include "gtest/gtest.h"
+#include "tests/testing/paths.h"
 
 namespace kvasir::worker::service {
 namespace {
@@ -54,6 +57,33 @@ TEST(StepCostModelTest, FollowsTheMachineWhenItSlowsDown) {
   EXPECT_NEAR(m.Predict(probe), TrueCost(probe), 0.02 * TrueCost(probe));
   observe(2.0, 200);  // twice as slow (another process took a core)
   EXPECT_NEAR(m.Predict(probe), TrueCost(probe, 2.0), 0.05 * TrueCost(probe, 2.0));
+}
+
+TEST(StepCostModelTest, CalibrationMeasuresABusyDecodeStepAndLeavesTheCache) {
+  EngineOptions o;
+  o.model = testing::SharedPath("models/stories260K.gguf");
+  o.num_threads = 1;
+  o.prefault = false;
+  auto engine = Engine::Load(o);
+  ASSERT_TRUE(engine.ok()) << engine.status();
+  kvcache::KvCache& cache = (*engine)->cache();
+  const int32_t free_before = cache.pool().pages_free();
+  double step = 0;
+  auto target = CalibrateTargetItl(**engine, 8, &step);
+  ASSERT_TRUE(target.ok()) << target.status();
+  EXPECT_GT(step, 0);
+  const double expected = std::clamp(kDefaultTargetFactor * step, 0.020, 2.0);
+  EXPECT_NEAR(absl::ToDoubleSeconds(*target), expected, 0.0006);
+  EXPECT_EQ(cache.num_sequences(), 0u);
+  EXPECT_EQ(cache.pool().pages_free(), free_before);
+  // A cache without room for the sequences: an error, and still nothing left behind.
+  EngineOptions tiny = o;
+  tiny.kv_cache_bytes = 1 << 20;
+  auto small = Engine::Load(tiny);
+  ASSERT_TRUE(small.ok()) << small.status();
+  auto refused = CalibrateTargetItl(**small, 4096);
+  EXPECT_FALSE(refused.ok());
+  EXPECT_EQ((*small)->cache().num_sequences(), 0u);
 }
 
 }  // namespace
