@@ -7,7 +7,8 @@
 //
 // Only policies whose tables hold one slot per token, written once, can share blocks (full): a
 // compressing policy's tables at a block boundary depend on what came after (eviction, merges,
-// fusion), so its blocks are not kept (Shares() is false). The cache is the KvCache's reclaimer:
+// fusion), so its blocks are not kept (Shares() is false; such sequences reuse whole-sequence
+// snapshots instead, kvcache/prefix_snapshots.h). The cache is the KvCache's reclaimer:
 // when the pool runs out of pages, any allocation (a step, a restore) first evicts blocks.
 //
 //   PrefixCache::Chain chain;                        // per sequence, grows with it

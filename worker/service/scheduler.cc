@@ -100,6 +100,9 @@ Scheduler::Scheduler(Engine& engine, SchedulerOptions options,
   stream_bounds_ = LayerParts(g.n_layer, std::max(0, options_.kv_stream_layers));
   if (options_.enable_prefix_caching) {
     prefix_cache_ = std::make_unique<kvcache::PrefixCache>(engine_.cache());
+    if (options_.prefix_snapshot_bytes > 0) {
+      snapshots_ = std::make_unique<kvcache::PrefixSnapshots>(options_.prefix_snapshot_bytes);
+    }
   }
   for (const PolicyListing& l : policies_->listing()) kv_by_policy_[l.kind];
   PublishStats();
@@ -373,6 +376,8 @@ void Scheduler::Admit(Request& r) {
   r.restored_tokens = 0;
   if (r.req.handoff == KvHandoff::kDecode && TakeFetchedKv(r)) {
     r.restored_tokens = r.computed;
+  } else if (UsesSnapshots(r)) {
+    AttachSnapshot(r);
   } else {
     r.seq = &engine_.cache().CreateSequence(r.policy);
     r.computed = 0;
@@ -401,6 +406,70 @@ void Scheduler::Admit(Request& r) {
   r.admission = ++next_admission_;
   if (r.queue_seconds < 0) r.queue_seconds = absl::ToDoubleSeconds(absl::Now() - r.arrival);
   running_.push_back(&r);
+}
+
+bool Scheduler::UsesSnapshots(const Request& r) const {
+  return snapshots_ != nullptr && !kvcache::PrefixCache::Shares(*r.policy);
+}
+
+void Scheduler::AttachSnapshot(Request& r) {
+  const int32_t block = prefix_cache_->block_tokens();
+  // The last token is always computed: its logits give the next sample.
+  const int64_t n = static_cast<int64_t>(r.tokens.size());
+  r.snapshot_chain = kvcache::PrefixCache::ChainOf(r.tokens, r.policy->spec(), r.req.cache_salt,
+                                                   block, (n - 1) / block);
+  prefix_queries_total_ += n;
+  const int64_t b = snapshots_->Longest(r.snapshot_chain);
+  if (b >= 0) {
+    auto seq = kvcache::DecodeSequence(engine_.cache(), *snapshots_->Get(r.snapshot_chain[b]),
+                                       r.policy, engine_.files().fingerprint());
+    if (seq.ok() && (*seq)->n_tokens() == (b + 1) * block) {
+      r.seq = *seq;
+      r.computed = r.seq->n_tokens();
+      prefix_hits_total_ += r.computed;
+      return;
+    }
+    if (seq.ok()) engine_.cache().FreeSequence((*seq)->id());
+    KVASIR_LOG_SUBSYS(INFO, kWorker, "request=%s: a prefix snapshot not taken (%s)", r.req.id,
+                      seq.ok() ? "its token count differs" : seq.status().ToString());
+  }
+  r.seq = &engine_.cache().CreateSequence(r.policy);
+  r.computed = 0;
+}
+
+void Scheduler::KeepSnapshot(Request& r) {
+  const int32_t block = prefix_cache_->block_tokens();
+  if (!SnapshotAt(r, r.computed)) return;
+  const size_t b = static_cast<size_t>(r.computed / block - 1);
+  if (b >= r.snapshot_chain.size() || snapshots_->Has(r.snapshot_chain[b])) return;
+  kvcache::SnapshotInfo info;
+  info.model_fingerprint = engine_.files().fingerprint();
+  info.prefix_hash = r.snapshot_chain[b];
+  auto blocks = kvcache::EncodeSequence(engine_.cache(), *r.seq, info);
+  if (!blocks.ok()) {
+    KVASIR_LOG_SUBSYS(WARN, kWorker, "a prefix snapshot not encoded: %s",
+                      blocks.status().ToString());
+    return;
+  }
+  snapshots_->Put(r.snapshot_chain[b], *std::move(blocks));
+}
+
+bool Scheduler::SnapshotAt(const Request& r, int64_t tokens) const {
+  const int64_t block = prefix_cache_->block_tokens();
+  const int64_t total = static_cast<int64_t>(r.tokens.size());
+  if (tokens <= 0 || tokens >= total || tokens % block != 0) return false;
+  const int64_t interval = std::max<int64_t>(block, options_.prefix_snapshot_interval);
+  return tokens % interval == 0 || tokens == (total - 1) / block * block;
+}
+
+int32_t Scheduler::AlignChunk(const Request& r, int32_t n) const {
+  if (!UsesSnapshots(r) || n <= 1) return n;
+  const int64_t block = prefix_cache_->block_tokens();
+  // The first snapshot point the chunk passes (not its end), block by block.
+  for (int64_t t = (r.computed / block + 1) * block; t < r.computed + n; t += block) {
+    if (SnapshotAt(r, t)) return static_cast<int32_t>(t - r.computed);
+  }
+  return n;
 }
 
 void Scheduler::Preempt(Request& r) {
@@ -598,8 +667,8 @@ bool Scheduler::Step() {
   for (size_t i = 0; i < running_.size(); ++i) {
     Request* r = running_[(first + i) % running_.size()];
     if (r->pending() > 1 && budget > 0) {
-      const int32_t n = static_cast<int32_t>(
-          std::min<int64_t>({r->pending(), budget, options_.prefill_chunk, share}));
+      const int32_t n = AlignChunk(*r, static_cast<int32_t>(std::min<int64_t>(
+                                           {r->pending(), budget, options_.prefill_chunk, share})));
       plan.push_back({r, n});
       budget -= n;
     }
@@ -612,8 +681,8 @@ bool Scheduler::Step() {
     if (r.fetching || !CanAdmit(r)) break;
     waiting_.pop_front();
     Admit(r);
-    const int32_t n =
-        static_cast<int32_t>(std::min<int64_t>({r.pending(), budget, options_.prefill_chunk}));
+    const int32_t n = AlignChunk(
+        r, static_cast<int32_t>(std::min<int64_t>({r.pending(), budget, options_.prefill_chunk})));
     plan.push_back({&r, n});
     budget -= n;
   }
@@ -704,6 +773,7 @@ bool Scheduler::Step() {
     if (!decode) prompt_tokens_total_ += plan[i].count;
     last_step_.ids.push_back(r.req.id);
     r.computed = r.seq->n_tokens();
+    if (UsesSnapshots(r)) KeepSnapshot(r);
     if (prefix_cache_ != nullptr) {
       const std::vector<int64_t> kept =
           prefix_cache_->Insert(*r.seq, r.tokens, r.computed, r.chain);

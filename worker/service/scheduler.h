@@ -45,6 +45,7 @@
 #include "absl/time/time.h"
 #include "cachestore/client.h"
 #include "kvcache/prefix_cache.h"
+#include "kvcache/prefix_snapshots.h"
 #include "worker/engine.h"
 #include "worker/kv_transfer.h"
 #include "worker/policy_registry.h"
@@ -95,7 +96,7 @@ struct SchedulerOptions {
   // Requests whose prompts start alike share the KV pages of their common whole blocks (16
   // tokens) instead of computing them again; finished requests' blocks stay until the pages are
   // wanted (kvcache/prefix_cache.h). Policies whose blocks cannot be shared (the compressing
-  // ones) are not affected.
+  // ones) reuse whole-sequence snapshots instead (prefix_snapshot_bytes).
   bool enable_prefix_caching = false;
   // With prefix caching and a store: the store is the cache's second tier. Every whole block a
   // request computes is also written to the store (off the step loop), and a request looks up in
@@ -104,6 +105,13 @@ struct SchedulerOptions {
   bool enable_prefix_store = true;
   // Encoded blocks waiting for the transfer thread at most; further blocks are not written.
   int64_t prefix_store_queue_bytes = int64_t{256} << 20;
+  // With prefix caching, for the policies whose blocks cannot be shared (the compressing ones):
+  // whole-sequence snapshots every prefix_snapshot_interval prompt tokens and at the prompt's
+  // last whole block (prompt chunks are cut there for them), restored by later prompts that
+  // start the same way (kvcache/prefix_snapshots.h); at most prefix_snapshot_bytes encoded
+  // bytes, least recently used first out. The interval is a multiple of the block (16 tokens).
+  int64_t prefix_snapshot_bytes = int64_t{256} << 20;
+  int32_t prefix_snapshot_interval = 256;
   int32_t max_model_len = 0;  // tokens of one sequence at most; 0: the model's context
   // Policies the operator configured (files allowed), and the one of requests that name none: a
   // configured name or a spec ("" = the first configured, else "full"). See PolicyRegistry.
@@ -342,6 +350,18 @@ class Scheduler {
   // free).
   bool CanAdmit(const Request& r) const;
   void Admit(Request& r);
+  // Prefix snapshots (SchedulerOptions::prefix_snapshot_bytes), for `r`'s policy?
+  bool UsesSnapshots(const Request& r) const;
+  // At admission: `r`'s sequence from the longest snapshot of its prompt, or an empty one.
+  void AttachSnapshot(Request& r);
+  // After a step: keeps a snapshot of `r` when it ended on a block boundary within its prompt.
+  void KeepSnapshot(Request& r);
+  // Whether `r` takes a snapshot after `tokens` of its prompt (a multiple of the interval, or
+  // its last whole block; never its end).
+  bool SnapshotAt(const Request& r, int64_t tokens) const;
+  // The prefill tokens of `r` in a step, `n` at most, cut to end where `r` takes a snapshot
+  // (SnapshotAt) when it crosses one.
+  int32_t AlignChunk(const Request& r, int32_t n) const;
   void Preempt(Request& r);
   void Finish(Request& r, RequestState state, absl::Status status, std::string reason,
               RequestOutput& out);
@@ -371,7 +391,8 @@ class Scheduler {
   int64_t prompt_tokens_total_ = 0;
   int64_t generation_tokens_total_ = 0;
   std::map<std::string, PolicyKvBytes> kv_by_policy_;
-  std::unique_ptr<kvcache::PrefixCache> prefix_cache_;  // with enable_prefix_caching
+  std::unique_ptr<kvcache::PrefixCache> prefix_cache_;   // with enable_prefix_caching
+  std::unique_ptr<kvcache::PrefixSnapshots> snapshots_;  // with enable_prefix_caching
   int64_t prefix_queries_total_ = 0;
   int64_t prefix_hits_total_ = 0;
   int64_t prefix_store_queries_total_ = 0;

@@ -66,6 +66,7 @@ struct Scheduler::Request {
   std::vector<int32_t> pushed_bounds;
   std::vector<int32_t> pushed_head_bounds;  // empty: one part of every KV head
   kvcache::PrefixCache::Chain chain;        // its whole blocks' hashes (prefix caching)
+  std::vector<uint64_t> snapshot_chain;     // the same, for prefix snapshots (set at admission)
   // The prefix cache's store tier: whether the store was asked for its blocks, the blocks the
   // prefix cache held then, those asked of the store, and those taken from it.
   bool store_asked = false;

@@ -661,6 +661,70 @@ TEST_F(SchedulerTest, ACachedPrefixGivesTheColdOutput) {
   EXPECT_EQ(idle.prefix_cache_pages, engine_->cache().pool().pages_used());
 }
 
+// The compressing policies reuse a prefix through whole-sequence snapshots taken where prefill
+// chunks are cut for them (every interval, here every block): a request that shares 50 tokens
+// restores the snapshot of the first 48 and gives the cold output, the same prompt again
+// restores its last whole block's, another tenant hits nothing.
+TEST_F(SchedulerTest, ACompressingPolicyReusesAPrefixThroughSnapshots) {
+  ASSERT_NO_FATAL_FAILURE(Load());
+  std::string text;
+  std::vector<int32_t> prompt;
+  for (int i = 0; prompt.size() < 70; ++i) {
+    text += std::string(kPrompts[i % 6]) + ". ";
+    prompt = Encode(text);
+  }
+  prompt.resize(70);
+  for (const std::string policy :
+       {"streaming:sink=4,window=16", "h2o:budget=24,recent=8", "dmc:mode=free,ratio=3",
+        "pod:sink=4,window=16", "lococo:slots=16,chunk=4"}) {
+    SCOPED_TRACE(policy);
+    SchedulerOptions options;
+    options.enable_prefix_caching = true;
+    options.prefix_snapshot_interval = 16;  // chunks cut to snapshots at 16, 32, 48 and 64
+    ASSERT_NO_FATAL_FAILURE(MakeScheduler(options));
+    results_.clear();
+    SchedulerRequest a = Greedy("a", "", 20);
+    a.prompt = prompt;
+    a.kv_policy = policy;
+    SchedulerRequest b = a;  // the first 50 tokens of a, then its own
+    b.id = "b";
+    b.prompt.resize(50);
+    for (int32_t id : Encode("The little dog ran to the big tree and")) b.prompt.push_back(id);
+    auto cold = [&](const SchedulerRequest& r) {
+      GenerateRequest g;
+      g.prompt = r.prompt;
+      g.sampling = r.sampling;
+      g.max_tokens = r.max_tokens;
+      g.kv_policy = policy;
+      auto result = Generate(*engine_, g);
+      EXPECT_TRUE(result.ok()) << result.status();
+      return result.ok() ? result->ids : std::vector<int32_t>();
+    };
+    const std::vector<int32_t> ref_a = cold(a), ref_b = cold(b);
+    Submit(a);
+    RunAll();
+    EXPECT_EQ(scheduler_->stats().prefix_cache_hits_total, 0);
+    Submit(b);
+    RunAll();
+    EXPECT_EQ(scheduler_->stats().prefix_cache_hits_total, 48);
+    SchedulerRequest again = a;
+    again.id = "a2";
+    Submit(again);
+    RunAll();
+    EXPECT_EQ(scheduler_->stats().prefix_cache_hits_total, 48 + 64);
+    SchedulerRequest salted = a;
+    salted.id = "a3";
+    salted.cache_salt = 7;
+    Submit(salted);
+    RunAll();
+    EXPECT_EQ(scheduler_->stats().prefix_cache_hits_total, 48 + 64);
+    for (const char* id : {"a", "a2", "a3"}) EXPECT_EQ(results_[id].ids, ref_a) << id;
+    EXPECT_EQ(results_["b"].ids, ref_b);
+    EXPECT_EQ(engine_->cache().num_sequences(), 0u);
+    scheduler_.reset();
+  }
+}
+
 // Under memory pressure the cache gives its blocks back before running sequences are
 // preempted, and outputs stay those of cold runs.
 TEST_F(SchedulerTest, PrefixCachingUnderMemoryPressureKeepsTheOutput) {
