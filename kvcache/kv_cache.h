@@ -38,6 +38,11 @@ struct KvGeometry {
   float rope_base = 10000.0f;
   float rope_scale = 1.0f;  // positions are divided by it (linear scaling)
   kernels::RopeLayout rope_layout = kernels::RopeLayout::kAdjacentPairs;
+  // A tensor-parallel rank's cache holds the model's KV heads [kv_head_offset, kv_head_offset +
+  // n_head_kv) of model_n_head_kv (0: every head, one process); policy files written for the
+  // whole model (PoD groups) are sliced by it.
+  int32_t kv_head_offset = 0;
+  int32_t model_n_head_kv = 0;
 
   int32_t group() const { return n_head / n_head_kv; }
 };

@@ -420,7 +420,17 @@ PolicyResult MakePodPolicy(PolicyArgs& args, const KvGeometry& geometry) {
   }
   auto file = LoadPodGroupsFile(path);
   if (!file.ok()) return Annotate(file.status(), "KV policy 'pod'");
-  const PodGroups& groups = file->groups;
+  PodGroups groups = file->groups;
+  if (geometry.model_n_head_kv > 0 && groups.n_layer() == geometry.n_layer &&
+      groups.n_head_kv() == geometry.model_n_head_kv && groups.n_head_kv() != geometry.n_head_kv) {
+    // A tensor-parallel rank: the groups of its KV heads.
+    std::vector<std::vector<std::vector<int32_t>>> lists;
+    for (int32_t h = 0; h < geometry.n_head_kv; ++h) {
+      lists.push_back(groups.Groups(geometry.kv_head_offset + h));
+    }
+    KVASIR_ASSIGN_OR_RETURN(groups,
+                            PodGroups::FromLists(geometry.n_layer, geometry.n_head_kv, lists));
+  }
   if (groups.n_layer() != geometry.n_layer || groups.n_head_kv() != geometry.n_head_kv) {
     return absl::InvalidArgumentError(absl::StrCat("KV policy 'pod': groups file '", path,
                                                    "' is for ", groups.n_layer(), " layers and ",

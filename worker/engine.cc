@@ -47,7 +47,12 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Load(const EngineOptions& option
   kv.page_size = options.kv_page_size;
   kv.dtype = options.kv_dtype;
   kv.capacity_bytes = kv_bytes;
-  KVASIR_ASSIGN_OR_RETURN(e->cache_, kvcache::KvCache::Create(GeometryOf(local), kv));
+  kvcache::KvGeometry geometry = GeometryOf(local);
+  if (e->shard_.sharded()) {
+    geometry.kv_head_offset = e->shard_.kv_head_begin;
+    geometry.model_n_head_kv = c.n_head_kv;
+  }
+  KVASIR_ASSIGN_OR_RETURN(e->cache_, kvcache::KvCache::Create(geometry, kv));
   CpuRunnerOptions ro;
   ro.num_threads = options.num_threads;
   ro.shard = &e->shard_;

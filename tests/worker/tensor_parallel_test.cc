@@ -16,10 +16,12 @@
 #include "gtest/gtest.h"
 #include "kernels/cpu/isa.h"
 #include "kvcache/codec.h"
+#include "kvcache/pod_groups.h"
 #include "model/model_files.h"
 #include "model/shard_plan.h"
 #include "nlohmann/json.hpp"
 #include "tests/testing/paths.h"
+#include "tests/testing/safetensors_builder.h"
 #include "transport/collectives/local_group.h"
 #include "worker/engine.h"
 
@@ -140,6 +142,48 @@ TEST(TensorParallelTest, EveryPolicyShardsByHead) {
     EXPECT_TRUE(two.ranks_agree);
     ASSERT_EQ(two.ids.size(), 1u);
     EXPECT_EQ(two.ids[0], one.ids[0]);
+  }
+}
+
+// A PoD groups file is written for the whole model (every KV head); each rank of a group takes
+// the groups of its own heads, so the group gives one process's ids. The groups differ by head,
+// so a rank that took another head's would not.
+TEST(TensorParallelTest, APodGroupsFileOfTheWholeModelIsSlicedByHead) {
+  const std::string model = testing::SharedPath("models/stories260K.gguf");
+  EngineOptions o;
+  o.model = model;
+  o.num_threads = 1;
+  o.prefault = false;
+  auto engine = Engine::Load(o);
+  ASSERT_TRUE(engine.ok()) << engine.status();
+  const int32_t n_layer = (*engine)->config().n_layer, n_kv = (*engine)->config().n_head_kv;
+  std::vector<std::vector<std::vector<int32_t>>> lists(n_kv);
+  for (int32_t h = 0; h < n_kv; ++h) {
+    const int32_t size = 1 + h % 3;  // runs of 1, 2, 3, 1, ... layers
+    for (int32_t l = 0; l < n_layer; l += size) {
+      lists[h].emplace_back();
+      for (int32_t k = l; k < std::min(n_layer, l + size); ++k) lists[h].back().push_back(k);
+    }
+  }
+  auto groups = kvcache::PodGroups::FromLists(n_layer, n_kv, lists);
+  ASSERT_TRUE(groups.ok()) << groups.status();
+  testing::ScopedTempDir dir;
+  const std::string path = dir.path() + "/pod.json";
+  {
+    kvcache::PodGroupsFile file;
+    file.groups = *groups;
+    std::ofstream(path) << kvcache::PodGroupsToJson(file);
+  }
+  const std::vector<GenerateRequest> requests = {
+      Greedy(GoldenPrompts().at(0), "pod:sink=4,window=8,groups=" + path, 40)};
+  const TpResult one = RunGroup(model, 1, requests);
+  ASSERT_EQ(one.ids.size(), 1u);
+  for (int32_t size : {2, 4}) {
+    SCOPED_TRACE(::testing::Message() << "TP " << size);
+    const TpResult group = RunGroup(model, size, requests);
+    EXPECT_TRUE(group.ranks_agree);
+    ASSERT_EQ(group.ids.size(), 1u);
+    EXPECT_EQ(group.ids[0], one.ids[0]);
   }
 }
 
