@@ -270,6 +270,8 @@ class Group {
     for (auto& t : threads) t.join();
   }
   Engine& engine(int32_t r) { return *engines_[r]; }
+  transport::collectives::Communicator& comm(int32_t r) { return *comms_[r]; }
+  void Drop(int32_t r) { engines_[r].reset(); }
   int32_t size() const { return size_; }
 
   // Greedy: feeds `tokens` to each rank's sequence, then samples n tokens; rank 0's ids.
@@ -379,54 +381,32 @@ TEST(TensorParallelTest, KvMovesBetweenGroupsOfDifferentSizes) {
 // (RunTpFollower, threads here) through the steps, and encodes and restores KV on every rank.
 class LeaderGroup {
  public:
-  LeaderGroup(const std::string& model, int32_t size) {
-    auto comms = transport::collectives::CreateLocalGroup(size);
-    EXPECT_TRUE(comms.ok());
-    comms_ = std::move(*comms);
-    engines_.resize(size);
-    std::vector<std::thread> loads;
-    for (int32_t r = 0; r < size; ++r) {
-      loads.emplace_back([&, r] {
-        EngineOptions o;
-        o.model = model;
-        o.num_threads = 1;
-        o.prefault = false;
-        o.tp_size = size;
-        o.tp_rank = r;
-        o.comm = comms_[r].get();
-        auto e = Engine::Load(o);
-        ASSERT_TRUE(e.ok()) << e.status();
-        engines_[r] = std::move(*e);
-      });
-    }
-    for (auto& t : loads) t.join();
-    stopped_.resize(size);
+  LeaderGroup(const std::string& model, int32_t size) : group_(model, size), stopped_(size) {
     for (int32_t r = 1; r < size; ++r) {
       followers_.emplace_back([this, r] {
-        Engine& e = *engines_[r];
-        stopped_[r] =
-            RunTpFollower(e, *comms_[r], [&e](std::string_view spec) { return e.Policy(spec); });
+        Engine& e = group_.engine(r);
+        stopped_[r] = RunTpFollower(e, group_.comm(r),
+                                    [&e](std::string_view spec) { return e.Policy(spec); });
       });
     }
-    Engine& lead = *engines_[0];
+    Engine& lead = group_.engine(0);
     lead.WrapRunner([&](std::unique_ptr<ModelRunner> inner) {
       auto runner = std::make_unique<TpLeaderRunner>(std::move(inner), lead.cache(), lead.config(),
-                                                     *comms_[0]);
+                                                     group_.comm(0));
       leader_ = runner.get();
       return runner;
     });
   }
   ~LeaderGroup() {
-    engines_[0].reset();  // the leader's runner tells the followers to stop
+    group_.Drop(0);  // the leader's runner tells the followers to stop
     for (auto& t : followers_) t.join();
     for (size_t r = 1; r < stopped_.size(); ++r) EXPECT_TRUE(stopped_[r].ok()) << stopped_[r];
   }
-  Engine& leader() { return *engines_[0]; }
+  Engine& leader() { return group_.engine(0); }
   TpLeaderRunner& runner() { return *leader_; }
 
  private:
-  std::vector<std::unique_ptr<transport::collectives::Communicator>> comms_;
-  std::vector<std::unique_ptr<Engine>> engines_;
+  Group group_;
   std::vector<std::thread> followers_;
   std::vector<absl::Status> stopped_;  // how each follower's loop ended
   TpLeaderRunner* leader_ = nullptr;

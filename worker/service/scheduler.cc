@@ -76,12 +76,15 @@ absl::StatusOr<std::unique_ptr<Scheduler>> Scheduler::Create(Engine& engine,
                                                  options.default_kv_policy));
   if (options.target_itl < absl::ZeroDuration()) {
     double step = 0;
-    absl::StatusOr<absl::Duration> target = CalibrateTargetItl(engine, options.max_num_seqs, &step);
+    int64_t context = 0;
+    absl::StatusOr<absl::Duration> target =
+        CalibrateTargetItl(engine, options.max_num_seqs, &step, &context);
     if (target.ok()) {
       KVASIR_LOG_SUBSYS(INFO, kWorker,
-                        "inter-token latency target %s (a step of %d decodes took %.1f ms here; "
-                        "--target-itl-ms sets another, 0 none)",
-                        absl::FormatDuration(*target), options.max_num_seqs, step * 1000.0);
+                        "inter-token latency target %s (a step of %d decodes at %d tokens of "
+                        "context took %.1f ms here; --target-itl-ms sets another, 0 none)",
+                        absl::FormatDuration(*target), options.max_num_seqs,
+                        static_cast<int>(context), step * 1000.0);
       options.target_itl = *target;
     } else {
       KVASIR_LOG_SUBSYS(WARN, kWorker, "no inter-token latency target: calibration failed (%s)",

@@ -54,31 +54,57 @@ int64_t StepCostModel::PrefillBudget(const Features& base, double target_seconds
 }
 
 absl::StatusOr<absl::Duration> CalibrateTargetItl(Engine& engine, int32_t max_num_seqs,
-                                                  double* step_seconds) {
+                                                  double* step_seconds, int64_t* context) {
   const int32_t n = std::max(1, max_num_seqs);
   KVASIR_ASSIGN_OR_RETURN(auto policy, engine.Policy("full"));
   kvcache::KvCache& cache = engine.cache();
-  std::vector<kvcache::SequenceKv*> seqs;
-  for (int32_t i = 0; i < n; ++i) seqs.push_back(&cache.CreateSequence(policy));
+  const kvcache::KvGeometry& g = cache.geometry();
   // Token ids of the vocabulary's middle: ordinary tokens, whatever the model.
-  const std::vector<int32_t> token = {engine.config().n_vocab / 2};
-  std::vector<StepSequence> batch;
-  for (kvcache::SequenceKv* seq : seqs) batch.push_back({seq, token, false});
+  const int32_t token = engine.config().n_vocab / 2;
+  std::vector<kvcache::SequenceKv*> seqs = {&cache.CreateSequence(policy)};
   std::vector<float> logits;
-  std::vector<double> times;
   absl::Status status;
-  // A warm-up step of one sequence (first touches of the weights), then 3 of all of them.
-  for (int step = 0; step < 4 && status.ok(); ++step) {
-    const absl::Time start = absl::Now();
-    status = engine.runner().Forward(
-        step == 0 ? std::span<const StepSequence>(batch).first(1) : std::span(batch), logits);
-    if (step > 0) times.push_back(absl::ToDoubleSeconds(absl::Now() - start));
+  // A prompt in the first sequence, 32 tokens a step (the first step also warms the weights up),
+  // up to kCalibrationContext tokens or about a second. The ranks of a tensor-parallel group
+  // cannot share pages (worker/tensor_parallel.h): a group measures at a context of one token.
+  const int64_t want = engine.shard().sharded() ? 1 : kCalibrationContext;
+  const std::vector<int32_t> chunk(want == 1 ? 1 : 32, token);
+  int64_t ctx = 0;
+  const absl::Time start = absl::Now();
+  while (status.ok() && ctx < want && (ctx == 0 || absl::Now() - start < absl::Seconds(1))) {
+    const StepSequence step{seqs[0], chunk, false};
+    status = engine.runner().Forward({&step, 1}, logits);
+    ctx += static_cast<int64_t>(chunk.size());
+  }
+  // The other sequences share the first one's KV (or start empty in a group).
+  for (int32_t i = 1; i < n && status.ok(); ++i) {
+    kvcache::SequenceKv& seq = cache.CreateSequence(policy);
+    seqs.push_back(&seq);
+    if (engine.shard().sharded()) continue;
+    for (int32_t l = 0; l < g.n_layer; ++l) {
+      for (int32_t h = 0; h < g.n_head_kv; ++h) {
+        cache.ShareTable(seqs[0]->k(l, h), static_cast<int32_t>(ctx), seq.k(l, h));
+        cache.ShareTable(seqs[0]->v(l, h), static_cast<int32_t>(ctx), seq.v(l, h));
+      }
+    }
+    seq.set_n_tokens(ctx);
+  }
+  // 3 steps that decode one token of every sequence.
+  const std::vector<int32_t> one = {token};
+  std::vector<StepSequence> batch;
+  for (kvcache::SequenceKv* seq : seqs) batch.push_back({seq, one, false});
+  std::vector<double> times;
+  for (int step = 0; step < 3 && status.ok(); ++step) {
+    const absl::Time t0 = absl::Now();
+    status = engine.runner().Forward(batch, logits);
+    times.push_back(absl::ToDoubleSeconds(absl::Now() - t0));
   }
   for (kvcache::SequenceKv* seq : seqs) cache.FreeSequence(seq->id());
   KVASIR_RETURN_IF_ERROR(status);
   std::sort(times.begin(), times.end());
   const double median = times[times.size() / 2];
   if (step_seconds != nullptr) *step_seconds = median;
+  if (context != nullptr) *context = ctx;
   const double target = std::clamp(kDefaultTargetFactor * median, 0.020, 2.0);
   return absl::Milliseconds(std::round(target * 1000.0));
 }

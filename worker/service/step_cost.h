@@ -53,12 +53,16 @@ class StepCostModel {
 };
 
 // The default latency target, from a short calibration of this machine at start-up: the time of
-// a step that decodes `max_num_seqs` sequences at once (the busiest decode step the scheduler
-// runs; measured as one token of as many fresh sequences, the median of 3 after a warm-up), times
-// kDefaultTargetFactor, within [20 ms, 2 s]. Leaves the cache as it found it. `step_seconds`
-// receives the measured step time. ResourceExhausted when the cache has no room for them.
+// the busiest decode step the scheduler runs at a typical context, `max_num_seqs` sequences
+// decoding one token each after kCalibrationContext tokens (one sequence computes them, 32 a
+// step, fewer if that takes over a second; the others share its pages), the median of 3 steps,
+// times kDefaultTargetFactor, within [20 ms, 2 s]. A tensor-parallel group measures at a context
+// of one token (its ranks cannot share pages). Leaves the cache as it found it. `step_seconds`
+// and `context` receive what was measured. ResourceExhausted when the cache has no room.
 inline constexpr double kDefaultTargetFactor = 1.5;
+inline constexpr int64_t kCalibrationContext = 256;
 absl::StatusOr<absl::Duration> CalibrateTargetItl(Engine& engine, int32_t max_num_seqs,
-                                                  double* step_seconds = nullptr);
+                                                  double* step_seconds = nullptr,
+                                                  int64_t* context = nullptr);
 
 }  // namespace kvasir::worker::service

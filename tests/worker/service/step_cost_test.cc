@@ -60,6 +60,7 @@ TEST(StepCostModelTest, FollowsTheMachineWhenItSlowsDown) {
 }
 
 TEST(StepCostModelTest, CalibrationMeasuresABusyDecodeStepAndLeavesTheCache) {
+  // 8 sequences at 256 tokens of context (7 of them sharing the first one's pages).
   EngineOptions o;
   o.model = testing::SharedPath("models/stories260K.gguf");
   o.num_threads = 1;
@@ -69,9 +70,11 @@ TEST(StepCostModelTest, CalibrationMeasuresABusyDecodeStepAndLeavesTheCache) {
   kvcache::KvCache& cache = (*engine)->cache();
   const int32_t free_before = cache.pool().pages_free();
   double step = 0;
-  auto target = CalibrateTargetItl(**engine, 8, &step);
+  int64_t context = 0;
+  auto target = CalibrateTargetItl(**engine, 8, &step, &context);
   ASSERT_TRUE(target.ok()) << target.status();
   EXPECT_GT(step, 0);
+  EXPECT_EQ(context, kCalibrationContext);  // stories260K computes it in milliseconds
   const double expected = std::clamp(kDefaultTargetFactor * step, 0.020, 2.0);
   EXPECT_NEAR(absl::ToDoubleSeconds(*target), expected, 0.0006);
   EXPECT_EQ(cache.num_sequences(), 0u);
