@@ -53,7 +53,7 @@ int Main(int argc, char** argv) {
   int32_t target_itl_ms = -1;
   p.AddInt32("target-itl-ms", &target_itl_ms,
              "inter-token latency target: while sequences decode, steps take only the prefill "
-             "tokens a model of this machine's step time predicts to fit (-1: 1.5x a step of "
+             "tokens a model of this machine's step time predicts to fit (-1: 2x a step of "
              "--max-num-seqs decodes, measured at start-up; 0: none)");
   p.AddInt32("max-waiting", &sched.max_waiting, "queued requests at most (then refused)");
   std::vector<std::string> kv_policies;

@@ -55,11 +55,12 @@ class StepCostModel {
 // The default latency target, from a short calibration of this machine at start-up: the time of
 // the busiest decode step the scheduler runs at a typical context, `max_num_seqs` sequences
 // decoding one token each after kCalibrationContext tokens (one sequence computes them, 32 a
-// step, fewer if that takes over a second; the others share its pages), the median of 3 steps,
-// times kDefaultTargetFactor, within [20 ms, 2 s]. A tensor-parallel group measures at a context
-// of one token (its ranks cannot share pages). Leaves the cache as it found it. `step_seconds`
-// and `context` receive what was measured. ResourceExhausted when the cache has no room.
-inline constexpr double kDefaultTargetFactor = 1.5;
+// step, fewer if that takes over a second; the others share its pages), the fastest of 5 steps,
+// times kDefaultTargetFactor (room for as much prefill as decode in a step), within [20 ms, 2 s]. A
+// tensor-parallel group measures at a context of one token (its ranks cannot share pages). Leaves
+// the cache as it found it. `step_seconds` and `context` receive what was measured.
+// ResourceExhausted when the cache has no room.
+inline constexpr double kDefaultTargetFactor = 2.0;
 inline constexpr int64_t kCalibrationContext = 256;
 absl::StatusOr<absl::Duration> CalibrateTargetItl(Engine& engine, int32_t max_num_seqs,
                                                   double* step_seconds = nullptr,
