@@ -39,6 +39,7 @@ absl::StatusOr<worker::EngineOptions> EngineFlags::ToOptions() const {
   }
   o.tp_size = tp_size;
   o.tp_rank = tp_rank;
+  o.tp_replicate_vocab = tp_replicate_vocab;
   o.comm = comm;
   if (kv_dtype == "f32") {
     o.kv_dtype = DType::kF32;
@@ -88,6 +89,9 @@ void TpFlags::Register(ArgParser& p) {
   p.AddInt32("tensor-parallel-size", &size,
              "tensor-parallel ranks: this process and N-1 processes it starts, each holding 1/N of "
              "the weights and of the KV heads (docs/parallelism.md)");
+  p.AddBool("tp-replicate-vocab", &replicate_vocab,
+            "keep the embedding and output layer whole on every rank (no collective for them, "
+            "more memory) instead of splitting them by vocabulary rows");
   p.AddInt32("tp-rank", &rank, "internal: the rank of a process that rank 0 started");
   p.AddString("tp-rendezvous", &rendezvous, "HOST:PORT",
               "internal: where a started rank joins its group");
@@ -124,6 +128,7 @@ absl::StatusOr<RankEngine> LoadRankEngine(const EngineFlags& flags, const TpFlag
     }
     KVASIR_ASSIGN_OR_RETURN(out.group, worker::TpGroup::Start(tp.size, argv));
     rank_flags.tp_size = tp.size;
+    rank_flags.tp_replicate_vocab = tp.replicate_vocab;
     rank_flags.comm = &out.group->comm();
   }
   KVASIR_ASSIGN_OR_RETURN(out.engine, LoadEngine(rank_flags));
@@ -149,6 +154,7 @@ int RunFollower(const std::string& name, const EngineFlags& flags, const TpFlags
   rank_flags.quiet = true;
   rank_flags.tp_size = tp.size;
   rank_flags.tp_rank = tp.rank;
+  rank_flags.tp_replicate_vocab = tp.replicate_vocab;
   rank_flags.comm = comm->get();
   auto engine = LoadEngine(rank_flags);
   if (!engine.ok()) return Fail(who, engine.status());

@@ -25,6 +25,7 @@ struct EngineFlags {
   // Set by LoadRankEngine and RunFollower, not by flags: this rank of a tensor-parallel group.
   int32_t tp_size = 1;
   int32_t tp_rank = 0;
+  bool tp_replicate_vocab = false;
   transport::collectives::Communicator* comm = nullptr;
 
   void Register(ArgParser& parser);
@@ -44,6 +45,7 @@ struct TpFlags {
   int32_t size = 1;
   int32_t rank = 0;
   std::string rendezvous;
+  bool replicate_vocab = false;  // --tp-replicate-vocab
 
   void Register(ArgParser& parser);
   bool follower() const { return rank > 0; }

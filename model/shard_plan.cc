@@ -7,7 +7,8 @@
 
 namespace kvasir::model {
 
-absl::StatusOr<ShardPlan> PlanShard(const ModelConfig& c, int32_t size, int32_t rank) {
+absl::StatusOr<ShardPlan> PlanShard(const ModelConfig& c, int32_t size, int32_t rank,
+                                    bool replicate_vocab) {
   if (size < 1 || size > 1024) {
     return absl::InvalidArgumentError(
         absl::StrCat("tensor-parallel size ", size, " is out of range [1, 1024]"));
@@ -52,8 +53,9 @@ absl::StatusOr<ShardPlan> PlanShard(const ModelConfig& c, int32_t size, int32_t 
   const int32_t ff = c.n_ff / size, extra = c.n_ff % size;
   p.ff_begin = rank * ff + std::min(rank, extra);
   p.ff_end = p.ff_begin + ff + (rank < extra ? 1 : 0);
-  p.vocab_shard = (c.n_vocab + size - 1) / size;
-  p.vocab_begin = std::min(c.n_vocab, rank * p.vocab_shard);
+  p.vocab_replicated = replicate_vocab && size > 1;
+  p.vocab_shard = p.vocab_replicated ? c.n_vocab : (c.n_vocab + size - 1) / size;
+  p.vocab_begin = p.vocab_replicated ? 0 : std::min(c.n_vocab, rank * p.vocab_shard);
   p.vocab_end = std::min(c.n_vocab, p.vocab_begin + p.vocab_shard);
   return p;
 }

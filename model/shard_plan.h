@@ -39,13 +39,17 @@ struct ShardPlan {
   int32_t n_ff() const { return ff_end - ff_begin; }
   int32_t n_vocab() const { return vocab_end - vocab_begin; }
   int32_t kv_replicas = 1;  // ranks that hold the same KV heads (> 1: replicated)
+  // The embedding and output layer whole on every rank (no collective for them, more memory);
+  // else split by vocabulary rows (the default).
+  bool vocab_replicated = false;
   bool sharded() const { return size > 1; }
 };
 
 // The plan of `rank` in a group of `size` for `config`. InvalidArgument naming the reason when
 // the model cannot be split that way (heads not divisible, a KV-head count that neither divides
 // nor is divided by the size, more ranks than intermediate rows).
-absl::StatusOr<ShardPlan> PlanShard(const ModelConfig& config, int32_t size, int32_t rank);
+absl::StatusOr<ShardPlan> PlanShard(const ModelConfig& config, int32_t size, int32_t rank,
+                                    bool replicate_vocab = false);
 
 // The config of what one rank computes: its heads, KV heads and intermediate size (the
 // vocabulary, embedding width and layers stay those of the model).

@@ -78,7 +78,7 @@ absl::Status CpuModelRunner::AllReduce(float* x, int64_t count) {
 
 absl::Status CpuModelRunner::Embed(int64_t n) {
   const int64_t d = config_.n_embd;
-  if (!shard_.sharded()) {
+  if (!shard_.sharded() || shard_.vocab_replicated) {
     cpu::GetRows(weights_.tok_embd, tokens_.data(), n, x_.data());
     return absl::OkStatus();
   }
@@ -105,7 +105,7 @@ absl::Status CpuModelRunner::Logits(int64_t rows, std::vector<float>& logits) {
   const int64_t d = config_.n_embd;
   const int64_t vocab = config_.n_vocab;
   logits.resize(rows * vocab);
-  if (!shard_.sharded()) {
+  if (!shard_.sharded() || shard_.vocab_replicated) {
     cpu::MatMul(ctx_, weights_.output, out_rows_.data(), rows, d, logits.data(), vocab);
     return absl::OkStatus();
   }

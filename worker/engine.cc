@@ -30,7 +30,8 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Load(const EngineOptions& option
                                                    e->tokenizer_->n_vocab(),
                                                    " tokens, the model only ", c.n_vocab));
   }
-  KVASIR_ASSIGN_OR_RETURN(e->shard_, model::PlanShard(c, options.tp_size, options.tp_rank));
+  KVASIR_ASSIGN_OR_RETURN(
+      e->shard_, model::PlanShard(c, options.tp_size, options.tp_rank, options.tp_replicate_vocab));
   if (e->shard_.sharded() && options.comm == nullptr) {
     return absl::InvalidArgumentError("a tensor-parallel engine needs its group's communicator");
   }

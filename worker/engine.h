@@ -42,6 +42,7 @@ struct EngineOptions {
   // holds the rank's part of the weights (model::PlanShard) and a KV cache of its KV heads.
   int32_t tp_size = 1;
   int32_t tp_rank = 0;
+  bool tp_replicate_vocab = false;  // ShardPlan::vocab_replicated
   transport::collectives::Communicator* comm = nullptr;
 };
 

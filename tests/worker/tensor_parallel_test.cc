@@ -60,7 +60,7 @@ struct TpResult {
 
 // Runs `requests` one after the other on a group of `size` ranks (size 1: one plain engine).
 TpResult RunGroup(const std::string& model, int32_t size,
-                  const std::vector<GenerateRequest>& requests) {
+                  const std::vector<GenerateRequest>& requests, bool replicate_vocab = false) {
   TpResult result;
   auto group = transport::collectives::CreateLocalGroup(size);
   EXPECT_TRUE(group.ok()) << group.status();
@@ -77,6 +77,7 @@ TpResult RunGroup(const std::string& model, int32_t size,
       o.prefault = false;
       o.tp_size = size;
       o.tp_rank = rank;
+      o.tp_replicate_vocab = replicate_vocab;
       o.comm = (*group)[rank].get();
       auto engine = Engine::Load(o);
       ASSERT_TRUE(engine.ok()) << engine.status();
@@ -127,6 +128,20 @@ TEST(TensorParallelTest, StoriesAtTp2And4And8GivesTheGreedyIdsOfTp1) {
                   0.02 * one.weight_bytes[0]);
     }
   }
+}
+
+// The embedding and output layer kept whole on every rank (--tp-replicate-vocab): the same ids,
+// no collective for them, and each rank holds more of the weights.
+TEST(TensorParallelTest, AReplicatedVocabularyGivesTheSameIds) {
+  const std::string model = testing::SharedPath("models/stories260K.gguf");
+  const std::vector<GenerateRequest> requests = {Greedy(GoldenPrompts().at(0), "full", 24)};
+  const TpResult one = RunGroup(model, 1, requests);
+  const TpResult split = RunGroup(model, 2, requests);
+  const TpResult replicated = RunGroup(model, 2, requests, /*replicate_vocab=*/true);
+  ASSERT_EQ(replicated.ids.size(), 1u);
+  EXPECT_TRUE(replicated.ranks_agree);
+  EXPECT_EQ(replicated.ids[0], one.ids[0]);
+  EXPECT_GT(replicated.weight_bytes[0], split.weight_bytes[0]);
 }
 
 TEST(TensorParallelTest, EveryPolicyShardsByHead) {
