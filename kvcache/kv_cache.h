@@ -45,6 +45,7 @@ struct KvGeometry {
   int32_t model_n_head_kv = 0;
 
   int32_t group() const { return n_head / n_head_kv; }
+  int32_t model_kv_heads() const { return model_n_head_kv > 0 ? model_n_head_kv : n_head_kv; }
 };
 
 // Slots of one (sequence, layer, KV head), for K or for V.

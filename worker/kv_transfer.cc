@@ -41,7 +41,7 @@ cachestore::KeySpace SnapshotKeySpace(uint64_t model_fingerprint, const kvcache:
   space.layer_begin = layer_begin;
   space.layer_end = layer_end < 0 ? geometry.n_layer : layer_end;
   space.head_begin = head_begin;
-  space.head_end = head_end < 0 ? geometry.n_head_kv : head_end;
+  space.head_end = head_end < 0 ? geometry.model_kv_heads() : head_end;
   return space;
 }
 
@@ -64,16 +64,27 @@ bool ValidLayerParts(std::span<const int32_t> bounds, int32_t n_layer) {
   return true;
 }
 
-absl::StatusOr<std::vector<std::string>> EncodeSnapshotPart(
-    const kvcache::KvCache& cache, const kvcache::SequenceKv& seq, std::span<const int32_t> tokens,
-    uint64_t model_fingerprint, int32_t layer_begin, int32_t layer_end) {
+namespace {
+
+// What a part of layers [layer_begin, layer_end) of the snapshot of `tokens` is encoded with.
+kvcache::SnapshotInfo PartInfo(std::span<const int32_t> tokens, uint64_t model_fingerprint,
+                               int32_t layer_begin, int32_t layer_end) {
   kvcache::SnapshotInfo info;
   info.model_fingerprint = model_fingerprint;
   info.prefix_hash = SnapshotHash(tokens);
   info.layer_begin = layer_begin;
   info.layer_end = layer_end;
   info.n_tokens = static_cast<int64_t>(tokens.size());
-  return kvcache::EncodeSequence(cache, seq, info);
+  return info;
+}
+
+}  // namespace
+
+absl::StatusOr<std::vector<std::string>> EncodeSnapshotPart(
+    const kvcache::KvCache& cache, const kvcache::SequenceKv& seq, std::span<const int32_t> tokens,
+    uint64_t model_fingerprint, int32_t layer_begin, int32_t layer_end) {
+  return kvcache::EncodeSequence(cache, seq,
+                                 PartInfo(tokens, model_fingerprint, layer_begin, layer_end));
 }
 
 absl::StatusOr<KvTransferStats> PutBlocks(cachestore::StoreClient& store,
@@ -111,10 +122,7 @@ absl::StatusOr<KvTransferStats> PushSequence(cachestore::StoreClient& store,
     return absl::InvalidArgumentError(absl::StrCat("the sequence holds ", seq.n_tokens(),
                                                    " tokens, the snapshot names ", tokens.size()));
   }
-  kvcache::SnapshotInfo info;
-  info.model_fingerprint = model_fingerprint;
-  info.prefix_hash = SnapshotHash(tokens);
-  info.layer_begin = layer_begin;
+  const kvcache::SnapshotInfo info = PartInfo(tokens, model_fingerprint, layer_begin, -1);
   KVASIR_ASSIGN_OR_RETURN(std::vector<std::string> blocks,
                           runner != nullptr ? runner->EncodeKv(cache, seq, info)
                                             : kvcache::EncodeSequence(cache, seq, info));
@@ -138,9 +146,9 @@ absl::StatusOr<FetchedSnapshot> FetchSnapshot(cachestore::StoreClient& store,
   if (!ValidLayerParts(layer_bounds, geometry.n_layer)) {
     return absl::InvalidArgumentError("the KV snapshot's layer parts do not fit the model");
   }
-  const std::vector<int32_t> all_heads = {0, geometry.n_head_kv};
+  const std::vector<int32_t> all_heads = {0, geometry.model_kv_heads()};
   if (head_bounds.empty()) head_bounds = all_heads;
-  if (!ValidLayerParts(head_bounds, head_bounds.back()) || head_bounds.back() <= 0) {
+  if (!ValidLayerParts(head_bounds, geometry.model_kv_heads())) {
     return absl::InvalidArgumentError("the KV snapshot's head parts are not ranges of heads");
   }
   const uint64_t hash = SnapshotHash(tokens);

@@ -51,8 +51,8 @@ struct KvTransferStats {
 uint64_t SnapshotHash(std::span<const int32_t> tokens);
 
 // The key space of the part of layers [layer_begin, layer_end) (-1: to the last) and the model's
-// KV heads [head_begin, head_end) (-1: the cache's count, all of them at TP 1) of a snapshot
-// under `policy`.
+// KV heads [head_begin, head_end) (-1: to the model's last, KvGeometry::model_kv_heads) of a
+// snapshot under `policy`.
 cachestore::KeySpace SnapshotKeySpace(uint64_t model_fingerprint, const kvcache::KvPolicy& policy,
                                       const kvcache::KvGeometry& geometry, int32_t layer_begin = 0,
                                       int32_t layer_end = -1, int32_t head_begin = 0,
@@ -101,7 +101,7 @@ struct FetchedSnapshot {
 // The network half of PullSequence, safe off the cache's thread: finds the snapshot of exactly
 // `tokens` under `policy`, in the parts `layer_bounds` names (LayerParts; empty: one part) times
 // those `head_bounds` names (the model's KV heads, a tensor-parallel writer's KvHeadParts; empty:
-// one part of the cache's heads), and reads their blocks. NotFound when the store does not hold
+// one part of all of them), and reads their blocks. NotFound when the store does not hold
 // every part whole.
 absl::StatusOr<FetchedSnapshot> FetchSnapshot(
     cachestore::StoreClient& store, const kvcache::KvPolicy& policy,

@@ -41,6 +41,15 @@ std::vector<std::vector<int32_t>> GoldenPrompts() {
   return prompts;
 }
 
+// Options of one engine (or one rank's) of `model`, one thread, weights paged in on use.
+EngineOptions OneThread(const std::string& model) {
+  EngineOptions o;
+  o.model = model;
+  o.num_threads = 1;
+  o.prefault = false;
+  return o;
+}
+
 GenerateRequest Greedy(std::vector<int32_t> prompt, const std::string& policy, int32_t n) {
   GenerateRequest r;
   r.prompt = std::move(prompt);
@@ -71,10 +80,7 @@ TpResult RunGroup(const std::string& model, int32_t size,
   std::vector<std::thread> threads;
   for (int32_t rank = 0; rank < size; ++rank) {
     threads.emplace_back([&, rank] {
-      EngineOptions o;
-      o.model = model;
-      o.num_threads = 1;
-      o.prefault = false;
+      EngineOptions o = OneThread(model);
       o.tp_size = size;
       o.tp_rank = rank;
       o.tp_replicate_vocab = replicate_vocab;
@@ -165,11 +171,7 @@ TEST(TensorParallelTest, EveryPolicyShardsByHead) {
 // so a rank that took another head's would not.
 TEST(TensorParallelTest, APodGroupsFileOfTheWholeModelIsSlicedByHead) {
   const std::string model = testing::SharedPath("models/stories260K.gguf");
-  EngineOptions o;
-  o.model = model;
-  o.num_threads = 1;
-  o.prefault = false;
-  auto engine = Engine::Load(o);
+  auto engine = Engine::Load(OneThread(model));
   ASSERT_TRUE(engine.ok()) << engine.status();
   const int32_t n_layer = (*engine)->config().n_layer, n_kv = (*engine)->config().n_head_kv;
   std::vector<std::vector<std::vector<int32_t>>> lists(n_kv);
@@ -266,10 +268,7 @@ class Group {
     comms_ = std::move(*comms);
     engines_.resize(size);
     OnEveryRank([&](int32_t r) {
-      EngineOptions o;
-      o.model = model;
-      o.num_threads = 1;
-      o.prefault = false;
+      EngineOptions o = OneThread(model);
       o.tp_size = size;
       o.tp_rank = r;
       o.comm = comms_[r].get();
@@ -454,11 +453,7 @@ TEST(TensorParallelTest, TheLeaderEncodesAndRestoresKvOnEveryRank) {
   ASSERT_EQ(ref.size(), 20u);
   const std::vector<int32_t> head(prompt.begin(), prompt.end() - 1);
   const std::vector<int32_t> last = {prompt.back()};
-  EngineOptions o;
-  o.model = model;
-  o.num_threads = 1;
-  o.prefault = false;
-  auto single = Engine::Load(o);
+  auto single = Engine::Load(OneThread(model));
   ASSERT_TRUE(single.ok()) << single.status();
   Engine& one = **single;
   kvcache::SnapshotInfo info;

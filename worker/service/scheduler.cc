@@ -686,15 +686,11 @@ bool Scheduler::Step() {
   }
 
   // The step's time teaches the cost model (a step that preempted is not a clean sample).
+  // Without a preemption the plan is the one made above: its decodes are `decoding`.
   if (!plan.empty() && last_step_.preempted == 0) {
-    StepCostModel::Features f;
+    StepCostModel::Features f = decoding;
     for (const Planned& p : plan) {
-      if (p.request->state == RequestState::kDecode) {
-        f.decodes += 1;
-        f.context_k += static_cast<double>(p.request->computed) / 1000.0;
-      } else {
-        f.prefill_tokens += p.count;
-      }
+      if (p.request->state != RequestState::kDecode) f.prefill_tokens += p.count;
     }
     const double took = absl::ToDoubleSeconds(absl::Now() - step_start);
     step_estimate_ = step_cost_.Predict(f);

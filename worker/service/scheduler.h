@@ -411,7 +411,7 @@ class Scheduler {
   struct Snapshot {
     std::vector<int32_t> tokens;
     std::vector<int32_t> layer_bounds;  // empty: one part
-    std::vector<int32_t> head_bounds;   // the model's KV heads; empty: one part
+    std::vector<int32_t> head_bounds;   // the model's KV heads; empty: one part of all
   };
   struct TransferJob {
     // kBlockFetch, kBlockPut: the prefix cache's store tier.

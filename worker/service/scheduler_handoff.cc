@@ -117,19 +117,15 @@ void Scheduler::StartFetch(Request& r) {
   r.store_skipped = StoreDown();
   if (r.store_skipped) return;
   TransferJob job{.kind = TransferJob::kFetch, .request = &r};
-  // Head parts in the model's KV heads (this worker's cache may hold some of them only).
-  auto heads = [this](const std::vector<int32_t>& bounds) {
-    return bounds.empty() ? std::vector<int32_t>{0, engine_.config().n_head_kv} : bounds;
-  };
   if (!r.req.resume.empty()) {
     // A drained worker's snapshot first: every token but the last (whose KV it had not computed).
     job.snapshots.push_back({.tokens = {r.tokens.begin(), r.tokens.end() - 1},
-                             .head_bounds = heads(r.req.resume_kv_head_bounds)});
+                             .head_bounds = r.req.resume_kv_head_bounds});
   }
   const std::span<const int32_t> prompt = r.handoff_tokens();
   job.snapshots.push_back({.tokens = {prompt.begin(), prompt.end()},
                            .layer_bounds = r.req.kv_layer_bounds,
-                           .head_bounds = heads(r.req.kv_head_bounds)});
+                           .head_bounds = r.req.kv_head_bounds});
   r.fetching = true;
   ++fetches_in_flight_;
   EnqueueTransfer(std::move(job));

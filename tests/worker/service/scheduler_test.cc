@@ -52,6 +52,8 @@ class SchedulerTest : public ::testing::Test {
   std::vector<int32_t> Encode(const std::string& text) {
     return engine_->tokenizer().Encode(text, /*add_special=*/true, /*parse_special=*/false);
   }
+  // The sentences of kPrompts one after the other, cut to `n` tokens.
+  std::vector<int32_t> Sentences(size_t n);
 
   SchedulerRequest Greedy(const std::string& id, const std::string& prompt, int32_t max_tokens) {
     SchedulerRequest r;
@@ -123,6 +125,17 @@ const char* const kPrompts[] = {
     "There was a boy who liked",
     "The sun was hot and",
 };
+
+std::vector<int32_t> SchedulerTest::Sentences(size_t n) {
+  std::string text;
+  std::vector<int32_t> prompt;
+  for (int i = 0; prompt.size() < n; ++i) {
+    text += std::string(kPrompts[i % 6]) + ". ";
+    prompt = Encode(text);
+  }
+  prompt.resize(n);
+  return prompt;
+}
 
 TEST_F(SchedulerTest, SingleGreedyRequestMatchesGenerate) {
   ASSERT_NO_FATAL_FAILURE(Load());
@@ -529,13 +542,7 @@ TEST_F(SchedulerTest, ACompressingPolicyRunsMoreSequencesInTheSameMemory) {
   SchedulerOptions options;
   options.max_num_seqs = 32;
   ASSERT_NO_FATAL_FAILURE(MakeScheduler(options));
-  std::string text;
-  std::vector<int32_t> long_prompt;
-  for (int i = 0; long_prompt.size() < 240; ++i) {
-    text += std::string(kPrompts[i % 6]) + ". ";
-    long_prompt = Encode(text);
-  }
-  long_prompt.resize(240);
+  const std::vector<int32_t> long_prompt = Sentences(240);
   std::map<std::string, int32_t> most_running;
   for (const std::string policy : {"full", "streaming:sink=4,window=60"}) {
     for (int i = 0; i < 16; ++i) {
@@ -615,13 +622,7 @@ TEST_F(SchedulerTest, ACachedPrefixGivesTheColdOutput) {
   options.enable_prefix_caching = true;
   options.prefill_chunk = 32;
   ASSERT_NO_FATAL_FAILURE(MakeScheduler(options));
-  std::string text;
-  std::vector<int32_t> prompt;
-  for (int i = 0; prompt.size() < 70; ++i) {
-    text += std::string(kPrompts[i % 6]) + ". ";
-    prompt = Encode(text);
-  }
-  prompt.resize(70);
+  const std::vector<int32_t> prompt = Sentences(70);
   SchedulerRequest a = Greedy("a", "", 20);
   a.prompt = prompt;
   SchedulerRequest b = a;  // the first 50 tokens of a, then its own
@@ -667,13 +668,7 @@ TEST_F(SchedulerTest, ACachedPrefixGivesTheColdOutput) {
 // restores its last whole block's, another tenant hits nothing.
 TEST_F(SchedulerTest, ACompressingPolicyReusesAPrefixThroughSnapshots) {
   ASSERT_NO_FATAL_FAILURE(Load());
-  std::string text;
-  std::vector<int32_t> prompt;
-  for (int i = 0; prompt.size() < 70; ++i) {
-    text += std::string(kPrompts[i % 6]) + ". ";
-    prompt = Encode(text);
-  }
-  prompt.resize(70);
+  const std::vector<int32_t> prompt = Sentences(70);
   for (const std::string policy :
        {"streaming:sink=4,window=16", "h2o:budget=24,recent=8", "dmc:mode=free,ratio=3",
         "pod:sink=4,window=16", "lococo:slots=16,chunk=4"}) {
