@@ -105,6 +105,9 @@ int RunBenchEngine(int argc, char** argv) {
       j["decode_tps_b" + std::to_string(streams)] = tps;
     }
     j["mem_read_gbps"] = r->mem_read_gbps;
+    j["llc_bytes"] = r->llc_bytes;
+    j["cache_read_gbps"] = r->cache_read_gbps;
+    j["bound"] = r->bound;
     j["decode_bytes_per_token"] = r->decode_bytes_per_token;
     j["decode_bw_fraction"] = r->decode_bw_fraction;
     if (!r->decode_tps_at_context.empty()) {
@@ -140,10 +143,14 @@ int RunBenchEngine(int argc, char** argv) {
             .c_str(),
         r->decode_tps_at_context[i].second, 100 * r->kv_ratio_at_context[i].second);
   }
-  std::printf("\nmemory read bandwidth     %.1f GB/s\n", r->mem_read_gbps);
+  std::printf("\nmemory read bandwidth     %.1f GB/s (DRAM)\n", r->mem_read_gbps);
+  if (r->cache_read_gbps > 0) {
+    std::printf("cache read bandwidth      %.1f GB/s (the weights fit the %s last-level cache)\n",
+                r->cache_read_gbps, FormatBytes(r->llc_bytes).c_str());
+  }
   std::printf("weights read per token    %s\n", FormatBytes(r->decode_bytes_per_token).c_str());
-  std::printf("batch-1 decode reaches    %.0f%% of the bandwidth bound\n",
-              100 * r->decode_bw_fraction);
+  std::printf("batch-1 decode reaches    %.0f%% of the %s bandwidth bound\n",
+              100 * r->decode_bw_fraction, r->bound == "cache" ? "cache" : "DRAM");
   if (!o.long_contexts.empty()) {
     std::printf("sequences of %d tokens in %s of KV: %lld with %s, %lld with full\n",
                 o.long_contexts[0], FormatBytes(o.capacity_budget_bytes).c_str(),

@@ -1,6 +1,7 @@
 // `kvasir bench engine`: the engine's speed on this machine, measured as docs/performance.md
 // describes: prefill and decode tokens/s at batch 1, 4 and 16, the machine's
-// memory read bandwidth, and how close batch-1 decode comes to it. Every figure is the median of
+// memory read bandwidth (and the last-level cache's, when the weights fit in it), and how close
+// batch-1 decode comes to the bound that applies. Every figure is the median of
 // several runs after a warm-up run.
 #pragma once
 
@@ -34,9 +35,14 @@ struct EngineBenchResult {
   double prefill_tps = 0;
   double decode_tps_b1 = 0;
   std::vector<std::pair<int32_t, double>> decode_tps_batched;  // (streams, aggregate tokens/s)
-  double mem_read_gbps = 0;
+  double mem_read_gbps = 0;  // DRAM: a buffer of twice the last-level cache, >= 256 MiB
+  int64_t llc_bytes = 0;     // the last-level cache (0: unknown)
+  // The last-level cache's read rate over a buffer of the weights' size, measured when the
+  // weights fit in 3/4 of it (0: not measured); then decode is bounded by it, not by DRAM.
+  double cache_read_gbps = 0;
+  std::string bound = "dram";          // the bound that applies: "dram" or "cache"
   int64_t decode_bytes_per_token = 0;  // weights read per batch-1 step
-  double decode_bw_fraction = 0;       // decode_tps_b1 * bytes / bandwidth
+  double decode_bw_fraction = 0;       // decode_tps_b1 * bytes / the bound's rate
   std::vector<std::pair<int32_t, double>> decode_tps_at_context;  // (context, tokens/s)
   std::vector<std::pair<int32_t, double>> kv_ratio_at_context;    // (context, bytes / full)
   int64_t sequences_in_budget = 0;  // sequences of long_contexts[0] tokens that fit

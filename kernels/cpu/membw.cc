@@ -3,10 +3,14 @@
 #include "kernels/cpu/membw.h"
 
 #include <algorithm>
+#include <charconv>
 #include <chrono>
 #include <cstdint>
 #include <cstring>
+#include <filesystem>
+#include <fstream>
 #include <memory>
+#include <string>
 #include <vector>
 
 #if defined(__SSE2__)
@@ -16,7 +20,6 @@
 namespace kvasir::kernels::cpu {
 namespace {
 
-constexpr size_t kBufferBytes = size_t{256} << 20;
 constexpr int kPasses = 5;
 
 uint64_t SumSlice(const uint8_t* p, size_t bytes) {
@@ -46,13 +49,14 @@ uint64_t SumSlice(const uint8_t* p, size_t bytes) {
 
 }  // namespace
 
-double MeasureMemoryReadGBps(ThreadPool& pool) {
+double MeasureMemoryReadGBps(ThreadPool& pool, size_t bytes) {
   const int threads = pool.num_threads();
+  bytes = std::max(bytes, static_cast<size_t>(threads) * 64);
   // 64-byte aligned slices, one per thread.
-  std::unique_ptr<uint8_t[]> storage(new uint8_t[kBufferBytes + 64]);
+  std::unique_ptr<uint8_t[]> storage(new uint8_t[bytes + 64]);
   uint8_t* base = reinterpret_cast<uint8_t*>((reinterpret_cast<uintptr_t>(storage.get()) + 63) &
                                              ~uintptr_t{63});
-  const size_t slice = kBufferBytes / static_cast<size_t>(threads) / 64 * 64;
+  const size_t slice = bytes / static_cast<size_t>(threads) / 64 * 64;
   // Touch every page from the thread that will read it.
   pool.RunOnAll(
       [&](int t, int) { std::memset(base + static_cast<size_t>(t) * slice, t + 1, slice); });
@@ -72,6 +76,44 @@ double MeasureMemoryReadGBps(ThreadPool& pool) {
   for (uint64_t s : sink) keep = keep + s;
   (void)keep;
   return best;
+}
+
+int64_t LastLevelCacheBytes(const std::string& sysfs_cpu0_cache) {
+  namespace fs = std::filesystem;
+  auto read = [](const fs::path& p) {
+    std::ifstream in(p);
+    std::string s;
+    std::getline(in, s);
+    return s;
+  };
+  // The whole of `s` as a decimal integer (kernels/ has no Abseil).
+  auto parse = [](const std::string& s, int64_t* out) {
+    const auto [end, err] = std::from_chars(s.data(), s.data() + s.size(), *out);
+    return err == std::errc() && end == s.data() + s.size();
+  };
+  int64_t best_level = 0;
+  int64_t best_bytes = 0;
+  std::error_code ec;
+  for (const fs::directory_entry& d : fs::directory_iterator(sysfs_cpu0_cache, ec)) {
+    if (d.path().filename().string().rfind("index", 0) != 0) continue;
+    if (read(d.path() / "type") == "Instruction") continue;
+    int64_t level = 0;
+    if (!parse(read(d.path() / "level"), &level)) continue;
+    // "32768K", "2M" or a plain byte count.
+    std::string size = read(d.path() / "size");
+    int64_t unit = 1;
+    if (!size.empty() && (size.back() == 'K' || size.back() == 'M' || size.back() == 'G')) {
+      unit = size.back() == 'K' ? 1024 : size.back() == 'M' ? 1024 * 1024 : 1024LL * 1024 * 1024;
+      size.pop_back();
+    }
+    int64_t n = 0;
+    if (!parse(size, &n) || n <= 0) continue;
+    if (level > best_level || (level == best_level && n * unit > best_bytes)) {
+      best_level = level;
+      best_bytes = n * unit;
+    }
+  }
+  return best_bytes;
 }
 
 }  // namespace kvasir::kernels::cpu

@@ -4,9 +4,13 @@
 #include "kernels/cpu/ops.h"
 
 #include <gtest/gtest.h>
+#include <unistd.h>
 
 #include <cmath>
 #include <cstdint>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
 #include <limits>
 #include <numeric>
 #include <vector>
@@ -179,6 +183,35 @@ TEST(MemoryBandwidthTest, ReportsPlausibleRate) {
   const double gbps = MeasureMemoryReadGBps(pool);
   EXPECT_GT(gbps, 0.5);      // any machine that runs the suite reads faster than this
   EXPECT_LT(gbps, 10000.0);  // a 256 MiB buffer cannot be served from cache at this rate
+  // A small buffer, any size (not a multiple of the slices), is read from the caches.
+  const double small = MeasureMemoryReadGBps(pool, (size_t{1} << 20) + 100);
+  EXPECT_GT(small, 0.5);
+  EXPECT_LT(small, 100000.0);
+}
+
+// The last-level cache from a sysfs tree: the highest level among data and unified caches, sizes
+// in K, M or bytes; instruction caches and unreadable entries are skipped.
+TEST(MemoryBandwidthTest, FindsTheLastLevelCacheInSysfs) {
+  namespace fs = std::filesystem;
+  const fs::path root = fs::temp_directory_path() / ("kvasir-llc-" + std::to_string(::getpid()));
+  auto add = [&](const char* index, const char* level, const char* type, const char* size) {
+    fs::create_directories(root / index);
+    std::ofstream(root / index / "level") << level << "\n";
+    std::ofstream(root / index / "type") << type << "\n";
+    std::ofstream(root / index / "size") << size << "\n";
+  };
+  add("index0", "1", "Data", "32K");
+  add("index1", "1", "Instruction", "32K");
+  add("index2", "2", "Unified", "2048K");
+  EXPECT_EQ(LastLevelCacheBytes(root.string()), 2048 * 1024);
+  add("index3", "3", "Unified", "480M");
+  add("index4", "4", "Instruction", "900M");
+  add("index5", "5", "Unified", "lots");
+  EXPECT_EQ(LastLevelCacheBytes(root.string()), int64_t{480} << 20);
+  fs::remove_all(root);
+  EXPECT_EQ(LastLevelCacheBytes(root.string()), 0);
+  // This machine's, for the record (0 where sysfs has no cache information).
+  std::printf("last-level cache here: %lld bytes\n", static_cast<long long>(LastLevelCacheBytes()));
 }
 
 }  // namespace
