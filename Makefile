@@ -10,11 +10,13 @@
 #   make tsan    TSan build (build-tsan/, absl from scripts/build-absl-tsan.sh) and the concurrent
 #                tests under it: transport, cachestore, worker service, coordinator, integration
 #   make format  clang-format every C++ file
+#   make retrofit-smoke  the retrofit training tests (train/tests), a few training steps on
+#                stories260K included; skipped when torch is not installed (install-deps.sh --train)
 JOBS ?= $(shell nproc)
 BUILD ?= build
 CTEST_ARGS ?=
 
-.PHONY: all deps build test bench serve asan fuzz-smoke fuzz tsan format clean
+.PHONY: all deps build test bench serve asan fuzz-smoke fuzz tsan format clean retrofit-smoke
 
 all: build
 
@@ -66,3 +68,13 @@ format:
 
 clean:
 	rm -rf build build-asan build-fuzz build-tsan
+
+# The Python that has the training tools: .deps/train-venv (install-deps.sh --train), else python3.
+TRAIN_PY ?= $(shell [ -x .deps/train-venv/bin/python ] && echo .deps/train-venv/bin/python || echo python3)
+
+retrofit-smoke:
+	@if $(TRAIN_PY) -c 'import torch, gguf, safetensors' 2>/dev/null; then \
+		$(TRAIN_PY) train/tests/test_retrofit.py -v; \
+	else \
+		echo "retrofit-smoke: skipped: torch, gguf and safetensors are not installed (scripts/install-deps.sh --train)"; \
+	fi

@@ -19,6 +19,7 @@
 #include "nlohmann/json.hpp"
 #include "transport/bench.h"
 #include "transport/http/server.h"
+#include "worker/adapter.h"
 #include "worker/engine_bench.h"
 #include "worker/handoff_bench.h"
 
@@ -82,6 +83,9 @@ int RunBenchEngine(int argc, char** argv) {
     if (!b.ok()) return Fail(cmd, b.status(), 2);
     o.capacity_budget_bytes = *b;
   }
+  auto adapter = worker::AdapterOfSpec(kv);  // learned dmc's weights=FILE
+  if (!adapter.ok()) return Fail(cmd, adapter.status(), 2);
+  flags.adapter = *adapter;
   auto engine = LoadEngine(flags);
   if (!engine.ok()) return Fail(cmd, engine.status());
   if (o.long_contexts.empty() && kv != "full") {

@@ -41,6 +41,7 @@ absl::StatusOr<worker::EngineOptions> EngineFlags::ToOptions() const {
   o.tp_rank = tp_rank;
   o.tp_replicate_vocab = tp_replicate_vocab;
   o.comm = comm;
+  o.adapter = adapter;
   if (kv_dtype == "f32") {
     o.kv_dtype = DType::kF32;
   } else if (kv_dtype == "f16") {
@@ -77,10 +78,11 @@ absl::StatusOr<std::unique_ptr<worker::Engine>> LoadEngine(const EngineFlags& fl
     const double secs =
         std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
     const auto& c = (*engine)->config();
-    std::fprintf(stderr, "loaded %s (%s, %d layers, %s of weights) in %.2f s, %d threads\n",
+    std::fprintf(stderr, "loaded %s (%s, %d layers, %s of weights) in %.2f s, %d threads%s\n",
                  (*engine)->files().path().c_str(), c.name.c_str(), c.n_layer,
                  FormatBytes((*engine)->weights().bytes).c_str(), secs,
-                 (*engine)->runner().num_threads());
+                 (*engine)->runner().num_threads(),
+                 (*engine)->adapter() != nullptr ? ", with its retrofit adapter merged" : "");
   }
   return engine;
 }

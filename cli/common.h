@@ -22,6 +22,8 @@ struct EngineFlags {
   std::string kv_cache_memory;  // "" = automatic
   std::string kv_dtype = "f32";
   bool quiet = false;
+  // Not a flag: a retrofit adapter to merge (worker/adapter.h), from the command's KV policy.
+  std::string adapter;
   // Set by LoadRankEngine and RunFollower, not by flags: this rank of a tensor-parallel group.
   int32_t tp_size = 1;
   int32_t tp_rank = 0;

@@ -14,6 +14,7 @@
 #include "cli/common.h"
 #include "kvcache/policy.h"
 #include "nlohmann/json.hpp"
+#include "worker/adapter.h"
 
 namespace kvasir::cli {
 
@@ -55,6 +56,19 @@ int RunEval(int argc, char** argv) {
   }
   auto engine = LoadEngine(flags);
   if (!engine.ok()) return Fail(cmd, engine.status());
+  // A policy with a retrofit adapter runs on a second engine with the adapter merged; the full
+  // cache it is compared with runs on the model as it is.
+  auto adapter = worker::AdapterOfSpec(kv);
+  if (!adapter.ok()) return Fail(cmd, adapter.status(), 2);
+  std::unique_ptr<worker::Engine> adapted;
+  if (!adapter->empty()) {
+    EngineFlags adapted_flags = flags;
+    adapted_flags.adapter = *adapter;
+    adapted_flags.quiet = true;
+    auto e = LoadEngine(adapted_flags);
+    if (!e.ok()) return Fail(cmd, e.status());
+    adapted = std::move(*e);
+  }
   auto progress = [&](int done, int total) {
     if (!flags.quiet) std::fprintf(stderr, "\r%s: %d/%d", cmd.c_str(), done, total);
     if (!flags.quiet && done == total) std::fprintf(stderr, "\n");
@@ -73,6 +87,7 @@ int RunEval(int argc, char** argv) {
       o.lengths.push_back(v);
     }
     o.progress = progress;
+    o.policy_engine = adapted.get();
     auto r = worker::RunNeedle(**engine, o);
     if (!r.ok()) return Fail(cmd, r.status());
     if (json) {
@@ -108,6 +123,7 @@ int RunEval(int argc, char** argv) {
   o.max_tokens = max_tokens;
   o.continuation = continuation;
   o.progress = progress;
+  o.policy_engine = adapted.get();
   auto r = worker::RunEval(**engine, text, o);
   if (!r.ok()) return Fail(cmd, r.status());
   if (json) {

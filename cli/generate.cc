@@ -11,6 +11,7 @@
 #include "kvcache/policy.h"
 #include "model/tokenizer/chat_template.h"
 #include "nlohmann/json.hpp"
+#include "worker/adapter.h"
 
 namespace kvasir::cli {
 
@@ -55,6 +56,9 @@ int RunGenerate(int argc, char** argv) {
     return Fail(cmd, absl::InvalidArgumentError("--prompt is required (see --help)"), 2);
   }
   if (!p.was_set("seed")) seed = std::random_device{}();
+  auto adapter = worker::AdapterOfSpec(kv);
+  if (!adapter.ok()) return Fail(cmd, adapter.status(), 2);
+  engine_flags.adapter = *adapter;
   if (tp.follower()) return RunFollower(cmd, engine_flags, tp);
 
   auto ranks = LoadRankEngine(engine_flags, tp, std::vector<std::string>(argv, argv + argc));

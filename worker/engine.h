@@ -23,6 +23,7 @@
 #include "kvcache/policy.h"
 #include "model/model_files.h"
 #include "model/tokenizer/tokenizer.h"
+#include "worker/adapter.h"
 #include "worker/llama_weights.h"
 #include "worker/model_runner.h"
 #include "worker/sampler.h"
@@ -44,6 +45,9 @@ struct EngineOptions {
   int32_t tp_rank = 0;
   bool tp_replicate_vocab = false;  // ShardPlan::vocab_replicated
   transport::collectives::Communicator* comm = nullptr;
+  // A retrofit adapter (worker/adapter.h) merged into the weights at load: the model then runs
+  // only the policies that name this file (learned dmc's weights=FILE). "" for none.
+  std::string adapter;
 };
 
 class Engine {
@@ -63,7 +67,13 @@ class Engine {
   const LlamaWeights& weights() const { return weights_; }
   const model::ShardPlan& shard() const { return shard_; }
   // A policy for this model's geometry, from a spec string (docs/compression.md).
+  // FailedPrecondition when the policy needs a model adapted otherwise than this one (an adapted
+  // engine runs only the policies that name its adapter).
   absl::StatusOr<std::shared_ptr<const kvcache::KvPolicy>> Policy(std::string_view spec) const;
+  // Checks that `policy` may run on this engine's weights (see Policy).
+  absl::Status CheckAdapter(const kvcache::KvPolicy& policy) const;
+  // The merged adapter (nullptr for none).
+  const Adapter* adapter() const { return adapter_.get(); }
 
  private:
   Engine() = default;
@@ -71,6 +81,8 @@ class Engine {
   std::unique_ptr<model::Tokenizer> tokenizer_;
   model::ShardPlan shard_;
   LlamaWeights weights_;
+  std::unique_ptr<Adapter> adapter_;
+  std::string adapter_path_;  // canonical
   std::unique_ptr<kvcache::KvCache> cache_;
   std::unique_ptr<ModelRunner> runner_;
 };

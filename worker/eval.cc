@@ -71,7 +71,8 @@ absl::StatusOr<WindowScore> ScoreWindow(Engine& e, std::shared_ptr<const kvcache
 }
 
 // Greedy agreement of the policy with full after the window's tokens.
-absl::StatusOr<std::pair<int64_t, int64_t>> Agreement(Engine& e,
+// `e` runs the full cache, `pe` the policy.
+absl::StatusOr<std::pair<int64_t, int64_t>> Agreement(Engine& e, Engine& pe,
                                                       std::shared_ptr<const kvcache::KvPolicy> full,
                                                       std::shared_ptr<const kvcache::KvPolicy> p,
                                                       std::span<const int32_t> w, int32_t chunk,
@@ -93,17 +94,17 @@ absl::StatusOr<std::pair<int64_t, int64_t>> Agreement(Engine& e,
     }
   }
   // Policy, teacher-forced on the full cache's continuation.
-  ScopedSequence seq(e, p);
+  ScopedSequence seq(pe, p);
   std::vector<float> logits;
   for (size_t b = 0; b < w.size(); b += chunk) {
     StepSequence step{seq.get(), w.subspan(b, std::min<size_t>(chunk, w.size() - b)), false};
-    KVASIR_RETURN_IF_ERROR(e.runner().Forward({&step, 1}, logits));
+    KVASIR_RETURN_IF_ERROR(pe.runner().Forward({&step, 1}, logits));
   }
   int64_t agree = 0;
   for (int32_t i = 0; i < n; ++i) {
     agree += ArgMax(std::span<const float>(logits.data(), vocab)) == cont[i];
     StepSequence step{seq.get(), std::span<const int32_t>(&cont[i], 1), false};
-    if (i + 1 < n) KVASIR_RETURN_IF_ERROR(e.runner().Forward({&step, 1}, logits));
+    if (i + 1 < n) KVASIR_RETURN_IF_ERROR(pe.runner().Forward({&step, 1}, logits));
   }
   return std::make_pair(agree, static_cast<int64_t>(n));
 }
@@ -128,7 +129,8 @@ absl::StatusOr<EvalResult> RunEval(Engine& e, const std::string& text, const Eva
     return absl::InvalidArgumentError(absl::StrCat("the text has ", tokens.size(),
                                                    " tokens, fewer than one window of ", o.window));
   }
-  KVASIR_ASSIGN_OR_RETURN(auto policy, e.Policy(o.kv_policy));
+  Engine& pe = o.policy_engine != nullptr ? *o.policy_engine : e;
+  KVASIR_ASSIGN_OR_RETURN(auto policy, pe.Policy(o.kv_policy));
   KVASIR_ASSIGN_OR_RETURN(auto full, e.Policy("full"));
   EvalResult r;
   r.policy = policy->spec();
@@ -140,7 +142,7 @@ absl::StatusOr<EvalResult> RunEval(Engine& e, const std::string& text, const Eva
   for (size_t wi = 0; wi < starts.size(); ++wi) {
     std::span<const int32_t> w(tokens.data() + starts[wi], o.window);
     const int32_t first_scored = wi == 0 ? 1 : o.window - stride;
-    KVASIR_ASSIGN_OR_RETURN(WindowScore pol, ScoreWindow(e, policy, w, first_scored, o.chunk));
+    KVASIR_ASSIGN_OR_RETURN(WindowScore pol, ScoreWindow(pe, policy, w, first_scored, o.chunk));
     KVASIR_ASSIGN_OR_RETURN(WindowScore ful, ScoreWindow(e, full, w, first_scored, o.chunk));
     nll += pol.nll;
     full_nll += ful.nll;
@@ -148,7 +150,7 @@ absl::StatusOr<EvalResult> RunEval(Engine& e, const std::string& text, const Eva
     r.kv_bytes += pol.kv_bytes;
     r.full_kv_bytes += ful.kv_bytes;
     if (o.continuation > 0) {
-      KVASIR_ASSIGN_OR_RETURN(auto a, Agreement(e, full, policy, w, o.chunk, o.continuation));
+      KVASIR_ASSIGN_OR_RETURN(auto a, Agreement(e, pe, full, policy, w, o.chunk, o.continuation));
       agree += a.first;
       r.agreement_tokens += a.second;
     }
@@ -180,7 +182,8 @@ double NeedleResult::full_accuracy() const {
 }
 
 absl::StatusOr<NeedleResult> RunNeedle(Engine& e, const NeedleOptions& o) {
-  KVASIR_ASSIGN_OR_RETURN(auto policy, e.Policy(o.kv_policy));
+  Engine& pe = o.policy_engine != nullptr ? *o.policy_engine : e;
+  KVASIR_ASSIGN_OR_RETURN(auto policy, pe.Policy(o.kv_policy));
   KVASIR_ASSIGN_OR_RETURN(auto full, e.Policy("full"));
   const model::Tokenizer& tok = e.tokenizer();
   // The classic passkey prompt (Mohtashami and Jaggi 2023): filler sentences around one line
@@ -220,7 +223,7 @@ absl::StatusOr<NeedleResult> RunNeedle(Engine& e, const NeedleOptions& o) {
                                                          " tokens exceeds the model's context"));
         }
         req.kv_policy = policy->spec();
-        KVASIR_ASSIGN_OR_RETURN(GenerateResult got, Generate(e, req));
+        KVASIR_ASSIGN_OR_RETURN(GenerateResult got, Generate(pe, req));
         req.kv_policy = "full";
         KVASIR_ASSIGN_OR_RETURN(GenerateResult ref, Generate(e, req));
         cell.found += got.text.find(key) != std::string::npos;

@@ -27,6 +27,9 @@ struct EvalOptions {
   int32_t max_tokens = 8192;  // evaluate the first max_tokens tokens of the text (0: all)
   int32_t continuation = 32;  // greedy tokens per window for the agreement measure
   int32_t chunk = 256;        // prefill chunk
+  // The engine the policy runs on when it needs a model of its own (one merged with the
+  // policy's retrofit adapter); the full cache always runs on the engine given. nullptr: the same.
+  Engine* policy_engine = nullptr;
   // Progress (optional): windows done, windows in all.
   std::function<void(int, int)> progress;
 };
@@ -54,6 +57,7 @@ struct NeedleOptions {
   std::vector<double> depths = {0.0, 0.25, 0.5, 0.75, 1.0};  // where the passkey sits
   int32_t trials = 2;                                        // passkeys per (length, depth)
   uint64_t seed = 1;
+  Engine* policy_engine = nullptr;  // as EvalOptions::policy_engine
   std::function<void(int, int)> progress;
 };
 

@@ -48,6 +48,11 @@ absl::StatusOr<std::string> PolicyRegistry::Add(const std::string& name, const s
   if (!policy.ok()) {
     return absl::InvalidArgumentError(absl::StrCat(what, ": ", policy.status().message()));
   }
+  if (fits_model_) {
+    if (absl::Status s = fits_model_(**policy); !s.ok()) {
+      return absl::InvalidArgumentError(absl::StrCat(what, ": ", s.message()));
+    }
+  }
   const std::string canonical = (*policy)->spec();
   PolicyListing l;
   l.spec = RedactedSpec(canonical);
@@ -66,8 +71,9 @@ absl::StatusOr<std::string> PolicyRegistry::Add(const std::string& name, const s
 
 absl::StatusOr<std::unique_ptr<PolicyRegistry>> PolicyRegistry::Create(
     const kvcache::KvGeometry& geometry, const std::vector<PolicyConfig>& configured,
-    const std::string& default_policy) {
+    const std::string& default_policy, ModelCheck fits_model) {
   std::unique_ptr<PolicyRegistry> r(new PolicyRegistry(geometry));
+  r->fits_model_ = std::move(fits_model);
   for (const PolicyConfig& c : configured) {
     if (!c.name.empty() && (!IsName(c.name) || kvcache::IsPolicyKind(c.name))) {
       return absl::InvalidArgumentError(
@@ -110,6 +116,11 @@ absl::StatusOr<std::shared_ptr<const kvcache::KvPolicy>> PolicyRegistry::Resolve
   // Parsed outside the lock: a request spec names no file, so this is quick.
   KVASIR_ASSIGN_OR_RETURN(auto policy,
                           kvcache::ParsePolicy(text, geometry_, kvcache::PolicySource::kRequest));
+  if (fits_model_) {
+    if (absl::Status s = fits_model_(*policy); !s.ok()) {
+      return absl::InvalidArgumentError(absl::StrCat("kv_policy: ", s.message()));
+    }
+  }
   absl::MutexLock lock(&mu_);
   if (auto it = by_spec_.find(policy->spec()); it != by_spec_.end()) {
     policy = it->second;

@@ -13,6 +13,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <string>
@@ -53,9 +54,14 @@ class PolicyRegistry {
   // name or a spec; "" means the first configured policy, or "full" when there is none.
   // InvalidArgument (with the file's name: this is the operator's own command line) when a
   // policy does not load, a name is malformed or given twice.
+  // `fits_model` (optional) checks that a policy may run on the server's weights
+  // (Engine::CheckAdapter: a model merged with a retrofit adapter runs only the policy that names
+  // it); configured policies that fail it fail Create, request policies that fail it are refused
+  // (InvalidArgument).
+  using ModelCheck = std::function<absl::Status(const kvcache::KvPolicy&)>;
   static absl::StatusOr<std::unique_ptr<PolicyRegistry>> Create(
       const kvcache::KvGeometry& geometry, const std::vector<PolicyConfig>& configured,
-      const std::string& default_policy);
+      const std::string& default_policy, ModelCheck fits_model = nullptr);
 
   // The policy a request's kv_policy selects: "" the default, a configured name, or a spec
   // without file parameters. InvalidArgument for an unknown name or a bad spec,
@@ -78,6 +84,7 @@ class PolicyRegistry {
                                   const std::string& what, bool reuse);
 
   kvcache::KvGeometry geometry_;
+  ModelCheck fits_model_;
   // Configured policies by name (a bare spec is named by its canonical spec), set at Create.
   std::map<std::string, std::shared_ptr<const kvcache::KvPolicy>, std::less<>> configured_;
   std::vector<PolicyListing> listing_;

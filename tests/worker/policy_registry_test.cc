@@ -183,5 +183,36 @@ TEST_F(PolicyRegistryTest, BadConfigurationStopsStartUp) {
   EXPECT_TRUE((*r)->listing()[1].is_default);
 }
 
+// A server whose model is merged with a retrofit adapter runs only the policy naming it: the
+// registry asks the model check for every configured policy and every request policy.
+TEST_F(PolicyRegistryTest, ModelCheckBindsPoliciesToTheServersWeights) {
+  const std::string adapter = (dir_ / "dmc.safetensors").string();
+  std::ofstream(adapter) << "not read by the registry";
+  auto check = [&](const kvcache::KvPolicy& p) {
+    return p.model_adapter() == adapter
+               ? absl::OkStatus()
+               : absl::FailedPreconditionError("this model serves its adapter's policy only");
+  };
+  const std::string spec = "dmc:mode=learned,weights=" + adapter;
+  auto r = PolicyRegistry::Create(Geometry(), {{"dmc4", spec}}, "", check);
+  ASSERT_TRUE(r.ok()) << r.status();
+  auto got = (*r)->Resolve("");
+  ASSERT_TRUE(got.ok()) << got.status();
+  EXPECT_EQ((*got)->model_adapter(), adapter);
+  EXPECT_TRUE((*r)->Resolve("dmc4").ok());
+  // The listing hides the path.
+  EXPECT_EQ((*r)->listing()[0].spec.find(dir_.string()), std::string::npos);
+  auto other = (*r)->Resolve("h2o:budget=64");
+  ASSERT_FALSE(other.ok());
+  EXPECT_EQ(other.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ((*r)->request_specs(), 0u);
+  // A configured policy the model cannot run fails start-up, and so does a default of "full".
+  auto bad = PolicyRegistry::Create(Geometry(), {{"dmc4", spec}, {"", "streaming"}}, "", check);
+  ASSERT_FALSE(bad.ok());
+  EXPECT_NE(bad.status().message().find("--kv-policy streaming"), std::string::npos)
+      << bad.status();
+  EXPECT_FALSE(PolicyRegistry::Create(Geometry(), {{"dmc4", spec}}, "full", check).ok());
+}
+
 }  // namespace
 }  // namespace kvasir::worker

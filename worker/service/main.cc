@@ -11,6 +11,7 @@
 #include "cli/common.h"
 #include "common/units.h"
 #include "model/model_files.h"
+#include "worker/adapter.h"
 #include "worker/service/worker_service.h"
 
 namespace {
@@ -90,14 +91,20 @@ int Main(int argc, char** argv) {
   }
   for (const std::string& v : kv_policies) {
     sched.kv_policies.push_back(kvasir::worker::ParsePolicyConfig(v));
+    // A policy with a retrofit adapter: the engine merges it (one model per worker, so every
+    // configured policy must name the same adapter; the registry checks that).
+    auto adapter = kvasir::worker::AdapterOfSpec(sched.kv_policies.back().spec);
+    if (!adapter.ok()) return Fail(cmd, adapter.status(), 2);
+    if (!adapter->empty() && engine_flags.adapter.empty()) engine_flags.adapter = *adapter;
   }
   if (tp.follower()) {
     // Ranks 1..N-1 of a group: the steps of rank 0, with the same configured policies.
     return kvasir::cli::RunFollower(
         cmd, engine_flags, tp, [&sched](kvasir::worker::Engine& engine) {
           auto registry = std::shared_ptr<kvasir::worker::PolicyRegistry>(
-              kvasir::worker::PolicyRegistry::Create(engine.cache().geometry(), sched.kv_policies,
-                                                     sched.default_kv_policy)
+              kvasir::worker::PolicyRegistry::Create(
+                  engine.cache().geometry(), sched.kv_policies, sched.default_kv_policy,
+                  [&engine](const kvasir::kvcache::KvPolicy& p) { return engine.CheckAdapter(p); })
                   .value_or(nullptr));
           return kvasir::worker::PolicyResolver(
               [registry, &engine](std::string_view spec)

@@ -71,9 +71,10 @@ absl::StatusOr<std::unique_ptr<Scheduler>> Scheduler::Create(Engine& engine,
                      "): every running sequence "
                      "needs one token per step"));
   }
-  KVASIR_ASSIGN_OR_RETURN(auto policies,
-                          PolicyRegistry::Create(engine.cache().geometry(), options.kv_policies,
-                                                 options.default_kv_policy));
+  KVASIR_ASSIGN_OR_RETURN(
+      auto policies, PolicyRegistry::Create(
+                         engine.cache().geometry(), options.kv_policies, options.default_kv_policy,
+                         [&engine](const kvcache::KvPolicy& p) { return engine.CheckAdapter(p); }));
   if (options.target_itl < absl::ZeroDuration()) {
     double step = 0;
     int64_t context = 0;

@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "common/status_macros.h"
+#include "kvcache/policy.h"
 
 namespace kvasir::worker::service {
 
@@ -56,7 +57,9 @@ int64_t StepCostModel::PrefillBudget(const Features& base, double target_seconds
 absl::StatusOr<absl::Duration> CalibrateTargetItl(Engine& engine, int32_t max_num_seqs,
                                                   double* step_seconds, int64_t* context) {
   const int32_t n = std::max(1, max_num_seqs);
-  KVASIR_ASSIGN_OR_RETURN(auto policy, engine.Policy("full"));
+  // The full cache times the step on any model, a retrofitted one too (whose engine serves only
+  // its own policy: hence the policy is parsed here, not through Engine::Policy).
+  KVASIR_ASSIGN_OR_RETURN(auto policy, kvcache::ParsePolicy("full", engine.cache().geometry()));
   kvcache::KvCache& cache = engine.cache();
   const kvcache::KvGeometry& g = cache.geometry();
   // Token ids of the vocabulary's middle: ordinary tokens, whatever the model.

@@ -32,11 +32,12 @@ struct Collected {
 
 class SchedulerTest : public ::testing::Test {
  protected:
-  void Load(int64_t kv_cache_bytes = 0) {
+  void Load(int64_t kv_cache_bytes = 0, const std::string& adapter = "") {
     EngineOptions options;
     options.model = testing::SharedPath("models/stories260K.gguf");
     options.num_threads = 1;
     options.kv_cache_bytes = kv_cache_bytes;
+    options.adapter = adapter;
     options.prefault = false;
     auto engine = Engine::Load(options);
     ASSERT_TRUE(engine.ok()) << engine.status();
@@ -97,9 +98,11 @@ class SchedulerTest : public ::testing::Test {
     return steps;
   }
 
-  // The single-request reference.
-  GenerateResult Reference(const SchedulerRequest& r, int32_t prefill_chunk = 512) {
+  // The single-request reference (under `kv_policy`; the request's own names the scheduler's).
+  GenerateResult Reference(const SchedulerRequest& r, int32_t prefill_chunk = 512,
+                           const std::string& kv_policy = "full") {
     GenerateRequest g;
+    g.kv_policy = kv_policy;
     g.prompt = r.prompt;
     g.sampling = r.sampling;
     g.max_tokens = r.max_tokens;
@@ -135,6 +138,39 @@ std::vector<int32_t> SchedulerTest::Sentences(size_t n) {
   }
   prompt.resize(n);
   return prompt;
+}
+
+// A worker whose model is merged with a retrofit adapter (docs/retrofit.md) serves its configured
+// learned-DMC policy, with the engine's own output, and refuses requests for any other policy.
+TEST_F(SchedulerTest, AnAdaptedModelServesOnlyItsPolicy) {
+  const std::string adapter = testing::RepoPath("train/artifacts/stories260K-dmc-4x.safetensors");
+  ASSERT_NO_FATAL_FAILURE(Load(0, adapter));
+  const std::string spec = "dmc:mode=learned,weights=" + adapter;
+  SchedulerOptions options;
+  options.kv_policies = {{"dmc4", spec}};
+  ASSERT_NO_FATAL_FAILURE(MakeScheduler(options));
+  SchedulerRequest r = Greedy("a", "Once upon a time", 24);
+  SchedulerRequest other = Greedy("b", "Once upon a time", 4);
+  other.kv_policy = "full";
+  EXPECT_TRUE(absl::IsInvalidArgument(scheduler_->Submit(other, [](const RequestOutput&) {})));
+  other.kv_policy = "h2o:budget=64";
+  EXPECT_TRUE(absl::IsInvalidArgument(scheduler_->Submit(other, [](const RequestOutput&) {})));
+  Submit(r);
+  RunAll();
+  ASSERT_TRUE(results_["a"].finished);
+  ASSERT_TRUE(results_["a"].status.ok()) << results_["a"].status;
+  EXPECT_EQ(results_["a"].ids, Reference(r, 512, spec).ids);
+  // A scheduler that configures another policy beside it does not start.
+  SchedulerOptions two = options;
+  two.kv_policies.push_back({"", "streaming"});
+  EXPECT_FALSE(Scheduler::Create(*engine_, two).ok());
+  // The inter-token latency target is calibrated on an adapted model too.
+  SchedulerOptions calibrated = options;
+  calibrated.max_num_seqs = 2;
+  calibrated.target_itl = absl::Milliseconds(-1);
+  auto s = Scheduler::Create(*engine_, calibrated);
+  ASSERT_TRUE(s.ok()) << s.status();
+  EXPECT_GT((*s)->options().target_itl, absl::ZeroDuration());
 }
 
 TEST_F(SchedulerTest, SingleGreedyRequestMatchesGenerate) {

@@ -1,0 +1,259 @@
+#!/usr/bin/env python3
+"""Retrofits a Llama model for a KV-compression method by distillation, and writes the artifact
+the engine loads (LoRA adapters in safetensors). Only DMC is built so far.
+
+  python3 train/retrofit.py dmc --model ../shared/models/stories260K.gguf --ratio 4 \\
+      --out train/artifacts/stories260K-dmc-4x.safetensors
+
+Data: text the model itself generates (sampled at temperature 1 from BOS); the loss is the KL
+divergence from the full-cache model's next-token distribution (the teacher: the same file,
+without adapters, full attention) plus DMC's one-sided compression loss. Stages, as in the
+released DMC code: (1) zero-out, the repurposed q/k element fades out of attention while no
+token merges; (2) retrofit, the compression target rises linearly from 1 to --ratio;
+(3) fine-tune at --ratio. Needs torch, gguf, safetensors (scripts/install-deps.sh --train).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+
+from kvasir_train import PROJECTIONS  # noqa: E402 (after the path is set)
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(
+        prog="retrofit.py",
+        description="Retrofit a model for DMC by distillation; writes LoRA adapters (safetensors).")
+    p.add_argument("method", choices=["dmc"], help="the KV method to train for")
+    p.add_argument("--model", required=True, help="a llama-architecture .gguf file")
+    p.add_argument("--out", required=True, help="the artifact to write (.safetensors)")
+    p.add_argument("--ratio", type=float, default=4.0, help="target compression ratio (>= 1)")
+    p.add_argument("--rank", type=int, default=16, help="LoRA rank (1..16)")
+    p.add_argument("--alpha", type=float, default=16.0, help="LoRA alpha (scale = alpha/rank)")
+    p.add_argument("--zero-out-steps", type=int, default=150, help="stage 1 steps")
+    p.add_argument("--retrofit-steps", type=int, default=900, help="stage 2 steps (ratio ramp)")
+    p.add_argument("--finetune-steps", type=int, default=450, help="stage 3 steps")
+    p.add_argument("--batch", type=int, default=16, help="sequences per step")
+    p.add_argument("--seq-len", type=int, default=256, help="tokens per training sequence")
+    p.add_argument("--train-seqs", type=int, default=2048, help="generated training sequences")
+    p.add_argument("--eval-seqs", type=int, default=64, help="generated held-out sequences")
+    p.add_argument("--lr", type=float, default=3e-3, help="Adam learning rate")
+    p.add_argument("--cr-weight", type=float, default=10.0, help="weight of the compression loss")
+    p.add_argument("--margin", type=float, default=0.0,
+                   help="aim at ratio * (1 + margin), should the hard decisions of the engine "
+                   "compress less than the relaxed ones of training")
+    p.add_argument("--text", help="also train on this UTF-8 text (cut into --seq-len pieces)")
+    p.add_argument("--text-from-byte", type=int, default=0,
+                   help="use --text from this byte on (keep the evaluation part out)")
+    p.add_argument("--projections", default=",".join(PROJECTIONS),
+                   help="the projections the adapter corrects, GGUF names")
+    p.add_argument("--init", help="start from the adapter of an earlier run (same rank and "
+                   "projections), e.g. one written after the zero-out stage alone")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: all cores)")
+    p.add_argument("--log-every", type=int, default=50)
+    a = p.parse_args(argv)
+    if a.ratio < 1:
+        p.error("--ratio must be >= 1")
+    if not 1 <= a.rank <= 16:
+        p.error("--rank must be in [1, 16]")
+    if not os.path.isfile(a.model):
+        p.error(f"--model {a.model}: no such file")
+    if a.init is not None and not os.path.isfile(a.init):
+        p.error(f"--init {a.init}: no such file")
+    if a.text is not None and not os.path.isfile(a.text):
+        p.error(f"--text {a.text}: no such file")
+    a.projections = tuple(x for x in a.projections.split(",") if x)
+    bad = [x for x in a.projections if x not in PROJECTIONS]
+    if bad or not a.projections:
+        p.error(f"--projections: choose from {','.join(PROJECTIONS)}")
+    return a
+
+
+def nll(logits, tokens):
+    import torch.nn.functional as F
+    return F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), tokens[:, 1:].reshape(-1))
+
+
+def evaluate(model, data, ratio_attention_factory, batch=16):
+    """Perplexity of the teacher (full) and of the adapted model with hard DMC decisions on
+    held-out sequences, their greedy agreement, and the DMC model's KV ratio."""
+    import torch
+    from kvasir_train.dmc import kv_ratio
+    tot_full = tot_dmc = 0.0
+    agree = n = 0
+    alphas = []
+    with torch.no_grad():
+        for s in range(0, len(data), batch):
+            x = data[s:s + batch]
+            full = model(x, use_lora=False)
+            att = ratio_attention_factory()
+            out = model(x, attention=att)
+            k = x[:, 1:].numel()
+            tot_full += float(nll(full, x)) * k
+            tot_dmc += float(nll(out, x)) * k
+            agree += int((full[:, :-1].argmax(-1) == out[:, :-1].argmax(-1)).sum())
+            n += k
+            alphas += att.alphas
+    import math
+    return {
+        "full_perplexity": math.exp(tot_full / n),
+        "perplexity": math.exp(tot_dmc / n),
+        "greedy_agreement": agree / n,
+        "kv_ratio": kv_ratio(alphas),
+    }
+
+
+def main(argv=None):
+    a = parse_args(argv)
+    import torch
+    from safetensors.torch import save_file
+
+    from kvasir_train.dmc import DmcAttention, compression_loss, kv_ratio
+    from kvasir_train.model import LoRA, Llama, load_gguf, sample
+
+    if a.threads > 0:
+        torch.set_num_threads(a.threads)
+    torch.manual_seed(a.seed)
+    t_start = time.time()
+    config, tensors = load_gguf(a.model)
+    model = Llama(config, tensors)
+    print(f"retrofit: {a.model}: {config.n_layer} layers, {config.n_head} heads, "
+          f"{config.n_head_kv} KV heads, head_dim {config.head_dim}", file=sys.stderr)
+
+    bos = 1
+    t0 = time.time()
+    data = sample(model, a.train_seqs, a.seq_len, bos, seed=a.seed + 1)
+    held = sample(model, a.eval_seqs, a.seq_len, bos, seed=a.seed + 1_000_003)
+    print(f"retrofit: generated {a.train_seqs} + {a.eval_seqs} sequences of {a.seq_len} tokens "
+          f"in {time.time() - t0:.0f} s", file=sys.stderr)
+    if a.text is not None:
+        from kvasir_train.tokenizer import SpmTokenizer
+        with open(a.text, "rb") as f:
+            text = f.read()[a.text_from_byte:].decode("utf-8", "ignore")
+        ids = SpmTokenizer.from_gguf(a.model).encode_lines(text, bos=False)
+        n = len(ids) // a.seq_len
+        pieces = torch.tensor(ids[:n * a.seq_len], dtype=torch.long).view(n, a.seq_len)
+        data = torch.cat((data, pieces))
+        print(f"retrofit: {a.text} from byte {a.text_from_byte}: {len(ids)} tokens, "
+              f"{n} sequences", file=sys.stderr)
+
+    model.lora = LoRA(config, tensors, a.rank, a.alpha, a.projections, seed=a.seed)
+    if a.init is not None:
+        from safetensors.torch import load_file
+        init = load_file(a.init)
+        for name, t in model.lora.state_tensors().items():
+            if name not in init or init[name].shape != t.shape:
+                sys.exit(f"retrofit: --init {a.init}: no {name} of shape {tuple(t.shape)}")
+        model.lora.load_tensors(init)
+        print(f"retrofit: starting from {a.init}", file=sys.stderr)
+    params = list(model.lora.parameters())
+    opt = torch.optim.Adam(params, lr=a.lr)
+    gen = torch.Generator().manual_seed(a.seed + 7)
+    total = a.zero_out_steps + a.retrofit_steps + a.finetune_steps
+    d = config.head_dim
+    hist = []
+    t0 = time.time()
+    for step in range(total):
+        if step < a.zero_out_steps:
+            stage, target = "zero-out", 1.0
+            att = DmcAttention(config, hard=False, merge=False,
+                               zero_out=min(1.0, (step + 1) / max(1, a.zero_out_steps // 2)),
+                               generator=gen)
+        else:
+            s2 = step - a.zero_out_steps
+            ramp = min(1.0, (s2 + 1) / max(1, a.retrofit_steps))
+            stage = "retrofit" if s2 < a.retrofit_steps else "finetune"
+            target = 1.0 + (a.ratio - 1.0) * ramp
+            att = DmcAttention(config, hard=False, generator=gen)
+        idx = torch.randint(0, len(data), (a.batch,), generator=gen)
+        x = data[idx]
+        with torch.no_grad():
+            teacher = torch.log_softmax(model(x, use_lora=False), dim=-1)
+        logits = model(x, attention=att)
+        logp = torch.log_softmax(logits, dim=-1)
+        kl = (teacher.exp() * (teacher - logp)).sum(-1).mean()
+        loss = kl
+        if stage == "zero-out":
+            # Fade the decision and importance neurons towards 0 (alpha ~ sigmoid(-5)).
+            pen = torch.stack([(l + 5.0).pow(2).mean() for l in att.logits]).mean()
+            loss = loss + 0.1 * pen
+        else:
+            merge_target = target * (1.0 + a.margin) if target > 1 else 1.0
+            loss = loss + a.cr_weight * compression_loss(att.alphas, merge_target)
+        # Constant, then down to a tenth over the last quarter of the run.
+        tail = max(0.0, (step - 0.75 * total) / (0.25 * total))
+        for group in opt.param_groups:
+            group["lr"] = a.lr * (1.0 - 0.9 * tail)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        hist.append((kl.item(), kv_ratio([x.detach() for x in att.alphas])))
+        if (step + 1) % a.log_every == 0 or step + 1 == total:
+            k = len(hist)
+            mkl = sum(h[0] for h in hist) / k
+            mr = sum(h[1] for h in hist) / k
+            hist = []
+            print(f"retrofit: step {step + 1}/{total} {stage} target {target:.2f}x "
+                  f"kl {mkl:.4f} soft kv ratio {mr:.3f} ({time.time() - t0:.0f} s)",
+                  file=sys.stderr)
+
+    def hard():
+        return DmcAttention(config, hard=True)
+    result = evaluate(model, held, hard)
+    print("retrofit: held-out " + json.dumps({k: round(v, 4) for k, v in result.items()}),
+          file=sys.stderr)
+
+    # A check for the engine: one held-out sequence and the adapted model's logits over it,
+    # with hard decisions, as the engine's dmc:mode=learned must reproduce them.
+    with torch.no_grad():
+        check_tokens = held[:1]
+        check_logits = model(check_tokens, attention=hard())[0]
+    out = model.lora.state_tensors()
+    out["check.tokens"] = check_tokens[0].to(torch.int32).contiguous()
+    out["check.logits"] = check_logits.contiguous()
+    meta = {
+        "kvasir.format": "lora-1",
+        "kvasir.method": "dmc",
+        "kvasir.kv_policy": "dmc:mode=learned",
+        "kvasir.ratio": f"{a.ratio:g}",
+        "kvasir.lora_rank": str(a.rank),
+        "kvasir.lora_alpha": f"{a.alpha:g}",
+        "kvasir.layout": "gguf",
+        "kvasir.base_model": os.path.basename(a.model),
+        "kvasir.n_layer": str(config.n_layer),
+        "kvasir.n_embd": str(config.n_embd),
+        "kvasir.training": json.dumps({
+            "steps": total, "zero_out_steps": a.zero_out_steps,
+            "retrofit_steps": a.retrofit_steps, "finetune_steps": a.finetune_steps,
+            "batch": a.batch, "seq_len": a.seq_len, "train_seqs": a.train_seqs,
+            "tokens_seen": total * a.batch * a.seq_len, "lr": a.lr, "cr_weight": a.cr_weight,
+            "margin": a.margin, "seed": a.seed, "projections": ",".join(a.projections),
+            "text": os.path.basename(a.text) if a.text else None,
+            "text_from_byte": a.text_from_byte, "seconds": round(time.time() - t_start),
+            "device": "cpu", "torch_threads": torch.get_num_threads()}),
+        "kvasir.held_out": json.dumps({k: round(v, 4) for k, v in result.items()}),
+    }
+    if a.init is not None:
+        # The run this one started from (its own training record, and so on back).
+        from safetensors import safe_open
+        with safe_open(a.init, "pt") as f:
+            before = f.metadata() or {}
+        meta["kvasir.init"] = json.dumps({
+            "file": os.path.basename(a.init), "training": before.get("kvasir.training"),
+            "init": before.get("kvasir.init")})
+    os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)
+    save_file(out, a.out, metadata=meta)
+    print(f"retrofit: wrote {a.out} ({os.path.getsize(a.out)} bytes) in "
+          f"{time.time() - t_start:.0f} s", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()

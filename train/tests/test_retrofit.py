@@ -1,0 +1,179 @@
+"""Tests of the retrofit package (run by `make retrofit-smoke`; they need torch, gguf and
+safetensors, installed by scripts/install-deps.sh --train).
+
+- The PyTorch forward against the independent golden outputs (llama.cpp) of stories260K.
+- The tokenizer against the golden prompts' token ids.
+- DMC's parallel training form with hard decisions against the sequential algorithm the engine
+  runs (the released inference code: one token at a time, a ring of the last 12 weighted keys).
+- A few retrofit steps end to end, writing an artifact with the metadata the engine checks.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+import tempfile
+import unittest
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(os.path.dirname(HERE))
+sys.path.insert(0, os.path.dirname(HERE))
+
+try:
+    import gguf  # noqa: F401,E402
+    import safetensors  # noqa: F401,E402
+    import torch  # noqa: E402
+except ImportError as e:  # ctest: SKIP_RETURN_CODE 77
+    print(f"skipped: {e.name} is not installed (scripts/install-deps.sh --train)")
+    sys.exit(77)
+
+from kvasir_train.dmc import INIT_VAL, OMEGA_EPS, DmcAttention  # noqa: E402
+from kvasir_train.model import Llama, apply_rope, load_gguf, rope_tables, sample  # noqa: E402
+from kvasir_train.tokenizer import SpmTokenizer  # noqa: E402
+
+SHARED = os.path.join(ROOT, "..", "shared")
+STORIES = os.path.join(SHARED, "models", "stories260K.gguf")
+GOLDEN = os.path.join(SHARED, "golden", "stories260K_public.jsonl")
+
+
+def golden():
+    with open(GOLDEN) as f:
+        return [json.loads(line) for line in f]
+
+
+class ForwardTest(unittest.TestCase):
+    def test_matches_golden_logits_and_greedy_tokens(self):
+        config, tensors = load_gguf(STORIES)
+        model = Llama(config, tensors)
+        for g in golden():
+            ids = g["prompt_ids"] + g["greedy_ids"]
+            with torch.no_grad():
+                logits = model(torch.tensor([ids]))[0]
+            n = len(g["prompt_ids"])
+            for tok, want in g["first_step_top5"]:
+                got = float(logits[n - 1, tok])
+                self.assertLess(abs(got - want), 1e-3 * max(1.0, abs(want)) + 5e-3)
+            greedy = logits[n - 1:-1].argmax(-1).tolist()
+            self.assertEqual(greedy, g["greedy_ids"])
+
+    def test_sampling_with_its_kv_cache_follows_the_full_forward(self):
+        config, tensors = load_gguf(STORIES)
+        model = Llama(config, tensors)
+        seq = sample(model, 2, 48, 1, temperature=1e-4, seed=1)
+        with torch.no_grad():
+            greedy = model(seq)[:, :-1].argmax(-1)
+        self.assertTrue(torch.equal(seq[:, 1:], greedy))
+
+    def test_tokenizer_matches_golden_prompts(self):
+        tok = SpmTokenizer.from_gguf(STORIES)
+        for g in golden():
+            self.assertEqual(tok.encode(g["prompt"]), g["prompt_ids"])
+            self.assertEqual(tok.encode_lines(g["prompt"]), g["prompt_ids"])
+
+
+def sequential_dmc(config, q, k, v, window=12):
+    """The engine's learned-mode step (docs/compression.md), token by token, for one sequence:
+    q [T,H,D], k, v [T,Hkv,D] pre-RoPE -> attention output [T,H,D], and the slot counts."""
+    t_len, n_head, d = q.shape
+    n_kv = k.shape[1]
+    g = n_head // n_kv
+    cos, sin = rope_tables(config, torch.arange(t_len))
+    out = torch.zeros(t_len, n_head, d, dtype=torch.float64)
+    slots = []
+    for h in range(n_kv):
+        keys, vals = [], []
+        ring = []
+        run = 0
+        k_sum = v_sum = None
+        w_sum = 0.0
+        for t in range(t_len):
+            kt = k[t, h].double().clone()
+            alpha = 0 if not keys else int(kt[d - 1] - INIT_VAL > 0)
+            w_logit = q[t, h * g:(h + 1) * g, d - 1].double().mean()
+            omega = 1.0 / (1.0 + math.exp(-(float(w_logit) + INIT_VAL))) + OMEGA_EPS
+            kt[d - 1] = 0
+            vt = v[t, h].double()
+            run = run * alpha + 1
+            if alpha == 0:
+                k_sum, v_sum, w_sum = omega * kt, omega * vt, omega
+                ring = [(omega * kt, omega * vt, omega)]
+            else:
+                k_sum, v_sum, w_sum = k_sum + omega * kt, v_sum + omega * vt, w_sum + omega
+                ring.append((omega * kt, omega * vt, omega))
+                if window > 0 and len(ring) > window:
+                    ok, ov, ow = ring.pop(0)
+                    k_sum, v_sum, w_sum = k_sum - ok, v_sum - ov, w_sum - ow
+            slot_k = apply_rope((k_sum / w_sum).float()[None, None], cos[t:t + 1], sin[t:t + 1],
+                                config.n_rot)[0, 0].double()
+            slot_k[d - 1] = 0
+            slot_v = v_sum / w_sum
+            if alpha == 1:
+                keys[-1], vals[-1] = slot_k, slot_v
+            else:
+                keys.append(slot_k)
+                vals.append(slot_v)
+            kmat, vmat = torch.stack(keys), torch.stack(vals)
+            for j in range(g):
+                qt = q[t, h * g + j].clone()
+                qt[d - 1] = 0
+                qr = apply_rope(qt[None, None], cos[t:t + 1], sin[t:t + 1],
+                                config.n_rot)[0, 0].double()
+                qr[d - 1] = 0
+                att = torch.softmax(kmat @ qr / math.sqrt(d), dim=0)
+                out[t, h * g + j] = att @ vmat
+        slots.append(len(keys))
+    return out, slots
+
+
+class DmcTest(unittest.TestCase):
+    def test_parallel_hard_form_equals_the_sequential_algorithm(self):
+        config, _ = load_gguf(STORIES)
+        gen = torch.Generator().manual_seed(5)
+        t_len, d = 40, config.head_dim
+        q = torch.randn(1, t_len, config.n_head, d, generator=gen)
+        k = torch.randn(1, t_len, config.n_head_kv, d, generator=gen)
+        v = torch.randn(1, t_len, config.n_head_kv, d, generator=gen)
+        # Decision logits around the threshold: about half the tokens merge, with runs longer
+        # than the window of 12 in head 0.
+        k[..., d - 1] = INIT_VAL + 2.0 * torch.randn(1, t_len, config.n_head_kv, generator=gen)
+        k[0, 5:25, 0, d - 1] = INIT_VAL + 1.0
+        cos, sin = rope_tables(config, torch.arange(t_len))
+        att = DmcAttention(config, hard=True)
+        got = att(0, q, k, v, cos, sin)[0].double()
+        want, slots = sequential_dmc(config, q[0], k[0], v[0])
+        self.assertLess(float((got - want).abs().max()), 1e-4)
+        alpha = att.alphas[0][0]  # [T, Hkv]
+        self.assertEqual([int(t_len - alpha[:, h].sum()) for h in range(config.n_head_kv)], slots)
+        self.assertGreater(float(alpha.mean()), 0.3)
+
+
+class RetrofitSmokeTest(unittest.TestCase):
+    def test_a_few_steps_write_an_artifact(self):
+        from safetensors import safe_open
+        with tempfile.TemporaryDirectory() as tmp:
+            out = os.path.join(tmp, "smoke.safetensors")
+            subprocess.run(
+                [sys.executable, os.path.join(ROOT, "train", "retrofit.py"), "dmc",
+                 "--model", STORIES, "--out", out, "--ratio", "2", "--rank", "4",
+                 "--zero-out-steps", "2", "--retrofit-steps", "2", "--finetune-steps", "1",
+                 "--batch", "2", "--seq-len", "32", "--train-seqs", "4", "--eval-seqs", "2",
+                 "--log-every", "1"],
+                check=True, capture_output=True, timeout=600)
+            with safe_open(out, "pt") as f:
+                meta = f.metadata()
+                names = set(f.keys())
+                self.assertEqual(meta["kvasir.format"], "lora-1")
+                self.assertEqual(meta["kvasir.layout"], "gguf")
+                self.assertEqual(meta["kvasir.lora_rank"], "4")
+                self.assertIn("blk.0.attn_k.lora_a", names)
+                self.assertEqual(tuple(f.get_tensor("blk.0.attn_k.lora_a").shape), (4, 64))
+                self.assertEqual(tuple(f.get_tensor("blk.4.ffn_down.lora_b").shape), (64, 4))
+                self.assertEqual(tuple(f.get_tensor("check.logits").shape), (32, 512))
+                self.assertEqual(f.get_tensor("check.tokens").dtype, torch.int32)
+
+
+if __name__ == "__main__":
+    unittest.main()
