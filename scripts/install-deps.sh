@@ -6,7 +6,8 @@
 #   scripts/install-deps.sh --no-model
 #   scripts/install-deps.sh --train    # only the retrofit training tools (train/): a virtual
 #                                      # environment .deps/train-venv with torch, gguf,
-#                                      # safetensors and numpy from PyPI (a few GB)
+#                                      # safetensors and numpy from PyPI (about 5.4 GB:
+#                                      # PyPI's torch brings the CUDA libraries)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
