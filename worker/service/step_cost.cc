@@ -45,7 +45,10 @@ double StepCostModel::Predict(const Features& f) const {
 
 int64_t StepCostModel::PrefillBudget(const Features& base, double target_seconds,
                                      int64_t min_tokens, int64_t max_tokens) const {
-  if (!ready() || target_seconds <= 0) return max_tokens;
+  if (target_seconds <= 0) return max_tokens;
+  // Untrained: a small chunk, not a guess. Whole chunks beside running decodes while the model
+  // learned held those decodes for 400 ms at a 79 ms target (the tail of the ITL).
+  if (!ready()) return std::min(max_tokens, std::max(min_tokens, kColdPrefillTokens));
   Features f = base;
   f.prefill_tokens = 0;
   const double left = target_seconds - Predict(f);

@@ -36,8 +36,9 @@ class StepCostModel {
   static constexpr int64_t kMinObservations = 8;
   bool ready() const { return n_ >= kMinObservations && w_[2] > 0; }
   // The most prefill tokens (at most `max_tokens`, at least `min_tokens`) that a step with the
-  // decodes of `base` can take and be predicted to stay within `target_seconds`. max_tokens
-  // until ready().
+  // decodes of `base` can take and be predicted to stay within `target_seconds`; until ready(),
+  // kColdPrefillTokens (within the same bounds). max_tokens without a target.
+  static constexpr int64_t kColdPrefillTokens = 32;
   int64_t PrefillBudget(const Features& base, double target_seconds, int64_t min_tokens,
                         int64_t max_tokens) const;
 

@@ -22,7 +22,11 @@ TEST(StepCostModelTest, LearnsALinearCostAndSizesPrefill) {
   std::uniform_int_distribution<int> decodes(0, 16), prefill(0, 256), context(0, 8000);
   std::normal_distribution<double> noise(1.0, 0.02);
   StepCostModel::Features f;
-  EXPECT_EQ(m.PrefillBudget(f, 0.1, 16, 256), 256);  // not ready: no cut
+  // Not ready: a small chunk beside the decodes, not a guess; no target: no cut.
+  EXPECT_EQ(m.PrefillBudget(f, 0.1, 16, 256), StepCostModel::kColdPrefillTokens);
+  EXPECT_EQ(m.PrefillBudget(f, 0.1, 64, 256), 64);
+  EXPECT_EQ(m.PrefillBudget(f, 0.1, 16, 20), 20);
+  EXPECT_EQ(m.PrefillBudget(f, 0.0, 16, 256), 256);
   for (int i = 0; i < 400; ++i) {
     f = {static_cast<double>(decodes(rng)), static_cast<double>(prefill(rng)),
          context(rng) / 1000.0};
