@@ -111,12 +111,14 @@ absl::StatusOr<Adapter> LoadAdapter(const std::string& path, const model::ModelC
                      rank, "] for this model");
       }
       LoraPair p;
+      p.layer = l;
+      p.projection = proj;
       p.rows = rows;
       p.cols = cols;
       p.rank = rank;
       p.a = CopyF32(*ta);
       p.b = CopyF32(*tb);
-      a.projections.emplace(base, std::move(p));
+      a.projections.push_back(std::move(p));
       used += 2;
     }
   }
@@ -157,17 +159,13 @@ absl::Status MergeAdapter(const Adapter& adapter, LlamaWeights* weights, bool sh
     return absl::InvalidArgumentError(
         "retrofit adapters with tensor parallelism are not supported yet");
   }
-  for (const auto& [name, p] : adapter.projections) {
-    // name is "blk.L.PROJ", validated by LoadAdapter.
-    const size_t dot = name.find('.', 4);
-    int32_t layer = 0;
-    if (!absl::SimpleAtoi(name.substr(4, dot - 4), &layer) || layer < 0 ||
-        layer >= static_cast<int32_t>(weights->layers.size())) {
-      return absl::InvalidArgumentError(absl::StrCat("adapter projection ", name, ": no layer"));
-    }
-    kernels::WeightView* w = ProjectionOf(weights->layers[layer], name.substr(dot + 1));
+  for (const LoraPair& p : adapter.projections) {
+    kernels::WeightView* w = p.layer < static_cast<int32_t>(weights->layers.size())
+                                 ? ProjectionOf(weights->layers[p.layer], p.projection)
+                                 : nullptr;
     if (w == nullptr || w->rows != p.rows || w->cols != p.cols) {
-      return absl::InvalidArgumentError(absl::StrCat("adapter projection ", name, ": no match"));
+      return absl::InvalidArgumentError(absl::StrCat("adapter projection blk.", p.layer, ".",
+                                                     p.projection, ": not in these weights"));
     }
     std::vector<uint8_t> merged(static_cast<size_t>(p.rows * p.cols) * sizeof(float));
     float* out = reinterpret_cast<float*>(merged.data());

@@ -12,7 +12,6 @@
 #pragma once
 
 #include <cstdint>
-#include <map>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -24,19 +23,21 @@
 namespace kvasir::worker {
 
 struct LoraPair {
-  int64_t rows = 0;  // out
-  int64_t cols = 0;  // in
+  int32_t layer = 0;
+  std::string projection;  // "attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", ...
+  int64_t rows = 0;        // out
+  int64_t cols = 0;        // in
   int32_t rank = 0;
   std::vector<float> a;  // [rank, cols]
   std::vector<float> b;  // [rows, rank]
 };
 
 struct Adapter {
-  std::string method;     // "dmc"
-  std::string kv_policy;  // the policy it was trained for, e.g. "dmc:mode=learned"
-  std::string ratio;      // the compression it was trained for, as written ("4")
-  float scale = 1;        // alpha / rank
-  std::map<std::string, LoraPair> projections;  // "blk.0.attn_q" -> its pair
+  std::string method;                 // "dmc"
+  std::string kv_policy;              // the policy it was trained for, e.g. "dmc:mode=learned"
+  std::string ratio;                  // the compression it was trained for, as written ("4")
+  float scale = 1;                    // alpha / rank
+  std::vector<LoraPair> projections;  // layer-major, in the order of LoraPair::projection
   std::vector<int32_t> check_tokens;
   std::vector<float> check_logits;  // [check_tokens.size(), n_vocab]
 };

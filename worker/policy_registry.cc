@@ -42,17 +42,21 @@ PolicyConfig ParsePolicyConfig(std::string_view value) {
   return {"", std::string(v)};
 }
 
+absl::Status PolicyRegistry::FitsModel(const kvcache::KvPolicy& policy,
+                                       std::string_view what) const {
+  if (!fits_model_) return absl::OkStatus();
+  absl::Status s = fits_model_(policy);
+  if (s.ok()) return s;
+  return absl::InvalidArgumentError(absl::StrCat(ToAbsl(what), ": ", s.message()));
+}
+
 absl::StatusOr<std::string> PolicyRegistry::Add(const std::string& name, const std::string& spec,
                                                 const std::string& what, bool reuse) {
   auto policy = kvcache::ParsePolicy(spec, geometry_, kvcache::PolicySource::kTrusted);
   if (!policy.ok()) {
     return absl::InvalidArgumentError(absl::StrCat(what, ": ", policy.status().message()));
   }
-  if (fits_model_) {
-    if (absl::Status s = fits_model_(**policy); !s.ok()) {
-      return absl::InvalidArgumentError(absl::StrCat(what, ": ", s.message()));
-    }
-  }
+  KVASIR_RETURN_IF_ERROR(FitsModel(**policy, what));
   const std::string canonical = (*policy)->spec();
   PolicyListing l;
   l.spec = RedactedSpec(canonical);
@@ -116,11 +120,7 @@ absl::StatusOr<std::shared_ptr<const kvcache::KvPolicy>> PolicyRegistry::Resolve
   // Parsed outside the lock: a request spec names no file, so this is quick.
   KVASIR_ASSIGN_OR_RETURN(auto policy,
                           kvcache::ParsePolicy(text, geometry_, kvcache::PolicySource::kRequest));
-  if (fits_model_) {
-    if (absl::Status s = fits_model_(*policy); !s.ok()) {
-      return absl::InvalidArgumentError(absl::StrCat("kv_policy: ", s.message()));
-    }
-  }
+  KVASIR_RETURN_IF_ERROR(FitsModel(*policy, "kv_policy"));
   absl::MutexLock lock(&mu_);
   if (auto it = by_spec_.find(policy->spec()); it != by_spec_.end()) {
     policy = it->second;

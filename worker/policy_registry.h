@@ -83,6 +83,9 @@ class PolicyRegistry {
   absl::StatusOr<std::string> Add(const std::string& name, const std::string& spec,
                                   const std::string& what, bool reuse);
 
+  // fits_model_'s verdict, as InvalidArgument prefixed with `what` (OK without a check).
+  absl::Status FitsModel(const kvcache::KvPolicy& policy, std::string_view what) const;
+
   kvcache::KvGeometry geometry_;
   ModelCheck fits_model_;
   // Configured policies by name (a bare spec is named by its canonical spec), set at Create.
