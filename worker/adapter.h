@@ -44,7 +44,8 @@ struct Adapter {
 
 // Reads and validates an adapter against the model it is for: every tensor F32 with the shapes of
 // the model's projections, a known layout and format. InvalidArgument naming the file's base name
-// and what is wrong (never its contents).
+// and what is wrong, never its contents (a file that cannot be opened or parsed as safetensors
+// also carries the reader's message, which names the path as given).
 absl::StatusOr<Adapter> LoadAdapter(const std::string& path, const model::ModelConfig& config);
 
 // The adapter a policy spec names, "" for none: learned dmc's weights=FILE. Commands that run
