@@ -68,6 +68,13 @@ WorkerMetrics::WorkerMetrics(prometheus::Registry& registry, const std::string& 
                          .Help("The step-time model's estimate of the last step, before it ran.")
                          .Register(registry)
                          .Add({})),
+      step_margin_(prometheus::BuildGauge()
+                       .Name("kvasir_scheduler_step_cost_margin")
+                       .Help("How much sized steps overran the step-time model (a high quantile "
+                             "of observed / estimated time, >= 1); prefill is sized to the target "
+                             "divided by it.")
+                       .Register(registry)
+                       .Add({})),
       steps_over_target_(prometheus::BuildCounter()
                              .Name("kvasir_scheduler_steps_over_target_total")
                              .Help("Steps with decoding sequences that took longer than the "
@@ -121,6 +128,7 @@ void WorkerMetrics::Update(const SchedulerStats& stats) {
   steps_.Increment(static_cast<double>(stats.steps_total - last_.steps_total));
   target_itl_.Set(stats.target_itl_seconds);
   step_estimate_.Set(stats.step_cost_estimate_seconds);
+  step_margin_.Set(stats.step_cost_margin);
   steps_over_target_.Increment(
       static_cast<double>(stats.steps_over_target_total - last_.steps_over_target_total));
   auto add = [](prometheus::Family<prometheus::Counter>& family, const char* key, const char* value,

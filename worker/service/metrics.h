@@ -35,6 +35,7 @@ class WorkerMetrics {
   prometheus::Counter& steps_;
   prometheus::Gauge& target_itl_;
   prometheus::Gauge& step_estimate_;
+  prometheus::Gauge& step_margin_;
   prometheus::Counter& steps_over_target_;
   prometheus::Family<prometheus::Counter>& prefix_queries_;  // {tier="local"|"store"}
   prometheus::Family<prometheus::Counter>& prefix_hits_;

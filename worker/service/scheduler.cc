@@ -320,6 +320,7 @@ void Scheduler::PublishStats() {
   stats_.steps_total = steps_total_;
   stats_.target_itl_seconds = absl::ToDoubleSeconds(options_.target_itl);
   stats_.step_cost_estimate_seconds = step_estimate_;
+  stats_.step_cost_margin = step_cost_.margin();
   stats_.steps_over_target_total = steps_over_target_;
   stats_.prompt_tokens_total = prompt_tokens_total_;
   stats_.generation_tokens_total = generation_tokens_total_;
@@ -555,6 +556,7 @@ void Scheduler::CancelAll(const absl::Status& status) {
 }
 
 bool Scheduler::Step() {
+  const absl::Time step_start = absl::Now();
   TakeInbox();
   CompleteTransfers(absl::ZeroDuration());
   PrefetchKv();
@@ -634,7 +636,6 @@ bool Scheduler::Step() {
   }
 
   // Run it; when the KV pages run out, preempt the newest sequence and try again.
-  const absl::Time step_start = absl::Now();
   std::vector<StepSequence> batch;
   std::vector<Request*> streaming;  // prefill hand-offs whose prompt ends in this step
   while (!plan.empty()) {
@@ -686,17 +687,13 @@ bool Scheduler::Step() {
     }
   }
 
-  // The step's time teaches the cost model (a step that preempted is not a clean sample).
-  // Without a preemption the plan is the one made above: its decodes are `decoding`.
-  if (!plan.empty() && last_step_.preempted == 0) {
-    StepCostModel::Features f = decoding;
-    for (const Planned& p : plan) {
-      if (p.request->state != RequestState::kDecode) f.prefill_tokens += p.count;
-    }
-    const double took = absl::ToDoubleSeconds(absl::Now() - step_start);
-    step_estimate_ = step_cost_.Predict(f);
-    if (target > 0 && f.decodes > 0 && took > target) ++steps_over_target_;
-    step_cost_.Observe(f, took);
+  // What the step computed, for the cost model (below, once its outputs are out). A step that
+  // preempted is not a clean sample; without a preemption the plan is the one made above, whose
+  // decodes are `decoding`.
+  const bool observe = !plan.empty() && last_step_.preempted == 0;
+  StepCostModel::Features computed = decoding;
+  for (const Planned& p : plan) {
+    if (p.request->state != RequestState::kDecode) computed.prefill_tokens += p.count;
   }
 
   // Outputs: a sequence whose pending tokens are all computed samples its next token.
@@ -724,6 +721,21 @@ bool Scheduler::Step() {
     SampleNext(r, std::span<const float>(logits_).subspan(i * n_vocab, n_vocab), out);
   }
   last_step_.num_seqs = static_cast<int32_t>(plan.size());
+  // The step's time, from its start to its tokens sampled and sent, is what a decoding sequence
+  // waits between two tokens: it teaches the cost model.
+  if (observe) {
+    const double took = absl::ToDoubleSeconds(absl::Now() - step_start);
+    step_estimate_ = step_cost_.Predict(computed);
+    if (target > 0 && computed.decodes > 0 && took > target) {
+      ++steps_over_target_;
+      KVASIR_LOG_SUBSYS(DEBUG, kWorker,
+                        "step over the latency target: %.1f ms (estimate %.1f ms, margin %.3f) "
+                        "for %g decodes at %.2fk tokens of context and %g prompt tokens",
+                        took * 1e3, step_estimate_ * 1e3, step_cost_.margin(), computed.decodes,
+                        computed.context_k, computed.prefill_tokens);
+    }
+    step_cost_.Observe(computed, took);
+  }
   PublishStats();
   {
     absl::MutexLock lock(&mu_);

@@ -76,10 +76,10 @@ struct SchedulerOptions {
   int32_t prefill_chunk = 512;  // prompt tokens of one sequence in one step at most
   // Inter-token latency target (0: none). While sequences are decoding, a step takes only as
   // many prefill tokens as an online model of this machine's step time (step_cost.h) predicts to
-  // fit within it (at least kMinPrefillChunk), shared among the prompts being prefilled so that
-  // a long one does not hold back the others; with nothing decoding, prefill takes the whole
-  // token budget (stall-free batching, docs/serving.md). Negative: Create measures a default
-  // (CalibrateTargetItl in step_cost.h; what kvasir-worker does unless told otherwise).
+  // fit within it / the model's margin (at least kMinPrefillChunk), shared among the prompts being
+  // prefilled so that a long one does not hold back the others; with nothing decoding, prefill
+  // takes the whole token budget (stall-free batching, docs/serving.md). Negative: Create measures
+  // a default (CalibrateTargetItl in step_cost.h; what kvasir-worker does unless told otherwise).
   absl::Duration target_itl = absl::ZeroDuration();
   int32_t max_waiting = 512;  // queued requests at most; Submit refuses beyond
   // One KV push or pull to the store; past it the decode side recomputes. Transfers on one host
@@ -232,6 +232,7 @@ struct SchedulerStats {
   // ran, and the steps with decodes that took longer than the target.
   double target_itl_seconds = 0;
   double step_cost_estimate_seconds = 0;
+  double step_cost_margin = 1;  // StepCostModel::margin()
   int64_t steps_over_target_total = 0;
   int64_t prompt_tokens_total = 0;      // prompt tokens computed (recomputation included)
   int64_t generation_tokens_total = 0;  // tokens sampled
@@ -246,7 +247,7 @@ struct SchedulerStats {
 class Scheduler {
  public:
   // Prompt tokens a prefilling request gets per step at least under a latency target.
-  static constexpr int64_t kMinPrefillChunk = 16;
+  static constexpr int64_t kMinPrefillChunk = 8;
   // The engine (and the store, when given) must outlive the scheduler. InvalidArgument for bad
   // options. Without a store, requests with a KV hand-off are refused.
   static absl::StatusOr<std::unique_ptr<Scheduler>> Create(

@@ -17,6 +17,21 @@ StepCostModel::StepCostModel(double forget) : forget_(forget) {
 
 void StepCostModel::Observe(const Features& f, double seconds) {
   if (!std::isfinite(seconds) || seconds < 0) return;
+  if (ready() && f.decodes > 0 && f.prefill_tokens > 0) {
+    const double predicted = Predict(f);
+    if (predicted > 0) {
+      ratios_[static_cast<size_t>(n_ratios_ % kMarginWindow)] = seconds / predicted;
+      ++n_ratios_;
+      const int64_t have = std::min<int64_t>(n_ratios_, kMarginWindow);
+      if (have >= kMarginWindow / 4) {
+        std::array<double, kMarginWindow> sorted = ratios_;
+        const auto end = sorted.begin() + have;
+        const auto q = sorted.begin() + static_cast<int64_t>(kMarginQuantile * (have - 1));
+        std::nth_element(sorted.begin(), q, end);
+        margin_ = std::clamp(*q, 1.0, 2.0);
+      }
+    }
+  }
   const Vec x = Row(f);
   Vec px{};
   for (int i = 0; i < kDims; ++i) {
@@ -51,7 +66,7 @@ int64_t StepCostModel::PrefillBudget(const Features& base, double target_seconds
   if (!ready()) return std::min(max_tokens, std::max(min_tokens, kColdPrefillTokens));
   Features f = base;
   f.prefill_tokens = 0;
-  const double left = target_seconds - Predict(f);
+  const double left = target_seconds / margin_ - Predict(f);
   const double tokens = left / w_[2];
   if (!(tokens > static_cast<double>(min_tokens))) return std::min(min_tokens, max_tokens);
   return std::min<int64_t>(max_tokens, static_cast<int64_t>(tokens));

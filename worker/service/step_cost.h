@@ -35,9 +35,17 @@ class StepCostModel {
   int64_t observations() const { return n_; }
   static constexpr int64_t kMinObservations = 8;
   bool ready() const { return n_ >= kMinObservations && w_[2] > 0; }
+  // How much the steps that were sized overran the model: the kMarginQuantile quantile of
+  // observed / predicted seconds over the last kMarginWindow steps that had decodes and prefill
+  // tokens and were observed while ready(), within [1, 2] (1 until there are kMarginWindow / 4 such
+  // steps). A linear fit is right on average, so about half of the steps it sizes to the target
+  // would overrun it without this.
+  double margin() const { return margin_; }
+  static constexpr int kMarginWindow = 64;
+  static constexpr double kMarginQuantile = 0.9;
   // The most prefill tokens (at most `max_tokens`, at least `min_tokens`) that a step with the
-  // decodes of `base` can take and be predicted to stay within `target_seconds`; until ready(),
-  // kColdPrefillTokens (within the same bounds). max_tokens without a target.
+  // decodes of `base` can take and be predicted to stay within `target_seconds` / margin(); until
+  // ready(), kColdPrefillTokens (within the same bounds). max_tokens without a target.
   static constexpr int64_t kColdPrefillTokens = 32;
   int64_t PrefillBudget(const Features& base, double target_seconds, int64_t min_tokens,
                         int64_t max_tokens) const;
@@ -51,6 +59,9 @@ class StepCostModel {
   Vec w_{};
   std::array<Vec, kDims> p_{};  // the inverse covariance of the fit
   int64_t n_ = 0;
+  std::array<double, kMarginWindow> ratios_{};  // a ring of observed / predicted
+  int64_t n_ratios_ = 0;
+  double margin_ = 1.0;
 };
 
 // The default latency target, from a short calibration of this machine at start-up: the time of
