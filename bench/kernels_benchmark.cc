@@ -9,7 +9,7 @@
 //    an engine would use it; reports tokens/s, the ceiling the matmuls put on the engine.
 //  - BM_AttentionDecode/<keys>/<f16>: one query token, GQA group 3, head_dim 64, pages of 16.
 //  - BM_MemoryReadBandwidth: the STREAM-style probe of kernels/cpu/membw.h.
-// Threads: KVASIR_NUM_THREADS or all cores. ISA: KVASIR_CPU_ISA=scalar|avx2 lowers it. All rates
+// Threads: KVASIR_NUM_THREADS or all cores. ISA: KVASIR_ISA=scalar|avx2|avx512 picks it. All rates
 // are per wall-clock second (on a busy machine compare the CPU column too).
 //   build/bin/kvasir_kernels_benchmark --benchmark_filter='MatMul/q4_1'
 #include <benchmark/benchmark.h>

@@ -34,7 +34,7 @@ fi
 
 PACKAGES=(
   build-essential cmake ninja-build pkg-config git python3 python3-pip
-  libabsl-dev libgtest-dev libgmock-dev googletest libbenchmark-dev
+  libabsl-dev libgtest-dev libgmock-dev googletest libbenchmark-dev libsimde-dev
   libboost-dev libboost-system-dev protobuf-compiler libprotobuf-dev
   libucx-dev ucx-utils libgloo-dev nlohmann-json3-dev prometheus-cpp-dev
   libpcre2-dev libsentencepiece-dev sentencepiece libxxhash-dev

@@ -12,7 +12,6 @@
 #include "common/base/check.h"
 #include "common/base/half.h"
 #include "kernels/cpu/internal.h"
-#include "kernels/cpu/isa.h"
 #include "kernels/cpu/ops.h"
 
 namespace kvasir::kernels::cpu {
@@ -22,8 +21,8 @@ constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 
 int64_t ElemBytes(DType t) { return t == DType::kF16 ? 2 : 4; }
 
-float LoadKv(const PagedKvView& kv, const uint8_t* slot, int32_t d) {
-  if (kv.dtype == DType::kF16) {
+float LoadKv(DType dtype, const uint8_t* slot, int32_t d) {
+  if (dtype == DType::kF16) {
     uint16_t h;
     std::memcpy(&h, slot + 2 * d, 2);
     return Fp16ToFp32(h);
@@ -49,34 +48,6 @@ int32_t Visible(const AttentionArgs& a, int32_t i) {
   return std::clamp(a.n_visible[i], 0, a.n_keys);
 }
 
-// Scalar page kernels with the same contracts as the avx2:: ones.
-void QkSlotsScalar(const float* q, int64_t q_head_stride, int group, const PagedKvView& kv,
-                   const uint8_t* k, int count, int head_dim, float scale, float* scores,
-                   int64_t score_stride) {
-  const int64_t slot_bytes = head_dim * ElemBytes(kv.dtype);
-  for (int g = 0; g < group; ++g) {
-    const float* qg = q + g * q_head_stride;
-    for (int j = 0; j < count; ++j) {
-      float dot = 0.0f;
-      for (int d = 0; d < head_dim; ++d) dot += qg[d] * LoadKv(kv, k + j * slot_bytes, d);
-      scores[g * score_stride + j] = dot * scale;
-    }
-  }
-}
-
-void PvSlotsScalar(const float* p, int64_t p_stride, int group, const PagedKvView& kv,
-                   const uint8_t* v, int count, int head_dim, float* acc) {
-  const int64_t slot_bytes = head_dim * ElemBytes(kv.dtype);
-  for (int g = 0; g < group; ++g) {
-    for (int j = 0; j < count; ++j) {
-      const float pj = p[g * p_stride + j];
-      for (int d = 0; d < head_dim; ++d) {
-        acc[g * head_dim + d] += pj * LoadKv(kv, v + j * slot_bytes, d);
-      }
-    }
-  }
-}
-
 // Calls fn(j, count, slot_pointer) for runs of contiguous slots covering keys [0, n) of `row`
 // starting at slot `begin`.
 template <typename Fn>
@@ -92,6 +63,54 @@ void ForEachRun(const PagedKvView& kv, int32_t row, int32_t begin, int32_t n, Fn
 }
 
 }  // namespace
+
+// The scalar page kernels and softmax steps (internal.h).
+namespace scalar {
+
+void QkSlots(const float* q, int64_t q_head_stride, int group, const void* k, DType k_type,
+             int count, int head_dim, float scale, float* scores, int64_t score_stride) {
+  const int64_t slot_bytes = head_dim * ElemBytes(k_type);
+  const auto* slots = static_cast<const uint8_t*>(k);
+  for (int g = 0; g < group; ++g) {
+    const float* qg = q + g * q_head_stride;
+    for (int j = 0; j < count; ++j) {
+      float dot = 0.0f;
+      for (int d = 0; d < head_dim; ++d) dot += qg[d] * LoadKv(k_type, slots + j * slot_bytes, d);
+      scores[g * score_stride + j] = dot * scale;
+    }
+  }
+}
+
+void PvSlots(const float* p, int64_t p_stride, int group, const void* v, DType v_type, int count,
+             int head_dim, float* acc) {
+  const int64_t slot_bytes = head_dim * ElemBytes(v_type);
+  const auto* slots = static_cast<const uint8_t*>(v);
+  for (int g = 0; g < group; ++g) {
+    for (int j = 0; j < count; ++j) {
+      const float pj = p[g * p_stride + j];
+      for (int d = 0; d < head_dim; ++d) {
+        acc[g * head_dim + d] += pj * LoadKv(v_type, slots + j * slot_bytes, d);
+      }
+    }
+  }
+}
+
+float MaxOf(const float* x, int64_t n) {
+  float max = x[0];
+  for (int64_t i = 1; i < n; ++i) max = std::max(max, x[i]);
+  return max;
+}
+
+float ExpSubSum(float* x, int64_t n, float max) {
+  float sum = 0.0f;
+  for (int64_t i = 0; i < n; ++i) {
+    x[i] = std::exp(x[i] - max);
+    sum += x[i];
+  }
+  return sum;
+}
+
+}  // namespace scalar
 
 void AttentionRef(const AttentionArgs& a) {
   CheckArgs(a);
@@ -113,7 +132,7 @@ void AttentionRef(const AttentionArgs& a) {
             static_cast<const uint8_t*>(a.k.pool) + a.k.slot_offset_bytes(a.k_row, a.k_begin + j);
         double dot = 0.0;
         for (int32_t d = 0; d < a.head_dim; ++d)
-          dot += static_cast<double>(q[d]) * LoadKv(a.k, k, d);
+          dot += static_cast<double>(q[d]) * LoadKv(a.k.dtype, k, d);
         s[j] = dot * a.scale;
         max = std::max(max, s[j]);
       }
@@ -124,7 +143,7 @@ void AttentionRef(const AttentionArgs& a) {
         const double p = std::exp(s[j] - max) / sum;
         const auto* v =
             static_cast<const uint8_t*>(a.v.pool) + a.v.slot_offset_bytes(a.v_row, a.v_begin + j);
-        for (int32_t d = 0; d < a.head_dim; ++d) o[d] += p * LoadKv(a.v, v, d);
+        for (int32_t d = 0; d < a.head_dim; ++d) o[d] += p * LoadKv(a.v.dtype, v, d);
         if (a.col_sums != nullptr) a.col_sums[j] += static_cast<float>(p);
       }
       for (int32_t d = 0; d < a.head_dim; ++d) out[d] = static_cast<float>(o[d]);
@@ -135,7 +154,7 @@ void AttentionRef(const AttentionArgs& a) {
 
 void Attention(const AttentionArgs& a) {
   CheckArgs(a);
-  const bool avx2 = UseAvx2();
+  const IsaKernels& isa = Kernels();
   const int group = a.group, hd = a.head_dim;
   // Per-thread scores [group][stride] and accumulators [group][head_dim].
   thread_local std::vector<float> buffer;
@@ -160,38 +179,18 @@ void Attention(const AttentionArgs& a) {
     }
     // Scores.
     ForEachRun(a.k, a.k_row, a.k_begin, nv, [&](int32_t j, int32_t count, const uint8_t* k) {
-      if (avx2) {
-        avx2::QkSlots(q, hd, group, k, a.k.dtype, count, hd, a.scale, scores + j, stride);
-      } else {
-        QkSlotsScalar(q, hd, group, a.k, k, count, hd, a.scale, scores + j, stride);
-      }
+      isa.qk_slots(q, hd, group, k, a.k.dtype, count, hd, a.scale, scores + j, stride);
     });
     // Softmax numerators, max-subtracted.
     for (int g = 0; g < group; ++g) {
       float* sg = scores + g * stride;
-      if (avx2) {
-        maxes[g] = avx2::MaxOf(sg, nv);
-        sums[g] = avx2::ExpSubSum(sg, nv, maxes[g]);
-      } else {
-        float max = sg[0];
-        for (int32_t j = 1; j < nv; ++j) max = std::max(max, sg[j]);
-        maxes[g] = max;
-        float sum = 0.0f;
-        for (int32_t j = 0; j < nv; ++j) {
-          sg[j] = std::exp(sg[j] - maxes[g]);
-          sum += sg[j];
-        }
-        sums[g] = sum;
-      }
+      maxes[g] = isa.max_of(sg, nv);
+      sums[g] = isa.exp_sub_sum(sg, nv, maxes[g]);
     }
     // Weighted values.
     std::fill(acc, acc + static_cast<int64_t>(group) * hd, 0.0f);
     ForEachRun(a.v, a.v_row, a.v_begin, nv, [&](int32_t j, int32_t count, const uint8_t* v) {
-      if (avx2) {
-        avx2::PvSlots(scores + j, stride, group, v, a.v.dtype, count, hd, acc);
-      } else {
-        PvSlotsScalar(scores + j, stride, group, a.v, v, count, hd, acc);
-      }
+      isa.pv_slots(scores + j, stride, group, v, a.v.dtype, count, hd, acc);
     });
     for (int g = 0; g < group; ++g) {
       const float inv = 1.0f / sums[g];

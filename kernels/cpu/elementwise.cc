@@ -1,5 +1,6 @@
 // Row and element-wise operations of the forward pass: RmsNorm, Rope, Softmax, SiluMul, Add and
-// MergeAttention, each with its scalar reference; the fast versions dispatch to AVX2 when active.
+// MergeAttention, with their references. The fast versions call the active level's function
+// (Kernels()); the scalar level's functions are here.
 #include <algorithm>
 #include <cmath>
 #include <limits>
@@ -7,7 +8,6 @@
 
 #include "common/base/check.h"
 #include "kernels/cpu/internal.h"
-#include "kernels/cpu/isa.h"
 #include "kernels/cpu/ops.h"
 
 namespace kvasir::kernels::cpu {
@@ -27,8 +27,23 @@ void RopeAngles(int32_t pos, int n_rot, float freq_base, float* cos_sin) {
   }
 }
 
-void RopeTokenScalar(float* x, int n_heads, int head_dim, int n_rot, const float* cos_sin,
-                     RopeLayout layout) {
+}  // namespace
+
+namespace scalar {
+
+void RmsNorm(const float* x, const float* weight, int64_t n, int64_t dim, float eps, float* out) {
+  for (int64_t i = 0; i < n; ++i) {
+    const float* xi = x + i * dim;
+    float* oi = out + i * dim;
+    float ss = 0.0f;
+    for (int64_t c = 0; c < dim; ++c) ss += xi[c] * xi[c];
+    const float inv = 1.0f / std::sqrt(ss / static_cast<float>(dim) + eps);
+    for (int64_t c = 0; c < dim; ++c) oi[c] = xi[c] * inv * weight[c];
+  }
+}
+
+void RopeToken(float* x, int n_heads, int head_dim, int n_rot, const float* cos_sin,
+               RopeLayout layout) {
   const int half = n_rot / 2;
   for (int h = 0; h < n_heads; ++h) {
     float* v = x + static_cast<int64_t>(h) * head_dim;
@@ -43,7 +58,27 @@ void RopeTokenScalar(float* x, int n_heads, int head_dim, int n_rot, const float
   }
 }
 
-}  // namespace
+void Softmax(float* x, int64_t n) {
+  float max = x[0];
+  for (int64_t i = 1; i < n; ++i) max = std::max(max, x[i]);
+  float sum = 0.0f;
+  for (int64_t i = 0; i < n; ++i) {
+    x[i] = std::exp(x[i] - max);
+    sum += x[i];
+  }
+  const float inv = 1.0f / sum;
+  for (int64_t i = 0; i < n; ++i) x[i] *= inv;
+}
+
+void SiluMul(const float* gate, const float* up, int64_t n, float* out) {
+  for (int64_t i = 0; i < n; ++i) out[i] = gate[i] / (1.0f + std::exp(-gate[i])) * up[i];
+}
+
+void Add(float* y, const float* x, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) y[i] += x[i];
+}
+
+}  // namespace scalar
 
 void RmsNormRef(const float* x, const float* weight, int64_t n, int64_t dim, float eps,
                 float* out) {
@@ -58,15 +93,7 @@ void RmsNormRef(const float* x, const float* weight, int64_t n, int64_t dim, flo
 }
 
 void RmsNorm(const float* x, const float* weight, int64_t n, int64_t dim, float eps, float* out) {
-  if (UseAvx2()) return avx2::RmsNorm(x, weight, n, dim, eps, out);
-  for (int64_t i = 0; i < n; ++i) {
-    const float* xi = x + i * dim;
-    float* oi = out + i * dim;
-    float ss = 0.0f;
-    for (int64_t c = 0; c < dim; ++c) ss += xi[c] * xi[c];
-    const float inv = 1.0f / std::sqrt(ss / static_cast<float>(dim) + eps);
-    for (int64_t c = 0; c < dim; ++c) oi[c] = xi[c] * inv * weight[c];
-  }
+  Kernels().rms_norm(x, weight, n, dim, eps, out);
 }
 
 void RopeRef(float* x, int64_t n_tokens, int64_t token_stride, int n_heads, int head_dim, int n_rot,
@@ -131,15 +158,10 @@ void Rope(float* x, int64_t n_tokens, int64_t token_stride, int n_heads, int hea
   if (n_rot == 0) return;
   thread_local RopeAngleCache cache;
   float scratch[kMaxRot];
-  const bool avx2 = UseAvx2();
+  const auto rope_token = Kernels().rope_token;
   for (int64_t t = 0; t < n_tokens; ++t) {
     const float* cos_sin = cache.Get(pos[t], n_rot, freq_base, scratch);
-    float* xt = x + t * token_stride;
-    if (avx2) {
-      avx2::RopeToken(xt, n_heads, head_dim, n_rot, cos_sin, layout);
-    } else {
-      RopeTokenScalar(xt, n_heads, head_dim, n_rot, cos_sin, layout);
-    }
+    rope_token(x + t * token_stride, n_heads, head_dim, n_rot, cos_sin, layout);
   }
 }
 
@@ -154,16 +176,7 @@ void SoftmaxRef(float* x, int64_t n) {
 
 void Softmax(float* x, int64_t n) {
   if (n <= 0) return;
-  if (UseAvx2()) return avx2::Softmax(x, n);
-  float max = x[0];
-  for (int64_t i = 1; i < n; ++i) max = std::max(max, x[i]);
-  float sum = 0.0f;
-  for (int64_t i = 0; i < n; ++i) {
-    x[i] = std::exp(x[i] - max);
-    sum += x[i];
-  }
-  const float inv = 1.0f / sum;
-  for (int64_t i = 0; i < n; ++i) x[i] *= inv;
+  Kernels().softmax(x, n);
 }
 
 void SiluMulRef(const float* gate, const float* up, int64_t n, float* out) {
@@ -174,14 +187,10 @@ void SiluMulRef(const float* gate, const float* up, int64_t n, float* out) {
 }
 
 void SiluMul(const float* gate, const float* up, int64_t n, float* out) {
-  if (UseAvx2()) return avx2::SiluMul(gate, up, n, out);
-  for (int64_t i = 0; i < n; ++i) out[i] = gate[i] / (1.0f + std::exp(-gate[i])) * up[i];
+  Kernels().silu_mul(gate, up, n, out);
 }
 
-void Add(float* y, const float* x, int64_t n) {
-  if (UseAvx2()) return avx2::Add(y, x, n);
-  for (int64_t i = 0; i < n; ++i) y[i] += x[i];
-}
+void Add(float* y, const float* x, int64_t n) { Kernels().add(y, x, n); }
 
 void MergeAttention(float* out_a, float* lse_a, const float* out_b, const float* lse_b,
                     int64_t rows, int32_t head_dim) {

@@ -1,26 +1,20 @@
 // Instruction-set levels of the CPU kernels and the process-wide choice among them (private to
-// kernels/cpu). The level is detected once from cpuid, lowered by KVASIR_CPU_ISA, and may be
-// lowered further by SetIsa() in tests; a level the CPU lacks is never selected.
+// kernels/cpu). The level is detected once from cpuid; the start-up level is the best one except
+// AVX-512, which runs only when asked for (KVASIR_ISA=avx512; see isa.cc). KVASIR_ISA (or the older
+// KVASIR_CPU_ISA) lowers it, and SetIsa() may change it in tests; a level the CPU lacks is never
+// selected. The kernels reach the active level through its table (internal.h, Kernels()).
 #pragma once
-
-#include <atomic>
 
 namespace kvasir::kernels::cpu {
 
-enum class Isa : int { kScalar = 0, kAvx2 = 1, kAvx512Vnni = 2 };
+enum class Isa : int { kScalar = 0, kAvx2 = 1, kAvx512 = 2 };
 
-// The highest level this CPU and build support (ignores KVASIR_CPU_ISA and SetIsa).
+// The highest level this CPU and build support (ignores KVASIR_ISA and SetIsa; kAvx512 when the
+// CPU has it although it is not the default).
 Isa MaxSupportedIsa();
 
-namespace internal {
-// The active level; read on every kernel call, so it is a relaxed atomic.
-extern std::atomic<int> g_isa;
-}  // namespace internal
-
-inline Isa CurrentIsa() {
-  return static_cast<Isa>(internal::g_isa.load(std::memory_order_relaxed));
-}
-inline bool UseAvx2() { return CurrentIsa() >= Isa::kAvx2; }
+// The active level (kAvx512 also for the emulated AVX-512 level of the kernel tests).
+Isa CurrentIsa();
 
 const char* IsaName(Isa isa);
 

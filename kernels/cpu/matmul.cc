@@ -12,7 +12,6 @@
 #include "common/base/check.h"
 #include "common/base/half.h"
 #include "kernels/cpu/internal.h"
-#include "kernels/cpu/isa.h"
 #include "kernels/cpu/ops.h"
 #include "kernels/cpu/quant_blocks.h"
 
@@ -272,7 +271,7 @@ void MatMulShared(CpuContext& ctx, const MatMulTarget* targets, int count, const
     KVASIR_CHECK_MSG(w.cols % DTypeBlockSize(w.type) == 0, "MatMul: cols not a multiple of block");
     need[static_cast<int>(ActFormatFor(static_cast<int>(w.type)))] = true;
   }
-  const bool avx2 = UseAvx2();
+  const IsaKernels& isa = Kernels();
 
   // Quantize x once per activation format needed, in the scratch memory, followed by one tile
   // workspace per thread.
@@ -297,13 +296,7 @@ void MatMulShared(CpuContext& ctx, const MatMulTarget* targets, int count, const
       QuantizedActs& a = acts[static_cast<int>(formats[f])];
       a = CarveActs(formats[f], n, cols, mem);
       mem += bytes[f];
-      auto quantize = [&](int64_t t, int) {
-        if (avx2) {
-          avx2::QuantizeActRow(x + t * x_stride, a, t);
-        } else {
-          QuantizeActRowScalar(x + t * x_stride, a, t);
-        }
-      };
+      auto quantize = [&](int64_t t, int) { isa.quantize_act_row(x + t * x_stride, a, t); };
       if (n * cols >= 16384) {
         Parallel(ctx, n, quantize);
       } else {
@@ -322,8 +315,8 @@ void MatMulShared(CpuContext& ctx, const MatMulTarget* targets, int count, const
     row_tiles[k] = (targets[k].w.rows + kRowTile - 1) / kRowTile;
     first_task[k + 1] = first_task[k] + row_tiles[k] * token_tiles;
   }
-  const QuantTileFn quant_tile = avx2 ? avx2::QuantTile : scalar::QuantTile;
-  const FloatTileFn float_tile = avx2 ? avx2::FloatTile : scalar::FloatTile;
+  const QuantTileFn quant_tile = isa.quant_tile;
+  const FloatTileFn float_tile = isa.float_tile;
   Parallel(ctx, first_task[count], [&](int64_t task, int thread) {
     int k = 0;
     while (task >= first_task[k + 1]) ++k;
@@ -367,7 +360,7 @@ void MatMulQuantizedRef(const WeightView& w, const float* x, int64_t n, int64_t 
   if (format == ActFormat::kNone) return MatMulRef(w, x, n, x_stride, y, y_stride);
   std::vector<uint8_t> mem(ActBytes(format, n, w.cols));
   QuantizedActs acts = CarveActs(format, n, w.cols, mem.data());
-  for (int64_t t = 0; t < n; ++t) QuantizeActRowScalar(x + t * x_stride, acts, t);
+  for (int64_t t = 0; t < n; ++t) scalar::QuantizeActRow(x + t * x_stride, acts, t);
   const int64_t block = DTypeBlockSize(w.type);
   const int64_t block_bytes = DTypeBlockBytes(w.type);
   const int64_t act_block = format == ActFormat::kAct256 ? kQKK : kQK;

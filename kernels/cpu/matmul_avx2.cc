@@ -1,7 +1,8 @@
 // AVX2 + FMA + F16C tile kernels of MatMul and the activation quantizer (this file is compiled
-// with -mavx2 -mfma -mf16c and runs only after UseAvx2()). Quantized weights: u8 x s8 products
-// with _mm256_maddubs_epi16, widened with _mm256_madd_epi16, scaled per block in f32. Each micro
-// kernel computes MR weight rows x NR tokens, so an unpacked weight block serves NR tokens.
+// with -mavx2 -mfma -mf16c and runs only through the avx2 IsaKernels table, which isa.cc selects
+// only on CPUs with those extensions). Quantized weights: u8 x s8 products with
+// _mm256_maddubs_epi16, widened with _mm256_madd_epi16, scaled per block in f32. Each micro kernel
+// computes MR weight rows x NR tokens, so an unpacked weight block serves NR tokens.
 //
 // Only intrinsics and functions local to this file are used here: an inline function from a
 // shared header compiled with AVX2 could be picked by the linker for the baseline code too.
@@ -763,7 +764,7 @@ void FloatTile(const WeightView& w, const float* x, int64_t x_stride, int64_t r0
   }
 }
 
-// Same arithmetic as QuantizeActRowScalar, so both give identical bytes: amax by max of |x|,
+// Same arithmetic as scalar::QuantizeActRow, so both give identical bytes: amax by max of |x|,
 // q = x * (127 / amax) rounded half to even (the default MXCSR mode of cvtps_epi32).
 void QuantizeActRow(const float* x, QuantizedActs& acts, int64_t t) {
   const bool k256 = acts.format == ActFormat::kAct256;

@@ -1,6 +1,7 @@
 // CPU kernels: the operations of a Llama forward pass. Every operation has a scalar reference
 // (the *Ref functions, slow and obvious, the oracle of the tests) and a fast path chosen at run
-// time (AVX-512 VNNI or AVX2 where the CPU has them). Tests compare the two on random inputs.
+// time (AVX2 where the CPU has it; AVX-512 with VNNI when asked for, see ActiveIsa). Tests compare
+// the two on random inputs.
 //
 // Shapes are given in comments as [outer, inner]; all float arrays are row-major f32.
 // Kernels that take a CpuContext split their work over its thread pool; the others are
@@ -31,14 +32,17 @@ struct CpuContext {
   }
 };
 
-// Which instruction set the fast paths use: "avx512vnni", "avx2" or "scalar". KVASIR_CPU_ISA
-// (same names) can lower it, for tests and comparisons.
+// Which instruction set the fast paths use: "scalar", "avx2" or "avx512" ("avx512_emulated" in the
+// kernel tests). At start-up the best level the CPU has, except that AVX-512 is off by default
+// (not yet tested on AVX-512 hardware): KVASIR_ISA=scalar|avx2|avx512 (or the older
+// KVASIR_CPU_ISA) can lower the level or opt into avx512 where the CPU has it.
 const char* ActiveIsa();
-// Selects the ISA level by name ("scalar", "avx2", "avx512vnni") for every later kernel call in the
-// process. Returns false, changing nothing, for an unknown name or a level this CPU lacks. For
-// tests and benchmarks: call it while no kernel runs.
+// Selects the ISA level by name ("scalar", "avx2", "avx512", also "avx512vnni") for every later
+// kernel call in the process. Returns false, changing nothing, for an unknown name or a level this
+// CPU lacks. For tests and benchmarks: call it while no kernel runs.
 bool SetIsa(std::string_view name);
-// The levels this CPU supports, lowest first ("scalar" always).
+// The levels this CPU supports, lowest first ("scalar" always; "avx512" where the CPU has it, even
+// though it is not the default; then "avx512_emulated" in the kernel tests on CPUs without it).
 std::vector<std::string> SupportedIsas();
 
 // ---- Matrix products -----------------------------------------------------------------------

@@ -1,7 +1,7 @@
 // AVX2 + FMA + F16C versions of the row operations (RmsNorm, Rope, Softmax, SiluMul, Add) and of
 // the attention page kernels (q.k scores and p.v accumulation over runs of contiguous slots).
-// Compiled with -mavx2 -mfma -mf16c; called only after UseAvx2(). Uses no inline function of a
-// shared header (see matmul_avx2.cc).
+// Compiled with -mavx2 -mfma -mf16c; called only through the avx2 IsaKernels table. Uses no
+// inline function of a shared header (see matmul_avx2.cc).
 #include <immintrin.h>
 
 #include <cstdint>

@@ -84,7 +84,7 @@ size_t ActBytes(ActFormat format, int64_t n, int64_t cols);
 // Lays the arrays out in `mem` (ActBytes bytes, any alignment).
 QuantizedActs CarveActs(ActFormat format, int64_t n, int64_t cols, uint8_t* mem);
 
-// Scalar quantization of token row t (x: cols floats).
-void QuantizeActRowScalar(const float* x, QuantizedActs& acts, int64_t t);
+// The quantizers of token row t (x: cols floats) are QuantizeActRow of each level (internal.h);
+// scalar::QuantizeActRow is the reference, and every level writes the same bytes.
 
 }  // namespace kvasir::kernels::cpu

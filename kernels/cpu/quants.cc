@@ -8,7 +8,6 @@
 #include "common/base/check.h"
 #include "common/base/half.h"
 #include "kernels/cpu/internal.h"
-#include "kernels/cpu/isa.h"
 #include "kernels/cpu/ops.h"
 #include "kernels/cpu/quant_blocks.h"
 
@@ -311,16 +310,16 @@ void GetRows(const WeightView& w, const int32_t* ids, int64_t n, float* out) {
 }
 
 void ConvertF32ToF16(const float* x, int64_t n, uint16_t* out) {
-  int64_t i = 0;
-  if (UseAvx2()) i = avx2::ConvertF32ToF16(x, n, out);
-  for (; i < n; ++i) out[i] = Fp32ToFp16(x[i]);
+  for (int64_t i = Kernels().convert_f32_to_f16(x, n, out); i < n; ++i) out[i] = Fp32ToFp16(x[i]);
 }
 
 void ConvertF16ToF32(const uint16_t* x, int64_t n, float* out) {
-  int64_t i = 0;
-  if (UseAvx2()) i = avx2::ConvertF16ToF32(x, n, out);
-  for (; i < n; ++i) out[i] = Fp16ToFp32(x[i]);
+  for (int64_t i = Kernels().convert_f16_to_f32(x, n, out); i < n; ++i) out[i] = Fp16ToFp32(x[i]);
 }
+
+// The scalar level converts nothing itself: the callers above finish every element.
+int64_t scalar::ConvertF32ToF16(const float*, int64_t, uint16_t*) { return 0; }
+int64_t scalar::ConvertF16ToF32(const uint16_t*, int64_t, float*) { return 0; }
 
 // ---- Activations -------------------------------------------------------------------------
 
@@ -372,7 +371,7 @@ QuantizedActs CarveActs(ActFormat format, int64_t n, int64_t cols, uint8_t* mem)
   return a;
 }
 
-void QuantizeActRowScalar(const float* x, QuantizedActs& acts, int64_t t) {
+void scalar::QuantizeActRow(const float* x, QuantizedActs& acts, int64_t t) {
   const int bs = acts.format == ActFormat::kAct256 ? kQKK : kQK;
   int8_t* qs = acts.qs + t * acts.cols;
   for (int64_t b = 0; b < acts.blocks; ++b) {

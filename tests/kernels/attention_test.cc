@@ -164,7 +164,10 @@ TEST_P(AttentionTest, MatchesDenseAttention) {
   uint32_t seed = 1;
   for (int32_t page_size : {16, 5, 1}) {
     for (DType dtype : {DType::kF32, DType::kF16}) {
-      for (HeadCase hc : {HeadCase{64, 3}, HeadCase{8, 1}, HeadCase{12, 8}}) {
+      // head_dim: whole 8- and 16-float registers (64, 128), less than one register (8, 12), and
+      // registers plus a remainder (40); groups of 1 to 8 query heads.
+      for (HeadCase hc :
+           {HeadCase{64, 3}, HeadCase{8, 1}, HeadCase{12, 8}, HeadCase{40, 2}, HeadCase{128, 4}}) {
         for (int32_t n_keys : {1, 37, 200}) {
           SCOPED_TRACE(::testing::Message() << "page_size " << page_size << " f16 "
                                             << (dtype == DType::kF16) << " head_dim " << hc.head_dim

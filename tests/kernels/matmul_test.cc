@@ -1,6 +1,7 @@
 // MatMul against its references, for every weight type, several shapes (odd rows, float column
-// tails, n = 1, 3, 16, 64 and across the 64-token tile), strided x and y, with and without a
-// thread pool, at every ISA level this CPU has.
+// tails, n = 1, 2, 3, 4, 16, 64 and across the 64-token tile, rows of more than 64 blocks, block
+// counts that are not a multiple of 2 or 4), strided x and y, with and without a thread pool, at
+// every ISA level this CPU has (and avx512_emulated, see avx512_emulated_test.cc).
 //  - Quantized weights vs MatMulQuantizedRef (the same activation quantization, integer sums in a
 //    scalar loop): they differ only by float summation order, so |diff| <= 1e-5 * sum|w||x|.
 //  - Quantized weights vs MatMulRef (f32 activations): the 8-bit rounding of x moves each x_i by
@@ -254,18 +255,18 @@ class MatMulTest : public IsaTest {
 
 std::vector<Shape> ShapesFor(DType t) {
   if (t == DType::kQ4_K || t == DType::kQ6_K) {
-    return {{1, 256, 1, 0, 0},
-            {17, 512, 3, 0, 0},
-            {33, 256, 16, 5, 3},
-            {9, 512, 64, 0, 0},
-            {5, 256, 70, 0, 1}};
+    return {{1, 256, 1, 0, 0},  {17, 512, 3, 0, 0}, {33, 256, 16, 5, 3}, {9, 512, 64, 0, 0},
+            {5, 256, 70, 0, 1}, {3, 2304, 2, 0, 0}, {6, 768, 4, 1, 2}};
   }
   if (IsQuantized(t)) {
-    return {{1, 32, 1, 0, 0},   {17, 96, 3, 0, 0},  {33, 576, 16, 5, 3},
-            {64, 64, 64, 0, 0}, {5, 160, 70, 0, 1}, {3, 32, 2, 0, 0}};
+    // Blocks per row: 1, 3, 18, 2, 5, 1, then 66 and 67 (two scale chunks of the decode kernels,
+    // with 2 and 3 blocks past the last group of 4) and 7 (odd, n = 4).
+    return {{1, 32, 1, 0, 0},   {17, 96, 3, 0, 0},  {33, 576, 16, 5, 3}, {64, 64, 64, 0, 0},
+            {5, 160, 70, 0, 1}, {3, 32, 2, 0, 0},   {21, 2112, 1, 0, 0}, {11, 2144, 2, 3, 1},
+            {9, 224, 4, 0, 0},  {18, 2144, 3, 0, 0}};
   }
-  return {{1, 1, 1, 0, 0},    {17, 7, 3, 0, 0},   {33, 172, 16, 5, 3},
-          {64, 64, 64, 0, 0}, {5, 577, 70, 0, 1}, {6, 9, 5, 0, 0}};
+  return {{1, 1, 1, 0, 0},    {17, 7, 3, 0, 0}, {33, 172, 16, 5, 3}, {64, 64, 64, 0, 0},
+          {5, 577, 70, 0, 1}, {6, 9, 5, 0, 0},  {7, 48, 2, 0, 0},    {9, 23, 4, 2, 0}};
 }
 
 constexpr DType kAllTypes[] = {DType::kF32,  DType::kF16,  DType::kBF16, DType::kQ4_0,
@@ -386,10 +387,11 @@ TEST(IsaTest, SetIsaAcceptsSupportedLevelsOnly) {
     EXPECT_TRUE(SetIsa(l));
     EXPECT_EQ(std::string(ActiveIsa()), l);
   }
-  if (levels.back() != "avx512vnni") {
-    EXPECT_FALSE(SetIsa("avx512vnni"));
-    EXPECT_EQ(std::string(ActiveIsa()), levels.back());
-  }
+  // The native AVX-512 level, also by its older name "avx512vnni", only where the CPU has it.
+  const bool avx512 = std::find(levels.begin(), levels.end(), "avx512") != levels.end();
+  EXPECT_EQ(SetIsa("avx512"), avx512);
+  EXPECT_EQ(SetIsa("avx512vnni"), avx512);
+  EXPECT_EQ(std::string(ActiveIsa()), avx512 ? "avx512" : levels.back());
   EXPECT_TRUE(SetIsa(previous));
 }
 

@@ -71,7 +71,7 @@ TEST_P(OpsTest, RopeMatchesRef) {
   for (RopeLayout layout : {RopeLayout::kAdjacentPairs, RopeLayout::kHalfSplit}) {
     for (Case c : {Case{9, 64, 64, 100000.0f}, Case{3, 64, 32, 10000.0f}, Case{8, 8, 8, 10000.0f},
                    Case{2, 12, 12, 500.0f}, Case{2, 12, 6, 10000.0f}, Case{4, 128, 128, 1e6f},
-                   Case{1, 16, 0, 10000.0f}}) {
+                   Case{1, 16, 0, 10000.0f}, Case{3, 48, 40, 10000.0f}}) {
       const int64_t n_tokens = 5, stride = c.n_heads * c.head_dim + 3;
       const std::vector<int32_t> pos = {0, 1, 17, 17, 8191};
       std::vector<float> x = RandomFloats(n_tokens * stride, c.head_dim);

@@ -1,6 +1,6 @@
 // Tests of the weight types: hand-built blocks with known values for every layout (so a bit-order
 // mistake shared by QuantizeRow and DequantizeRow cannot cancel out), round-trip error bounds per
-// type, GetRows, and the f16 conversions.
+// type, GetRows, the f16 conversions, and the activation quantizer of MatMul at every ISA level.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -11,7 +11,9 @@
 
 #include "common/base/dtype.h"
 #include "common/base/half.h"
+#include "kernels/cpu/internal.h"
 #include "kernels/cpu/ops.h"
+#include "kernels/cpu/quant_blocks.h"
 #include "tests/kernels/kernel_test_util.h"
 
 namespace kvasir::kernels::cpu {
@@ -291,24 +293,69 @@ TEST_P(HalfConvertTest, MatchesScalarConversions) {
                   INFINITY, -INFINITY}) {
     x.push_back(v);
   }
-  x.push_back(0.5f);  // length 1211: a tail after the 8-wide loop
+  x.push_back(0.5f);  // length 1211: a tail after the 8- and 16-wide loops
   std::vector<uint16_t> h(x.size());
   ConvertF32ToF16(x.data(), static_cast<int64_t>(x.size()), h.data());
   for (size_t i = 0; i < x.size(); ++i) ASSERT_EQ(h[i], Fp32ToFp16(x[i])) << x[i];
   std::vector<uint16_t> all(65536);
   for (uint32_t i = 0; i < 65536; ++i) all[i] = static_cast<uint16_t>(i);
-  std::vector<float> back(65536);
-  ConvertF16ToF32(all.data(), 65536, back.data());
-  for (uint32_t i = 0; i < 65536; ++i) {
-    const float ref = Fp16ToFp32(static_cast<uint16_t>(i));
-    if (std::isnan(ref)) {
-      ASSERT_TRUE(std::isnan(back[i])) << i;
-    } else {
-      ASSERT_EQ(Float2Bits(back[i]), Float2Bits(ref)) << i;
+  // All 65536 values, then counts with 8-, 16- and scalar tails from an odd start.
+  for (int64_t count : {65536, 1211, 27, 5}) {
+    const int64_t start = count == 65536 ? 0 : 31;
+    std::vector<float> back(static_cast<size_t>(count));
+    ConvertF16ToF32(all.data() + start, count, back.data());
+    for (int64_t i = 0; i < count; ++i) {
+      const float ref = Fp16ToFp32(all[static_cast<size_t>(start + i)]);
+      if (std::isnan(ref)) {
+        ASSERT_TRUE(std::isnan(back[i])) << start + i;
+      } else {
+        ASSERT_EQ(Float2Bits(back[i]), Float2Bits(ref)) << start + i;
+      }
     }
   }
 }
 KVASIR_INSTANTIATE_ISA_TEST(HalfConvertTest);
+
+// The active level's activation quantizer (MatMul's first step) writes exactly the bytes of the
+// scalar one, in both formats: q, d, and s or the sums per 16 elements. Includes a zero block, an
+// outlier, and values that land exactly halfway between integers (id = 1 where amax = 127), which
+// both round to even.
+class ActQuantTest : public IsaTest {};
+
+TEST_P(ActQuantTest, MatchesScalarBytes) {
+  const int64_t n = 3, cols = 1024;
+  std::vector<float> x = GaussianFloats(static_cast<size_t>(n * cols), 5, 2.0f);
+  std::fill(x.begin() + 256, x.begin() + 512, 0.0f);
+  x[700] = 50.0f;
+  const float halves[] = {127.0f, 2.5f, 3.5f, -0.5f, -1.5f, 0.5f, 126.5f, -126.5f};
+  for (int64_t t = 0; t < n; ++t) {
+    std::copy(std::begin(halves), std::end(halves), x.begin() + t * cols + 768);
+  }
+  for (ActFormat format : {ActFormat::kAct32, ActFormat::kAct256}) {
+    SCOPED_TRACE(format == ActFormat::kAct32 ? "blocks of 32" : "blocks of 256");
+    std::vector<uint8_t> mem_got(ActBytes(format, n, cols)), mem_want(ActBytes(format, n, cols));
+    const QuantizedActs got = CarveActs(format, n, cols, mem_got.data());
+    const QuantizedActs want = CarveActs(format, n, cols, mem_want.data());
+    QuantizedActs got_rows = got, want_rows = want;
+    for (int64_t t = 0; t < n; ++t) {
+      Kernels().quantize_act_row(x.data() + t * cols, got_rows, t);
+      scalar::QuantizeActRow(x.data() + t * cols, want_rows, t);
+    }
+    for (int64_t i = 0; i < n * cols; ++i) ASSERT_EQ(got.qs[i], want.qs[i]) << "q " << i;
+    for (int64_t i = 0; i < n * got.blocks; ++i) {
+      ASSERT_EQ(got.d[i], want.d[i]) << "d " << i;
+      if (format == ActFormat::kAct32) {
+        ASSERT_EQ(got.s[i], want.s[i]) << "s " << i;
+      } else {
+        for (int k = 0; k < 16; ++k) ASSERT_EQ(got.bsums[16 * i + k], want.bsums[16 * i + k]);
+      }
+    }
+    EXPECT_EQ(want.qs[768], 127);
+    EXPECT_EQ(want.qs[769], 2);  // 2.5 to even
+    EXPECT_EQ(want.qs[770], 4);  // 3.5 to even
+  }
+}
+KVASIR_INSTANTIATE_ISA_TEST(ActQuantTest);
 
 }  // namespace
 }  // namespace kvasir::kernels::cpu
