@@ -1,16 +1,20 @@
 #!/usr/bin/env python3
 """Retrofits a Llama model for a KV-compression method by distillation, and writes the artifact
-the engine loads (LoRA adapters in safetensors). Only DMC is built so far.
+the engine loads. Built: DMC (LoRA adapters) and LoCoCo (its convolution, the model frozen).
 
   python3 train/retrofit.py dmc --model ../shared/models/stories260K.gguf --ratio 4 \\
       --out train/artifacts/stories260K-dmc-4x.safetensors
+  python3 train/retrofit.py lococo --model ../shared/models/stories260K.gguf --slots 128 \\
+      --out train/artifacts/stories260K-lococo-4x.safetensors
 
 Data: text the model itself generates (sampled at temperature 1 from BOS); the loss is the KL
 divergence from the full-cache model's next-token distribution (the teacher: the same file,
 without adapters, full attention) plus DMC's one-sided compression loss. Stages, as in the
 released DMC code: (1) zero-out, the repurposed q/k element fades out of attention while no
 token merges; (2) retrofit, the compression target rises linearly from 1 to --ratio;
-(3) fine-tune at --ratio. Needs torch, gguf, safetensors (scripts/install-deps.sh --train).
+(3) fine-tune at --ratio. LoCoCo: the same data and loss, the cache of `lococo:slots=M,chunk=B`
+(kvasir_train/lococo.py); only the per-layer convolution and lambda learn. Needs torch, gguf,
+safetensors (scripts/install-deps.sh --train).
 """
 
 from __future__ import annotations
@@ -30,8 +34,9 @@ from kvasir_train import PROJECTIONS  # noqa: E402 (after the path is set)
 def parse_args(argv):
     p = argparse.ArgumentParser(
         prog="retrofit.py",
-        description="Retrofit a model for DMC by distillation; writes LoRA adapters (safetensors).")
-    p.add_argument("method", choices=["dmc"], help="the KV method to train for")
+        description="Retrofit a model for a KV method by distillation: DMC (writes LoRA "
+        "adapters) or LoCoCo (writes its convolution); safetensors either way.")
+    p.add_argument("method", choices=["dmc", "lococo"], help="the KV method to train for")
     p.add_argument("--model", required=True, help="a llama-architecture .gguf file")
     p.add_argument("--out", required=True, help="the artifact to write (.safetensors)")
     p.add_argument("--ratio", type=float, default=4.0, help="target compression ratio (>= 1)")
@@ -56,10 +61,20 @@ def parse_args(argv):
                    help="the projections the adapter corrects, GGUF names")
     p.add_argument("--init", help="start from the adapter of an earlier run (same rank and "
                    "projections), e.g. one written after the zero-out stage alone")
+    p.add_argument("--slots", type=int, default=128, help="lococo: slots M (ratio M / window)")
+    p.add_argument("--chunk", type=int, default=16, help="lococo: chunk B")
+    p.add_argument("--kernel", type=int, default=21, help="lococo: convolution kernel (odd)")
+    p.add_argument("--lambda-init", type=float, default=0.02,
+                   help="lococo: initial lambda (the released code starts at 0.5)")
+    p.add_argument("--lambda-lr", type=float, default=1e-4,
+                   help="lococo: Adam learning rate of lambda (--lr is the convolution's)")
+    p.add_argument("--steps", type=int, default=300, help="lococo: training steps")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: all cores)")
     p.add_argument("--log-every", type=int, default=50)
     a = p.parse_args(argv)
+    if a.slots < 2 or a.chunk < 1 or a.kernel < 1 or a.kernel % 2 == 0:
+        p.error("--slots >= 2, --chunk >= 1 and an odd --kernel are needed")
     if a.ratio < 1:
         p.error("--ratio must be >= 1")
     if not 1 <= a.rank <= 16:
@@ -111,23 +126,11 @@ def evaluate(model, data, ratio_attention_factory, batch=16):
     }
 
 
-def main(argv=None):
-    a = parse_args(argv)
+def load_data(a, model):
+    """Generated training and held-out sequences, plus --text cut into --seq-len pieces."""
     import torch
-    from safetensors.torch import save_file
 
-    from kvasir_train.dmc import DmcAttention, compression_loss, kv_ratio
-    from kvasir_train.model import LoRA, Llama, load_gguf, sample
-
-    if a.threads > 0:
-        torch.set_num_threads(a.threads)
-    torch.manual_seed(a.seed)
-    t_start = time.time()
-    config, tensors = load_gguf(a.model)
-    model = Llama(config, tensors)
-    print(f"retrofit: {a.model}: {config.n_layer} layers, {config.n_head} heads, "
-          f"{config.n_head_kv} KV heads, head_dim {config.head_dim}", file=sys.stderr)
-
+    from kvasir_train.model import sample
     bos = 1
     t0 = time.time()
     data = sample(model, a.train_seqs, a.seq_len, bos, seed=a.seed + 1)
@@ -144,6 +147,29 @@ def main(argv=None):
         data = torch.cat((data, pieces))
         print(f"retrofit: {a.text} from byte {a.text_from_byte}: {len(ids)} tokens, "
               f"{n} sequences", file=sys.stderr)
+    return data, held
+
+
+def main(argv=None):
+    a = parse_args(argv)
+    if a.method == "lococo":
+        return main_lococo(a)
+    import torch
+    from safetensors.torch import save_file
+
+    from kvasir_train.dmc import DmcAttention, compression_loss, kv_ratio
+    from kvasir_train.model import LoRA, Llama, load_gguf
+
+    if a.threads > 0:
+        torch.set_num_threads(a.threads)
+    torch.manual_seed(a.seed)
+    t_start = time.time()
+    config, tensors = load_gguf(a.model)
+    model = Llama(config, tensors)
+    print(f"retrofit: {a.model}: {config.n_layer} layers, {config.n_head} heads, "
+          f"{config.n_head_kv} KV heads, head_dim {config.head_dim}", file=sys.stderr)
+
+    data, held = load_data(a, model)
 
     model.lora = LoRA(config, tensors, a.rank, a.alpha, a.projections, seed=a.seed)
     if a.init is not None:
@@ -249,6 +275,111 @@ def main(argv=None):
         meta["kvasir.init"] = json.dumps({
             "file": os.path.basename(a.init), "training": before.get("kvasir.training"),
             "init": before.get("kvasir.init")})
+    os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)
+    save_file(out, a.out, metadata=meta)
+    print(f"retrofit: wrote {a.out} ({os.path.getsize(a.out)} bytes) in "
+          f"{time.time() - t_start:.0f} s", file=sys.stderr)
+
+
+def main_lococo(a):
+    """Trains LoCoCo's per-layer convolution and lambda with the model frozen."""
+    import math
+
+    import torch
+    from safetensors.torch import save_file
+
+    from kvasir_train.lococo import LococoCompressor, lococo_forward
+    from kvasir_train.model import Llama, load_gguf
+
+    if a.threads > 0:
+        torch.set_num_threads(a.threads)
+    torch.manual_seed(a.seed)
+    t_start = time.time()
+    config, tensors = load_gguf(a.model)
+    model = Llama(config, tensors)
+    spec = f"lococo:slots={a.slots},chunk={a.chunk}"
+    print(f"retrofit: {a.model}: {config.n_layer} layers, head_dim {config.head_dim}; {spec}, "
+          f"kernel {a.kernel}", file=sys.stderr)
+    data, held = load_data(a, model)
+    comp = LococoCompressor(config.n_layer, config.head_dim, a.slots, a.kernel, a.lambda_init,
+                            seed=a.seed)
+    # The convolution learns much faster than the blend, as in the released code (LR scales
+    # 1000 and 5): a lambda that moves as fast only learns to switch the convolution off.
+    conv = list(comp.weight) + list(comp.bias)
+    opt = torch.optim.Adam([{"params": conv, "lr": a.lr, "base": a.lr},
+                            {"params": list(comp.lam), "lr": a.lambda_lr, "base": a.lambda_lr}])
+    gen = torch.Generator().manual_seed(a.seed + 7)
+    hist = []
+    t0 = time.time()
+    for step in range(a.steps):
+        x = data[torch.randint(0, len(data), (a.batch,), generator=gen)]
+        with torch.no_grad():
+            teacher = torch.log_softmax(model(x, use_lora=False), dim=-1)
+        logp = torch.log_softmax(lococo_forward(model, comp, x, a.slots, a.chunk)[0], dim=-1)
+        kl = (teacher.exp() * (teacher - logp)).sum(-1).mean()
+        tail = max(0.0, (step - 0.75 * a.steps) / (0.25 * a.steps))
+        for group in opt.param_groups:
+            group["lr"] = group["base"] * (1.0 - 0.9 * tail)
+        opt.zero_grad()
+        kl.backward()
+        opt.step()
+        hist.append(kl.item())
+        if (step + 1) % a.log_every == 0 or step + 1 == a.steps:
+            lams = ", ".join(f"{x.item():.3f}" for x in comp.lam)
+            print(f"retrofit: step {step + 1}/{a.steps} kl {sum(hist) / len(hist):.5f} "
+                  f"lambda [{lams}] ({time.time() - t0:.0f} s)", file=sys.stderr)
+            hist = []
+
+    # Held-out: the full cache, LoCoCo without weights (lambda = 0) and with them.
+    tot = {"full": 0.0, "free": 0.0, "trained": 0.0}
+    agree = {"free": 0, "trained": 0}
+    n = 0
+    held_slots = []
+    with torch.no_grad():
+        for s in range(0, len(held), 16):
+            x = held[s:s + 16]
+            logits = {"full": model(x, use_lora=False)}
+            logits["free"], held_slots = lococo_forward(model, None, x, a.slots, a.chunk)
+            logits["trained"] = lococo_forward(model, comp, x, a.slots, a.chunk)[0]
+            k = x[:, 1:].numel()
+            for name, lg in logits.items():
+                tot[name] += float(nll(lg, x)) * k
+            for name in agree:
+                agree[name] += int((logits["full"][:, :-1].argmax(-1) ==
+                                    logits[name][:, :-1].argmax(-1)).sum())
+            n += k
+    # The ratio of a window of seq_len tokens: the slots held after the last chunk.
+    result = {"full_perplexity": math.exp(tot["full"] / n),
+              "free_perplexity": math.exp(tot["free"] / n),
+              "perplexity": math.exp(tot["trained"] / n),
+              "free_greedy_agreement": agree["free"] / n,
+              "greedy_agreement": agree["trained"] / n,
+              "kv_ratio": held_slots[-1] / a.seq_len}
+    print("retrofit: held-out " + json.dumps({k: round(v, 4) for k, v in result.items()}),
+          file=sys.stderr)
+
+    with torch.no_grad():
+        check_tokens = held[:1]
+        check_logits = lococo_forward(model, comp, check_tokens, a.slots, a.chunk)[0][0]
+    out = comp.state_tensors()
+    out["check.tokens"] = check_tokens[0].to(torch.int32).contiguous()
+    out["check.logits"] = check_logits.contiguous()
+    meta = {
+        "kvasir.format": "lococo-1",
+        "kvasir.method": "lococo",
+        "kvasir.kv_policy": spec,
+        "kvasir.base_model": os.path.basename(a.model),
+        "kvasir.n_layer": str(config.n_layer),
+        "kvasir.training": json.dumps({
+            "steps": a.steps, "batch": a.batch, "seq_len": a.seq_len,
+            "train_seqs": a.train_seqs, "tokens_seen": a.steps * a.batch * a.seq_len,
+            "lr": a.lr, "lambda_lr": a.lambda_lr, "kernel": a.kernel,
+            "lambda_init": a.lambda_init, "seed": a.seed,
+            "text": os.path.basename(a.text) if a.text else None,
+            "text_from_byte": a.text_from_byte, "seconds": round(time.time() - t_start),
+            "device": "cpu", "torch_threads": torch.get_num_threads()}),
+        "kvasir.held_out": json.dumps({k: round(v, 4) for k, v in result.items()}),
+    }
     os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)
     save_file(out, a.out, metadata=meta)
     print(f"retrofit: wrote {a.out} ({os.path.getsize(a.out)} bytes) in "

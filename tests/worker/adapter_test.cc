@@ -218,42 +218,18 @@ TEST(AdapterTest, EngineReproducesTheTrainedDmcModel) {
   const Adapter& a = *(*engine)->adapter();
   ASSERT_FALSE(a.check_tokens.empty());
   EXPECT_EQ(a.method, "dmc");
-  const int32_t vocab = (*engine)->config().n_vocab;
   auto policy = (*engine)->Policy("dmc:mode=learned,weights=" + artifact);
   ASSERT_TRUE(policy.ok()) << policy.status();
 
-  // Token by token, so every position's logits are seen.
-  kvcache::KvCache& cache = (*engine)->cache();
-  kvcache::SequenceKv& seq = cache.CreateSequence(*policy);
-  std::vector<float> logits;
-  double max_err = 0, sum_err = 0;
-  int argmax_agree = 0;
-  const size_t n = a.check_tokens.size();
-  for (size_t i = 0; i < n; ++i) {
-    StepSequence step{&seq, std::span<const int32_t>(&a.check_tokens[i], 1), false};
-    ASSERT_TRUE((*engine)->runner().Forward({&step, 1}, logits).ok());
-    const float* want = a.check_logits.data() + i * vocab;
-    int best_got = 0, best_want = 0;
-    for (int32_t v = 0; v < vocab; ++v) {
-      const double err = std::fabs(double(logits[v]) - want[v]);
-      max_err = std::max(max_err, err);
-      sum_err += err;
-      if (logits[v] > logits[best_got]) best_got = v;
-      if (want[v] > want[best_want]) best_want = v;
-    }
-    argmax_agree += best_got == best_want;
-  }
-  const kvcache::KvUsage usage = cache.Usage(seq);
-  cache.FreeSequence(seq.id());
+  const e2e::ReplayCheck check =
+      e2e::ReplayAndCompare(**engine, *policy, a.check_tokens, a.check_logits);
   // The engine computes in f32 as PyTorch does, in another order: logits of magnitude ~10-20
   // agree to ~1e-4. A merge decision within rounding of its threshold could flip and change
   // later logits more, hence the mean bound besides the max.
-  std::printf("check: %zu positions, mean |error| %.2e, max %.2e, slots %lld of %lld\n", n,
-              sum_err / (n * vocab), max_err, static_cast<long long>(usage.slots),
-              static_cast<long long>(usage.full_slots));
-  EXPECT_LT(sum_err / (n * vocab), 2e-4) << "max " << max_err;
-  EXPECT_LT(max_err, 5e-2);
-  EXPECT_EQ(argmax_agree, static_cast<int>(n));
+  EXPECT_LT(check.mean_err, 2e-4) << "max " << check.max_err;
+  EXPECT_LT(check.max_err, 5e-2);
+  EXPECT_EQ(check.argmax_agree, static_cast<int>(a.check_tokens.size()));
+  const kvcache::KvUsage& usage = check.usage;
   // Trained for 4x: the cache holds well under half of the full cache's slots.
   EXPECT_LT(usage.ratio(), 0.4) << usage.slots << " of " << usage.full_slots;
 }

@@ -3,6 +3,9 @@
 // tests use, and greedy runs that keep every sampling step's logits for bit-for-bit comparisons.
 #pragma once
 
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
 #include <memory>
 #include <span>
 #include <string>
@@ -108,6 +111,52 @@ inline void ExpectCoversLikeFull(Engine& engine, const std::vector<int32_t>& pro
   const GreedyRun covering = Greedy(engine, prompt, spec, max_tokens);
   EXPECT_EQ(covering.result.ids, full.result.ids) << spec;
   EXPECT_EQ(covering.logits, full.logits) << spec;
+}
+
+// Feeds `tokens` one at a time through `policy` (so every position's logits are seen, and a
+// compressing policy compresses in decode steps) and compares each step's logits with `expected`
+// ([tokens.size(), n_vocab]), as trained models' artifacts record them (check.logits).
+struct ReplayCheck {
+  double max_err = 0;      // largest |logit - expected| over all positions and tokens
+  double mean_err = 0;     // mean |logit - expected|
+  int argmax_agree = 0;    // positions whose largest logit is the expected one
+  kvcache::KvUsage usage;  // the sequence's KV at the end
+};
+inline ReplayCheck ReplayAndCompare(Engine& engine,
+                                    const std::shared_ptr<const kvcache::KvPolicy>& policy,
+                                    std::span<const int32_t> tokens,
+                                    std::span<const float> expected) {
+  ReplayCheck out;
+  const int32_t vocab = engine.config().n_vocab;
+  EXPECT_EQ(expected.size(), tokens.size() * static_cast<size_t>(vocab));
+  if (expected.size() != tokens.size() * static_cast<size_t>(vocab)) return out;
+  kvcache::KvCache& cache = engine.cache();
+  kvcache::SequenceKv& seq = cache.CreateSequence(policy);
+  std::vector<float> logits;
+  double sum_err = 0;
+  for (size_t i = 0; i < tokens.size(); ++i) {
+    StepSequence step{&seq, tokens.subspan(i, 1), false};
+    const absl::Status status = engine.runner().Forward({&step, 1}, logits);
+    EXPECT_TRUE(status.ok()) << status;
+    if (!status.ok()) break;
+    const float* want = expected.data() + i * vocab;
+    int best_got = 0, best_want = 0;
+    for (int32_t v = 0; v < vocab; ++v) {
+      const double err = std::fabs(double(logits[v]) - want[v]);
+      out.max_err = std::max(out.max_err, err);
+      sum_err += err;
+      if (logits[v] > logits[best_got]) best_got = v;
+      if (want[v] > want[best_want]) best_want = v;
+    }
+    out.argmax_agree += best_got == best_want;
+  }
+  out.usage = cache.Usage(seq);
+  cache.FreeSequence(seq.id());
+  out.mean_err = tokens.empty() ? 0 : sum_err / (static_cast<double>(tokens.size()) * vocab);
+  std::printf("check: %zu positions, mean |error| %.2e, max %.2e, slots %lld of %lld\n",
+              tokens.size(), out.mean_err, out.max_err, static_cast<long long>(out.usage.slots),
+              static_cast<long long>(out.usage.full_slots));
+  return out;
 }
 
 // A suite sharing one stories260K engine (engine_), loaded once before its first test. Base is

@@ -1,7 +1,9 @@
 // `lococo` through the engine: on stories260K (and SmolLM2 when installed) generation runs, the
 // KV held is exactly min(floor(T / chunk) * chunk, slots) + T mod chunk slots per (layer, KV
-// head), slots covering the sequence give `full` bit for bit, and random convolution weights
-// written to a safetensors file here are loaded and change the outputs.
+// head), slots covering the sequence give `full` bit for bit, random convolution weights written
+// to a safetensors file here are loaded and change the outputs, and the trained compressor of
+// train/artifacts gives the logits its PyTorch training code gave.
+#include <cstring>
 #include <random>
 #include <string>
 #include <vector>
@@ -9,6 +11,7 @@
 #include "gtest/gtest.h"
 #include "kvcache/lococo_policy.h"
 #include "model/model_files.h"
+#include "model/safetensors.h"
 #include "tests/testing/paths.h"
 #include "tests/testing/safetensors_builder.h"
 #include "tests/worker/e2e_util.h"
@@ -96,6 +99,44 @@ TEST_F(LococoE2eTest, StoriesUsesConvolutionWeightsFromAFile) {
   // A weights file that does not fit the model is refused with a message.
   auto bad = engine_->Policy("lococo:slots=20,chunk=8,weights=" + path);
   EXPECT_EQ(bad.status().code(), absl::StatusCode::kInvalidArgument);
+}
+
+// The committed artifact (train/retrofit.py lococo): the engine's lococo policy with the trained
+// convolution reproduces the logits of train/kvasir_train/lococo.py over the artifact's check
+// tokens, fed one at a time (so the compressions happen in decode steps, as when serving).
+TEST_F(LococoE2eTest, EngineReproducesTheTrainedCompressor) {
+  const std::string path = testing::RepoPath("train/artifacts/stories260K-lococo-4x.safetensors");
+  auto file = model::SafetensorsFile::Open(path);
+  ASSERT_TRUE(file.ok()) << file.status();
+  const model::SafeTensorInfo* tokens = file->Find("check.tokens");
+  const model::SafeTensorInfo* want = file->Find("check.logits");
+  ASSERT_TRUE(tokens != nullptr && want != nullptr);
+  ASSERT_EQ(tokens->dtype, model::SafeDType::kI32);
+  ASSERT_EQ(want->dtype, model::SafeDType::kF32);
+  std::string spec;
+  for (const auto& [key, value] : file->metadata()) {
+    if (key == "kvasir.kv_policy") spec = value;
+  }
+  ASSERT_EQ(spec.rfind("lococo:", 0), 0u) << spec;
+  const int32_t vocab = engine_->config().n_vocab;
+  const size_t n = tokens->shape.at(0);
+  ASSERT_EQ(want->shape, (std::vector<int64_t>{static_cast<int64_t>(n), vocab}));
+  std::vector<int32_t> ids(n);
+  std::memcpy(ids.data(), tokens->data, n * sizeof(int32_t));
+  std::vector<float> expected(n * vocab);
+  std::memcpy(expected.data(), want->data, expected.size() * sizeof(float));
+
+  auto policy = engine_->Policy(spec + ",weights=" + path);
+  ASSERT_TRUE(policy.ok()) << policy.status();
+  const e2e::ReplayCheck check = e2e::ReplayAndCompare(*engine_, *policy, ids, expected);
+  // f32 in both, summed in other orders: logits of magnitude ~10 agree to ~1e-4. A heavy-hitter
+  // choice between two scores within rounding of each other could differ and move later logits
+  // more, hence the mean bound besides the max.
+  EXPECT_LT(check.mean_err, 2e-4) << "max " << check.max_err;
+  EXPECT_LT(check.max_err, 5e-2);
+  EXPECT_EQ(check.argmax_agree, static_cast<int>(n));
+  const kvcache::KvUsage& usage = check.usage;
+  EXPECT_LT(usage.ratio(), 0.5) << usage.slots << " of " << usage.full_slots;
 }
 
 using LococoE2eDefaultModelTest = e2e::DefaultModelSuite<>;

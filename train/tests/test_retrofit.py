@@ -5,7 +5,11 @@ safetensors, installed by scripts/install-deps.sh --train).
 - The tokenizer against the golden prompts' token ids.
 - DMC's parallel training form with hard decisions against the sequential algorithm the engine
   runs (the released inference code: one token at a time, a ring of the last 12 weighted keys).
-- A few retrofit steps end to end, writing an artifact with the metadata the engine checks.
+- LoCoCo's chunked cache: slots covering the sequence give the full forward; with lambda = 0 the
+  compressor is the heavy-hitter selection, which a slot-by-slot loop over the engine's rule
+  (kvcache/lococo_policy.cc) reproduces; the gradient reaches the convolution.
+- A few retrofit steps end to end (DMC and LoCoCo), writing artifacts with the metadata the
+  engine checks.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ except ImportError as e:  # ctest: SKIP_RETURN_CODE 77
     sys.exit(77)
 
 from kvasir_train.dmc import INIT_VAL, OMEGA_EPS, DmcAttention  # noqa: E402
+from kvasir_train.lococo import LococoCompressor, heavy_hitters, lococo_forward  # noqa: E402
 from kvasir_train.model import Llama, apply_rope, load_gguf, rope_tables, sample  # noqa: E402
 from kvasir_train.tokenizer import SpmTokenizer  # noqa: E402
 
@@ -150,6 +155,87 @@ class DmcTest(unittest.TestCase):
         self.assertGreater(float(alpha.mean()), 0.3)
 
 
+def lococo_rule(k, v, hh, slots, weight, bias, lam):
+    """The engine's compression of one table, slot by slot (LococoPolicy::Compress): k, v [L, D],
+    hh [L]; ties by smaller slot index."""
+    n, d = k.shape
+    m_c = slots // 2
+    m_h = slots - m_c
+
+    def top(idx, count):
+        order = sorted(range(len(idx)), key=lambda i: (-float(hh[idx[i]]), i))[:count]
+        return sorted(order)
+
+    everything = list(range(n))
+    kept = [everything[i] for i in top(everything, m_h)]
+    rest = [s for s in everything if s not in kept]
+    sel = top(rest, m_c)
+    out_k = [k[s] for s in kept]
+    out_v = [v[s] for s in kept]
+    kernel = weight.shape[2]
+    pad = (kernel - 1) // 2
+    x = torch.cat((k[rest], v[rest]), dim=1).T  # [2D, S']
+    for m in range(m_c):
+        y = torch.full((len(rest),), float(bias[m]))
+        for s in range(len(rest)):
+            for t in range(kernel):
+                j = s + t - pad
+                if 0 <= j < len(rest):
+                    y[s] += float((weight[m, :, t] * x[:, j]).sum())
+        w = lam * torch.softmax(torch.relu(y), 0)
+        w[sel[m]] += 1 - lam
+        out_k.append(w @ k[rest])
+        out_v.append(w @ v[rest])
+    return torch.stack(out_k), torch.stack(out_v)
+
+
+class LococoTest(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        config, tensors = load_gguf(STORIES)
+        cls.model = Llama(config, tensors)
+        cls.x = sample(cls.model, 2, 80, 1, seed=3)
+
+    def test_slots_covering_the_sequence_equal_the_full_forward(self):
+        with torch.no_grad():
+            full = self.model(self.x)
+            got, held = lococo_forward(self.model, None, self.x, 128, 16)
+        self.assertLess(float((got - full).abs().max()), 1e-4)
+        self.assertEqual(held[-1], 80)
+        with torch.no_grad():
+            small, held = lococo_forward(self.model, None, self.x, 32, 16)
+        self.assertGreater(float((small - full).abs().max()), 1e-2)
+        self.assertEqual(held, [16, 32, 32, 32, 32])  # compressed at 48, 64 and 80
+
+    def test_compression_follows_the_engines_rule(self):
+        gen = torch.Generator().manual_seed(4)
+        k, v = torch.randn(2, 40, 8, generator=gen), torch.randn(2, 40, 8, generator=gen)
+        hh = torch.rand(2, 40, generator=gen)
+        comp = LococoCompressor(1, 8, 16, kernel=5, lambda_init=0.3, seed=2)
+        with torch.no_grad():
+            comp.weight[0].mul_(20)  # peaked mixing weights, not near-uniform ones
+            got_k, got_v = comp.compress(0, k, v, hh)
+            for row in range(2):
+                want_k, want_v = lococo_rule(k[row], v[row], hh[row], 16, comp.weight[0],
+                                             comp.bias[0], 0.3)
+                self.assertLess(float((got_k[row] - want_k).abs().max()), 1e-5)
+                self.assertLess(float((got_v[row] - want_v).abs().max()), 1e-5)
+            comp.lam[0].zero_()
+            zero_k, zero_v = comp.compress(0, k, v, hh)
+            hh_k, hh_v = heavy_hitters(k, v, hh, 16)
+        self.assertTrue(torch.equal(zero_k, hh_k) and torch.equal(zero_v, hh_v))
+        self.assertFalse(torch.equal(got_k, hh_k))
+
+    def test_the_gradient_reaches_the_convolution(self):
+        c = self.model.config
+        comp = LococoCompressor(c.n_layer, c.head_dim, 32, seed=1)
+        logits, _ = lococo_forward(self.model, comp, self.x, 32, 16)
+        logits[:, 48:].logsumexp(-1).mean().backward()
+        for layer in range(c.n_layer):
+            self.assertGreater(float(comp.weight[layer].grad.abs().sum()), 0)
+            self.assertNotEqual(float(comp.lam[layer].grad), 0)
+
+
 class RetrofitSmokeTest(unittest.TestCase):
     def test_a_few_steps_write_an_artifact(self):
         from safetensors import safe_open
@@ -173,6 +259,26 @@ class RetrofitSmokeTest(unittest.TestCase):
                 self.assertEqual(tuple(f.get_tensor("blk.4.ffn_down.lora_b").shape), (64, 4))
                 self.assertEqual(tuple(f.get_tensor("check.logits").shape), (32, 512))
                 self.assertEqual(f.get_tensor("check.tokens").dtype, torch.int32)
+
+    def test_a_few_lococo_steps_write_its_weights(self):
+        from safetensors import safe_open
+        with tempfile.TemporaryDirectory() as tmp:
+            out = os.path.join(tmp, "lococo.safetensors")
+            subprocess.run(
+                [sys.executable, os.path.join(ROOT, "train", "retrofit.py"), "lococo",
+                 "--model", STORIES, "--out", out, "--slots", "16", "--chunk", "8",
+                 "--kernel", "5", "--steps", "2", "--batch", "2", "--seq-len", "48",
+                 "--train-seqs", "4", "--eval-seqs", "2", "--log-every", "1"],
+                check=True, capture_output=True, timeout=600)
+            with safe_open(out, "pt") as f:
+                meta = f.metadata()
+                self.assertEqual(meta["kvasir.kv_policy"], "lococo:slots=16,chunk=8")
+                self.assertEqual(tuple(f.get_tensor("layers.0.conv.weight").shape), (8, 16, 5))
+                self.assertEqual(tuple(f.get_tensor("layers.4.conv.bias").shape), (8,))
+                self.assertEqual(tuple(f.get_tensor("layers.4.lambda").shape), (1,))
+                self.assertEqual(tuple(f.get_tensor("check.logits").shape), (48, 512))
+                held = json.loads(meta["kvasir.held_out"])
+                self.assertAlmostEqual(held["kv_ratio"], 16 / 48, places=3)
 
 
 if __name__ == "__main__":
