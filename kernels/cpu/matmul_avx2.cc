@@ -22,6 +22,29 @@ constexpr int kChunk = 64;  // weight blocks whose scales are converted to f32 a
 
 inline int64_t Min64(int64_t a, int64_t b) { return a < b ? a : b; }
 
+// File-local copies of the one-line accessors of QuantizedActs and WeightView and of
+// Q4KScaleMin: an inline function of a shared header compiled here with AVX2 flags could be the
+// copy the linker keeps for the baseline code too.
+inline const int8_t* ActQs(const QuantizedActs& a, int64_t t) { return a.qs + t * a.cols; }
+inline const float* ActD(const QuantizedActs& a, int64_t t) { return a.d + t * a.blocks; }
+inline const float* ActS(const QuantizedActs& a, int64_t t) { return a.s + t * a.blocks; }
+inline const int16_t* ActBsums(const QuantizedActs& a, int64_t t) {
+  return a.bsums + t * a.blocks * 16;
+}
+inline const uint8_t* WeightRow(const WeightView& w, int64_t r) {
+  return static_cast<const uint8_t*>(w.data) + r * w.row_bytes;
+}
+// Scale and minimum j (< 8) of a Q4_K super-block (ggml's get_scale_min_k4).
+inline void ScaleMinQ4K(int j, const uint8_t* s, int* sc, int* m) {
+  if (j < 4) {
+    *sc = s[j] & 63;
+    *m = s[j + 4] & 63;
+  } else {
+    *sc = (s[j + 4] & 0xF) | ((s[j - 4] >> 6) << 4);
+    *m = (s[j + 4] >> 4) | ((s[j] >> 6) << 4);
+  }
+}
+
 inline float HalfToFloat(uint16_t h) { return _cvtsh_ss(h); }
 
 inline float Hsum(__m256 v) {
@@ -134,9 +157,9 @@ void MicroQ4(const uint8_t* const* wrow, const QuantizedActs& a, int64_t t0, flo
   const float* xs[NR];
 #pragma GCC unroll 8
   for (int t = 0; t < NR; ++t) {
-    xq[t] = a.qs_row(t0 + t);
-    xd[t] = a.d_row(t0 + t);
-    xs[t] = a.s_row(t0 + t);
+    xq[t] = ActQs(a, t0 + t);
+    xd[t] = ActD(a, t0 + t);
+    xs[t] = ActS(a, t0 + t);
   }
   alignas(32) float dw[MR][kChunk];
   alignas(32) float mw[MR][kChunk];
@@ -205,9 +228,9 @@ void MicroQ4Pairs(const uint8_t* const* wrow, const QuantizedActs& a, int64_t t0
   const Block* blocks[MR];
 #pragma GCC unroll 8
   for (int r = 0; r < MR; ++r) blocks[r] = reinterpret_cast<const Block*>(wrow[r]);
-  const int8_t* xq = a.qs_row(t0);
-  const float* xd = a.d_row(t0);
-  const float* xs = a.s_row(t0);
+  const int8_t* xq = ActQs(a, t0);
+  const float* xd = ActD(a, t0);
+  const float* xs = ActS(a, t0);
   alignas(32) float dd[MR][kChunk];  // weight scale times activation scale, per block
   alignas(32) float mw[MR][kChunk];
   const int64_t ahead = 2 * MR * nb * static_cast<int64_t>(sizeof(Block));
@@ -288,12 +311,12 @@ UnpackedQ4 UnpackTileQ4(const WeightView& w, int64_t r0, int64_t r1, uint8_t* wo
   auto* d = reinterpret_cast<float*>(work + kRowTile * w.cols);
   float* m = d + kRowTile * stride;
   for (int64_t r = r0; r < r1; ++r) {
-    const auto* blocks = reinterpret_cast<const Block*>(w.row(r));
+    const auto* blocks = reinterpret_cast<const Block*>(WeightRow(w, r));
     uint8_t* qr = q + (r - r0) * w.cols;
     for (int64_t b = 0; b < nb; ++b) {
       _mm256_store_si256(reinterpret_cast<__m256i*>(qr + b * kQK), UnpackNibbles(blocks[b].qs));
     }
-    ConvertScalesQ4<kQ41>(w.row(r), nb, d + (r - r0) * stride, m + (r - r0) * stride);
+    ConvertScalesQ4<kQ41>(WeightRow(w, r), nb, d + (r - r0) * stride, m + (r - r0) * stride);
   }
   return UnpackedQ4{q, d, m, w.cols, nb, stride};
 }
@@ -315,15 +338,15 @@ void MicroUnpackedQ4(const UnpackedQ4& u, int64_t rr, const QuantizedActs& a, in
   const float* xd[NR];
 #pragma GCC unroll 8
   for (int t = 0; t < NR; ++t) {
-    xq[t] = a.qs_row(t0 + t);
-    xd[t] = a.d_row(t0 + t);
+    xq[t] = ActQs(a, t0 + t);
+    xd[t] = ActD(a, t0 + t);
   }
   __m256 acc[MR][NR];
 #pragma GCC unroll 8
   for (int r = 0; r < MR; ++r) {
     const float* m = u.m + (rr + r) * u.scale_stride;
 #pragma GCC unroll 8
-    for (int t = 0; t < NR; ++t) acc[r][t] = MinTerms(m, a.s_row(t0 + t), static_cast<int>(nb));
+    for (int t = 0; t < NR; ++t) acc[r][t] = MinTerms(m, ActS(a, t0 + t), static_cast<int>(nb));
   }
   for (int64_t b = 0; b < nb; ++b) {
     __m256i wq[MR];
@@ -368,7 +391,7 @@ void TileQ4(const WeightView& w, const QuantizedActs& a, int64_t r0, int64_t r1,
     const int64_t nt = t1 - t;
     int64_t r = r0;
     for (; r + 8 <= r1; r += 8) {
-      for (int i = 0; i < 8; ++i) rows[i] = w.row(r + i);
+      for (int i = 0; i < 8; ++i) rows[i] = WeightRow(w, r + i);
       if (nt >= 2) {
         MicroQ4<kQ41, 4, 2>(rows, a, t, y, y_stride, r);
         MicroQ4<kQ41, 4, 2>(rows + 4, a, t, y, y_stride, r + 4);
@@ -377,7 +400,7 @@ void TileQ4(const WeightView& w, const QuantizedActs& a, int64_t r0, int64_t r1,
       }
     }
     for (; r < r1; ++r) {
-      rows[0] = w.row(r);
+      rows[0] = WeightRow(w, r);
       if (nt >= 2) {
         MicroQ4<kQ41, 1, 2>(rows, a, t, y, y_stride, r);
       } else {
@@ -407,8 +430,8 @@ void MicroQ8_0(const uint8_t* const* wrow, const QuantizedActs& a, int64_t t0, f
   const float* xd[NR];
 #pragma GCC unroll 8
   for (int t = 0; t < NR; ++t) {
-    xq[t] = a.qs_row(t0 + t);
-    xd[t] = a.d_row(t0 + t);
+    xq[t] = ActQs(a, t0 + t);
+    xd[t] = ActD(a, t0 + t);
   }
   const int64_t nb = a.blocks;
   // The next MR rows follow these in memory: fetch them while these are computed.
@@ -453,7 +476,7 @@ void MicroQ4K(const uint8_t* const* wrow, const QuantizedActs& a, int64_t t0, fl
   const auto* blocks = reinterpret_cast<const BlockQ4K*>(wrow[0]);
   const int8_t* xq[NR];
 #pragma GCC unroll 8
-  for (int t = 0; t < NR; ++t) xq[t] = a.qs_row(t0 + t);
+  for (int t = 0; t < NR; ++t) xq[t] = ActQs(a, t0 + t);
   __m256 acc[NR];
 #pragma GCC unroll 8
   for (int t = 0; t < NR; ++t) acc[t] = _mm256_setzero_ps();
@@ -465,7 +488,7 @@ void MicroQ4K(const uint8_t* const* wrow, const QuantizedActs& a, int64_t t0, fl
     alignas(32) int16_t m16[16];
     for (int j = 0; j < 8; ++j) {
       int m;
-      Q4KScaleMin(j, blk.scales, &sc[j], &m);
+      ScaleMinQ4K(j, blk.scales, &sc[j], &m);
       m16[2 * j] = m16[2 * j + 1] = static_cast<int16_t>(m);
     }
     const __m256i mins = _mm256_load_si256(reinterpret_cast<const __m256i*>(m16));
@@ -491,9 +514,9 @@ void MicroQ4K(const uint8_t* const* wrow, const QuantizedActs& a, int64_t t0, fl
     }
 #pragma GCC unroll 8
     for (int t = 0; t < NR; ++t) {
-      const float dx = a.d_row(t0 + t)[b];
+      const float dx = ActD(a, t0 + t)[b];
       const __m256i bsums =
-          _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a.bsums_row(t0 + t) + b * 16));
+          _mm256_loadu_si256(reinterpret_cast<const __m256i*>(ActBsums(a, t0 + t) + b * 16));
       const __m256 msum = _mm256_cvtepi32_ps(_mm256_madd_epi16(bsums, mins));
       acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[t]), _mm256_set1_ps(d * dx), acc[t]);
       acc[t] = _mm256_fnmadd_ps(msum, _mm256_set1_ps(dmin * dx), acc[t]);
@@ -514,7 +537,7 @@ void MicroQ6K(const uint8_t* const* wrow, const QuantizedActs& a, int64_t t0, fl
   const auto* blocks = reinterpret_cast<const BlockQ6K*>(wrow[0]);
   const int8_t* xq[NR];
 #pragma GCC unroll 8
-  for (int t = 0; t < NR; ++t) xq[t] = a.qs_row(t0 + t);
+  for (int t = 0; t < NR; ++t) xq[t] = ActQs(a, t0 + t);
   __m256 acc[NR];
 #pragma GCC unroll 8
   for (int t = 0; t < NR; ++t) acc[t] = _mm256_setzero_ps();
@@ -556,9 +579,9 @@ void MicroQ6K(const uint8_t* const* wrow, const QuantizedActs& a, int64_t t0, fl
 #pragma GCC unroll 8
     for (int t = 0; t < NR; ++t) {
       const __m256i bsums =
-          _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a.bsums_row(t0 + t) + b * 16));
+          _mm256_loadu_si256(reinterpret_cast<const __m256i*>(ActBsums(a, t0 + t) + b * 16));
       const __m256i offset = _mm256_slli_epi32(_mm256_madd_epi16(bsums, sc16), 5);
-      const float ddx = d * a.d_row(t0 + t)[b];
+      const float ddx = d * ActD(a, t0 + t)[b];
       acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(isum[t], offset)),
                                _mm256_set1_ps(ddx), acc[t]);
     }
@@ -631,11 +654,11 @@ void WalkTile(const MicroSet& set, const WeightView& w, const QuantizedActs& act
     const int mr = wide ? set.wide_mr : set.narrow_mr;
     int64_t r = r0;
     for (; r + mr <= r1; r += mr) {
-      for (int i = 0; i < mr; ++i) rows[i] = w.row(r + i);
+      for (int i = 0; i < mr; ++i) rows[i] = WeightRow(w, r + i);
       (wide ? set.wide : set.narrow[nr])(rows, acts, t, y, y_stride, r);
     }
     for (; r < r1; ++r) {
-      rows[0] = w.row(r);
+      rows[0] = WeightRow(w, r);
       (wide ? set.wide_row1 : set.narrow_row1[nr])(rows, acts, t, y, y_stride, r);
     }
     t += nr;
@@ -681,7 +704,7 @@ void MicroFloat(const WeightView& w, const float* x, int64_t x_stride, int64_t r
                 float* y, int64_t y_stride) {
   const uint8_t* rows[MR];
 #pragma GCC unroll 8
-  for (int r = 0; r < MR; ++r) rows[r] = w.row(r0 + r);
+  for (int r = 0; r < MR; ++r) rows[r] = WeightRow(w, r0 + r);
   const float* xt[NR];
 #pragma GCC unroll 8
   for (int t = 0; t < NR; ++t) xt[t] = x + (t0 + t) * x_stride;
