@@ -15,6 +15,12 @@
 
 namespace kvasir::kernels::cpu {
 
+// Row r of a weight matrix. `static`, so that the ISA-specific files may call it (each
+// translation unit gets its own copy; see quant_blocks.h).
+static inline const uint8_t* WeightRow(const WeightView& w, int64_t r) {
+  return static_cast<const uint8_t*>(w.data) + r * w.row_bytes;
+}
+
 // MatMul tiles: at most kRowTile weight rows by kTokenTile tokens.
 inline constexpr int64_t kRowTile = 16;
 inline constexpr int64_t kTokenTile = 64;

@@ -46,14 +46,14 @@ float LoadFloatWeight(DType t, const uint8_t* row, int64_t c) {
 
 // Integer dot product of one quantized row with token t of the activations (scalar).
 float DotQuantScalar(DType type, const uint8_t* row, const QuantizedActs& a, int64_t t) {
-  const int8_t* xq = a.qs_row(t);
-  const float* xd = a.d_row(t);
+  const int8_t* xq = ActQs(a, t);
+  const float* xd = ActD(a, t);
   float sum = 0.0f;
   switch (type) {
     case DType::kQ4_0:
     case DType::kQ4_1: {
       const bool q41 = type == DType::kQ4_1;
-      const float* xs = a.s_row(t);
+      const float* xs = ActS(a, t);
       for (int64_t b = 0; b < a.blocks; ++b) {
         const uint8_t* qs;
         float d, m;
@@ -91,7 +91,7 @@ float DotQuantScalar(DType type, const uint8_t* row, const QuantizedActs& a, int
       for (int64_t b = 0; b < a.blocks; ++b) {
         const auto* blk = reinterpret_cast<const BlockQ4K*>(row) + b;
         const int8_t* x = xq + b * kQKK;
-        const int16_t* bs = a.bsums_row(t) + b * 16;
+        const int16_t* bs = ActBsums(a, t) + b * 16;
         int isum = 0, msum = 0;
         for (int chunk = 0; chunk < 4; ++chunk) {
           int sc0, m0, sc1, m1;
@@ -367,7 +367,7 @@ void MatMulQuantizedRef(const WeightView& w, const float* x, int64_t n, int64_t 
   IntGroup groups[16];
   for (int64_t r = 0; r < w.rows; ++r) {
     for (int64_t t = 0; t < n; ++t) {
-      const int8_t* xq = acts.qs_row(t);
+      const int8_t* xq = ActQs(acts, t);
       double sum = 0.0;
       for (int64_t b = 0; b < w.cols / block; ++b) {
         const int ng = DecodeIntGroups(w.type, w.row(r) + b * block_bytes, groups);
@@ -378,7 +378,7 @@ void MatMulQuantizedRef(const WeightView& w, const float* x, int64_t n, int64_t 
             qdot += static_cast<int64_t>(groups[g].q[l]) * xq[e + l];
             qsum += xq[e + l];
           }
-          const double dx = acts.d_row(t)[e / act_block];
+          const double dx = ActD(acts, t)[e / act_block];
           sum += dx * (static_cast<double>(groups[g].a) * static_cast<double>(qdot) +
                        static_cast<double>(groups[g].b) * static_cast<double>(qsum));
           e += groups[g].size;

@@ -4,8 +4,9 @@
 // _mm256_maddubs_epi16, widened with _mm256_madd_epi16, scaled per block in f32. Each micro kernel
 // computes MR weight rows x NR tokens, so an unpacked weight block serves NR tokens.
 //
-// Only intrinsics and functions local to this file are used here: an inline function from a
-// shared header compiled with AVX2 could be picked by the linker for the baseline code too.
+// Only intrinsics, functions local to this file and the `static` helpers of quant_blocks.h and
+// internal.h are used here: an inline function of a shared header with external linkage, compiled
+// here with AVX2, could be the copy the linker keeps for the baseline code too.
 #include <immintrin.h>
 
 #include <cstdint>
@@ -21,29 +22,6 @@ namespace {
 constexpr int kChunk = 64;  // weight blocks whose scales are converted to f32 at once
 
 inline int64_t Min64(int64_t a, int64_t b) { return a < b ? a : b; }
-
-// File-local copies of the one-line accessors of QuantizedActs and WeightView and of
-// Q4KScaleMin: an inline function of a shared header compiled here with AVX2 flags could be the
-// copy the linker keeps for the baseline code too.
-inline const int8_t* ActQs(const QuantizedActs& a, int64_t t) { return a.qs + t * a.cols; }
-inline const float* ActD(const QuantizedActs& a, int64_t t) { return a.d + t * a.blocks; }
-inline const float* ActS(const QuantizedActs& a, int64_t t) { return a.s + t * a.blocks; }
-inline const int16_t* ActBsums(const QuantizedActs& a, int64_t t) {
-  return a.bsums + t * a.blocks * 16;
-}
-inline const uint8_t* WeightRow(const WeightView& w, int64_t r) {
-  return static_cast<const uint8_t*>(w.data) + r * w.row_bytes;
-}
-// Scale and minimum j (< 8) of a Q4_K super-block (ggml's get_scale_min_k4).
-inline void ScaleMinQ4K(int j, const uint8_t* s, int* sc, int* m) {
-  if (j < 4) {
-    *sc = s[j] & 63;
-    *m = s[j + 4] & 63;
-  } else {
-    *sc = (s[j + 4] & 0xF) | ((s[j - 4] >> 6) << 4);
-    *m = (s[j + 4] >> 4) | ((s[j] >> 6) << 4);
-  }
-}
 
 inline float HalfToFloat(uint16_t h) { return _cvtsh_ss(h); }
 
@@ -488,7 +466,7 @@ void MicroQ4K(const uint8_t* const* wrow, const QuantizedActs& a, int64_t t0, fl
     alignas(32) int16_t m16[16];
     for (int j = 0; j < 8; ++j) {
       int m;
-      ScaleMinQ4K(j, blk.scales, &sc[j], &m);
+      Q4KScaleMin(j, blk.scales, &sc[j], &m);
       m16[2 * j] = m16[2 * j + 1] = static_cast<int16_t>(m);
     }
     const __m256i mins = _mm256_load_si256(reinterpret_cast<const __m256i*>(m16));

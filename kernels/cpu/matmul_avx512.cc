@@ -14,8 +14,8 @@
 // A block count that is not a multiple of the register's goes through the same instructions with
 // the leftover block in the low half of a register whose high half is zero.
 //
-// Only intrinsics and functions local to this file are used (see matmul_avx2.cc): the accessors
-// of QuantizedActs and WeightView and Q4KScaleMin are re-written here for that reason.
+// Only intrinsics, functions local to this file and the `static` helpers of quant_blocks.h and
+// internal.h are used (see matmul_avx2.cc).
 #include <cstdint>
 #include <cstring>
 #include <type_traits>
@@ -32,16 +32,6 @@ constexpr int kChunk = 64;  // weight blocks whose scales are converted to f32 a
 inline int64_t Min64(int64_t a, int64_t b) { return a < b ? a : b; }
 
 inline float HalfToFloat(uint16_t h) { return _cvtsh_ss(h); }
-
-inline const int8_t* ActQs(const QuantizedActs& a, int64_t t) { return a.qs + t * a.cols; }
-inline const float* ActD(const QuantizedActs& a, int64_t t) { return a.d + t * a.blocks; }
-inline const float* ActS(const QuantizedActs& a, int64_t t) { return a.s + t * a.blocks; }
-inline const int16_t* ActBsums(const QuantizedActs& a, int64_t t) {
-  return a.bsums + t * a.blocks * 16;
-}
-inline const uint8_t* WeightRow(const WeightView& w, int64_t r) {
-  return static_cast<const uint8_t*>(w.data) + r * w.row_bytes;
-}
 
 inline float Hsum(__m256 v) {
   __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
@@ -540,17 +530,6 @@ void MicroQ8_0(const uint8_t* const* wrow, const QuantizedActs& a, int64_t t0, f
 // 64 elements of one 32-byte chunk (sub-block 2c in the low half, 2c + 1 in the high half); maddubs
 // gives i16 pair sums and vpdpwssd multiplies them by [sc_2c x16 | sc_2c+1 x16] into the i32 sums.
 
-// Scale and minimum j (< 8) of a Q4_K super-block (ggml's get_scale_min_k4; Q4KScaleMin).
-inline void ScaleMinK4(int j, const uint8_t* s, int* sc, int* m) {
-  if (j < 4) {
-    *sc = s[j] & 63;
-    *m = s[j + 4] & 63;
-  } else {
-    *sc = (s[j + 4] & 0xF) | ((s[j - 4] >> 6) << 4);
-    *m = (s[j + 4] >> 4) | ((s[j] >> 6) << 4);
-  }
-}
-
 template <int MR, int NR>
 void MicroQ4K(const uint8_t* const* wrow, const QuantizedActs& a, int64_t t0, float* y,
               int64_t y_stride, int64_t r0) {
@@ -570,7 +549,7 @@ void MicroQ4K(const uint8_t* const* wrow, const QuantizedActs& a, int64_t t0, fl
     alignas(32) int16_t m16[16];
     for (int j = 0; j < 8; ++j) {
       int m;
-      ScaleMinK4(j, blk.scales, &sc[j], &m);
+      Q4KScaleMin(j, blk.scales, &sc[j], &m);
       m16[2 * j] = m16[2 * j + 1] = static_cast<int16_t>(m);
     }
     const __m256i mins = _mm256_load_si256(reinterpret_cast<const __m256i*>(m16));

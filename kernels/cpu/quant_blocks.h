@@ -42,8 +42,12 @@ static_assert(sizeof(BlockQ8_0) == 34);
 static_assert(sizeof(BlockQ4K) == 144);
 static_assert(sizeof(BlockQ6K) == 210);
 
+// The helpers below are `static`: every translation unit gets its own copy, compiled with its own
+// flags, so the ISA-specific files (*_avx2.cc, *_avx512.cc) may call them without the linker
+// keeping an AVX-compiled copy for the baseline code.
+
 // Scale and minimum j (< 8) of a Q4_K super-block (ggml's get_scale_min_k4).
-inline void Q4KScaleMin(int j, const uint8_t* s, int* sc, int* m) {
+static inline void Q4KScaleMin(int j, const uint8_t* s, int* sc, int* m) {
   if (j < 4) {
     *sc = s[j] & 63;
     *m = s[j + 4] & 63;
@@ -70,12 +74,15 @@ struct QuantizedActs {
   float* d = nullptr;        // [n, blocks]
   float* s = nullptr;        // [n, blocks] (kAct32)
   int16_t* bsums = nullptr;  // [n, blocks * 16] (kAct256)
-
-  const int8_t* qs_row(int64_t t) const { return qs + t * cols; }
-  const float* d_row(int64_t t) const { return d + t * blocks; }
-  const float* s_row(int64_t t) const { return s + t * blocks; }
-  const int16_t* bsums_row(int64_t t) const { return bsums + t * blocks * 16; }
 };
+
+// Token t's rows of the arrays (static, like Q4KScaleMin above).
+static inline const int8_t* ActQs(const QuantizedActs& a, int64_t t) { return a.qs + t * a.cols; }
+static inline const float* ActD(const QuantizedActs& a, int64_t t) { return a.d + t * a.blocks; }
+static inline const float* ActS(const QuantizedActs& a, int64_t t) { return a.s + t * a.blocks; }
+static inline const int16_t* ActBsums(const QuantizedActs& a, int64_t t) {
+  return a.bsums + t * a.blocks * 16;
+}
 
 ActFormat ActFormatFor(int dtype);
 
