@@ -126,6 +126,32 @@ def evaluate(model, data, ratio_attention_factory, batch=16):
     }
 
 
+def load_model(a):
+    """Threads and seed as asked, the model file loaded: (config, tensors, model)."""
+    import torch
+
+    from kvasir_train.model import Llama, load_gguf
+    if a.threads > 0:
+        torch.set_num_threads(a.threads)
+    torch.manual_seed(a.seed)
+    config, tensors = load_gguf(a.model)
+    return config, tensors, Llama(config, tensors)
+
+
+def distill_kl(teacher_logp, logits):
+    """KL(teacher || student) per position, averaged: the distillation loss of every method."""
+    import torch
+    logp = torch.log_softmax(logits, dim=-1)
+    return (teacher_logp.exp() * (teacher_logp - logp)).sum(-1).mean()
+
+
+def decay_lr(opt, step, total):
+    """Each group's rate ("base") constant, then down to a tenth over the last quarter."""
+    tail = max(0.0, (step - 0.75 * total) / (0.25 * total))
+    for group in opt.param_groups:
+        group["lr"] = group["base"] * (1.0 - 0.9 * tail)
+
+
 def load_data(a, model):
     """Generated training and held-out sequences, plus --text cut into --seq-len pieces."""
     import torch
@@ -158,14 +184,10 @@ def main(argv=None):
     from safetensors.torch import save_file
 
     from kvasir_train.dmc import DmcAttention, compression_loss, kv_ratio
-    from kvasir_train.model import LoRA, Llama, load_gguf
+    from kvasir_train.model import LoRA
 
-    if a.threads > 0:
-        torch.set_num_threads(a.threads)
-    torch.manual_seed(a.seed)
     t_start = time.time()
-    config, tensors = load_gguf(a.model)
-    model = Llama(config, tensors)
+    config, tensors, model = load_model(a)
     print(f"retrofit: {a.model}: {config.n_layer} layers, {config.n_head} heads, "
           f"{config.n_head_kv} KV heads, head_dim {config.head_dim}", file=sys.stderr)
 
@@ -181,7 +203,7 @@ def main(argv=None):
         model.lora.load_tensors(init)
         print(f"retrofit: starting from {a.init}", file=sys.stderr)
     params = list(model.lora.parameters())
-    opt = torch.optim.Adam(params, lr=a.lr)
+    opt = torch.optim.Adam([{"params": params, "lr": a.lr, "base": a.lr}])
     gen = torch.Generator().manual_seed(a.seed + 7)
     total = a.zero_out_steps + a.retrofit_steps + a.finetune_steps
     d = config.head_dim
@@ -203,9 +225,7 @@ def main(argv=None):
         x = data[idx]
         with torch.no_grad():
             teacher = torch.log_softmax(model(x, use_lora=False), dim=-1)
-        logits = model(x, attention=att)
-        logp = torch.log_softmax(logits, dim=-1)
-        kl = (teacher.exp() * (teacher - logp)).sum(-1).mean()
+        kl = distill_kl(teacher, model(x, attention=att))
         loss = kl
         if stage == "zero-out":
             # Fade the decision and importance neurons towards 0 (alpha ~ sigmoid(-5)).
@@ -214,10 +234,7 @@ def main(argv=None):
         else:
             merge_target = target * (1.0 + a.margin) if target > 1 else 1.0
             loss = loss + a.cr_weight * compression_loss(att.alphas, merge_target)
-        # Constant, then down to a tenth over the last quarter of the run.
-        tail = max(0.0, (step - 0.75 * total) / (0.25 * total))
-        for group in opt.param_groups:
-            group["lr"] = a.lr * (1.0 - 0.9 * tail)
+        decay_lr(opt, step, total)
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -289,14 +306,9 @@ def main_lococo(a):
     from safetensors.torch import save_file
 
     from kvasir_train.lococo import LococoCompressor, lococo_forward
-    from kvasir_train.model import Llama, load_gguf
 
-    if a.threads > 0:
-        torch.set_num_threads(a.threads)
-    torch.manual_seed(a.seed)
     t_start = time.time()
-    config, tensors = load_gguf(a.model)
-    model = Llama(config, tensors)
+    config, _, model = load_model(a)
     spec = f"lococo:slots={a.slots},chunk={a.chunk}"
     print(f"retrofit: {a.model}: {config.n_layer} layers, head_dim {config.head_dim}; {spec}, "
           f"kernel {a.kernel}", file=sys.stderr)
@@ -315,11 +327,8 @@ def main_lococo(a):
         x = data[torch.randint(0, len(data), (a.batch,), generator=gen)]
         with torch.no_grad():
             teacher = torch.log_softmax(model(x, use_lora=False), dim=-1)
-        logp = torch.log_softmax(lococo_forward(model, comp, x, a.slots, a.chunk)[0], dim=-1)
-        kl = (teacher.exp() * (teacher - logp)).sum(-1).mean()
-        tail = max(0.0, (step - 0.75 * a.steps) / (0.25 * a.steps))
-        for group in opt.param_groups:
-            group["lr"] = group["base"] * (1.0 - 0.9 * tail)
+        kl = distill_kl(teacher, lococo_forward(model, comp, x, a.slots, a.chunk)[0])
+        decay_lr(opt, step, a.steps)
         opt.zero_grad()
         kl.backward()
         opt.step()

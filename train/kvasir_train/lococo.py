@@ -54,22 +54,14 @@ class LococoCompressor(torch.nn.Module):
 
     def compress(self, layer: int, k: torch.Tensor, v: torch.Tensor, hh: torch.Tensor):
         """k, v [N, L, D] (L > slots), hh [N, L] -> k, v [N, slots, D]."""
-        n, length, d = k.shape
-        m_h = self.slots - self.m_c
-        # 1) Heavy hitters, in slot order.
-        kept = torch.topk(hh, m_h, dim=1).indices.sort(dim=1).values  # [N, m_h]
-        is_kept = torch.zeros(n, length, dtype=torch.bool).scatter_(1, kept, True)
-        # The rest, in slot order: a stable sort puts the 0s (not kept) first.
-        rest = torch.sort(is_kept.to(torch.int8), dim=1, stable=True).indices[:, :length - m_h]
-        gather = lambda t, idx: t.gather(1, idx[..., None].expand(-1, -1, d))  # noqa: E731
-        k_h, v_h = gather(k, kept), gather(v, kept)
-        k_r, v_r = gather(k, rest), gather(v, rest)
+        kept, rest, sel = split_slots(hh, self.slots)
+        k_h, v_h = gather_slots(k, kept), gather_slots(v, kept)
+        k_r, v_r = gather_slots(k, rest), gather_slots(v, rest)
         # 2) Convolution weights over the rest.
         x = torch.cat((k_r, v_r), dim=2).transpose(1, 2)  # [N, 2D, S']
         y = F.conv1d(x, self.weight[layer], self.bias[layer], padding=(self.kernel - 1) // 2)
         wc = torch.softmax(F.relu(y), dim=2)  # [N, m_c, S']
-        # 3) One-hot rows: the m_c best of the rest, in slot order.
-        sel = torch.topk(hh.gather(1, rest), self.m_c, dim=1).indices.sort(dim=1).values
+        # 3) One-hot rows: the selected slots of the rest.
         wr = torch.zeros_like(wc).scatter_(2, sel[..., None], 1.0)
         lam = self.lam[layer]
         w = (1 - lam) * wr + lam * wc
@@ -138,15 +130,28 @@ def lococo_forward(model: Llama, comp: LococoCompressor | None, tokens: torch.Te
     return torch.cat(outs, dim=1), held
 
 
-def heavy_hitters(k: torch.Tensor, v: torch.Tensor, hh: torch.Tensor, slots: int):
-    """lambda = 0: the slots of highest score, in slot order (what compress() reduces to)."""
+def split_slots(hh: torch.Tensor, slots: int):
+    """Indices, each in slot order, for a compression of tables scored hh [N, L] to `slots`:
+    the slots - slots // 2 heavy hitters kept, the rest, and (as positions into the rest) the
+    slots // 2 best-scored of the rest, which give the one-hot rows."""
+    n, length = hh.shape
     m_c = slots // 2
     m_h = slots - m_c
-    d = k.shape[2]
-    kept = torch.topk(hh, m_h, dim=1).indices.sort(dim=1).values
-    is_kept = torch.zeros_like(hh, dtype=torch.bool).scatter_(1, kept, True)
-    rest = torch.sort(is_kept.to(torch.int8), dim=1, stable=True).indices[:, :hh.shape[1] - m_h]
+    kept = torch.topk(hh, m_h, dim=1).indices.sort(dim=1).values  # [N, m_h]
+    is_kept = torch.zeros(n, length, dtype=torch.bool).scatter_(1, kept, True)
+    # The rest, in slot order: a stable sort puts the 0s (not kept) first.
+    rest = torch.sort(is_kept.to(torch.int8), dim=1, stable=True).indices[:, :length - m_h]
     sel = torch.topk(hh.gather(1, rest), m_c, dim=1).indices.sort(dim=1).values
+    return kept, rest, sel
+
+
+def gather_slots(t: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """t [N, L, D], idx [N, S] -> [N, S, D]."""
+    return t.gather(1, idx[..., None].expand(-1, -1, t.shape[2]))
+
+
+def heavy_hitters(k: torch.Tensor, v: torch.Tensor, hh: torch.Tensor, slots: int):
+    """lambda = 0: the slots of highest score, in slot order (what compress() reduces to)."""
+    kept, rest, sel = split_slots(hh, slots)
     chosen = torch.cat((kept, rest.gather(1, sel)), dim=1)
-    idx = chosen[..., None].expand(-1, -1, d)
-    return k.gather(1, idx), v.gather(1, idx)
+    return gather_slots(k, chosen), gather_slots(v, chosen)
