@@ -2,6 +2,8 @@
 
 #include <algorithm>
 #include <cmath>
+#include <functional>
+#include <span>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
@@ -13,8 +15,6 @@
 
 namespace kvasir::kvcache {
 namespace {
-
-namespace cpu = kernels::cpu;
 
 // Free mode's default number of protected first slots (docs/compression.md).
 constexpr int32_t kFreeDefaultSink = 4;
@@ -53,6 +53,7 @@ const dmc::State* StateOf(const SequenceKv& seq) {
 
 // Everything one (sequence span, KV head) task of a layer call reads.
 struct HeadTask {
+  kernels::Backend* backend = nullptr;
   KvCache* cache = nullptr;
   const KvGeometry* g = nullptr;
   dmc::StepParams params;
@@ -80,7 +81,7 @@ struct HeadTask {
 void RotateKeys(const HeadTask& t, float* keys, int32_t rows, const int32_t* pos) {
   const KvGeometry& g = *t.g;
   const int32_t d = g.head_dim;
-  cpu::Rope(keys, rows, d, 1, d, g.n_rot, pos, g.rope_base, g.rope_layout);
+  t.backend->Rope(keys, rows, d, 1, d, g.n_rot, pos, g.rope_base, g.rope_layout);
   if (t.params.mode == DmcMode::kLearned) {
     for (int32_t i = 0; i < rows; ++i) keys[static_cast<int64_t>(i) * d + d - 1] = 0.0f;
   }
@@ -99,20 +100,36 @@ void RotateQueries(const HeadTask& t, int32_t first, int32_t rows) {
     }
   };
   if (t.params.mode == DmcMode::kLearned) zero_last();
-  cpu::Rope(q, rows, t.q_stride, group, d, g.n_rot, t.pos + first, g.rope_base, g.rope_layout);
+  t.backend->Rope(q, rows, t.q_stride, group, d, g.n_rot, t.pos + first, g.rope_base,
+                  g.rope_layout);
   if (t.params.mode == DmcMode::kLearned) zero_last();
 }
 
-cpu::AttentionArgs BaseArgs(const HeadTask& t, const RowView& kv, const RowView& vv) {
-  cpu::AttentionArgs a;
-  a.q_token_stride = t.q_stride;
-  a.group = t.params.group;
-  a.head_dim = t.g->head_dim;
-  a.scale = 1.0f / std::sqrt(static_cast<float>(t.g->head_dim));
-  a.k = kv.view;
-  a.v = vv.view;
-  a.out_token_stride = t.out_stride;
-  return a;
+float Scale(const HeadTask& t) { return 1.0f / std::sqrt(static_cast<float>(t.g->head_dim)); }
+
+// Query i of the task over keys [0, n_keys) of its tables (all visible).
+kernels::AttentionItem QueryItem(const HeadTask& t, int32_t i, int32_t n_keys) {
+  kernels::AttentionItem item;
+  item.q = t.q + i * t.q_stride;
+  item.q_token_stride = t.q_stride;
+  item.n_q = 1;
+  item.n_keys = n_keys;
+  item.out = t.out + i * t.out_stride;
+  item.out_token_stride = t.out_stride;
+  return item;
+}
+
+// One backend Attention call of `items` over the task's one-row K and V views.
+void RunAttention(const HeadTask& t, const RowView& kv, const RowView& vv,
+                  std::span<const kernels::AttentionItem> items) {
+  kernels::AttentionBatch b;
+  b.k = kv.view;
+  b.v = vv.view;
+  b.group = t.params.group;
+  b.head_dim = t.g->head_dim;
+  b.scale = Scale(t);
+  b.items = items;
+  t.backend->Attention(b);
 }
 
 // Token by token, as the released code: update, write the tail slot, attend over all slots.
@@ -144,12 +161,8 @@ void RunSerial(const HeadTask& t) {
     t.kt->length = t.vt->length = slot + 1;
     ++t.state->scalars(t.head).tokens;
     RotateQueries(t, i, 1);
-    cpu::AttentionArgs a = BaseArgs(t, kv, vv);
-    a.q = t.q + i * t.q_stride;
-    a.n_q = 1;
-    a.n_keys = slot + 1;
-    a.out = t.out + i * t.out_stride;
-    cpu::Attention(a);
+    const kernels::AttentionItem item = QueryItem(t, i, slot + 1);
+    RunAttention(t, kv, vv, {&item, 1});
   }
 }
 
@@ -211,19 +224,20 @@ void RunParallel(const HeadTask& t) {
   t.kt->length = t.vt->length = slots;
   t.state->scalars(t.head).tokens += n;
 
-  // Attention over the closed slots, then the token's own slot.
+  // Attention over the closed slots (query i sees slots [0, s_i): one item each), then the
+  // token's own slot.
   RotateQueries(t, 0, n);
   RowView kv, vv;
   MakeRowView(cache, *t.kt, kv);
   MakeRowView(cache, *t.vt, vv);
-  cpu::AttentionArgs a = BaseArgs(t, kv, vv);
-  a.q = t.q;
-  a.n_q = n;
-  a.n_keys = slots;
-  a.n_visible = tl_slot.data();
-  a.out = t.out;
-  a.lse = tl_lse.data();
-  cpu::Attention(a);
+  thread_local std::vector<kernels::AttentionItem> tl_items;
+  tl_items.resize(n);
+  for (int32_t i = 0; i < n; ++i) {
+    tl_items[i] = QueryItem(t, i, tl_slot[i]);
+    tl_items[i].lse = tl_lse.data() + static_cast<int64_t>(i) * group;
+  }
+  RunAttention(t, kv, vv, tl_items);
+  const float scale = Scale(t);
 
   const bool f16 = cache.pool().dtype() == DType::kF16;
   float* lse_self = tl_lse.data() + static_cast<int64_t>(n) * group;
@@ -240,11 +254,12 @@ void RunParallel(const HeadTask& t) {
     for (int32_t h = 0; h < group; ++h) {
       float dot = 0.0f;
       for (int32_t j = 0; j < d; ++j) dot += q[h * d + j] * kr[j];
-      lse_self[h] = dot * a.scale;
+      lse_self[h] = dot * scale;
       std::copy(vr, vr + d, tl_self.data() + static_cast<int64_t>(h) * d);
     }
-    cpu::MergeAttention(t.out + i * t.out_stride, tl_lse.data() + static_cast<int64_t>(i) * group,
-                        tl_self.data(), lse_self, group, d);
+    t.backend->MergeAttention(t.out + i * t.out_stride,
+                              tl_lse.data() + static_cast<int64_t>(i) * group, tl_self.data(),
+                              lse_self, group, d);
   }
 }
 
@@ -294,12 +309,8 @@ void RunRecent(const HeadTask& t) {
     t.kt->length = t.vt->length = length;
     ++s.tokens;
     RotateQueries(t, i, 1);
-    cpu::AttentionArgs a = BaseArgs(t, kv, vv);
-    a.q = t.q + i * t.q_stride;
-    a.n_q = 1;
-    a.n_keys = length;
-    a.out = t.out + i * t.out_stride;
-    cpu::Attention(a);
+    const kernels::AttentionItem item = QueryItem(t, i, length);
+    RunAttention(t, kv, vv, {&item, 1});
   }
 }
 
@@ -371,7 +382,11 @@ absl::Status DmcPolicy::Reserve(KvCache& cache, SequenceKv& seq, int32_t n_new) 
 }
 
 absl::Status DmcPolicy::Attend(KvCache& cache, const LayerInputs& in,
-                               kernels::cpu::CpuContext& ctx) const {
+                               kernels::Backend& backend) const {
+  // The merges read and rewrite the tables' slots on the host.
+  if (!backend.host_addressable()) {
+    return absl::FailedPreconditionError("the dmc KV policy runs on the CPU backend only for now");
+  }
   const KvGeometry& g = cache.geometry();
   const int32_t n_kv = g.n_head_kv;
   const int32_t hd = g.head_dim;
@@ -402,6 +417,7 @@ absl::Status DmcPolicy::Attend(KvCache& cache, const LayerInputs& in,
     }
     for (int32_t h = 0; h < n_kv; ++h) {
       HeadTask t;
+      t.backend = &backend;
       t.cache = &cache;
       t.g = &g;
       t.params = params;
@@ -443,11 +459,9 @@ absl::Status DmcPolicy::Attend(KvCache& cache, const LayerInputs& in,
       RunSerial(t);
     }
   };
-  if (ctx.pool != nullptr) {
-    ctx.pool->ParallelFor(static_cast<int64_t>(tasks.size()), run);
-  } else {
-    for (size_t i = 0; i < tasks.size(); ++i) run(static_cast<int64_t>(i), 0);
-  }
+  // One host task per (span, KV head); the backend operations inside run on the task's thread.
+  // std::cref: the std::function refers to `run` instead of copying it to the heap.
+  backend.HostParallelFor(static_cast<int64_t>(tasks.size()), std::cref(run));
   return absl::OkStatus();
 }
 

@@ -91,7 +91,7 @@ class DmcPolicy : public KvPolicy {
   int64_t PlannedPages(const KvGeometry& geometry, int32_t page_size,
                        int64_t n_tokens) const override;
   absl::Status Attend(KvCache& cache, const LayerInputs& in,
-                      kernels::cpu::CpuContext& ctx) const override;
+                      kernels::Backend& backend) const override;
   absl::Status EndStep(KvCache& cache, SequenceKv& seq, int32_t n_new) const override;
   // Versioned little-endian bytes of every head's accumulators, ring, run length, window pointer
   // and threshold state. LoadState needs the tables restored first (it checks their lengths) and

@@ -1,9 +1,9 @@
-// Helpers shared by the streaming, h2o and lococo policies (kvcache/eviction_common.h).
+// Helpers shared by the streaming, h2o and lococo policies and the append path
+// (kvcache/eviction_common.h).
 #include "kvcache/eviction_common.h"
 
 #include <bit>
 #include <cmath>
-#include <cstring>
 
 #include "absl/strings/str_cat.h"
 #include "common/strings.h"
@@ -26,11 +26,111 @@ HeadRows RowsOf(const LayerInputs& in, const SeqSpan& span, int32_t kv_head, con
   return r;
 }
 
-void RotateRows(const HeadRows& r, const KvGeometry& g) {
-  kernels::cpu::Rope(r.q, r.count, r.q_stride, g.group(), g.head_dim, g.n_rot, r.pos, g.rope_base,
-                     g.rope_layout);
-  kernels::cpu::Rope(r.k, r.count, r.k_stride, 1, g.head_dim, g.n_rot, r.pos, g.rope_base,
-                     g.rope_layout);
+void RotateRows(const HeadRows& r, const KvGeometry& g, kernels::Backend& backend) {
+  backend.Rope(r.q, r.count, r.q_stride, g.group(), g.head_dim, g.n_rot, r.pos, g.rope_base,
+               g.rope_layout);
+  backend.Rope(r.k, r.count, r.k_stride, 1, g.head_dim, g.n_rot, r.pos, g.rope_base, g.rope_layout);
+}
+
+void RotateSpans(const LayerInputs& in, const KvGeometry& g, kernels::Backend& backend) {
+  const size_t n = in.seqs.size();
+  for (size_t s = 0; s < n;) {
+    const int64_t begin = in.seqs[s].begin;
+    int64_t end = begin + in.seqs[s].count;
+    size_t next = s + 1;
+    for (; next < n && in.seqs[next].begin == end; ++next) end += in.seqs[next].count;
+    if (end > begin) {
+      backend.Rope(in.q + begin * in.q_stride, end - begin, in.q_stride, g.n_head, g.head_dim,
+                   g.n_rot, in.pos + begin, g.rope_base, g.rope_layout);
+      backend.Rope(in.k + begin * in.k_stride, end - begin, in.k_stride, g.n_head_kv, g.head_dim,
+                   g.n_rot, in.pos + begin, g.rope_base, g.rope_layout);
+    }
+    s = next;
+  }
+}
+
+kernels::SlotPool SlotPoolOf(KvCache& cache) {
+  PagePool& pool = cache.pool();
+  return {.data = pool.base(),
+          .page_size = pool.page_size(),
+          .head_dim = pool.head_dim(),
+          .dtype = pool.dtype()};
+}
+
+int64_t GlobalSlot(const KvCache& cache, const HeadTable& t, int32_t slot) {
+  const int32_t page_size = cache.pool().page_size();
+  return int64_t{t.pages[slot / page_size]} * page_size + slot % page_size;
+}
+
+void SlotWritePlan::Add(const KvCache& cache, const LayerInputs& in, const SeqSpan& span, int32_t h,
+                        int32_t i, const HeadTable& kt, const HeadTable& vt, int32_t slot) {
+  const int64_t row = int64_t{span.begin} + i;
+  const int64_t head = int64_t{h} * cache.geometry().head_dim;
+  k_src_.push_back(row * in.k_stride + head);
+  k_dst_.push_back(GlobalSlot(cache, kt, slot));
+  v_src_.push_back(row * in.v_stride + head);
+  v_dst_.push_back(GlobalSlot(cache, vt, slot));
+}
+
+void SlotWritePlan::Run(KvCache& cache, const LayerInputs& in, kernels::Backend& backend) {
+  if (empty()) return;
+  kernels::SlotWrites w;
+  w.pool = SlotPoolOf(cache);
+  w.n = static_cast<int64_t>(k_dst_.size());
+  w.src = in.k;
+  w.src_offsets = k_src_.data();
+  w.dst_slots = k_dst_.data();
+  backend.WriteSlots(w);
+  w.src = in.v;
+  w.src_offsets = v_src_.data();
+  w.dst_slots = v_dst_.data();
+  backend.WriteSlots(w);
+  Clear();
+}
+
+void SlotWritePlan::Clear() {
+  k_src_.clear();
+  k_dst_.clear();
+  v_src_.clear();
+  v_dst_.clear();
+}
+
+kernels::AttentionItem ItemOf(const HeadRows& rows, int32_t first, int32_t n_q, int32_t row,
+                              int32_t n_keys, int32_t causal_base) {
+  kernels::AttentionItem item;
+  item.q = rows.q + first * rows.q_stride;
+  item.q_token_stride = rows.q_stride;
+  item.n_q = n_q;
+  item.k_row = row;
+  item.v_row = row;
+  item.n_keys = n_keys;
+  item.causal_base = causal_base;
+  item.out = rows.out + first * rows.out_stride;
+  item.out_token_stride = rows.out_stride;
+  return item;
+}
+
+void LayerPlan::Clear() {
+  k_tables.clear();
+  v_tables.clear();
+  writes.Clear();
+  items.clear();
+}
+
+void LayerPlan::BuildViews(const KvCache& cache) {
+  k_view = cache.BuildView(k_tables, k_storage);
+  v_view = cache.BuildView(v_tables, v_storage);
+}
+
+kernels::AttentionBatch LayerPlan::Batch(const KvGeometry& g) const {
+  kernels::AttentionBatch b;
+  b.k = k_view;
+  b.v = v_view;
+  b.group = g.group();
+  b.head_dim = g.head_dim;
+  b.scale = 1.0f / std::sqrt(static_cast<float>(g.head_dim));
+  b.items = items;
+  return b;
 }
 
 namespace {
@@ -62,23 +162,18 @@ TableAttention::TableAttention(const KvCache& cache, const HeadTable& k, const H
   FillView(cache, v, v_indptr_, &v_last_, v_view_);
 }
 
-void TableAttention::Run(const HeadRows& rows, int32_t first, int32_t n, int32_t n_keys,
-                         const int32_t* n_visible, float* col_sums) const {
-  kernels::cpu::AttentionArgs a;
-  a.q = rows.q + first * rows.q_stride;
-  a.q_token_stride = rows.q_stride;
-  a.n_q = n;
-  a.group = group_;
-  a.head_dim = head_dim_;
-  a.scale = scale_;
-  a.k = k_view_;
-  a.v = v_view_;
-  a.n_keys = n_keys;
-  a.n_visible = n_visible;
-  a.out = rows.out + first * rows.out_stride;
-  a.out_token_stride = rows.out_stride;
-  a.col_sums = col_sums;
-  kernels::cpu::Attention(a);
+void TableAttention::Run(kernels::Backend& backend, const HeadRows& rows, int32_t first, int32_t n,
+                         int32_t n_keys, int32_t causal_base, float* col_sums) const {
+  kernels::AttentionItem item = ItemOf(rows, first, n, 0, n_keys, causal_base);
+  item.col_sums = col_sums;
+  kernels::AttentionBatch b;
+  b.k = k_view_;
+  b.v = v_view_;
+  b.group = group_;
+  b.head_dim = head_dim_;
+  b.scale = scale_;
+  b.items = std::span<const kernels::AttentionItem>(&item, 1);
+  backend.Attention(b);
 }
 
 void TruncateEveryTable(KvCache& cache, SequenceKv& seq) {
@@ -99,11 +194,6 @@ absl::Status CheckReserved(const KvCache& cache, const HeadTable& k, const HeadT
     return absl::FailedPreconditionError("KV tables were not reserved before Attend");
   }
   return absl::OkStatus();
-}
-
-void CopySlot(KvCache& cache, const HeadTable& table, int32_t from, int32_t to) {
-  if (from == to) return;
-  std::memcpy(cache.SlotPtr(table, to), cache.SlotPtr(table, from), cache.pool().slot_bytes());
 }
 
 void StateWriter::U32(uint32_t v) {

@@ -1,19 +1,23 @@
 // Private helpers of the policies that keep a subset of tokens per (sequence, layer, KV head)
-// (streaming, h2o, lococo; dmc shares the table bookkeeping): reserving and trimming every table,
-// per-head access to a layer's inputs, attention over one K/V table pair through a one-row CSR
-// view, and the little-endian byte format of their SaveState blobs.
-// Not part of the kvcache API: include only from kvcache/*_policy.cc.
+// (streaming, h2o, lococo; dmc shares the table bookkeeping) and of the append path (full,
+// kvcache/attention.cc): reserving and trimming every table, per-head access to a layer's inputs,
+// the plan of a layer call that backend operations run (RoPE of the spans' rows, slot writes,
+// attention items over the layer's CSR views), attention over one K/V table pair through a
+// one-row CSR view, and the little-endian byte format of the SaveState blobs.
+// Not part of the kvcache API: include only from kvcache/*_policy.cc and kvcache/attention.cc.
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <span>
 #include <string>
 #include <string_view>
 #include <utility>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "common/status_macros.h"
-#include "kernels/cpu/ops.h"
+#include "kernels/backend.h"
 #include "kernels/types.h"
 #include "kvcache/kv_cache.h"
 #include "kvcache/policy.h"
@@ -59,22 +63,72 @@ struct HeadRows {
 };
 
 // Runs fn(span, kv_head, k_table, v_table) for every (sequence span, KV head) of a layer call, one
-// pool task each.
+// host task each (backend.HostParallelFor: backend operations inside run on the task's thread).
 template <typename Fn>
-void ForEachHeadTask(const LayerInputs& in, int32_t n_head_kv, kernels::cpu::CpuContext& ctx,
-                     Fn&& fn) {
-  ctx.pool->ParallelFor(static_cast<int64_t>(in.seqs.size()) * n_head_kv, [&](int64_t task, int) {
-    const SeqSpan& span = in.seqs[static_cast<size_t>(task / n_head_kv)];
-    const int32_t h = static_cast<int32_t>(task % n_head_kv);
+void ForEachHeadTask(const LayerInputs& in, int32_t n_head_kv, kernels::Backend& backend, Fn&& fn) {
+  const auto task = [&](int64_t t, int) {
+    const SeqSpan& span = in.seqs[static_cast<size_t>(t / n_head_kv)];
+    const int32_t h = static_cast<int32_t>(t % n_head_kv);
     fn(span, h, span.seq->k(in.layer, h), span.seq->v(in.layer, h));
-  });
+  };
+  // std::cref: the std::function refers to `task` instead of copying it to the heap.
+  backend.HostParallelFor(static_cast<int64_t>(in.seqs.size()) * n_head_kv, std::cref(task));
 }
 
 HeadRows RowsOf(const LayerInputs& in, const SeqSpan& span, int32_t kv_head,
                 const KvGeometry& geometry);
 
 // Applies RoPE at the tokens' positions to the group's queries and the key, in place.
-void RotateRows(const HeadRows& rows, const KvGeometry& geometry);
+void RotateRows(const HeadRows& rows, const KvGeometry& geometry, kernels::Backend& backend);
+
+// Applies RoPE to the q and k rows of every sequence span of a layer call, in place: one Rope call
+// for q and one for k per run of adjacent spans (every head of a token turns by the same angles,
+// so this is what RotateRows does head by head).
+void RotateSpans(const LayerInputs& in, const KvGeometry& geometry, kernels::Backend& backend);
+
+// The page pool as the backend's slot operations see it, and the global index (page * page_size
+// + slot) of slot `slot` of a table (which must hold its page).
+kernels::SlotPool SlotPoolOf(KvCache& cache);
+int64_t GlobalSlot(const KvCache& cache, const HeadTable& table, int32_t slot);
+
+// Slot writes of a layer call, from the rows of its k and v buffers into K and V tables: the plan
+// arrays of two Backend::WriteSlots calls. Reused between calls (hold one per thread).
+class SlotWritePlan {
+ public:
+  // Token i of `span`, KV head h: its key into slot `slot` of kt, its value into the same slot of
+  // vt.
+  void Add(const KvCache& cache, const LayerInputs& in, const SeqSpan& span, int32_t h, int32_t i,
+           const HeadTable& kt, const HeadTable& vt, int32_t slot);
+  bool empty() const { return k_dst_.empty(); }
+  // Issues the writes (WriteSlots for the keys, then for the values) and forgets them.
+  void Run(KvCache& cache, const LayerInputs& in, kernels::Backend& backend);
+  void Clear();
+
+ private:
+  std::vector<int64_t> k_src_, k_dst_, v_src_, v_dst_;  // [writes] offsets in floats; slots
+};
+
+// The attention item of queries [first, first + n_q) of `rows` over keys [0, n_keys) of row `row`
+// of the batch's K and V views; causal_base as AttentionItem has it.
+kernels::AttentionItem ItemOf(const HeadRows& rows, int32_t first, int32_t n_q, int32_t row,
+                              int32_t n_keys, int32_t causal_base);
+
+// The plan of one layer call of the policies whose tables are rows of the layer's CSR views
+// (full, streaming, h2o): row span_index * n_head_kv + kv_head holds that pair's K and V tables.
+// Plan arrays, reused between calls (hold one per thread).
+struct LayerPlan {
+  std::vector<const HeadTable*> k_tables, v_tables;  // [row]
+  KvCache::ViewStorage k_storage, v_storage;
+  kernels::PagedKvView k_view, v_view;  // valid after BuildViews
+  SlotWritePlan writes;
+  std::vector<kernels::AttentionItem> items;
+
+  void Clear();
+  // The views over the tables at their current lengths (which must cover every item's keys).
+  void BuildViews(const KvCache& cache);
+  // An attention batch of the items over the views.
+  kernels::AttentionBatch Batch(const KvGeometry& geometry) const;
+};
 
 // Attention of some of a head's queries over slots [0, n_keys) of one K table and one V table,
 // through one-row views that cover every reserved page of the tables (so the tables' lengths may
@@ -86,10 +140,11 @@ class TableAttention {
   TableAttention(const TableAttention&) = delete;
   TableAttention& operator=(const TableAttention&) = delete;
 
-  // Queries [first, first + n) of `rows` attend over keys [0, n_keys); query i sees the keys
-  // below n_visible[i] when n_visible is given. col_sums (optional, [n_keys]) is added to.
-  void Run(const HeadRows& rows, int32_t first, int32_t n, int32_t n_keys, const int32_t* n_visible,
-           float* col_sums) const;
+  // Queries [first, first + n) of `rows` attend over keys [0, n_keys), through one backend
+  // Attention call; causal_base as AttentionItem has it. col_sums (optional, [n_keys], backend
+  // memory) is added to.
+  void Run(kernels::Backend& backend, const HeadRows& rows, int32_t first, int32_t n,
+           int32_t n_keys, int32_t causal_base, float* col_sums) const;
 
  private:
   int32_t group_ = 1;
@@ -102,9 +157,6 @@ class TableAttention {
   kernels::PagedKvView k_view_;
   kernels::PagedKvView v_view_;
 };
-
-// Copies slot `from` of a table to slot `to` (both must be held), in the pool's dtype.
-void CopySlot(KvCache& cache, const HeadTable& table, int32_t from, int32_t to);
 
 // Appends little-endian values to a byte string.
 class StateWriter {

@@ -11,8 +11,8 @@ absl::Status FullPolicy::Reserve(KvCache& cache, SequenceKv& seq, int32_t n_new)
 }
 
 absl::Status FullPolicy::Attend(KvCache& cache, const LayerInputs& in,
-                                kernels::cpu::CpuContext& ctx) const {
-  return AppendAndAttend(cache, in, ctx);
+                                kernels::Backend& backend) const {
+  return AppendAndAttend(cache, in, backend);
 }
 
 PolicyResult MakeFullPolicy(PolicyArgs& args, const KvGeometry& geometry) {

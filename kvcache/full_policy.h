@@ -13,7 +13,7 @@ class FullPolicy : public KvPolicy {
   std::string spec() const override { return "full"; }
   absl::Status Reserve(KvCache& cache, SequenceKv& seq, int32_t n_new) const override;
   absl::Status Attend(KvCache& cache, const LayerInputs& in,
-                      kernels::cpu::CpuContext& ctx) const override;
+                      kernels::Backend& backend) const override;
 };
 
 }  // namespace kvasir::kvcache

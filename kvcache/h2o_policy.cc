@@ -4,6 +4,9 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstddef>
+#include <functional>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "common/status_macros.h"
@@ -61,9 +64,10 @@ absl::Status H2oPolicy::Reserve(KvCache& cache, SequenceKv& seq, int32_t n_new) 
 }
 
 absl::Status H2oPolicy::Attend(KvCache& cache, const LayerInputs& in,
-                               kernels::cpu::CpuContext& ctx) const {
+                               kernels::Backend& backend) const {
   const KvGeometry& g = cache.geometry();
   const int32_t n_kv = g.n_head_kv;
+  size_t score_floats = 0;  // the most slots each table holds in this call, summed
   for (const SeqSpan& span : in.seqs) {
     const H2oState* state = StateOf(*span.seq);
     if (state == nullptr || state->n_layer() != g.n_layer || state->n_head_kv() != n_kv) {
@@ -82,49 +86,140 @@ absl::Status H2oPolicy::Attend(KvCache& cache, const LayerInputs& in,
       }
       const int64_t need = std::min<int64_t>(int64_t{kt.length} + span.count, budget_ + 1);
       KVASIR_RETURN_IF_ERROR(internal::CheckReserved(cache, kt, vt, need));
+      score_floats += static_cast<size_t>(need);
     }
   }
 
-  internal::ForEachHeadTask(
-      in, n_kv, ctx, [&](const SeqSpan& span, int32_t h, HeadTable& kt, HeadTable& vt) {
-        H2oState::Head& head = StateOf(*span.seq)->head(in.layer, h);
-        const internal::HeadRows rows = internal::RowsOf(in, span, h, g);
-        internal::RotateRows(rows, g);
-        const internal::TableAttention attention(cache, kt, vt);
-        const int64_t t0 = span.seq->n_tokens();
-        int32_t len = kt.length;
-        for (int32_t i = 0; i < span.count; ++i) {
-          const int32_t t = static_cast<int32_t>(t0 + i);
-          cache.WriteSlot(kt, len, rows.k + i * rows.k_stride);
-          cache.WriteSlot(vt, len, rows.v + i * rows.v_stride);
-          head.token.push_back(t);
-          head.score.push_back(0.0f);
-          ++len;
-          // The group's probabilities of this query are added straight into the scores.
-          attention.Run(rows, i, 1, len, nullptr, head.score.data());
-          if (len <= budget_) continue;
-          // Evict the lowest score among the tokens older than the `recent` newest (ties: oldest).
-          int32_t victim = -1;
-          for (int32_t s = 0; s < len; ++s) {
-            if (head.token[s] > t - recent_) continue;
-            if (victim < 0 || head.score[s] < head.score[victim] ||
-                (head.score[s] == head.score[victim] && head.token[s] < head.token[victim])) {
-              victim = s;
-            }
-          }
-          const int32_t last = len - 1;
-          if (victim != last) {
-            internal::CopySlot(cache, kt, last, victim);
-            internal::CopySlot(cache, vt, last, victim);
-            head.token[victim] = head.token[last];
-            head.score[victim] = head.score[last];
-          }
-          head.token.pop_back();
-          head.score.pop_back();
-          --len;
-        }
-        kt.length = vt.length = len;
-      });
+  // The scores live in backend memory through the call, one region of `need` floats per table:
+  // the kept slots' scores, then zeros for the slots the call appends. Each query's attention adds
+  // its probabilities to its table's region (col_sums). The host reads a region back when it
+  // evicts from that table (and writes back the two values an eviction changes) and at the end.
+  BackendScratch call_scratch;
+  BackendScratch& scratch = in.scratch != nullptr ? *in.scratch : call_scratch;
+  auto* scores =
+      static_cast<float*>(scratch.Get(backend, std::max<size_t>(score_floats, 1) * sizeof(float)));
+  if (scores == nullptr) {
+    return absl::ResourceExhaustedError("h2o: out of backend memory for the attention scores");
+  }
+
+  // The plan. Tokens go one at a time, so round r serves token r of every span: its key and value
+  // are appended (with the refills of round r - 1's evictions, which write the previous token
+  // into the evicted slots), its query attends over the table, and the host picks the victims of
+  // the tables that hold budget + 1 slots. The views cover the most slots a table holds in the
+  // call; `len` follows each table's length. Plan arrays reused across calls.
+  struct Row {
+    const SeqSpan* span = nullptr;
+    H2oState::Head* head = nullptr;
+    int32_t h = 0;
+    int32_t len = 0;      // slots held
+    size_t at = 0;        // the table's region of `scores`
+    int32_t victim = -1;  // the slot this round's eviction refills, or -1
+    bool stale = false;   // head->score lags the region
+  };
+  thread_local internal::LayerPlan tl_plan;
+  thread_local std::vector<Row> tl_rows;
+  thread_local std::vector<int32_t> tl_evicting;  // rows over the budget in the current round
+  thread_local std::vector<float> tl_staging;
+  internal::LayerPlan& plan = tl_plan;
+  std::vector<Row>& rows = tl_rows;
+  std::vector<int32_t>& evicting = tl_evicting;
+  std::vector<float>& staging = tl_staging;
+  plan.Clear();
+  rows.clear();
+  staging.assign(score_floats, 0.0f);
+  int32_t n_rounds = 0;
+  size_t at = 0;
+  for (const SeqSpan& span : in.seqs) {
+    n_rounds = std::max(n_rounds, span.count);
+    for (int32_t h = 0; h < n_kv; ++h) {
+      HeadTable& kt = span.seq->k(in.layer, h);
+      HeadTable& vt = span.seq->v(in.layer, h);
+      H2oState::Head& head = StateOf(*span.seq)->head(in.layer, h);
+      rows.push_back({&span, &head, h, kt.length, at, -1, false});
+      std::copy(head.score.begin(), head.score.end(), staging.begin() + static_cast<ptrdiff_t>(at));
+      const int32_t need = std::min(kt.length + span.count, budget_ + 1);
+      at += static_cast<size_t>(need);
+      kt.length = vt.length = need;
+      plan.k_tables.push_back(&kt);
+      plan.v_tables.push_back(&vt);
+    }
+  }
+  plan.BuildViews(cache);
+
+  internal::RotateSpans(in, g, backend);
+  if (score_floats > 0) backend.Upload(scores, staging.data(), score_floats * sizeof(float));
+  const int32_t recent = recent_;
+  const auto evict = [&](int64_t task, int) {
+    Row& row = rows[static_cast<size_t>(evicting[static_cast<size_t>(task)])];
+    H2oState::Head& head = *row.head;
+    float* region = scores + row.at;
+    backend.Download(head.score.data(), region, sizeof(float) * row.len);
+    row.stale = false;
+    const int32_t t = head.token.back();
+    // Evict the lowest score among the tokens older than the `recent` newest (ties: oldest).
+    int32_t victim = -1;
+    for (int32_t s = 0; s < row.len; ++s) {
+      if (head.token[s] > t - recent) continue;
+      if (victim < 0 || head.score[s] < head.score[victim] ||
+          (head.score[s] == head.score[victim] && head.token[s] < head.token[victim])) {
+        victim = s;
+      }
+    }
+    // The newest token, in the last slot, moves into the victim's slot; the last slot is free
+    // again (score 0 for the next append).
+    const int32_t last = row.len - 1;
+    row.victim = -1;
+    if (victim != last) {
+      head.token[victim] = head.token[last];
+      head.score[victim] = head.score[last];
+      backend.Upload(region + victim, &head.score[victim], sizeof(float));
+      row.victim = victim;
+    }
+    backend.Fill(region + last, 0, sizeof(float));
+    head.token.pop_back();
+    head.score.pop_back();
+    --row.len;
+  };
+  for (int32_t r = 0; r < n_rounds; ++r) {
+    plan.items.clear();
+    evicting.clear();
+    for (size_t i = 0; i < rows.size(); ++i) {
+      Row& row = rows[i];
+      const SeqSpan& span = *row.span;
+      if (r >= span.count) continue;
+      plan.writes.Add(cache, in, span, row.h, r, *plan.k_tables[i], *plan.v_tables[i], row.len);
+      row.head->token.push_back(static_cast<int32_t>(span.seq->n_tokens() + r));
+      row.head->score.push_back(0.0f);
+      row.stale = true;
+      ++row.len;
+      kernels::AttentionItem item = internal::ItemOf(internal::RowsOf(in, span, row.h, g), r, 1,
+                                                     static_cast<int32_t>(i), row.len, -1);
+      item.col_sums = scores + row.at;
+      plan.items.push_back(item);
+      if (row.len > budget_) evicting.push_back(static_cast<int32_t>(i));
+    }
+    plan.writes.Run(cache, in, backend);
+    backend.Attention(plan.Batch(g));
+    // std::cref: the std::function refers to `evict` instead of copying it to the heap.
+    backend.HostParallelFor(static_cast<int64_t>(evicting.size()), std::cref(evict));
+    // The refills: the newest token's key and value written again, now into the victim's slot
+    // (the same bytes as the last slot holds).
+    for (int32_t i : evicting) {
+      const Row& row = rows[static_cast<size_t>(i)];
+      if (row.victim < 0) continue;
+      plan.writes.Add(cache, in, *row.span, row.h, r, *plan.k_tables[i], *plan.v_tables[i],
+                      row.victim);
+    }
+  }
+  plan.writes.Run(cache, in, backend);
+  for (size_t i = 0; i < rows.size(); ++i) {
+    Row& row = rows[i];
+    if (row.stale) {
+      backend.Download(row.head->score.data(), scores + row.at, sizeof(float) * row.len);
+    }
+    row.span->seq->k(in.layer, row.h).length = row.len;
+    row.span->seq->v(in.layer, row.h).length = row.len;
+  }
   return absl::OkStatus();
 }
 

@@ -53,7 +53,7 @@ class H2oPolicy : public KvPolicy {
   int64_t PlannedPages(const KvGeometry& geometry, int32_t page_size,
                        int64_t n_tokens) const override;
   absl::Status Attend(KvCache& cache, const LayerInputs& in,
-                      kernels::cpu::CpuContext& ctx) const override;
+                      kernels::Backend& backend) const override;
   // Frees the page of the transient (B + 1)-th slot.
   absl::Status EndStep(KvCache& cache, SequenceKv& seq, int32_t n_new) const override;
   // Format (little-endian): "H2OS", version 1, n_layer, n_head_kv, budget, recent, then per

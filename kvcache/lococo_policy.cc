@@ -190,7 +190,12 @@ absl::Status LococoPolicy::Reserve(KvCache& cache, SequenceKv& seq, int32_t n_ne
 }
 
 absl::Status LococoPolicy::Attend(KvCache& cache, const LayerInputs& in,
-                                  kernels::cpu::CpuContext& ctx) const {
+                                  kernels::Backend& backend) const {
+  // The compression reads and rewrites the tables' slots on the host.
+  if (!backend.host_addressable()) {
+    return absl::FailedPreconditionError(
+        "the lococo KV policy runs on the CPU backend only for now");
+  }
   const KvGeometry& g = cache.geometry();
   const int32_t n_kv = g.n_head_kv;
   const int32_t hd = g.head_dim;
@@ -217,12 +222,11 @@ absl::Status LococoPolicy::Attend(KvCache& cache, const LayerInputs& in,
   }
 
   internal::ForEachHeadTask(
-      in, n_kv, ctx, [&](const SeqSpan& span, int32_t h, HeadTable& kt, HeadTable& vt) {
+      in, n_kv, backend, [&](const SeqSpan& span, int32_t h, HeadTable& kt, HeadTable& vt) {
         std::vector<float>& hh = StateOf(*span.seq)->hh(in.layer, h);
         const internal::HeadRows rows = internal::RowsOf(in, span, h, g);
-        internal::RotateRows(rows, g);
+        internal::RotateRows(rows, g, backend);
         const internal::TableAttention attention(cache, kt, vt);
-        thread_local std::vector<int32_t> visible;
         thread_local std::vector<float> old_k, old_v, new_k, new_v;
         const int64_t t0 = span.seq->n_tokens();
         int32_t len = kt.length;
@@ -230,15 +234,13 @@ absl::Status LococoPolicy::Attend(KvCache& cache, const LayerInputs& in,
           // The part of the span that falls in the current chunk.
           const int32_t in_chunk = static_cast<int32_t>((t0 + i) % chunk_);
           const int32_t n = std::min(span.count - i, chunk_ - in_chunk);
-          visible.resize(n);
           for (int32_t j = 0; j < n; ++j) {
             cache.WriteSlot(kt, len + j, rows.k + (i + j) * rows.k_stride);
             cache.WriteSlot(vt, len + j, rows.v + (i + j) * rows.v_stride);
-            visible[j] = len + j + 1;
           }
           hh.resize(static_cast<size_t>(len) + n, 0.0f);
           kt.length = vt.length = len + n;
-          attention.Run(rows, i, n, len + n, visible.data(), hh.data());
+          attention.Run(backend, rows, i, n, len + n, len, hh.data());
           len += n;
           i += n;
           if ((t0 + i) % chunk_ != 0) continue;

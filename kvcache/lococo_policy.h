@@ -63,7 +63,7 @@ class LococoPolicy : public KvPolicy {
   int64_t PlannedPages(const KvGeometry& geometry, int32_t page_size,
                        int64_t n_tokens) const override;
   absl::Status Attend(KvCache& cache, const LayerInputs& in,
-                      kernels::cpu::CpuContext& ctx) const override;
+                      kernels::Backend& backend) const override;
   // Frees the pages a compression emptied.
   absl::Status EndStep(KvCache& cache, SequenceKv& seq, int32_t n_new) const override;
   // Format (little-endian): "LCCS", version 1, n_layer, n_head_kv, slots, chunk, then per

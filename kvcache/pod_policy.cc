@@ -5,6 +5,8 @@
 
 #include <algorithm>
 #include <cmath>
+#include <functional>
+#include <span>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
@@ -13,8 +15,6 @@
 
 namespace kvasir::kvcache {
 namespace {
-
-namespace cpu = kernels::cpu;
 
 // State blob: "KPOD", u32 version, i32 sink, i32 window, i32 n_layer, i32 n_head_kv,
 // i64 n_tokens, then i32 anchor[layer * n_head_kv + head]; all little-endian.
@@ -37,15 +37,6 @@ uint64_t GetU64(const char* p) {
   uint64_t v = 0;
   for (int i = 0; i < 8; ++i) v |= static_cast<uint64_t>(static_cast<uint8_t>(p[i])) << (8 * i);
   return v;
-}
-
-template <typename F>
-void ParallelFor(cpu::CpuContext& ctx, int64_t n, F&& fn) {
-  if (ctx.pool != nullptr) {
-    ctx.pool->ParallelFor(n, fn);
-  } else {
-    for (int64_t t = 0; t < n; ++t) fn(t, 0);
-  }
 }
 
 // One partial attention of a query: `count` keys from slot k_begin of its own K table (or of the
@@ -123,7 +114,11 @@ absl::Status PodPolicy::Reserve(KvCache& cache, SequenceKv& seq, int32_t n_new) 
 }
 
 absl::Status PodPolicy::Attend(KvCache& cache, const LayerInputs& in,
-                               kernels::cpu::CpuContext& ctx) const {
+                               kernels::Backend& backend) const {
+  // The per-query bands write the ring and attend query by query on the host's schedule.
+  if (!backend.host_addressable()) {
+    return absl::FailedPreconditionError("the pod KV policy runs on the CPU backend only for now");
+  }
   const KvGeometry& g = cache.geometry();
   const int32_t l = in.layer;
   if (g.n_layer != groups_.n_layer() || g.n_head_kv != groups_.n_head_kv() || l < 0 ||
@@ -202,7 +197,8 @@ absl::Status PodPolicy::Attend(KvCache& cache, const LayerInputs& in,
   const kernels::PagedKvView v_view = cache.BuildView(v_tables, v_storage);
   const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
 
-  ParallelFor(ctx, static_cast<int64_t>(tasks.size()), [&](int64_t task, int) {
+  // One host task per (span, KV head); the backend operations inside run on the task's thread.
+  const auto run = [&](int64_t task, int) {
     const SeqSpan& span = in.seqs[static_cast<size_t>(task / n_kv)];
     const int32_t h = static_cast<int32_t>(task % n_kv);
     const Task& info = tasks[static_cast<size_t>(task)];
@@ -216,37 +212,37 @@ absl::Status PodPolicy::Attend(KvCache& cache, const LayerInputs& in,
     const float* v = in.v + span.begin * in.v_stride + static_cast<int64_t>(h) * hd;
     float* out = in.out + span.begin * in.out_stride + static_cast<int64_t>(h) * group * hd;
     const int32_t* pos = in.pos + span.begin;
-    cpu::Rope(q, span.count, in.q_stride, group, hd, g.n_rot, pos, g.rope_base, g.rope_layout);
-    cpu::Rope(k, span.count, in.k_stride, 1, hd, g.n_rot, pos, g.rope_base, g.rope_layout);
+    backend.Rope(q, span.count, in.q_stride, group, hd, g.n_rot, pos, g.rope_base, g.rope_layout);
+    backend.Rope(k, span.count, in.k_stride, 1, hd, g.n_rot, pos, g.rope_base, g.rope_layout);
     for (int32_t i = 0; i < span.count; ++i) {
       cache.WriteSlot(vt, static_cast<int32_t>(info.t0 + i), v + i * in.v_stride);
     }
 
-    cpu::AttentionArgs a;
+    // One item at a time over the layer's views.
+    kernels::AttentionItem a;
     a.q_token_stride = in.q_stride;
-    a.group = group;
-    a.head_dim = hd;
-    a.scale = scale;
-    a.k = k_view;
-    a.v = v_view;
     a.v_row = v_row;
     a.out_token_stride = in.out_stride;
+    kernels::AttentionBatch batch;
+    batch.k = k_view;
+    batch.v = v_view;
+    batch.group = group;
+    batch.head_dim = hd;
+    batch.scale = scale;
+    batch.items = std::span<const kernels::AttentionItem>(&a, 1);
 
     if (info.anchor) {
       // Every key is the layer's own: plain causal attention, as the full cache computes it.
       for (int32_t i = 0; i < span.count; ++i) {
         cache.WriteSlot(kt, static_cast<int32_t>(info.t0 + i), k + i * in.k_stride);
       }
-      thread_local std::vector<int32_t> visible;
-      visible.resize(span.count);
-      for (int32_t i = 0; i < span.count; ++i) visible[i] = static_cast<int32_t>(info.t0 + i + 1);
       a.q = q;
       a.n_q = span.count;
       a.k_row = own_row;
       a.n_keys = vt.length;
-      a.n_visible = visible.data();
+      a.causal_base = static_cast<int32_t>(info.t0);
       a.out = out;
-      cpu::Attention(a);
+      backend.Attention(batch);
       return;
     }
 
@@ -282,7 +278,7 @@ absl::Status PodPolicy::Attend(KvCache& cache, const LayerInputs& in,
       float* out_i = out + i * in.out_stride;
       a.q = q + i * in.q_stride;
       a.n_q = 1;
-      a.n_visible = nullptr;
+      a.causal_base = -1;
       for (int r = 0; r < n_runs; ++r) {
         a.k_row = runs[r].anchor_keys ? anchor_row : own_row;
         a.k_begin = runs[r].k_begin;
@@ -290,12 +286,15 @@ absl::Status PodPolicy::Attend(KvCache& cache, const LayerInputs& in,
         a.n_keys = runs[r].count;
         a.out = r == 0 ? out_i : part_out.data();
         a.lse = r == 0 ? lse.data() : part_lse.data();
-        cpu::Attention(a);
-        if (r > 0)
-          cpu::MergeAttention(out_i, lse.data(), part_out.data(), part_lse.data(), group, hd);
+        backend.Attention(batch);
+        if (r > 0) {
+          backend.MergeAttention(out_i, lse.data(), part_out.data(), part_lse.data(), group, hd);
+        }
       }
     }
-  });
+  };
+  // std::cref: the std::function refers to `run` instead of copying it to the heap.
+  backend.HostParallelFor(static_cast<int64_t>(tasks.size()), std::cref(run));
   return absl::OkStatus();
 }
 

@@ -28,7 +28,7 @@ class PodPolicy : public KvPolicy {
   int64_t PlannedPages(const KvGeometry& geometry, int32_t page_size,
                        int64_t n_tokens) const override;
   absl::Status Attend(KvCache& cache, const LayerInputs& in,
-                      kernels::cpu::CpuContext& ctx) const override;
+                      kernels::Backend& backend) const override;
   // The state is only the metadata that gives the tables their meaning (sink, window, groups):
   // where a token's key sits in a ring follows from its position. LoadState refuses bytes of a
   // different version, sink, window or grouping, and tables whose lengths do not fit.

@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <functional>
 #include <limits>
 
 #include "absl/strings/str_cat.h"
@@ -80,7 +81,7 @@ void PodSimilarity::SetQueryRange(SeqId seq, int64_t begin, int64_t end) {
 }
 
 void PodSimilarity::Observe(const KvCache& cache, const LayerInputs& in,
-                            kernels::cpu::CpuContext& ctx) {
+                            kernels::Backend& backend) {
   const int32_t l = in.layer;
   struct Row {
     const SequenceKv* seq;
@@ -164,11 +165,8 @@ void PodSimilarity::Observe(const KvCache& cache, const LayerInputs& in,
       }
     }
   };
-  if (ctx.pool != nullptr) {
-    ctx.pool->ParallelFor(tasks, run);
-  } else {
-    for (int64_t t = 0; t < tasks; ++t) run(t, 0);
-  }
+  // std::cref: the std::function refers to `run` instead of copying it to the heap.
+  backend.HostParallelFor(tasks, std::cref(run));
   // Reduce in a fixed order, so that the result does not depend on the thread count.
   for (int64_t task = 0; task < tasks; ++task) {
     const int32_t h = static_cast<int32_t>(task % n_kv);
@@ -202,10 +200,14 @@ absl::Status PodRecordingPolicy::Reserve(KvCache& cache, SequenceKv& seq, int32_
 }
 
 absl::Status PodRecordingPolicy::Attend(KvCache& cache, const LayerInputs& in,
-                                        kernels::cpu::CpuContext& ctx) const {
-  absl::Status s = AppendAndAttend(cache, in, ctx);
+                                        kernels::Backend& backend) const {
+  if (!backend.host_addressable()) {
+    return absl::FailedPreconditionError(
+        "the pod recording KV policy runs on the CPU backend only for now");
+  }
+  absl::Status s = AppendAndAttend(cache, in, backend);
   if (!s.ok()) return s;
-  observer_->Observe(cache, in, ctx);
+  observer_->Observe(cache, in, backend);
   return absl::OkStatus();
 }
 

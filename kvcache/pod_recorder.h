@@ -44,8 +44,10 @@ class PodSimilarity {
   // least one distant key (position >= sink + window). Call before the sequence's forward passes.
   void SetQueryRange(SeqId seq, int64_t begin, int64_t end);
   // Called by PodRecordingPolicy after layer in.layer attended over a full cache: q has been
-  // rotated in place, and the K tables of layers 0..in.layer hold every token, rotated.
-  void Observe(const KvCache& cache, const LayerInputs& in, kernels::cpu::CpuContext& ctx);
+  // rotated in place, and the K tables of layers 0..in.layer hold every token, rotated. Reads q
+  // and the tables on the host (the backend must be host-addressable), in parallel over its host
+  // threads.
+  void Observe(const KvCache& cache, const LayerInputs& in, kernels::Backend& backend);
 
   // Mean similarity of layers a and b for KV head h (symmetric; 1 for a == b), NaN when nothing
   // was measured.
@@ -76,6 +78,7 @@ class PodSimilarity {
 };
 
 // The full cache, plus observer->Observe after every layer. For calibration only: spec "full".
+// On the CPU backend only for now (Observe reads the pool on the host).
 class PodRecordingPolicy : public KvPolicy {
  public:
   // `observer` must outlive the policy and every sequence under it.
@@ -83,7 +86,7 @@ class PodRecordingPolicy : public KvPolicy {
   std::string spec() const override { return "full"; }
   absl::Status Reserve(KvCache& cache, SequenceKv& seq, int32_t n_new) const override;
   absl::Status Attend(KvCache& cache, const LayerInputs& in,
-                      kernels::cpu::CpuContext& ctx) const override;
+                      kernels::Backend& backend) const override;
 
  private:
   PodSimilarity* observer_;

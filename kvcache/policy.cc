@@ -4,11 +4,33 @@
 #include <cstring>
 
 #include "absl/strings/str_cat.h"
+#include "common/base/check.h"
 #include "common/status_macros.h"
 #include "common/strings.h"
 #include "kvcache/policies.h"
 
 namespace kvasir::kvcache {
+
+void* BackendScratch::Get(kernels::Backend& backend, size_t bytes) {
+  KVASIR_CHECK_MSG(backend_ == nullptr || backend_ == &backend,
+                   "BackendScratch used with a second backend");
+  if (data_ != nullptr && bytes_ >= bytes) return data_;
+  // Grow geometrically, so that a slowly growing size reallocates a few times only.
+  const size_t want = std::max(bytes, bytes_ * 2);
+  Release();
+  data_ = backend.Allocate(want);
+  if (data_ == nullptr) return nullptr;
+  backend_ = &backend;
+  bytes_ = want;
+  return data_;
+}
+
+void BackendScratch::Release() {
+  if (data_ != nullptr) backend_->Free(data_);
+  backend_ = nullptr;
+  data_ = nullptr;
+  bytes_ = 0;
+}
 
 int64_t UniformTablePages(const KvGeometry& geometry, int32_t page_size, int64_t slots) {
   const int64_t pages = (std::max<int64_t>(0, slots) + page_size - 1) / page_size;

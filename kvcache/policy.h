@@ -1,11 +1,19 @@
 // What a KV compression policy is to the engine. Per layer of a forward step, the policy gets
 // the new tokens' queries, keys and values before RoPE, decides what of them the cache keeps
-// (append, merge, evict, fuse), and computes the attention output over what it keeps. It owns
+// (append, merge, evict, fuse), and has the attention output computed over what it keeps. It owns
 // the RoPE of q and k because some policies need the keys before rotation (DMC merges pre-RoPE
-// keys and re-rotates them). Policies are immutable and shared; per-sequence state lives in
-// SequenceKv::state(). The spec strings and parameters are documented in docs/compression.md.
+// keys and re-rotates them). A policy *plans* on the host (the tables' lengths and pages, which
+// slots each head keeps, evicts or merges, the step's page tables and attention items) and a
+// kernels::Backend *runs* the plan (kernels/backend.h): `full`, `streaming` and `h2o` reach the
+// page pool and the step's q/k/v/out only through backend operations, so they run on any backend;
+// `dmc`, `pod`, `lococo` and the PoD calibration recorder still read and write the pool on the host
+// between backend calls, so they run on the CPU backend only for now (FailedPrecondition on a
+// backend that is not host_addressable()). Policies are immutable and shared; per-sequence state
+// lives in SequenceKv::state(). The spec strings and parameters are documented in
+// docs/compression.md.
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 #include <functional>
 #include <memory>
@@ -16,7 +24,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
-#include "kernels/cpu/ops.h"
+#include "kernels/backend.h"
 #include "kvcache/kv_cache.h"
 #include "kvcache/policy_args.h"
 
@@ -29,7 +37,40 @@ struct SeqSpan {
   int32_t count = 0;
 };
 
-// One layer of one forward step. Rows are tokens; the sequences' spans partition them.
+// Backend memory that Attend calls reuse from one call to the next (h2o's attention scores, the
+// column sums an AttendObserver reads): it grows to the largest size asked and is then reused, so
+// steady-state decoding does not allocate. The caller of Attend owns it (LayerInputs::scratch),
+// one per thread that calls Attend, declared after its backend so that it is freed first. It is
+// bound to the backend of its first Get until Release.
+//
+//   std::unique_ptr<kernels::Backend> backend_;
+//   kvcache::BackendScratch scratch_;  // declared after backend_: freed before it
+//   ...
+//   in.scratch = &scratch_;
+//   KVASIR_RETURN_IF_ERROR(policy->Attend(cache, in, *backend_));
+class BackendScratch {
+ public:
+  BackendScratch() = default;
+  ~BackendScratch() { Release(); }
+  BackendScratch(const BackendScratch&) = delete;
+  BackendScratch& operator=(const BackendScratch&) = delete;
+
+  // At least `bytes` bytes of `backend`'s memory, contents undefined (they survive a call that
+  // does not grow the buffer), or nullptr when the backend is out of memory. `backend` must be
+  // the one the scratch is bound to (checked).
+  void* Get(kernels::Backend& backend, size_t bytes);
+  // Frees the buffer (through the backend it came from) and unbinds the scratch.
+  void Release();
+
+ private:
+  kernels::Backend* backend_ = nullptr;
+  void* data_ = nullptr;
+  size_t bytes_ = 0;
+};
+
+// One layer of one forward step. Rows are tokens; the sequences' spans partition them (the spans
+// of one Attend call may leave out rows that other policies' calls serve). q, k, v and out are
+// the backend's data arrays (host memory for the CPU backend); pos is a host array.
 struct LayerInputs {
   int32_t layer = 0;
   std::span<const SeqSpan> seqs;
@@ -43,6 +84,9 @@ struct LayerInputs {
   const int32_t* pos = nullptr;  // [n_tokens] absolute positions
   float* out = nullptr;          // [n_tokens, n_head * head_dim]
   int64_t out_stride = 0;
+  // (optional) backend memory reused across calls; null: a policy that needs some allocates it
+  // for the call.
+  BackendScratch* scratch = nullptr;
 };
 
 class KvPolicy {
@@ -58,12 +102,14 @@ class KvPolicy {
   // Before a step: allocates what `n_new` more tokens of `seq` need in every table, so that
   // Attend cannot run out of pages halfway. ResourceExhausted when the pool is full.
   virtual absl::Status Reserve(KvCache& cache, SequenceKv& seq, int32_t n_new) const = 0;
-  // One layer: stores what the policy keeps of the new tokens and writes the attention output.
-  // Called for layers 0..n_layer-1 in order; parallel work goes through ctx.pool. It writes the
-  // tables of in.layer only (it may read earlier layers'): once it ran, that layer's tables hold
-  // their content for the step, which a prefill streams out while the later layers compute.
+  // One layer: stores what the policy keeps of the new tokens and writes the attention output,
+  // through `backend`, whose memory holds the page pool (cache.pool()) and in's q/k/v/out.
+  // Called for layers 0..n_layer-1 in order; the work is batched into backend operations, and
+  // host work that stays per head goes through backend.HostParallelFor. It writes the tables of
+  // in.layer only (it may read earlier layers'): once it ran, that layer's tables hold their
+  // content for the step, which a prefill streams out while the later layers compute.
   virtual absl::Status Attend(KvCache& cache, const LayerInputs& in,
-                              kernels::cpu::CpuContext& ctx) const = 0;
+                              kernels::Backend& backend) const = 0;
   // After every layer of a step ran, before n_tokens advances. It may give back pages beyond the
   // tables' lengths (policies that evict or merge reserve for the worst case), nothing more.
   virtual absl::Status EndStep(KvCache& cache, SequenceKv& seq, int32_t n_new) const {

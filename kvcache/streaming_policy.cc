@@ -3,7 +3,6 @@
 #include "kvcache/streaming_policy.h"
 
 #include <algorithm>
-#include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "common/status_macros.h"
@@ -33,7 +32,7 @@ absl::Status StreamingPolicy::Reserve(KvCache& cache, SequenceKv& seq, int32_t n
 }
 
 absl::Status StreamingPolicy::Attend(KvCache& cache, const LayerInputs& in,
-                                     kernels::cpu::CpuContext& ctx) const {
+                                     kernels::Backend& backend) const {
   const KvGeometry& g = cache.geometry();
   const int32_t n_kv = g.n_head_kv;
   const int64_t cap = capacity();
@@ -53,37 +52,60 @@ absl::Status StreamingPolicy::Attend(KvCache& cache, const LayerInputs& in,
     }
   }
 
-  internal::ForEachHeadTask(
-      in, n_kv, ctx, [&](const SeqSpan& span, int32_t h, HeadTable& kt, HeadTable& vt) {
-        const internal::HeadRows rows = internal::RowsOf(in, span, h, g);
-        internal::RotateRows(rows, g);
-        const internal::TableAttention attention(cache, kt, vt);
-        const int64_t t0 = span.seq->n_tokens();
+  // The plan. Per span, round 0 appends the tokens before the ring wraps (in order, attending
+  // over the causal prefix in one item: exactly what `full` does), and each later round writes one
+  // token into its ring slot and attends over every slot (the slot it reuses was still needed by
+  // the token before). A round's slot writes run before its attention; the spans' rounds run
+  // together. Plan arrays reused across calls.
+  thread_local internal::LayerPlan tl_plan;
+  internal::LayerPlan& plan = tl_plan;
+  plan.Clear();
+  int32_t rounds = 0;
+  for (const SeqSpan& span : in.seqs) {
+    const int64_t t0 = span.seq->n_tokens();
+    const int32_t n_linear = static_cast<int32_t>(std::clamp<int64_t>(cap - t0, 0, span.count));
+    rounds = std::max(rounds, (n_linear > 0 ? 1 : 0) + span.count - n_linear);
+    for (int32_t h = 0; h < n_kv; ++h) {
+      HeadTable& kt = span.seq->k(in.layer, h);
+      HeadTable& vt = span.seq->v(in.layer, h);
+      kt.length = vt.length = static_cast<int32_t>(std::min<int64_t>(t0 + span.count, cap));
+      plan.k_tables.push_back(&kt);
+      plan.v_tables.push_back(&vt);
+    }
+  }
+  plan.BuildViews(cache);
 
-        // Tokens before the ring wraps: appended in order, causal prefix (exactly what `full`
-        // does).
-        const int32_t n_linear = static_cast<int32_t>(std::clamp<int64_t>(cap - t0, 0, span.count));
-        if (n_linear > 0) {
+  internal::RotateSpans(in, g, backend);
+  for (int32_t r = 0; r < rounds; ++r) {
+    plan.items.clear();
+    for (size_t s = 0; s < in.seqs.size(); ++s) {
+      const SeqSpan& span = in.seqs[s];
+      const int64_t t0 = span.seq->n_tokens();
+      const int32_t n_linear = static_cast<int32_t>(std::clamp<int64_t>(cap - t0, 0, span.count));
+      // The span's token of this round when it is a ring token.
+      const int32_t i = n_linear + r - (n_linear > 0 ? 1 : 0);
+      const bool linear = n_linear > 0 && r == 0;
+      if (!linear && i >= span.count) continue;
+      for (int32_t h = 0; h < n_kv; ++h) {
+        const int32_t row = static_cast<int32_t>(s) * n_kv + h;
+        const HeadTable& kt = *plan.k_tables[row];
+        const HeadTable& vt = *plan.v_tables[row];
+        const internal::HeadRows rows = internal::RowsOf(in, span, h, g);
+        if (linear) {
           const int32_t base = static_cast<int32_t>(t0);
-          thread_local std::vector<int32_t> visible;
-          visible.resize(n_linear);
-          for (int32_t i = 0; i < n_linear; ++i) {
-            cache.WriteSlot(kt, base + i, rows.k + i * rows.k_stride);
-            cache.WriteSlot(vt, base + i, rows.v + i * rows.v_stride);
-            visible[i] = base + i + 1;
+          for (int32_t j = 0; j < n_linear; ++j) {
+            plan.writes.Add(cache, in, span, h, j, kt, vt, base + j);
           }
-          kt.length = vt.length = base + n_linear;
-          attention.Run(rows, 0, n_linear, base + n_linear, visible.data(), nullptr);
+          plan.items.push_back(internal::ItemOf(rows, 0, n_linear, row, base + n_linear, base));
+        } else {
+          plan.writes.Add(cache, in, span, h, i, kt, vt, SlotOf(t0 + i));
+          plan.items.push_back(internal::ItemOf(rows, i, 1, row, static_cast<int32_t>(cap), -1));
         }
-        // Then one token at a time: it replaces the token leaving the window and sees every slot.
-        for (int32_t i = n_linear; i < span.count; ++i) {
-          const int32_t slot = SlotOf(t0 + i);
-          cache.WriteSlot(kt, slot, rows.k + i * rows.k_stride);
-          cache.WriteSlot(vt, slot, rows.v + i * rows.v_stride);
-          kt.length = vt.length = static_cast<int32_t>(cap);
-          attention.Run(rows, i, 1, static_cast<int32_t>(cap), nullptr, nullptr);
-        }
-      });
+      }
+    }
+    plan.writes.Run(cache, in, backend);
+    backend.Attention(plan.Batch(g));
+  }
   return absl::OkStatus();
 }
 

@@ -23,7 +23,7 @@ class StreamingPolicy : public KvPolicy {
   int64_t PlannedPages(const KvGeometry& geometry, int32_t page_size,
                        int64_t n_tokens) const override;
   absl::Status Attend(KvCache& cache, const LayerInputs& in,
-                      kernels::cpu::CpuContext& ctx) const override;
+                      kernels::Backend& backend) const override;
 
   int32_t sink() const { return sink_; }
   int32_t window() const { return window_; }

@@ -7,7 +7,9 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/status_macros.h"
+#include "kernels/cpu/cpu_backend.h"
 #include "worker/model_runner.h"
+#include "worker/step_plan.h"
 
 namespace kvasir::worker {
 namespace {
@@ -22,8 +24,8 @@ class CpuModelRunner : public ModelRunner {
         weights_(weights),
         cache_(cache),
         pool_(options.num_threads),
+        backend_(&pool_),
         comm_(options.comm) {
-    ctx_.pool = &pool_;
     // Without a plan, the whole model (the plan of a group of one).
     shard_ = options.shard != nullptr ? *options.shard : *model::PlanShard(config_, 1, 0);
     local_ = model::ShardConfig(config_, shard_);
@@ -38,10 +40,12 @@ class CpuModelRunner : public ModelRunner {
                        const LayerDoneHook& on_layer_done) override;
 
  private:
+  cpu::CpuContext& ctx() { return backend_.context(); }
   void Resize(int64_t n_tokens);
   // Tensor parallelism: x = the sum of x over the group.
   absl::Status AllReduce(float* x, int64_t count);
-  // The embedding rows of tokens_ into x_ (this rank's vocabulary slice; summed over the group).
+  // The embedding rows of the step's tokens into x_ (this rank's vocabulary slice; summed over the
+  // group).
   absl::Status Embed(int64_t n);
   // The logits of `rows` rows of out_rows_ into `logits` (gathered over the group).
   absl::Status Logits(int64_t rows, std::vector<float>& logits);
@@ -52,18 +56,19 @@ class CpuModelRunner : public ModelRunner {
   const LlamaWeights& weights_;
   kvcache::KvCache& cache_;
   ThreadPool pool_;
-  cpu::CpuContext ctx_;
+  // The KV policies run on backend_; the rest of the pass calls the CPU kernels with its context
+  // (ctx()). scratch_ is the policies' backend memory, freed before backend_.
+  cpu::CpuBackend backend_;
+  kvcache::BackendScratch scratch_;
   transport::collectives::Communicator* comm_ = nullptr;
   CollectiveStats collectives_;
   std::vector<float> gather_in_, gather_out_, embed_rows_;
   std::vector<int32_t> embed_ids_, embed_at_;
 
-  // Step buffers, [n_tokens, width].
-  std::vector<int32_t> tokens_, pos_;
+  // The step's rows (tokens, positions, spans) and its buffers, [n_tokens, width].
+  StepPlan plan_;
   std::vector<float> x_, xn_, q_, k_, v_, attn_, ffn_a_, ffn_b_;
   std::vector<float> out_rows_;
-  std::vector<int32_t> logit_rows_;
-  std::vector<kvcache::SeqSpan> spans_;
 };
 
 absl::Status CpuModelRunner::AllReduce(float* x, int64_t count) {
@@ -79,7 +84,7 @@ absl::Status CpuModelRunner::AllReduce(float* x, int64_t count) {
 absl::Status CpuModelRunner::Embed(int64_t n) {
   const int64_t d = config_.n_embd;
   if (!shard_.sharded() || shard_.vocab_replicated) {
-    cpu::GetRows(weights_.tok_embd, tokens_.data(), n, x_.data());
+    cpu::GetRows(weights_.tok_embd, plan_.tokens.data(), n, x_.data());
     return absl::OkStatus();
   }
   // The rows of this rank's vocabulary slice; zero for the others, which the sum fills in.
@@ -87,8 +92,8 @@ absl::Status CpuModelRunner::Embed(int64_t n) {
   embed_ids_.clear();
   embed_at_.clear();
   for (int64_t i = 0; i < n; ++i) {
-    if (tokens_[i] >= shard_.vocab_begin && tokens_[i] < shard_.vocab_end) {
-      embed_ids_.push_back(tokens_[i] - shard_.vocab_begin);
+    if (plan_.tokens[i] >= shard_.vocab_begin && plan_.tokens[i] < shard_.vocab_end) {
+      embed_ids_.push_back(plan_.tokens[i] - shard_.vocab_begin);
       embed_at_.push_back(static_cast<int32_t>(i));
     }
   }
@@ -106,7 +111,7 @@ absl::Status CpuModelRunner::Logits(int64_t rows, std::vector<float>& logits) {
   const int64_t vocab = config_.n_vocab;
   logits.resize(rows * vocab);
   if (!shard_.sharded() || shard_.vocab_replicated) {
-    cpu::MatMul(ctx_, weights_.output, out_rows_.data(), rows, d, logits.data(), vocab);
+    cpu::MatMul(ctx(), weights_.output, out_rows_.data(), rows, d, logits.data(), vocab);
     return absl::OkStatus();
   }
   // Each rank's slice [rows, vocab_shard] (the last one's padded), gathered rank after rank.
@@ -114,7 +119,7 @@ absl::Status CpuModelRunner::Logits(int64_t rows, std::vector<float>& logits) {
   gather_in_.assign(rows * vs, 0.0f);
   gather_out_.resize(rows * vs * shard_.size);
   if (weights_.output.rows > 0) {
-    cpu::MatMul(ctx_, weights_.output, out_rows_.data(), rows, d, gather_in_.data(), vs);
+    cpu::MatMul(ctx(), weights_.output, out_rows_.data(), rows, d, gather_in_.data(), vs);
   }
   const absl::Time start = absl::Now();
   KVASIR_RETURN_IF_ERROR(comm_->AllGather(std::as_bytes(std::span<const float>(gather_in_)),
@@ -155,26 +160,8 @@ absl::Status CpuModelRunner::Forward(std::span<const StepSequence> batch,
                                      std::vector<float>& logits,
                                      const LayerDoneHook& on_layer_done) {
   const model::ModelConfig& c = config_;
-  // Gather tokens and positions, and reserve KV room for every sequence first.
-  tokens_.clear();
-  pos_.clear();
-  spans_.clear();
-  logit_rows_.clear();
+  KVASIR_RETURN_IF_ERROR(CheckStep(c, batch));
   for (const StepSequence& s : batch) {
-    if (s.seq == nullptr || s.tokens.empty()) {
-      return absl::InvalidArgumentError("a step sequence has no tokens");
-    }
-    if (s.seq->n_tokens() + static_cast<int64_t>(s.tokens.size()) > c.context_length) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("sequence would reach ", s.seq->n_tokens() + s.tokens.size(),
-                       " tokens, over the model's context length of ", c.context_length));
-    }
-    for (int32_t t : s.tokens) {
-      if (t < 0 || t >= c.n_vocab) {
-        return absl::InvalidArgumentError(
-            absl::StrCat("token id ", t, " out of range [0, ", c.n_vocab, ")"));
-      }
-    }
     // Every rank checks the same, so all refuse together.
     if (shard_.kv_replicas > 1 && s.seq->policy().reads_whole_query_group()) {
       return absl::InvalidArgumentError(absl::StrCat(
@@ -183,11 +170,8 @@ absl::Status CpuModelRunner::Forward(std::span<const StepSequence> batch,
           "than the model's KV heads splits among replicas: not supported at this size"));
     }
   }
-  absl::Status reserved = absl::OkStatus();
-  for (const StepSequence& s : batch) {
-    reserved = s.seq->policy().Reserve(cache_, *s.seq, static_cast<int32_t>(s.tokens.size()));
-    if (!reserved.ok()) break;
-  }
+  // Reserve KV room for every sequence first.
+  absl::Status reserved = ReserveStep(cache_, batch);
   if (shard_.sharded()) {
     // The ranks' caches hold different heads, which a compressing policy may keep in different
     // numbers of pages: the step runs only if every rank has room.
@@ -198,17 +182,8 @@ absl::Status CpuModelRunner::Forward(std::span<const StepSequence> batch,
     }
   }
   KVASIR_RETURN_IF_ERROR(reserved);
-  for (const StepSequence& s : batch) {
-    const int32_t begin = static_cast<int32_t>(tokens_.size());
-    const int32_t count = static_cast<int32_t>(s.tokens.size());
-    spans_.push_back({s.seq, begin, count});
-    for (int32_t i = 0; i < count; ++i) {
-      tokens_.push_back(s.tokens[i]);
-      pos_.push_back(static_cast<int32_t>(s.seq->n_tokens()) + i);
-      if (s.all_logits || i == count - 1) logit_rows_.push_back(begin + i);
-    }
-  }
-  const int64_t n = static_cast<int64_t>(tokens_.size());
+  PlanStep(batch, plan_);
+  const int64_t n = plan_.n();
   Resize(n);
   const int64_t d = local_.n_embd;
   const int64_t qd = static_cast<int64_t>(local_.n_head) * local_.head_dim;
@@ -217,66 +192,39 @@ absl::Status CpuModelRunner::Forward(std::span<const StepSequence> batch,
 
   KVASIR_RETURN_IF_ERROR(Embed(n));
 
-  // Group the spans by policy: each policy attends over its own sequences.
-  std::vector<std::pair<const kvcache::KvPolicy*, std::vector<kvcache::SeqSpan>>> groups;
-  for (const kvcache::SeqSpan& span : spans_) {
-    const kvcache::KvPolicy* p = &span.seq->policy();
-    auto it = std::find_if(groups.begin(), groups.end(), [&](auto& g) { return g.first == p; });
-    if (it == groups.end()) {
-      groups.push_back({p, {span}});
-    } else {
-      it->second.push_back(span);
-    }
-  }
-
   for (int32_t l = 0; l < c.n_layer; ++l) {
     const LayerWeights& w = weights_.layers[l];
     cpu::RmsNorm(x_.data(), w.attn_norm, n, d, c.rms_eps, xn_.data());
     const cpu::MatMulTarget qkv[3] = {
         {w.wq, q_.data(), qd}, {w.wk, k_.data(), kvd}, {w.wv, v_.data(), kvd}};
-    cpu::MatMulShared(ctx_, qkv, 3, xn_.data(), n, d);
-    for (auto& [policy, spans] : groups) {
-      kvcache::LayerInputs in;
-      in.layer = l;
-      in.seqs = spans;
-      in.q = q_.data();
-      in.q_stride = qd;
-      in.k = k_.data();
-      in.k_stride = kvd;
-      in.v = v_.data();
-      in.v_stride = kvd;
-      in.pos = pos_.data();
-      in.out = attn_.data();
-      in.out_stride = qd;
-      KVASIR_RETURN_IF_ERROR(policy->Attend(cache_, in, ctx_));
+    cpu::MatMulShared(ctx(), qkv, 3, xn_.data(), n, d);
+    for (auto& [policy, spans] : plan_.groups) {
+      const kvcache::LayerInputs in = LayerInputsOf(plan_, spans, l, q_.data(), k_.data(),
+                                                    v_.data(), attn_.data(), qd, kvd, &scratch_);
+      KVASIR_RETURN_IF_ERROR(policy->Attend(cache_, in, backend_));
     }
     if (on_layer_done) on_layer_done(l);
-    cpu::MatMul(ctx_, w.wo, attn_.data(), n, qd, xn_.data(), d);
+    cpu::MatMul(ctx(), w.wo, attn_.data(), n, qd, xn_.data(), d);
     KVASIR_RETURN_IF_ERROR(AllReduce(xn_.data(), n * d));
     cpu::Add(x_.data(), xn_.data(), n * d);
     cpu::RmsNorm(x_.data(), w.ffn_norm, n, d, c.rms_eps, xn_.data());
     const cpu::MatMulTarget gate_up[2] = {{w.gate, ffn_a_.data(), ff}, {w.up, ffn_b_.data(), ff}};
-    cpu::MatMulShared(ctx_, gate_up, 2, xn_.data(), n, d);
+    cpu::MatMulShared(ctx(), gate_up, 2, xn_.data(), n, d);
     cpu::SiluMul(ffn_a_.data(), ffn_b_.data(), n * ff, ffn_a_.data());
-    cpu::MatMul(ctx_, w.down, ffn_a_.data(), n, ff, xn_.data(), d);
+    cpu::MatMul(ctx(), w.down, ffn_a_.data(), n, ff, xn_.data(), d);
     KVASIR_RETURN_IF_ERROR(AllReduce(xn_.data(), n * d));
     cpu::Add(x_.data(), xn_.data(), n * d);
   }
 
   // Logits of the rows asked for.
-  const int64_t rows = static_cast<int64_t>(logit_rows_.size());
+  const int64_t rows = plan_.rows();
   if (static_cast<int64_t>(out_rows_.size()) < rows * d) out_rows_.resize(rows * d);
   for (int64_t r = 0; r < rows; ++r) {
-    std::memcpy(out_rows_.data() + r * d, x_.data() + logit_rows_[r] * d, sizeof(float) * d);
+    std::memcpy(out_rows_.data() + r * d, x_.data() + plan_.logit_rows[r] * d, sizeof(float) * d);
   }
   cpu::RmsNorm(out_rows_.data(), weights_.output_norm, rows, d, c.rms_eps, out_rows_.data());
   KVASIR_RETURN_IF_ERROR(Logits(rows, logits));
-
-  for (const kvcache::SeqSpan& span : spans_) {
-    KVASIR_RETURN_IF_ERROR(span.seq->policy().EndStep(cache_, *span.seq, span.count));
-    span.seq->set_n_tokens(span.seq->n_tokens() + span.count);
-  }
-  return absl::OkStatus();
+  return FinishStep(cache_, plan_);
 }
 
 }  // namespace
@@ -300,14 +248,7 @@ absl::StatusOr<std::unique_ptr<ModelRunner>> CreateCpuRunner(const model::ModelC
                                                              const LlamaWeights& weights,
                                                              kvcache::KvCache& cache,
                                                              const CpuRunnerOptions& options) {
-  KVASIR_RETURN_IF_ERROR(config.Validate());
-  if (config.rope_scale != 1.0f) {
-    return absl::UnimplementedError(
-        absl::StrCat("linear RoPE scaling (factor ", config.rope_scale, ") is not supported yet"));
-  }
-  if (static_cast<int32_t>(weights.layers.size()) != config.n_layer) {
-    return absl::InvalidArgumentError("weights and config disagree on the number of layers");
-  }
+  KVASIR_RETURN_IF_ERROR(CheckRunnerModel(config, weights));
   if (options.shard != nullptr && options.shard->sharded()) {
     if (options.comm == nullptr || options.comm->size() != options.shard->size ||
         options.comm->rank() != options.shard->rank) {

@@ -14,6 +14,7 @@
 
 #include "common/base/thread_pool.h"
 #include "gtest/gtest.h"
+#include "kernels/cpu/cpu_backend.h"
 #include "kernels/cpu/ops.h"
 #include "kvcache/full_policy.h"
 #include "kvcache/kv_cache.h"
@@ -106,7 +107,7 @@ class Harness {
  public:
   Harness(const KvGeometry& g, std::shared_ptr<const KvPolicy> policy, int32_t page_size = 4,
           DType dtype = DType::kF32)
-      : g_(g), policy_(std::move(policy)), pool_(2) {
+      : g_(g), policy_(std::move(policy)), pool_(2), backend_(&pool_) {
     KvCacheOptions o;
     o.page_size = page_size;
     o.dtype = dtype;
@@ -115,7 +116,6 @@ class Harness {
     EXPECT_TRUE(c.ok()) << c.status();
     cache_ = std::move(*c);
     seq_ = &cache_->CreateSequence(policy_);
-    ctx_.pool = &pool_;
   }
 
   // Tokens [begin, begin + count) of `in`, as one chunk. out[layer] gets their outputs appended.
@@ -146,7 +146,7 @@ class Harness {
       li.pos = pos.data();
       li.out = out.data();
       li.out_stride = qw;
-      s = policy_->Attend(*cache_, li, ctx_);
+      s = policy_->Attend(*cache_, li, backend_);
       if (!s.ok()) return s;
       out_[l].insert(out_[l].end(), out.begin(), out.end());
     }
@@ -186,7 +186,7 @@ class Harness {
   KvGeometry g_;
   std::shared_ptr<const KvPolicy> policy_;
   ThreadPool pool_;
-  cpu::CpuContext ctx_;
+  cpu::CpuBackend backend_;
   std::unique_ptr<KvCache> cache_;
   SequenceKv* seq_ = nullptr;
   std::vector<std::vector<float>> out_;
@@ -796,8 +796,8 @@ TEST(DmcPagesTest, AttendWithoutReserveFails) {
   li.pos = pos.data();
   li.out = out.data();
   li.out_stride = 16;
-  cpu::CpuContext ctx;
-  EXPECT_EQ(policy->Attend(h.cache(), li, ctx).code(), absl::StatusCode::kFailedPrecondition);
+  cpu::CpuBackend backend(nullptr);
+  EXPECT_EQ(policy->Attend(h.cache(), li, backend).code(), absl::StatusCode::kFailedPrecondition);
 }
 
 TEST(DmcPagesTest, EndStepGivesBackUnusedPagesAndTheSharedTailIsCopied) {
@@ -844,8 +844,8 @@ TEST(DmcPagesTest, EndStepGivesBackUnusedPagesAndTheSharedTailIsCopied) {
   li.pos = &pos;
   li.out = out.data();
   li.out_stride = 16;
-  cpu::CpuContext ctx;
-  ASSERT_TRUE(policy->Attend(a.cache(), li, ctx).ok());
+  cpu::CpuBackend backend(nullptr);
+  ASSERT_TRUE(policy->Attend(a.cache(), li, backend).ok());
   ASSERT_TRUE(policy->EndStep(a.cache(), b, 1).ok());
   EXPECT_EQ(b.k(0, 0).length, 1);
   EXPECT_NE(b.k(0, 0).pages[0], a.seq().k(0, 0).pages[0]) << "the tail page was copied";

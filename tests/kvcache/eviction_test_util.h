@@ -18,6 +18,7 @@
 #include "common/base/thread_pool.h"
 #include "common/status_macros.h"
 #include "gtest/gtest.h"
+#include "kernels/cpu/cpu_backend.h"
 #include "kernels/cpu/ops.h"
 #include "kvcache/full_policy.h"
 #include "kvcache/kv_cache.h"
@@ -126,7 +127,7 @@ class Driver {
  public:
   Driver(const KvGeometry& g, std::shared_ptr<const KvPolicy> policy, int32_t page_size = 4,
          DType dtype = DType::kF32)
-      : g_(g), policy_(std::move(policy)), pool_(2) {
+      : g_(g), policy_(std::move(policy)), pool_(2), backend_(&pool_) {
     KvCacheOptions o;
     o.page_size = page_size;
     o.dtype = dtype;
@@ -134,7 +135,6 @@ class Driver {
     auto cache = KvCache::Create(g, o);
     EXPECT_TRUE(cache.ok()) << cache.status();
     cache_ = std::move(*cache);
-    ctx_.pool = &pool_;
   }
 
   // A new sequence fed from `inputs` (which must outlive the driver). Returns its index.
@@ -185,7 +185,8 @@ class Driver {
       in.pos = pos.data();
       in.out = out.data();
       in.out_stride = qw();
-      KVASIR_RETURN_IF_ERROR(policy_->Attend(*cache_, in, ctx_));
+      in.scratch = &scratch_;
+      KVASIR_RETURN_IF_ERROR(policy_->Attend(*cache_, in, backend_));
       row = 0;
       for (auto [s, count] : parts) {
         for (int32_t i = 0; i < count; ++i) {
@@ -265,7 +266,8 @@ class Driver {
   KvGeometry g_;
   std::shared_ptr<const KvPolicy> policy_;
   ThreadPool pool_;
-  kernels::cpu::CpuContext ctx_;
+  kernels::cpu::CpuBackend backend_;
+  BackendScratch scratch_;
   std::unique_ptr<KvCache> cache_;
   std::vector<SequenceKv*> seqs_;
   std::vector<const Inputs*> inputs_;

@@ -272,10 +272,10 @@ TEST(PodPolicyTest, AttendRefusesToWriteSharedPagesThatWereNotReserved) {
   in.out = one[0].out.data();
   in.out_stride = g.n_head * g.head_dim;
   // Slot 5 fits in the shared second page: writing it would change `a`.
-  EXPECT_EQ(policy->Attend(driver.cache(), in, driver.ctx()).code(),
+  EXPECT_EQ(policy->Attend(driver.cache(), in, driver.backend()).code(),
             absl::StatusCode::kFailedPrecondition);
   ASSERT_TRUE(policy->Reserve(driver.cache(), *b.seq, 1).ok());
-  EXPECT_TRUE(policy->Attend(driver.cache(), in, driver.ctx()).ok());
+  EXPECT_TRUE(policy->Attend(driver.cache(), in, driver.backend()).ok());
 }
 
 // Copies a sequence's tables into a sequence of another cache, slot by slot.
@@ -406,19 +406,19 @@ TEST(PodPolicyTest, ErrorsInsteadOfCrashes) {
   in.out = data[0].out.data();
   in.out_stride = qd;
   // Not reserved.
-  EXPECT_EQ(policy->Attend(driver.cache(), in, driver.ctx()).code(),
+  EXPECT_EQ(policy->Attend(driver.cache(), in, driver.backend()).code(),
             absl::StatusCode::kFailedPrecondition);
   ASSERT_TRUE(policy->Reserve(driver.cache(), *a.seq, 3).ok());
   // Layer 1 of head 0 needs its anchor (layer 0) to have run first.
   in.layer = 1;
-  EXPECT_EQ(policy->Attend(driver.cache(), in, driver.ctx()).code(),
+  EXPECT_EQ(policy->Attend(driver.cache(), in, driver.backend()).code(),
             absl::StatusCode::kFailedPrecondition);
   in.layer = 7;
-  EXPECT_EQ(policy->Attend(driver.cache(), in, driver.ctx()).code(),
+  EXPECT_EQ(policy->Attend(driver.cache(), in, driver.backend()).code(),
             absl::StatusCode::kInvalidArgument);
   in.layer = 0;
-  EXPECT_TRUE(policy->Attend(driver.cache(), in, driver.ctx()).ok());
-  EXPECT_EQ(policy->Attend(driver.cache(), in, driver.ctx()).code(),
+  EXPECT_TRUE(policy->Attend(driver.cache(), in, driver.backend()).ok());
+  EXPECT_EQ(policy->Attend(driver.cache(), in, driver.backend()).code(),
             absl::StatusCode::kFailedPrecondition)
       << "the same layer twice in a step";
 }

@@ -11,7 +11,9 @@
 #include <random>
 #include <vector>
 
+#include "common/base/thread_pool.h"
 #include "gtest/gtest.h"
+#include "kernels/cpu/cpu_backend.h"
 #include "kvcache/kv_cache.h"
 #include "kvcache/policy.h"
 
@@ -67,12 +69,12 @@ class PolicyDriver {
     EXPECT_TRUE(c.ok()) << c.status();
     cache_ = std::move(*c);
     pool_ = std::make_unique<ThreadPool>(2);
-    ctx_.pool = pool_.get();
+    backend_ = std::make_unique<kernels::cpu::CpuBackend>(pool_.get());
   }
 
   KvCache& cache() { return *cache_; }
   const KvPolicy& policy() const { return *policy_; }
-  kernels::cpu::CpuContext& ctx() { return ctx_; }
+  kernels::Backend& backend() { return *backend_; }
 
   TrackedSeq NewSeq() {
     TrackedSeq t;
@@ -143,7 +145,7 @@ class PolicyDriver {
       in.pos = pos.data();
       in.out = d.out.data();
       in.out_stride = qd;
-      absl::Status st = policy_->Attend(*cache_, in, ctx_);
+      absl::Status st = policy_->Attend(*cache_, in, *backend_);
       if (!st.ok()) return st;
     }
     for (size_t s = 0; s < seqs.size(); ++s) {
@@ -159,7 +161,7 @@ class PolicyDriver {
   std::shared_ptr<const KvPolicy> policy_;
   std::unique_ptr<KvCache> cache_;
   std::unique_ptr<ThreadPool> pool_;
-  kernels::cpu::CpuContext ctx_;
+  std::unique_ptr<kernels::cpu::CpuBackend> backend_;
 };
 
 // The slow PoD reference: the output of query head `qh` of `layer` for the token at position t of

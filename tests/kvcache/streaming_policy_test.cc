@@ -197,10 +197,9 @@ TEST(StreamingPolicyTest, AttendWithoutReserveFailsCleanly) {
   in.v = v.data();
   in.out = out.data();
   in.pos = &pos;
-  kernels::cpu::CpuContext ctx;
   ThreadPool pool(1);
-  ctx.pool = &pool;
-  EXPECT_EQ(policy->Attend(**cache, in, ctx).code(), absl::StatusCode::kFailedPrecondition);
+  kernels::cpu::CpuBackend backend(&pool);
+  EXPECT_EQ(policy->Attend(**cache, in, backend).code(), absl::StatusCode::kFailedPrecondition);
 }
 
 }  // namespace
