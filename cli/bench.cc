@@ -101,6 +101,7 @@ int RunBenchEngine(int argc, char** argv) {
     nlohmann::json j;
     j["model"] = r->model;
     j["isa"] = r->isa;
+    j["device"] = r->device;
     j["threads"] = r->threads;
     j["kv_policy"] = r->kv_policy;
     j["prefill_tps"] = r->prefill_tps;
@@ -129,8 +130,8 @@ int RunBenchEngine(int argc, char** argv) {
     std::cout << j.dump() << "\n";
     return 0;
   }
-  std::printf("model     %s\nthreads   %d (%s)\nkv        %s\n\n", r->model.c_str(), r->threads,
-              r->isa.c_str(), r->kv_policy.c_str());
+  std::printf("model     %s\ndevice    %s\nthreads   %d (%s)\nkv        %s\n\n", r->model.c_str(),
+              r->device.c_str(), r->threads, r->isa.c_str(), r->kv_policy.c_str());
   std::printf("%-36s %12s\n", "figure", "tokens/s");
   std::printf("%-36s %12.1f\n", absl::StrFormat("prefill, %d-token prompt", prefill).c_str(),
               r->prefill_tps);

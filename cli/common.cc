@@ -9,6 +9,7 @@
 #include "common/log.h"
 #include "common/status_macros.h"
 #include "common/units.h"
+#include "worker/device.h"
 
 namespace kvasir::cli {
 
@@ -26,6 +27,8 @@ void EngineFlags::Register(ArgParser& p) {
   p.AddString("kv-cache-memory", &kv_cache_memory, "BYTES",
               "KV cache size, e.g. 512MiB or 4GiB (default: 4 full-context sequences, <= 4GiB)");
   p.AddString("kv-dtype", &kv_dtype, "TYPE", "KV cache element type: f32 or f16");
+  p.AddString("device", &device, "NAME",
+              "where the model runs: cpu, or cuda (GPU 0; one GPU, no tensor parallelism yet)");
   p.AddBool("quiet", &quiet, "no progress or timing lines on stderr");
 }
 
@@ -42,6 +45,11 @@ absl::StatusOr<worker::EngineOptions> EngineFlags::ToOptions() const {
   o.tp_replicate_vocab = tp_replicate_vocab;
   o.comm = comm;
   o.adapter = adapter;
+  if (!worker::CheckDeviceName(device).ok()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--device must be one of ", worker::DeviceNames(), ", got '", device, "'"));
+  }
+  o.device = device;
   if (kv_dtype == "f32") {
     o.kv_dtype = DType::kF32;
   } else if (kv_dtype == "f16") {
@@ -78,10 +86,13 @@ absl::StatusOr<std::unique_ptr<worker::Engine>> LoadEngine(const EngineFlags& fl
     const double secs =
         std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
     const auto& c = (*engine)->config();
-    std::fprintf(stderr, "loaded %s (%s, %d layers, %s of weights) in %.2f s, %d threads%s\n",
+    const kernels::Backend* gpu = (*engine)->backend();
+    const std::string where = gpu != nullptr
+                                  ? gpu->Describe()
+                                  : absl::StrCat((*engine)->runner().num_threads(), " threads");
+    std::fprintf(stderr, "loaded %s (%s, %d layers, %s of weights) in %.2f s, %s%s\n",
                  (*engine)->files().path().c_str(), c.name.c_str(), c.n_layer,
-                 FormatBytes((*engine)->weights().bytes).c_str(), secs,
-                 (*engine)->runner().num_threads(),
+                 FormatBytes((*engine)->weights().bytes).c_str(), secs, where.c_str(),
                  (*engine)->adapter() != nullptr ? ", with its retrofit adapter merged" : "");
   }
   return engine;

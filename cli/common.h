@@ -21,6 +21,7 @@ struct EngineFlags {
   int32_t threads = 0;
   std::string kv_cache_memory;  // "" = automatic
   std::string kv_dtype = "f32";
+  std::string device = "cpu";
   bool quiet = false;
   // Not a flag: a retrofit adapter to merge (worker/adapter.h), from the command's KV policy.
   std::string adapter;

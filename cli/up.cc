@@ -33,6 +33,7 @@
 #include "transport/child_process.h"
 #include "transport/http/client.h"
 #include "transport/rpc/client.h"
+#include "worker/device.h"
 #include "worker/service/worker_service.pb.h"
 
 namespace kvasir::cli {
@@ -246,6 +247,10 @@ int RunUp(int argc, char** argv) {
              "compute threads per worker process (0: the cores divided by the processes of every "
              "worker's ranks)");
   p.AddString("kv-cache-memory", &kv_cache_memory, "BYTES", "KV cache size per worker (4GiB)");
+  std::string device = "cpu";
+  p.AddString("device", &device, "NAME",
+              "where the workers run the model: cpu, or cuda (each worker on GPU 0; one GPU per "
+              "worker, no tensor parallelism on GPUs yet)");
   p.AddInt32("max-num-seqs", &max_num_seqs, "sequences per batch per worker (0: default)");
   p.AddInt32("max-num-batched-tokens", &max_num_batched_tokens,
              "tokens per step per worker (0: default)");
@@ -290,6 +295,12 @@ int RunUp(int argc, char** argv) {
   if (p.help_requested()) {
     std::fputs(p.Help().c_str(), stdout);
     return 0;
+  }
+  if (!worker::CheckDeviceName(device).ok()) {
+    return Fail(cmd,
+                absl::InvalidArgumentError(absl::StrCat(
+                    "--device must be one of ", worker::DeviceNames(), ", got '", device, "'")),
+                2);
   }
   const bool disaggregated = prefill_workers > 0 || decode_workers > 0;
   const bool workers_given = std::any_of(
@@ -477,6 +488,10 @@ int RunUp(int argc, char** argv) {
     if (!kv_cache_memory.empty()) {
       w.push_back("--kv-cache-memory");
       w.push_back(kv_cache_memory);
+    }
+    if (device != "cpu") {
+      w.push_back("--device");
+      w.push_back(device);
     }
     if (max_num_seqs > 0) {
       w.push_back("--max-num-seqs");

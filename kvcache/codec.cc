@@ -169,12 +169,21 @@ void WritePayload(const KvCache& cache, const SequenceKv& seq, int64_t n_tokens,
                   int32_t l1, int32_t h0, int32_t h1, const std::string& state, ChunkWriter& w) {
   w.Put<int64_t>(n_tokens);
   const size_t slot_bytes = cache.pool().slot_bytes();
+  std::vector<uint8_t> staging;
   for (int32_t l = l0; l < l1; ++l) {
     for (int32_t h = h0; h < h1; ++h) {
       for (const HeadTable* t : {&seq.k(l, h), &seq.v(l, h)}) {
         w.Put<int32_t>(t->length);
         ForEachSlotRun(cache, *t, t->length, [&](int32_t s, int32_t n) {
-          w.Bytes(cache.SlotPtr(*t, s), static_cast<size_t>(n) * slot_bytes);
+          const size_t bytes = static_cast<size_t>(n) * slot_bytes;
+          if (cache.pool().host_addressable()) {
+            w.Bytes(cache.SlotPtr(*t, s), bytes);
+            return;
+          }
+          // Pages in GPU memory: staged through host memory, one page run at a time.
+          staging.resize(std::max(staging.size(), bytes));
+          cache.pool().backend()->Download(staging.data(), cache.SlotPtr(*t, s), bytes);
+          w.Bytes(staging.data(), bytes);
         });
       }
     }
@@ -437,8 +446,17 @@ absl::Status ReadPart(KvCache& cache, SequenceKv& seq, const KvBlockHeader& head
         HeadTable* t = kv == 0 ? &seq.k(l, local) : &seq.v(l, local);
         KVASIR_RETURN_IF_ERROR(cache.Reserve(*t, length, 0));
         t->length = length;
+        // The length was checked against what is left, so every read succeeds.
         ForEachSlotRun(cache, *t, length, [&](int32_t s, int32_t n) {
-          r.Bytes(cache.SlotPtr(*t, s), static_cast<size_t>(n) * slot_bytes);
+          const size_t bytes = static_cast<size_t>(n) * slot_bytes;
+          if (cache.pool().host_addressable()) {
+            r.Bytes(cache.SlotPtr(*t, s), bytes);
+            return;
+          }
+          // Pages in GPU memory: staged through host memory, one page run at a time.
+          skip.resize(std::max(skip.size(), bytes));
+          r.Bytes(skip.data(), bytes);
+          cache.pool().backend()->Upload(cache.SlotPtr(*t, s), skip.data(), bytes);
         });
       }
     }

@@ -18,8 +18,8 @@ absl::StatusOr<std::unique_ptr<KvCache>> KvCache::Create(const KvGeometry& g,
                                                    ", heads ", g.n_head, ", kv heads ", g.n_head_kv,
                                                    ", head dim ", g.head_dim));
   }
-  auto pool =
-      PagePool::Create(options.page_size, g.head_dim, options.dtype, options.capacity_bytes);
+  auto pool = PagePool::Create(options.page_size, g.head_dim, options.dtype, options.capacity_bytes,
+                               options.memory);
   if (!pool.ok()) return pool.status();
   return std::unique_ptr<KvCache>(new KvCache(g, std::move(*pool)));
 }
@@ -72,7 +72,11 @@ absl::Status KvCache::Reserve(HeadTable& table, int32_t slots, int32_t first_wri
     if (pool_.refcount(page) > 1) {
       std::optional<int32_t> copy = AllocatePage();
       if (!copy) return absl::ResourceExhaustedError("KV cache is full");
-      std::memcpy(pool_.page_data(*copy), pool_.page_data(page), pool_.page_bytes());
+      if (pool_.host_addressable()) {
+        std::memcpy(pool_.page_data(*copy), pool_.page_data(page), pool_.page_bytes());
+      } else {
+        pool_.backend()->Copy(pool_.page_data(*copy), pool_.page_data(page), pool_.page_bytes());
+      }
       pool_.Unref(page);
       table.pages[p] = *copy;
     }
@@ -97,6 +101,7 @@ void KvCache::Truncate(HeadTable& table, int32_t length) {
 }
 
 void KvCache::WriteSlot(const HeadTable& table, int32_t slot, const float* values) {
+  KVASIR_CHECK(pool_.host_addressable());
   void* dst = SlotPtr(table, slot);
   const int32_t n = geometry_.head_dim;
   if (pool_.dtype() == DType::kF32) {
@@ -108,6 +113,7 @@ void KvCache::WriteSlot(const HeadTable& table, int32_t slot, const float* value
 }
 
 void KvCache::ReadSlot(const HeadTable& table, int32_t slot, float* values) const {
+  KVASIR_CHECK(pool_.host_addressable());
   const void* src = SlotPtr(table, slot);
   const int32_t n = geometry_.head_dim;
   if (pool_.dtype() == DType::kF32) {

@@ -105,6 +105,9 @@ struct KvCacheOptions {
   int32_t page_size = 16;     // slots per page
   DType dtype = DType::kF32;  // kF32 or kF16
   int64_t capacity_bytes = 256 << 20;
+  // Where the pages live: null, a host mapping; else this backend's memory (GPU memory for CUDA),
+  // which the policies and the codec then reach through the backend. Borrowed.
+  kernels::Backend* memory = nullptr;
 };
 
 class KvCache {
@@ -142,9 +145,9 @@ class KvCache {
   const void* SlotPtr(const HeadTable& table, int32_t slot) const {
     return const_cast<KvCache*>(this)->SlotPtr(table, slot);
   }
-  // Copies f32 values into a slot, converting to the pool's dtype.
+  // Copies f32 values into a slot, converting to the pool's dtype. Host-addressable pools only.
   void WriteSlot(const HeadTable& table, int32_t slot, const float* values);
-  // Reads a slot as f32.
+  // Reads a slot as f32. Host-addressable pools only.
   void ReadSlot(const HeadTable& table, int32_t slot, float* values) const;
 
   // Makes `dst` share the first `slots` slots of `src` (prefix sharing): whole pages are

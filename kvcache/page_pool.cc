@@ -10,7 +10,7 @@
 namespace kvasir::kvcache {
 
 absl::StatusOr<PagePool> PagePool::Create(int32_t page_size, int32_t head_dim, DType dtype,
-                                          int64_t capacity_bytes) {
+                                          int64_t capacity_bytes, kernels::Backend* backend) {
   if (page_size <= 0 || head_dim <= 0) {
     return absl::InvalidArgumentError("page size and head dim must be positive");
   }
@@ -31,13 +31,24 @@ absl::StatusOr<PagePool> PagePool::Create(int32_t page_size, int32_t head_dim, D
   }
   pool.capacity_pages_ = static_cast<int32_t>(pages);
   pool.mapped_bytes_ = static_cast<size_t>(pages) * pool.page_bytes_;
-  void* p = ::mmap(nullptr, pool.mapped_bytes_, PROT_READ | PROT_WRITE,
-                   MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-  if (p == MAP_FAILED) {
-    return absl::ResourceExhaustedError(
-        absl::StrCat("cannot reserve ", pool.mapped_bytes_, " bytes for the KV cache"));
+  if (backend != nullptr) {
+    void* p = backend->Allocate(pool.mapped_bytes_);
+    if (p == nullptr) {
+      return absl::ResourceExhaustedError(absl::StrCat("cannot allocate ", pool.mapped_bytes_,
+                                                       " bytes of ", backend->name(),
+                                                       " memory for the KV cache"));
+    }
+    pool.base_ = static_cast<uint8_t*>(p);
+    pool.backend_ = backend;
+  } else {
+    void* p = ::mmap(nullptr, pool.mapped_bytes_, PROT_READ | PROT_WRITE,
+                     MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    if (p == MAP_FAILED) {
+      return absl::ResourceExhaustedError(
+          absl::StrCat("cannot reserve ", pool.mapped_bytes_, " bytes for the KV cache"));
+    }
+    pool.base_ = static_cast<uint8_t*>(p);
   }
-  pool.base_ = static_cast<uint8_t*>(p);
   pool.refcounts_.assign(pages, 0);
   pool.free_.reserve(pages);
   for (int64_t i = pages - 1; i >= 0; --i) pool.free_.push_back(static_cast<int32_t>(i));
@@ -51,6 +62,7 @@ PagePool& PagePool::operator=(PagePool&& other) noexcept {
     Release();
     base_ = std::exchange(other.base_, nullptr);
     mapped_bytes_ = std::exchange(other.mapped_bytes_, 0);
+    backend_ = std::exchange(other.backend_, nullptr);
     page_size_ = other.page_size_;
     head_dim_ = other.head_dim_;
     dtype_ = other.dtype_;
@@ -66,9 +78,20 @@ PagePool& PagePool::operator=(PagePool&& other) noexcept {
 PagePool::~PagePool() { Release(); }
 
 void PagePool::Release() {
-  if (base_ != nullptr) ::munmap(base_, mapped_bytes_);
+  if (base_ != nullptr) {
+    if (backend_ != nullptr) {
+      backend_->Free(base_);
+    } else {
+      ::munmap(base_, mapped_bytes_);
+    }
+  }
   base_ = nullptr;
+  backend_ = nullptr;
   mapped_bytes_ = 0;
+}
+
+bool PagePool::host_addressable() const {
+  return backend_ == nullptr || backend_->host_addressable();
 }
 
 std::optional<int32_t> PagePool::Allocate() {

@@ -1,8 +1,10 @@
 // The page pool behind every KV block table: fixed-size pages of `page_size` slots of one KV
 // head each (head_dim elements per slot), handed out by id with reference counts so that
 // sequences sharing a prefix can share pages (copy-on-write is the table's job, see
-// sequence_kv.h). The memory is one anonymous mapping reserved up front and touched lazily, so a
-// large --kv-cache-memory costs nothing until it is used.
+// kv_cache.h). The memory is one anonymous mapping reserved up front and touched lazily, so a
+// large --kv-cache-memory costs nothing until it is used; or, given a backend, one allocation of
+// that backend's memory (GPU memory for CUDA), which the host then reaches only through the
+// backend (host_addressable() false).
 //
 // Thread contract: not thread-safe; the engine's executor thread owns it.
 #pragma once
@@ -14,14 +16,17 @@
 
 #include "absl/status/statusor.h"
 #include "common/base/dtype.h"
+#include "kernels/backend.h"
 
 namespace kvasir::kvcache {
 
 class PagePool {
  public:
   // dtype: kF32 or kF16. capacity_bytes is rounded down to whole pages (at least one).
+  // backend: where the memory lives (null: a host mapping); borrowed, must outlive the pool.
   static absl::StatusOr<PagePool> Create(int32_t page_size, int32_t head_dim, DType dtype,
-                                         int64_t capacity_bytes);
+                                         int64_t capacity_bytes,
+                                         kernels::Backend* backend = nullptr);
   PagePool(PagePool&& other) noexcept;
   PagePool& operator=(PagePool&& other) noexcept;
   ~PagePool();
@@ -42,6 +47,11 @@ class PagePool {
            static_cast<size_t>(slot) * slot_bytes_;
   }
   const void* base() const { return base_; }
+  void* base() { return base_; }
+  // The backend whose memory holds the pages (null: host memory).
+  kernels::Backend* backend() const { return backend_; }
+  // Whether the host may read and write the pages through the pointers above.
+  bool host_addressable() const;
 
   int32_t page_size() const { return page_size_; }
   int32_t head_dim() const { return head_dim_; }
@@ -58,6 +68,7 @@ class PagePool {
 
   uint8_t* base_ = nullptr;
   size_t mapped_bytes_ = 0;
+  kernels::Backend* backend_ = nullptr;
   int32_t page_size_ = 0;
   int32_t head_dim_ = 0;
   DType dtype_ = DType::kF32;

@@ -7,6 +7,8 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/status_macros.h"
+#include "worker/backend_model_runner.h"
+#include "worker/device.h"
 
 namespace kvasir::worker {
 namespace {
@@ -27,6 +29,16 @@ std::string CanonicalPath(const std::string& path) {
 
 absl::StatusOr<std::unique_ptr<Engine>> Engine::Load(const EngineOptions& options) {
   std::unique_ptr<Engine> e(new Engine());
+  KVASIR_RETURN_IF_ERROR(CheckDeviceName(options.device));
+  e->device_ = options.device;
+  if (options.device != "cpu") {
+    if (options.tp_size > 1) {
+      return absl::UnimplementedError(
+          absl::StrCat("tensor parallelism on --device ", options.device,
+                       " is not built yet (planned: NCCL groups); run one engine per GPU"));
+    }
+    KVASIR_ASSIGN_OR_RETURN(e->backend_, CreateGpuBackend(options.device));
+  }
   KVASIR_ASSIGN_OR_RETURN(std::string path, model::ResolveModelPath(options.model));
   KVASIR_ASSIGN_OR_RETURN(e->files_, model::ModelFiles::Open(path));
   if (e->files_->gguf() != nullptr) {
@@ -64,6 +76,7 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Load(const EngineOptions& option
   kv.page_size = options.kv_page_size;
   kv.dtype = options.kv_dtype;
   kv.capacity_bytes = kv_bytes;
+  kv.memory = e->backend_.get();  // GPU memory on a GPU; null: a host mapping
   kvcache::KvGeometry geometry = GeometryOf(local);
   if (e->shard_.sharded()) {
     geometry.kv_head_offset = e->shard_.kv_head_begin;
@@ -74,7 +87,12 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Load(const EngineOptions& option
   ro.num_threads = options.num_threads;
   ro.shard = &e->shard_;
   ro.comm = options.comm;
-  KVASIR_ASSIGN_OR_RETURN(e->runner_, CreateCpuRunner(c, e->weights_, *e->cache_, ro));
+  if (e->backend_ != nullptr) {
+    KVASIR_ASSIGN_OR_RETURN(e->runner_,
+                            CreateBackendRunner(c, e->weights_, *e->cache_, *e->backend_));
+  } else {
+    KVASIR_ASSIGN_OR_RETURN(e->runner_, CreateCpuRunner(c, e->weights_, *e->cache_, ro));
+  }
   return e;
 }
 

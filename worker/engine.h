@@ -19,6 +19,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "kernels/backend.h"
 #include "kvcache/kv_cache.h"
 #include "kvcache/policy.h"
 #include "model/model_files.h"
@@ -48,6 +49,9 @@ struct EngineOptions {
   // A retrofit adapter (worker/adapter.h) merged into the weights at load: the model then runs
   // only the policies that name this file (learned dmc's weights=FILE). "" for none.
   std::string adapter;
+  // "cpu", or "cuda": the backend runner (worker/backend_model_runner.h) over the CUDA kernels,
+  // weights and KV cache in GPU memory, one GPU, no tensor parallelism (worker/device.h).
+  std::string device = "cpu";
 };
 
 class Engine {
@@ -66,6 +70,10 @@ class Engine {
   }
   const LlamaWeights& weights() const { return weights_; }
   const model::ShardPlan& shard() const { return shard_; }
+  // "cpu" or "cuda" (EngineOptions::device).
+  const std::string& device() const { return device_; }
+  // The GPU backend of a GPU engine; null on the CPU.
+  kernels::Backend* backend() const { return backend_.get(); }
   // A policy for this model's geometry, from a spec string (docs/compression.md).
   // FailedPrecondition when the policy needs a model adapted otherwise than this one (an adapted
   // engine runs only the policies that name its adapter).
@@ -77,6 +85,8 @@ class Engine {
 
  private:
   Engine() = default;
+  // Declared first so that it goes last: the cache and the runner hold its memory.
+  std::unique_ptr<kernels::Backend> backend_;
   std::unique_ptr<model::ModelFiles> files_;
   std::unique_ptr<model::Tokenizer> tokenizer_;
   model::ShardPlan shard_;
@@ -85,6 +95,7 @@ class Engine {
   std::string adapter_path_;  // canonical
   std::unique_ptr<kvcache::KvCache> cache_;
   std::unique_ptr<ModelRunner> runner_;
+  std::string device_ = "cpu";
 };
 
 struct GenerateRequest {

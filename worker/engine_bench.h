@@ -30,6 +30,7 @@ struct EngineBenchOptions {
 struct EngineBenchResult {
   std::string model;
   std::string isa;
+  std::string device;  // "cpu", or the GPU backend's description
   int threads = 0;
   std::string kv_policy;
   double prefill_tps = 0;

@@ -2,8 +2,9 @@
 // sequences, on top of the paged KV cache. Each sequence's new tokens go through every layer with
 // the sequence's own KV policy; logits come out for the rows asked for.
 //
-// This is the CPU implementation. A CUDA runner implements the same Forward contract later
-// (planned, docs/kernels.md); everything above it (generator, scheduler, services) sees only
+// Two implementations: the CPU runner (CreateCpuRunner below, tensor parallelism included) and
+// the backend runner (backend_model_runner.h), which runs the pass through kernels::Backend and
+// is what --device cuda uses; everything above them (generator, scheduler, services) sees only
 // ModelRunner.
 //
 // Thread contract: one thread calls Forward at a time; the kernels use the runner's thread pool.

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 #include <string>
 #include <string_view>
@@ -19,9 +20,13 @@ namespace kvasir::testing {
 // appears, so a missing single file still fails its test.
 inline constexpr const char* kSharedMissingMarker = "KVASIR_SHARED_FIXTURES_MISSING";
 
-// ../shared/<rel>, e.g. SharedPath("models/stories260K.gguf").
+// ../shared/<rel>, e.g. SharedPath("models/stories260K.gguf"); $KVASIR_SHARED_DIR/<rel> when that
+// is set (a machine where the tests run away from their source tree, scripts/gpu-check.sh).
 inline std::string SharedPath(std::string_view rel) {
-  const std::string root = std::string(KVASIR_SOURCE_DIR) + "/../shared";
+  const char* env = std::getenv("KVASIR_SHARED_DIR");
+  const std::string root = env != nullptr && env[0] != '\0'
+                               ? std::string(env)
+                               : std::string(KVASIR_SOURCE_DIR) + "/../shared";
   static const bool present = std::filesystem::is_directory(root);
   if (!present) {
     std::fprintf(stderr, "%s: %s is absent, so this test cannot read %s\n", kSharedMissingMarker,

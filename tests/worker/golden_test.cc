@@ -75,6 +75,37 @@ TEST_F(GoldenTest, MatchesLlamaCppGreedyOutputsAndLogits) {
   }
 }
 
+// The same goldens on --device cuda (skipped, with the reason, without a GPU or a CUDA build):
+// the same greedy ids, and the first step's top five within the same tolerance.
+TEST_F(GoldenTest, CudaEngineMatchesTheGoldens) {
+  EngineOptions o;
+  o.model = testing::SharedPath("models/stories260K.gguf");
+  o.prefault = false;
+  o.device = "cuda";
+  auto gpu = Engine::Load(o);
+  if (!gpu.ok()) GTEST_SKIP() << gpu.status().message();
+  const auto cases = ReadGolden(testing::SharedPath("golden/stories260K_public.jsonl"));
+  ASSERT_GE(cases.size(), 4u);
+  for (const GoldenCase& c : cases) {
+    SCOPED_TRACE(c.prompt);
+    GenerateRequest req;
+    req.prompt = c.prompt_ids;
+    req.sampling = SamplingParams::Greedy();
+    req.max_tokens = static_cast<int32_t>(c.greedy_ids.size());
+    std::vector<float> first;
+    auto r = Generate(**gpu, req, nullptr, [&](int step, std::span<const float> logits) {
+      if (step == 0) first.assign(logits.begin(), logits.end());
+    });
+    ASSERT_TRUE(r.ok()) << r.status();
+    EXPECT_EQ(r->ids, c.greedy_ids);
+    ASSERT_EQ(first.size(), 512u);
+    for (int i = 0; i < 5; ++i) {
+      EXPECT_NEAR(first[c.top5[i].first], c.top5[i].second, 1e-3 * std::abs(c.top5[i].second))
+          << "token " << c.top5[i].first;
+    }
+  }
+}
+
 // A step with several sequences, mixing a prefill chunk and decode tokens, gives the same
 // logits as running each sequence alone; chunked prefill gives the same as one chunk.
 TEST_F(GoldenTest, BatchedAndChunkedStepsMatchSeparateRuns) {

@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# The CUDA checks, run on a GPU machine from the repository root over a bundle made by
+# scripts/gpu-bundle.sh (default .gpu): every backend operation on CUDA against the CPU
+# references, the backend runner on CUDA against the CPU runner, the public goldens on
+# --device cuda, and a generate/eval side by side with the CPU. Results go to stdout (and to
+# $OUT when set).
+set -uo pipefail
+if [[ -n ${OUT:-} ]]; then exec > >(tee "$OUT/gpu-check.log") 2>&1; fi
+bundle=${1:-.gpu}
+root=$(pwd)
+export LD_LIBRARY_PATH="$root/$bundle/lib:/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}"
+export KVASIR_SHARED_DIR="$root/$bundle/shared"  # the tests' fixtures (tests/testing/paths.h)
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader || true
+model="$bundle/shared/models/stories260K.gguf"
+status=0
+run() {
+  echo "== $*"
+  "$@" || status=1
+}
+run "$bundle/bin/kvasir_kernels_tests" --gtest_filter='*cuda*:*Backend*' --gtest_brief=1
+run "$bundle/bin/kvasir_worker_tests" --gtest_filter='*BackendRunner*:*Golden*' --gtest_brief=1
+if command -v compute-sanitizer > /dev/null; then
+  run compute-sanitizer --tool memcheck --error-exitcode 3 "$bundle/bin/kvasir_kernels_tests" \
+    --gtest_filter='*cuda*' --gtest_brief=1
+fi
+run "$bundle/bin/kvasir" bench engine --device cuda --model "$model" --quiet
+for device in cpu cuda; do
+  run "$bundle/bin/kvasir" generate --device "$device" --model "$model" --prompt "Once upon a time" \
+    --max-tokens 48 --temperature 0
+done
+exit $status

@@ -1,0 +1,145 @@
+// The backend runner (worker/backend_model_runner.h), the forward pass the CUDA backend runs, on
+// the CPU backend: for every KV policy it must give the CPU runner's logits bit for bit, over
+// steps that mix prefill chunks and decode tokens of several sequences. So the runner's logic is
+// tested here on every machine, and a GPU session checks only the kernels underneath it: on a
+// machine with a GPU the same steps run on CUDA (logits within a tolerance) and greedy runs of
+// the public goldens through an engine on --device cuda must give the CPU's ids; without one
+// those tests skip with the reason.
+#include <algorithm>
+#include <cmath>
+#include <memory>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "common/base/thread_pool.h"
+#include "gtest/gtest.h"
+#include "kernels/cpu/cpu_backend.h"
+#include "tests/worker/e2e_util.h"
+#include "worker/backend_model_runner.h"
+#include "worker/device.h"
+#include "worker/engine.h"
+
+namespace kvasir::worker {
+namespace {
+
+using BackendRunnerTest = e2e::StoriesSuite<::testing::TestWithParam<std::string>>;
+
+// Two sequences through `runner` over `cache`: a prompt in two chunks, then decode tokens, with
+// the second sequence joining mid-way; every step's logits appended to `out`.
+void RunSteps(ModelRunner& runner, kvcache::KvCache& cache,
+              std::shared_ptr<const kvcache::KvPolicy> policy, const std::vector<int32_t>& prompt,
+              std::vector<std::vector<float>>& out) {
+  kvcache::SequenceKv& a = cache.CreateSequence(policy);
+  kvcache::SequenceKv& b = cache.CreateSequence(policy);
+  const std::span<const int32_t> p(prompt);
+  const size_t half = prompt.size() / 2;
+  std::vector<float> logits;
+  auto step = [&](std::vector<StepSequence> batch) {
+    ASSERT_TRUE(runner.Forward(batch, logits).ok());
+    out.push_back(logits);
+  };
+  step({{&a, p.subspan(0, half), false}});
+  step({{&a, p.subspan(half), false}, {&b, p.subspan(0, 7), true}});
+  std::vector<int32_t> next_a = {prompt[3]}, next_b = {prompt[5]};
+  for (int i = 0; i < 6; ++i) {
+    step({{&a, next_a, false},
+          {&b, i == 0 ? p.subspan(7, 20) : std::span<const int32_t>(next_b), false}});
+    next_a[0] = prompt[(i * 7 + 2) % prompt.size()];
+    next_b[0] = prompt[(i * 5 + 1) % prompt.size()];
+  }
+  cache.FreeSequence(a.id());
+  cache.FreeSequence(b.id());
+}
+
+TEST_P(BackendRunnerTest, GivesTheCpuRunnersLogitsBitForBit) {
+  Engine& e = *engine_;
+  auto policy = e.Policy(GetParam());
+  ASSERT_TRUE(policy.ok()) << policy.status();
+  kvcache::KvCacheOptions ko;
+  ko.capacity_bytes = 64 << 20;
+  auto cache = kvcache::KvCache::Create(e.cache().geometry(), ko);
+  ASSERT_TRUE(cache.ok());
+  ThreadPool pool(2);
+  kernels::cpu::CpuBackend backend(&pool);
+  auto runner = CreateBackendRunner(e.config(), e.weights(), **cache, backend);
+  ASSERT_TRUE(runner.ok()) << runner.status();
+
+  const std::vector<int32_t> prompt = e2e::BallPrompt(e);
+  std::vector<std::vector<float>> want, got;
+  RunSteps(e.runner(), e.cache(), *policy, prompt, want);
+  RunSteps(**runner, **cache, *policy, prompt, got);
+  ASSERT_EQ(got.size(), want.size());
+  for (size_t s = 0; s < got.size(); ++s) {
+    ASSERT_EQ(got[s].size(), want[s].size()) << "step " << s;
+    EXPECT_EQ(got[s], want[s]) << "step " << s;
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Policies, BackendRunnerTest,
+                         ::testing::Values("full", "streaming:sink=4,window=28",
+                                           "h2o:budget=24,recent=8",
+                                           "dmc:mode=free,ratio=2,recent=8",
+                                           "lococo:slots=16,chunk=8"),
+                         [](const auto& info) {
+                           std::string name = info.param.substr(0, info.param.find(':'));
+                           return name;
+                         });
+
+// The same steps on the GPU: the kernels differ in summation order (and the CPU rounds
+// activations to 8 bits for quantized weights, which stories260K's f32 weights are not), so the
+// logits agree within a tolerance, relative to their spread.
+TEST_P(BackendRunnerTest, CudaGivesTheCpuRunnersLogits) {
+  auto gpu = CreateGpuBackend("cuda");
+  if (!gpu.ok()) GTEST_SKIP() << gpu.status().message();
+  Engine& e = *engine_;
+  auto policy = e.Policy(GetParam());
+  ASSERT_TRUE(policy.ok()) << policy.status();
+  kvcache::KvCacheOptions ko;
+  ko.capacity_bytes = 64 << 20;
+  ko.memory = gpu->get();
+  auto cache = kvcache::KvCache::Create(e.cache().geometry(), ko);
+  ASSERT_TRUE(cache.ok()) << cache.status();
+  auto runner = CreateBackendRunner(e.config(), e.weights(), **cache, **gpu);
+  ASSERT_TRUE(runner.ok()) << runner.status();
+  const std::vector<int32_t> prompt = e2e::BallPrompt(e);
+  std::vector<std::vector<float>> want, got;
+  RunSteps(e.runner(), e.cache(), *policy, prompt, want);
+  if ((*policy)->spec().rfind("full", 0) != 0 && (*policy)->spec().rfind("streaming", 0) != 0 &&
+      (*policy)->spec().rfind("h2o", 0) != 0) {
+    // The policies that read the cache on the host refuse a GPU cache, clearly.
+    kvcache::SequenceKv& a = (**cache).CreateSequence(*policy);
+    std::vector<float> logits;
+    StepSequence s{&a, std::span<const int32_t>(prompt).subspan(0, 8), false};
+    const absl::Status status = (**runner).Forward({&s, 1}, logits);
+    EXPECT_EQ(status.code(), absl::StatusCode::kFailedPrecondition) << status;
+    return;
+  }
+  RunSteps(**runner, **cache, *policy, prompt, got);
+  ASSERT_EQ(got.size(), want.size());
+  for (size_t s = 0; s < got.size(); ++s) {
+    ASSERT_EQ(got[s].size(), want[s].size()) << "step " << s;
+    float lo = want[s][0], hi = want[s][0], worst = 0;
+    for (size_t i = 0; i < want[s].size(); ++i) {
+      lo = std::min(lo, want[s][i]);
+      hi = std::max(hi, want[s][i]);
+      worst = std::max(worst, std::abs(got[s][i] - want[s][i]));
+    }
+    EXPECT_LE(worst, 1e-3f * (hi - lo)) << "step " << s;
+  }
+}
+
+TEST_F(BackendRunnerTest, RefusesACacheWithoutTheModelsHeads) {
+  Engine& e = *engine_;
+  kvcache::KvGeometry g = e.cache().geometry();
+  g.n_head_kv = 1;
+  g.n_head = 1;
+  auto cache = kvcache::KvCache::Create(g, {});
+  ASSERT_TRUE(cache.ok());
+  kernels::cpu::CpuBackend backend(nullptr);
+  auto runner = CreateBackendRunner(e.config(), e.weights(), **cache, backend);
+  EXPECT_EQ(runner.status().code(), absl::StatusCode::kInvalidArgument);
+}
+
+}  // namespace
+}  // namespace kvasir::worker
