@@ -9,6 +9,7 @@
 #include <fstream>
 #include <iterator>
 #include <string>
+#include <system_error>
 #include <vector>
 
 namespace kvasir::cli::cli_test {
@@ -24,13 +25,20 @@ inline std::string ReadAll(const std::string& path) {
   return {std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
 }
 
-// A scratch folder of this test process, created on first use.
+// A scratch folder of this test process, created on first use and removed when it exits.
 inline std::string TempDir() {
-  std::string dir =
-      (std::filesystem::temp_directory_path() / ("kvasir_cli_test_" + std::to_string(::getpid())))
-          .string();
-  std::filesystem::create_directories(dir);
-  return dir;
+  struct Dir {
+    std::string path =
+        (std::filesystem::temp_directory_path() / ("kvasir_cli_test_" + std::to_string(::getpid())))
+            .string();
+    Dir() { std::filesystem::create_directories(path); }
+    ~Dir() {
+      std::error_code ec;
+      std::filesystem::remove_all(path, ec);
+    }
+  };
+  static const Dir dir;
+  return dir.path;
 }
 
 inline std::string Quote(const std::string& s) {
