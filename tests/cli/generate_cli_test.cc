@@ -131,6 +131,32 @@ TEST(GenerateCliTest, HelpAndUsageErrors) {
   EXPECT_NE(bad_policy.err.find("nonsense"), std::string::npos);
 }
 
+// --device: an unknown name and a GPU that is not there are one-line errors; on a machine with a
+// usable GPU and a CUDA build, cuda gives the CPU's greedy text.
+TEST(GenerateCliTest, DeviceFlag) {
+  RunResult unknown =
+      Kvasir({"generate", "--model", kStories, "--prompt", "x", "--device", "tpu", "--quiet"});
+  EXPECT_EQ(unknown.exit_code, 1);
+  EXPECT_NE(unknown.err.find("--device must be one of cpu, cuda"), std::string::npos)
+      << unknown.err;
+  EXPECT_EQ(CountLines(unknown.err), 1) << unknown.err;
+  const std::vector<std::string> args = {"generate",    "--model",      kStories, "--prompt",
+                                         "Once upon a", "--max-tokens", "24",     "--temperature",
+                                         "0",           "--quiet"};
+  std::vector<std::string> on_gpu = args;
+  on_gpu.insert(on_gpu.end(), {"--device", "cuda"});
+  RunResult gpu = Kvasir(on_gpu);
+  if (gpu.exit_code != 0) {
+    EXPECT_EQ(gpu.exit_code, 1);
+    EXPECT_NE(gpu.err.find("--device cuda: "), std::string::npos) << gpu.err;
+    EXPECT_EQ(CountLines(gpu.err), 1) << gpu.err;
+    GTEST_SKIP() << "no CUDA here: " << gpu.err;
+  }
+  RunResult cpu = Kvasir(args);
+  ASSERT_EQ(cpu.exit_code, 0) << cpu.err;
+  EXPECT_EQ(gpu.out, cpu.out);
+}
+
 // Each broken model gives a one-line error on stderr and a non-zero exit.
 void ExpectOneLineError(const std::string& model, const std::string& needle) {
   RunResult r = Kvasir({"generate", "--model", model, "--prompt", "hello", "--quiet"});
