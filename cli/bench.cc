@@ -50,7 +50,7 @@ int RunBenchEngine(int argc, char** argv) {
               "runs after a warm-up.");
   EngineFlags flags;
   flags.Register(p);
-  std::string kv = "full", contexts, budget;
+  std::string kv = "full", contexts, budget, batches = "1,4,16";
   int32_t repeats = 3, prefill = 512, decode = 128, prompt = 128;
   bool json = false;
   p.AddString("kv", &kv, "POLICY", "KV cache policy of the benchmark sequences");
@@ -58,6 +58,8 @@ int RunBenchEngine(int argc, char** argv) {
   p.AddInt32("prefill-tokens", &prefill, "prompt length of the prefill figure");
   p.AddInt32("decode-tokens", &decode, "tokens generated per sequence");
   p.AddInt32("batch-prompt", &prompt, "prompt length of each sequence in the decode figures");
+  p.AddString("batches", &batches, "N,N",
+              "concurrent sequences of the decode figures (1 is batch-1 decode)");
   p.AddString("contexts", &contexts, "N,N",
               "also decode after prompts of these lengths (default with --kv other than full: "
               "2048,4096 or what the context allows)");
@@ -75,6 +77,14 @@ int RunBenchEngine(int argc, char** argv) {
   o.prefill_tokens = prefill;
   o.decode_tokens = decode;
   o.batch_prompt = prompt;
+  auto batch_list = ParseIntList(batches);
+  if (!batch_list.ok()) return Fail(cmd, batch_list.status(), 2);
+  if (batch_list->empty() ||
+      std::any_of(batch_list->begin(), batch_list->end(), [](int32_t b) { return b < 1; })) {
+    return Fail(cmd, absl::InvalidArgumentError("--batches takes positive counts, e.g. 1,16,64"),
+                2);
+  }
+  o.batches = *batch_list;
   auto ctx = ParseIntList(contexts);
   if (!ctx.ok()) return Fail(cmd, ctx.status(), 2);
   o.long_contexts = *ctx;
@@ -135,8 +145,10 @@ int RunBenchEngine(int argc, char** argv) {
   std::printf("%-36s %12s\n", "figure", "tokens/s");
   std::printf("%-36s %12.1f\n", absl::StrFormat("prefill, %d-token prompt", prefill).c_str(),
               r->prefill_tps);
-  std::printf("%-36s %12.1f\n", absl::StrFormat("decode, batch 1, %d tokens", decode).c_str(),
-              r->decode_tps_b1);
+  if (r->decode_tps_b1 > 0) {
+    std::printf("%-36s %12.1f\n", absl::StrFormat("decode, batch 1, %d tokens", decode).c_str(),
+                r->decode_tps_b1);
+  }
   for (const auto& [streams, tps] : r->decode_tps_batched) {
     std::printf("%-36s %12.1f\n", absl::StrFormat("decode, %d streams, aggregate", streams).c_str(),
                 tps);
@@ -148,14 +160,16 @@ int RunBenchEngine(int argc, char** argv) {
             .c_str(),
         r->decode_tps_at_context[i].second, 100 * r->kv_ratio_at_context[i].second);
   }
-  std::printf("\nmemory read bandwidth     %.1f GB/s (DRAM)\n", r->mem_read_gbps);
-  if (r->cache_read_gbps > 0) {
-    std::printf("cache read bandwidth      %.1f GB/s (the weights fit the %s last-level cache)\n",
-                r->cache_read_gbps, FormatBytes(r->llc_bytes).c_str());
+  std::printf("\nweights read per token    %s\n", FormatBytes(r->decode_bytes_per_token).c_str());
+  if (r->mem_read_gbps > 0) {  // the host's memory: measured for the CPU only
+    std::printf("memory read bandwidth     %.1f GB/s (DRAM)\n", r->mem_read_gbps);
+    if (r->cache_read_gbps > 0) {
+      std::printf("cache read bandwidth      %.1f GB/s (the weights fit the %s last-level cache)\n",
+                  r->cache_read_gbps, FormatBytes(r->llc_bytes).c_str());
+    }
+    std::printf("batch-1 decode reaches    %.0f%% of the %s bandwidth bound\n",
+                100 * r->decode_bw_fraction, r->bound == "cache" ? "cache" : "DRAM");
   }
-  std::printf("weights read per token    %s\n", FormatBytes(r->decode_bytes_per_token).c_str());
-  std::printf("batch-1 decode reaches    %.0f%% of the %s bandwidth bound\n",
-              100 * r->decode_bw_fraction, r->bound == "cache" ? "cache" : "DRAM");
   if (!o.long_contexts.empty()) {
     std::printf("sequences of %d tokens in %s of KV: %lld with %s, %lld with full\n",
                 o.long_contexts[0], FormatBytes(o.capacity_budget_bytes).c_str(),

@@ -2,8 +2,10 @@
 # The CUDA checks, run on a GPU machine from the repository root over a bundle made by
 # scripts/gpu-bundle.sh (default .gpu): every backend operation on CUDA against the CPU
 # references, the backend runner on CUDA against the CPU runner, the public goldens on
-# --device cuda, and a generate/eval side by side with the CPU. Results go to stdout (and to
-# $OUT when set).
+# --device cuda, a generate side by side with the CPU, and (GPU_CHECK_PERF=1, the default) decode
+# tokens/s at batch 1, 16 and 64 of a Llama-2-7B shape with random bf16 weights, Kvasir
+# (`bench engine --device cuda`) against PyTorch + transformers (bench/torch_decode_baseline.py,
+# static cache, SDPA). Results go to stdout (and to $OUT when set).
 set -uo pipefail
 if [[ -n ${OUT:-} ]]; then exec > >(tee "$OUT/gpu-check.log") 2>&1; fi
 bundle=${1:-.gpu}
@@ -28,4 +30,14 @@ for device in cpu cuda; do
   run "$bundle/bin/kvasir" generate --device "$device" --model "$model" --prompt "Once upon a time" \
     --max-tokens 48 --temperature 0
 done
+if [[ ${GPU_CHECK_PERF:-1} == 1 ]]; then
+  big=/tmp/llama2-7b-random-bf16.gguf
+  shape=tests/testing/fixtures/llama2-7b/config.json
+  [[ -f $big ]] || python3 scripts/make-random-llama-gguf.py --config "$shape" \
+    --tokenizer-from "$model" --type bf16 --out "$big"
+  run timeout 300 "$bundle/bin/kvasir" bench engine --device cuda --model "$big" --batches 1,16,64 \
+    --kv-dtype f16 --kv-cache-memory 24GiB --repeats 2 --json
+  run timeout 300 python3 bench/torch_decode_baseline.py --config "$shape" --batches 1,16,64 \
+    --prompt 128 --tokens 128 --repeats 2
+fi
 exit $status

@@ -28,7 +28,7 @@ SCALAR = {T_UINT8: "<B", T_INT8: "<b", T_UINT16: "<H", T_INT16: "<h", T_UINT32: 
           T_FLOAT64: "<d"}
 # ggml tensor types: (id, elements per block, bytes per block).
 TYPES = {"f32": (0, 1, 4), "f16": (1, 1, 2), "q4_0": (2, 32, 18), "q4_1": (3, 32, 20),
-         "q8_0": (8, 32, 34)}
+         "q8_0": (8, 32, 34), "bf16": (30, 1, 2)}
 
 
 def read_value(f, t):
@@ -94,6 +94,8 @@ def block_pattern(type_name, rng):
             body += scale + struct.pack("<e", -0.015) + rng.randbytes(16)
         elif type_name == "q8_0":
             body += scale + bytes(b % 64 for b in rng.randbytes(32))
+        elif type_name == "bf16":  # small values: the top half of an f32
+            body += struct.pack("<f", (rng.random() - 0.5) * 0.04)[2:]
         else:  # f16: small values
             body += struct.pack("<e", (rng.random() - 0.5) * 0.04)
     return bytes(body)
@@ -103,7 +105,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--config", required=True, help="a Hugging Face config.json (Llama)")
     ap.add_argument("--tokenizer-from", required=True, help="a GGUF file whose tokenizer to copy")
-    ap.add_argument("--type", default="q4_0", choices=["q4_0", "q4_1", "q8_0", "f16"])
+    ap.add_argument("--type", default="q4_0", choices=["q4_0", "q4_1", "q8_0", "f16", "bf16"])
     ap.add_argument("--out", required=True)
     ap.add_argument("--seed", type=int, default=1)
     a = ap.parse_args()

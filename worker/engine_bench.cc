@@ -132,7 +132,7 @@ absl::StatusOr<EngineBenchResult> RunEngineBench(Engine& e, const EngineBenchOpt
     }
   }
   r.decode_bytes_per_token = bytes;
-  if (o.measure_bandwidth) {
+  if (o.measure_bandwidth && e.backend() == nullptr) {  // the host's bandwidth bounds the CPU only
     ThreadPool pool(r.threads);
     r.llc_bytes = kernels::cpu::LastLevelCacheBytes();
     // DRAM: a buffer no cache holds (a 480 MiB L3 would hold the usual 256 MiB).
