@@ -21,6 +21,7 @@
 // a new backend or operation is tested by registering it there.
 #pragma once
 
+#include <climits>
 #include <cstddef>
 #include <cstdint>
 #include <functional>
@@ -132,6 +133,8 @@ class Backend {
   virtual bool Supports(Op op, DType type = DType::kF32) const = 0;
   // True when data arrays are host memory the caller may read and write directly (the CPU).
   virtual bool host_addressable() const = 0;
+  // The largest head_dim Attention takes (a model with larger heads is refused at load).
+  virtual int32_t max_head_dim() const { return INT32_MAX; }
 
   // ---- Memory --------------------------------------------------------------------------------
   // Backend memory of `bytes` bytes (aligned to 256), or nullptr when out of memory.

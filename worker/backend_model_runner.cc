@@ -206,6 +206,11 @@ absl::StatusOr<std::unique_ptr<ModelRunner>> CreateBackendRunner(const model::Mo
         "the KV cache does not have the model's heads (tensor parallelism is not built on this "
         "runner)");
   }
+  if (config.head_dim > backend.max_head_dim()) {
+    return absl::UnimplementedError(
+        absl::StrCat("the ", backend.name(), " backend's attention takes heads of at most ",
+                     backend.max_head_dim(), " dimensions, this model's have ", config.head_dim));
+  }
   auto runner = std::make_unique<BackendModelRunner>(config, cache, backend);
   KVASIR_RETURN_IF_ERROR(runner->Init(weights));
   return std::unique_ptr<ModelRunner>(std::move(runner));

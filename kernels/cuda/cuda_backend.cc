@@ -11,6 +11,7 @@
 #include <utility>
 
 #include "common/base/check.h"
+#include "kernels/cuda/attention_plan.h"
 #include "kernels/cuda/context.h"
 #include "kernels/cuda/ops.h"
 
@@ -57,6 +58,7 @@ class CudaBackend final : public Backend {
     }
   }
   bool host_addressable() const override { return false; }
+  int32_t max_head_dim() const override { return attention::kMaxHeadDim; }
 
   void* Allocate(size_t bytes) override {
     Use();

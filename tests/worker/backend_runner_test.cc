@@ -129,6 +129,22 @@ TEST_P(BackendRunnerTest, CudaGivesTheCpuRunnersLogits) {
   }
 }
 
+// A backend whose attention takes smaller heads than the model's refuses it at load, clearly.
+TEST_F(BackendRunnerTest, RefusesHeadsLargerThanTheBackendTakes) {
+  class SmallHeads : public kernels::cpu::CpuBackend {
+   public:
+    using CpuBackend::CpuBackend;
+    int32_t max_head_dim() const override { return 4; }
+  };
+  Engine& e = *engine_;
+  ASSERT_GT(e.config().head_dim, 4);
+  SmallHeads backend(nullptr);
+  auto runner = CreateBackendRunner(e.config(), e.weights(), e.cache(), backend);
+  EXPECT_EQ(runner.status().code(), absl::StatusCode::kUnimplemented);
+  EXPECT_NE(runner.status().message().find("at most 4 dimensions"), std::string::npos)
+      << runner.status();
+}
+
 TEST_F(BackendRunnerTest, RefusesACacheWithoutTheModelsHeads) {
   Engine& e = *engine_;
   kvcache::KvGeometry g = e.cache().geometry();
