@@ -431,6 +431,9 @@ void AddAttentionCases(std::vector<Case>& cases) {
       {"f16_d64_g3", DType::kF16, 64, 3, {5, 33, 250, 64, 0}},
       {"f32_d128_g4", DType::kF32, 128, 4, {700, 48, 2, 129, 0}},
       {"f16_d128_g8_long", DType::kF16, 128, 8, {4100, 31, 520, 8, 0}},
+      // Heads that are not a multiple of 32, and the largest the CUDA kernel takes.
+      {"f32_d80_g5", DType::kF32, 80, 5, {300, 40, 3, 96, 0}},
+      {"f16_d256_g2", DType::kF16, 256, 2, {1500, 20, 33, 1, 0}},
   };
   for (const Shape& s : shapes) {
     auto f = MakePool(s.dtype, s.head_dim, s.lengths, 61);
