@@ -13,6 +13,7 @@
 #include <limits>
 #include <memory>
 #include <numeric>
+#include <ostream>
 #include <random>
 #include <string>
 #include <vector>
@@ -629,6 +630,9 @@ struct Param {
   std::string backend;
   size_t index = 0;  // into Cases()
 };
+
+// How gtest prints a parameter (in ctest's list too): "cuda attention/f16_d64_g3".
+void PrintTo(const Param& p, std::ostream* os) { *os << p.backend << " " << Cases()[p.index].name; }
 
 class BackendOpsTest : public ::testing::TestWithParam<Param> {};
 
