@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Packs what the CUDA checks need onto a GPU machine that has the CUDA toolkit but none of this
-# project's Debian libraries: the kvasir binary and the kernel and worker test binaries of a
-# CUDA build, the shared libraries they load (except the C/C++ runtime and CUDA's own, which the
-# GPU machine has), stories260K and its goldens, and scripts/gpu-check.sh to run there.
+# project's Debian libraries: the kvasir binary, the attention benchmark and the kernel and worker
+# test binaries of a CUDA build, the shared libraries they load (except the C/C++ runtime and
+# CUDA's own, which the GPU machine has), stories260K and its goldens, and scripts/gpu-check.sh
+# to run there.
 #
 #   scripts/gpu-bundle.sh [BUILD_DIR] [OUT_DIR]    # defaults: build .gpu
 #
@@ -12,7 +13,8 @@ set -euo pipefail
 build=${1:-build}
 out=${2:-.gpu}
 shared=${KVASIR_SHARED:-../shared}
-bins=("$build/bin/kvasir" "$build/tests/kvasir_kernels_tests" "$build/tests/kvasir_worker_tests")
+bins=("$build/bin/kvasir" "$build/bin/kvasir_attention_bench" "$build/tests/kvasir_kernels_tests"
+  "$build/tests/kvasir_worker_tests")
 for b in "${bins[@]}"; do
   [[ -x $b ]] || { echo "gpu-bundle: $b is missing: build first (make build)" >&2; exit 1; }
 done

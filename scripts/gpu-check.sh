@@ -5,7 +5,8 @@
 # --device cuda, a generate side by side with the CPU, and (GPU_CHECK_PERF=1, the default) decode
 # tokens/s at batch 1, 16 and 64 of a Llama-2-7B shape with random bf16 weights, Kvasir
 # (`bench engine --device cuda`) against PyTorch + transformers (bench/torch_decode_baseline.py,
-# static cache, SDPA). Results go to stdout (and to $OUT when set).
+# static cache, SDPA), and the decode attention's bandwidth (kvasir_attention_bench). Results go
+# to stdout (and to $OUT when set).
 set -uo pipefail
 if [[ -n ${OUT:-} ]]; then exec > >(tee "$OUT/gpu-check.log") 2>&1; fi
 bundle=${1:-.gpu}
@@ -31,6 +32,10 @@ for device in cpu cuda; do
     --max-tokens 48 --temperature 0
 done
 if [[ ${GPU_CHECK_PERF:-1} == 1 ]]; then
+  # Decode attention bandwidth (Llama-2-7B layer, 16 sequences, f16) at 4k and 32k of context, for
+  # full (ratio 1) and what 2x, 4x, 8x policies hold, against the H200's 4.8 TB/s.
+  run timeout 120 "$bundle/bin/kvasir_attention_bench" --device cuda --contexts 4096,32768 \
+    --ratios 1,2,4,8 --peak-gbps 4800
   big=/tmp/llama2-7b-random-bf16.gguf
   shape=tests/testing/fixtures/llama2-7b/config.json
   [[ -f $big ]] || python3 scripts/make-random-llama-gguf.py --config "$shape" \
