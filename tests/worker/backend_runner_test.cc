@@ -15,6 +15,7 @@
 #include "common/base/thread_pool.h"
 #include "gtest/gtest.h"
 #include "kernels/cpu/cpu_backend.h"
+#include "kvcache/codec.h"
 #include "tests/worker/e2e_util.h"
 #include "worker/backend_model_runner.h"
 #include "worker/device.h"
@@ -86,28 +87,24 @@ INSTANTIATE_TEST_SUITE_P(Policies, BackendRunnerTest,
                            return name;
                          });
 
-// The same steps on the GPU: the kernels differ in summation order (and the CPU rounds
-// activations to 8 bits for quantized weights, which stories260K's f32 weights are not), so the
-// logits agree within a tolerance, relative to their spread.
-TEST_P(BackendRunnerTest, CudaGivesTheCpuRunnersLogits) {
-  auto gpu = CreateGpuBackend("cuda");
-  if (!gpu.ok()) GTEST_SKIP() << gpu.status().message();
-  Engine& e = *engine_;
-  auto policy = e.Policy(GetParam());
+// The steps on `backend` with the KV pool in its memory against the CPU runner: every logit
+// within `rel` of the logits' spread (0: bit for bit). The policies that read the cache on the
+// host must refuse a backend the host cannot address, clearly.
+void ExpectRunnerMatchesCpu(Engine& e, const std::string& spec, kernels::Backend& backend,
+                            float rel) {
+  auto policy = e.Policy(spec);
   ASSERT_TRUE(policy.ok()) << policy.status();
   kvcache::KvCacheOptions ko;
   ko.capacity_bytes = 64 << 20;
-  ko.memory = gpu->get();
+  ko.memory = &backend;
   auto cache = kvcache::KvCache::Create(e.cache().geometry(), ko);
   ASSERT_TRUE(cache.ok()) << cache.status();
-  auto runner = CreateBackendRunner(e.config(), e.weights(), **cache, **gpu);
+  auto runner = CreateBackendRunner(e.config(), e.weights(), **cache, backend);
   ASSERT_TRUE(runner.ok()) << runner.status();
   const std::vector<int32_t> prompt = e2e::BallPrompt(e);
-  std::vector<std::vector<float>> want, got;
-  RunSteps(e.runner(), e.cache(), *policy, prompt, want);
-  if ((*policy)->spec().rfind("full", 0) != 0 && (*policy)->spec().rfind("streaming", 0) != 0 &&
-      (*policy)->spec().rfind("h2o", 0) != 0) {
-    // The policies that read the cache on the host refuse a GPU cache, clearly.
+  const bool host_only =
+      spec.rfind("full", 0) != 0 && spec.rfind("streaming", 0) != 0 && spec.rfind("h2o", 0) != 0;
+  if (host_only && !backend.host_addressable()) {
     kvcache::SequenceKv& a = (**cache).CreateSequence(*policy);
     std::vector<float> logits;
     StepSequence s{&a, std::span<const int32_t>(prompt).subspan(0, 8), false};
@@ -115,6 +112,8 @@ TEST_P(BackendRunnerTest, CudaGivesTheCpuRunnersLogits) {
     EXPECT_EQ(status.code(), absl::StatusCode::kFailedPrecondition) << status;
     return;
   }
+  std::vector<std::vector<float>> want, got;
+  RunSteps(e.runner(), e.cache(), *policy, prompt, want);
   RunSteps(**runner, **cache, *policy, prompt, got);
   ASSERT_EQ(got.size(), want.size());
   for (size_t s = 0; s < got.size(); ++s) {
@@ -125,8 +124,77 @@ TEST_P(BackendRunnerTest, CudaGivesTheCpuRunnersLogits) {
       hi = std::max(hi, want[s][i]);
       worst = std::max(worst, std::abs(got[s][i] - want[s][i]));
     }
-    EXPECT_LE(worst, 1e-3f * (hi - lo)) << "step " << s;
+    EXPECT_LE(worst, rel * (hi - lo)) << "step " << s;
   }
+}
+
+// The CPU backend claiming that the host cannot address its memory: the paths a GPU takes (the
+// weights copied to the backend, the pool allocated from it, slot writes and attention through
+// it only, the policies that need the host refusing) run here, bit for bit against the CPU runner.
+class DeviceLikeCpuBackend : public kernels::cpu::CpuBackend {
+ public:
+  using CpuBackend::CpuBackend;
+  bool host_addressable() const override { return false; }
+};
+
+TEST_P(BackendRunnerTest, DeviceLikeBackendGivesTheCpuRunnersLogitsBitForBit) {
+  ThreadPool pool(2);
+  DeviceLikeCpuBackend backend(&pool);
+  ExpectRunnerMatchesCpu(*engine_, GetParam(), backend, 0.0f);
+}
+
+// The same steps on the GPU: the kernels differ in summation order (and the CPU rounds
+// activations to 8 bits for quantized weights, which stories260K's f32 weights are not), so the
+// logits agree within a tolerance, relative to their spread.
+TEST_P(BackendRunnerTest, CudaGivesTheCpuRunnersLogits) {
+  auto gpu = CreateGpuBackend("cuda");
+  if (!gpu.ok()) GTEST_SKIP() << gpu.status().message();
+  ExpectRunnerMatchesCpu(*engine_, GetParam(), **gpu, 1e-3f);
+}
+
+// A device pool's KV leaves and comes back through the block codec (staged through host memory)
+// and the restored sequence continues as the original.
+TEST_F(BackendRunnerTest, DevicePoolKvRoundTripsThroughTheCodec) {
+  Engine& e = *engine_;
+  auto policy = e.Policy("full");
+  ASSERT_TRUE(policy.ok());
+  ThreadPool pool(2);
+  DeviceLikeCpuBackend backend(&pool);
+  kvcache::KvCacheOptions ko;
+  ko.capacity_bytes = 64 << 20;
+  ko.memory = &backend;
+  auto dev_cache = kvcache::KvCache::Create(e.cache().geometry(), ko);
+  ASSERT_TRUE(dev_cache.ok());
+  auto runner = CreateBackendRunner(e.config(), e.weights(), **dev_cache, backend);
+  ASSERT_TRUE(runner.ok()) << runner.status();
+  const std::vector<int32_t> prompt = e2e::BallPrompt(e);
+  kvcache::SequenceKv& a = (**dev_cache).CreateSequence(*policy);
+  std::vector<float> logits;
+  StepSequence s{&a, prompt, false};
+  ASSERT_TRUE((**runner).Forward({&s, 1}, logits).ok());
+  kvcache::SnapshotInfo info;
+  info.model_fingerprint = e.files().fingerprint();
+  info.max_block_bytes = 8 << 10;  // several blocks
+  auto blocks = kvcache::EncodeSequence(**dev_cache, a, info);
+  ASSERT_TRUE(blocks.ok()) << blocks.status();
+  // Into a second device pool, and into the CPU engine's host pool.
+  auto dev_cache2 = kvcache::KvCache::Create(e.cache().geometry(), ko);
+  ASSERT_TRUE(dev_cache2.ok());
+  auto b = kvcache::DecodeSequence(**dev_cache2, *blocks, *policy, info.model_fingerprint);
+  ASSERT_TRUE(b.ok()) << b.status();
+  auto c = kvcache::DecodeSequence(e.cache(), *blocks, *policy, info.model_fingerprint);
+  ASSERT_TRUE(c.ok()) << c.status();
+  auto runner2 = CreateBackendRunner(e.config(), e.weights(), **dev_cache2, backend);
+  ASSERT_TRUE(runner2.ok());
+  const std::vector<int32_t> next = {prompt[1]};
+  std::vector<float> la, lb, lc;
+  StepSequence sa{&a, next, false}, sb{*b, next, false}, sc{*c, next, false};
+  ASSERT_TRUE((**runner).Forward({&sa, 1}, la).ok());
+  ASSERT_TRUE((**runner2).Forward({&sb, 1}, lb).ok());
+  ASSERT_TRUE(e.runner().Forward({&sc, 1}, lc).ok());
+  EXPECT_EQ(lb, la);
+  EXPECT_EQ(lc, la);
+  e.cache().FreeSequence((*c)->id());
 }
 
 // A backend whose attention takes smaller heads than the model's refuses it at load, clearly.
