@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "common/base/check.h"
@@ -109,6 +110,56 @@ void KvCache::WriteSlot(const HeadTable& table, int32_t slot, const float* value
   } else {
     auto* h = static_cast<uint16_t*>(dst);
     for (int32_t i = 0; i < n; ++i) h[i] = Fp32ToFp16(values[i]);
+  }
+}
+
+void KvCache::ReadSlots(const HeadTable& table, int32_t first, int32_t n, float* out) const {
+  const int32_t hd = geometry_.head_dim;
+  if (pool_.host_addressable()) {
+    for (int32_t i = 0; i < n; ++i) ReadSlot(table, first + i, out + int64_t{i} * hd);
+    return;
+  }
+  const int32_t page = pool_.page_size();
+  std::vector<uint8_t> staging;
+  for (int32_t s = first; s < first + n;) {
+    const int32_t run = std::min(page - s % page, first + n - s);
+    const size_t bytes = static_cast<size_t>(run) * pool_.slot_bytes();
+    staging.resize(bytes);
+    pool_.backend()->Download(staging.data(), SlotPtr(table, s), bytes);
+    float* dst = out + int64_t{s - first} * hd;
+    const int64_t elems = int64_t{run} * hd;
+    if (pool_.dtype() == DType::kF32) {
+      std::memcpy(dst, staging.data(), bytes);
+    } else {
+      const auto* h = reinterpret_cast<const uint16_t*>(staging.data());
+      for (int64_t i = 0; i < elems; ++i) dst[i] = Fp16ToFp32(h[i]);
+    }
+    s += run;
+  }
+}
+
+void KvCache::WriteSlots(const HeadTable& table, int32_t first, int32_t n, const float* values) {
+  const int32_t hd = geometry_.head_dim;
+  if (pool_.host_addressable()) {
+    for (int32_t i = 0; i < n; ++i) WriteSlot(table, first + i, values + int64_t{i} * hd);
+    return;
+  }
+  const int32_t page = pool_.page_size();
+  std::vector<uint8_t> staging;
+  for (int32_t s = first; s < first + n;) {
+    const int32_t run = std::min(page - s % page, first + n - s);
+    const size_t bytes = static_cast<size_t>(run) * pool_.slot_bytes();
+    const float* src = values + int64_t{s - first} * hd;
+    const int64_t elems = int64_t{run} * hd;
+    staging.resize(bytes);
+    if (pool_.dtype() == DType::kF32) {
+      std::memcpy(staging.data(), src, bytes);
+    } else {
+      auto* h = reinterpret_cast<uint16_t*>(staging.data());
+      for (int64_t i = 0; i < elems; ++i) h[i] = Fp32ToFp16(src[i]);
+    }
+    pool_.backend()->Upload(SlotPtr(table, s), staging.data(), bytes);
+    s += run;
   }
 }
 

@@ -147,6 +147,11 @@ class KvCache {
   }
   // Copies f32 values into a slot, converting to the pool's dtype. Host-addressable pools only.
   void WriteSlot(const HeadTable& table, int32_t slot, const float* values);
+  // Slots [first, first + n) of a table as f32 (out: [n, head_dim]) and back, on either kind of
+  // pool: on a pool in a backend's memory, page run by page run through host memory (a copy
+  // each way, waited for).
+  void ReadSlots(const HeadTable& table, int32_t first, int32_t n, float* out) const;
+  void WriteSlots(const HeadTable& table, int32_t first, int32_t n, const float* values);
   // Reads a slot as f32. Host-addressable pools only.
   void ReadSlot(const HeadTable& table, int32_t slot, float* values) const;
 

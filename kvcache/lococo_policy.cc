@@ -191,11 +191,9 @@ absl::Status LococoPolicy::Reserve(KvCache& cache, SequenceKv& seq, int32_t n_ne
 
 absl::Status LococoPolicy::Attend(KvCache& cache, const LayerInputs& in,
                                   kernels::Backend& backend) const {
-  // The compression reads and rewrites the tables' slots on the host.
-  if (!backend.host_addressable()) {
-    return absl::FailedPreconditionError(
-        "the lococo KV policy runs on the CPU backend only for now");
-  }
+  // On a backend the host cannot address (a GPU), the new rows are written by the backend, the
+  // scores go through backend memory, and a compression stages the tables through host memory.
+  const bool host = backend.host_addressable();
   const KvGeometry& g = cache.geometry();
   const int32_t n_kv = g.n_head_kv;
   const int32_t hd = g.head_dim;
@@ -234,13 +232,28 @@ absl::Status LococoPolicy::Attend(KvCache& cache, const LayerInputs& in,
           // The part of the span that falls in the current chunk.
           const int32_t in_chunk = static_cast<int32_t>((t0 + i) % chunk_);
           const int32_t n = std::min(span.count - i, chunk_ - in_chunk);
-          for (int32_t j = 0; j < n; ++j) {
-            cache.WriteSlot(kt, len + j, rows.k + (i + j) * rows.k_stride);
-            cache.WriteSlot(vt, len + j, rows.v + (i + j) * rows.v_stride);
+          if (host) {
+            for (int32_t j = 0; j < n; ++j) {
+              cache.WriteSlot(kt, len + j, rows.k + (i + j) * rows.k_stride);
+              cache.WriteSlot(vt, len + j, rows.v + (i + j) * rows.v_stride);
+            }
+          } else {
+            thread_local internal::SlotWritePlan writes;
+            for (int32_t j = 0; j < n; ++j) writes.Add(cache, in, span, h, i + j, kt, vt, len + j);
+            writes.Run(cache, in, backend);
           }
           hh.resize(static_cast<size_t>(len) + n, 0.0f);
           kt.length = vt.length = len + n;
-          attention.Run(backend, rows, i, n, len + n, len, hh.data());
+          if (host) {
+            attention.Run(backend, rows, i, n, len + n, len, hh.data());
+          } else {
+            kernels::BackendBuffer scores(backend);
+            KVASIR_CHECK_MSG(scores.Reserve(sizeof(float) * hh.size()),
+                             "lococo: out of backend memory for the scores");
+            backend.Upload(scores.as(), hh.data(), sizeof(float) * hh.size());
+            attention.Run(backend, rows, i, n, len + n, len, scores.as<float>());
+            backend.Download(hh.data(), scores.as(), sizeof(float) * hh.size());
+          }
           len += n;
           i += n;
           if ((t0 + i) % chunk_ != 0) continue;
@@ -250,16 +263,12 @@ absl::Status LococoPolicy::Attend(KvCache& cache, const LayerInputs& in,
             old_v.resize(static_cast<size_t>(len) * hd);
             new_k.resize(static_cast<size_t>(slots_) * hd);
             new_v.resize(static_cast<size_t>(slots_) * hd);
-            for (int32_t s = 0; s < len; ++s) {
-              cache.ReadSlot(kt, s, old_k.data() + static_cast<size_t>(s) * hd);
-              cache.ReadSlot(vt, s, old_v.data() + static_cast<size_t>(s) * hd);
-            }
+            cache.ReadSlots(kt, 0, len, old_k.data());
+            cache.ReadSlots(vt, 0, len, old_v.data());
             Compress(in.layer, hd, len, old_k.data(), old_v.data(), hh.data(), new_k.data(),
                      new_v.data());
-            for (int32_t s = 0; s < slots_; ++s) {
-              cache.WriteSlot(kt, s, new_k.data() + static_cast<size_t>(s) * hd);
-              cache.WriteSlot(vt, s, new_v.data() + static_cast<size_t>(s) * hd);
-            }
+            cache.WriteSlots(kt, 0, slots_, new_k.data());
+            cache.WriteSlots(vt, 0, slots_, new_v.data());
             len = slots_;
             kt.length = vt.length = len;
           }
