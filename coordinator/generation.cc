@@ -472,6 +472,12 @@ class Coordinator::Generation : public std::enable_shared_from_this<Generation> 
       usage.completion_tokens += ch.completion_tokens;
       outputs.push_back(ch.out);
     }
+    // The metrics first: a client that reads /metrics once it has its answer sees this request.
+    c_->metrics_->RequestSucceeded(
+        outputs.front().finish_reason.empty() ? "length" : outputs.front().finish_reason);
+    c_->metrics_->e2e_latency().Observe(absl::ToDoubleSeconds(absl::Now() - arrival_));
+    c_->metrics_->prompt_tokens().Increment(static_cast<double>(usage.prompt_tokens));
+    c_->metrics_->generation_tokens().Increment(static_cast<double>(usage.completion_tokens));
     const model::Tokenizer& tok = *c_->tokenizer_;
     if (request_.stream) {
       StartStreamLocked();
@@ -483,11 +489,6 @@ class Coordinator::Generation : public std::enable_shared_from_this<Generation> 
       responder_->Send(
           JsonResponse(200, CompletionResponseJson(request_, meta_, outputs, usage, tok)));
     }
-    c_->metrics_->RequestSucceeded(
-        outputs.front().finish_reason.empty() ? "length" : outputs.front().finish_reason);
-    c_->metrics_->e2e_latency().Observe(absl::ToDoubleSeconds(absl::Now() - arrival_));
-    c_->metrics_->prompt_tokens().Increment(static_cast<double>(usage.prompt_tokens));
-    c_->metrics_->generation_tokens().Increment(static_cast<double>(usage.completion_tokens));
   }
 
   Coordinator* const c_;
