@@ -11,6 +11,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/status_macros.h"
+#include "kvcache/eviction_common.h"
 #include "kvcache/policies.h"
 
 namespace kvasir::kvcache {
@@ -115,10 +116,9 @@ absl::Status PodPolicy::Reserve(KvCache& cache, SequenceKv& seq, int32_t n_new) 
 
 absl::Status PodPolicy::Attend(KvCache& cache, const LayerInputs& in,
                                kernels::Backend& backend) const {
-  // The per-query bands write the ring and attend query by query on the host's schedule.
-  if (!backend.host_addressable()) {
-    return absl::FailedPreconditionError("the pod KV policy runs on the CPU backend only for now");
-  }
+  // On a backend the host cannot address (a GPU), rows are written and partial attentions merged
+  // by the backend, one row and one run at a time on the host's schedule.
+  const bool host = backend.host_addressable();
   const KvGeometry& g = cache.geometry();
   const int32_t l = in.layer;
   if (g.n_layer != groups_.n_layer() || g.n_head_kv != groups_.n_head_kv() || l < 0 ||
@@ -196,6 +196,33 @@ absl::Status PodPolicy::Attend(KvCache& cache, const LayerInputs& in,
   const kernels::PagedKvView k_view = cache.BuildView(k_tables, k_storage);
   const kernels::PagedKvView v_view = cache.BuildView(v_tables, v_storage);
   const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
+  // Off the host, each task's partial output and log-sum-exps live in backend memory.
+  const size_t per_task = static_cast<size_t>(group) * (hd + 2);
+  BackendScratch call_scratch;
+  float* device_parts = nullptr;
+  if (!host) {
+    BackendScratch& scratch = in.scratch != nullptr ? *in.scratch : call_scratch;
+    device_parts =
+        static_cast<float*>(scratch.Get(backend, sizeof(float) * per_task * tasks.size()));
+    if (device_parts == nullptr) {
+      return absl::ResourceExhaustedError("out of backend memory for pod's partial attentions");
+    }
+  }
+  // Row `row` (the step's memory) into slot `slot` of `table`.
+  const auto store = [&](const HeadTable& table, int32_t slot, const float* row) {
+    if (host) {
+      cache.WriteSlot(table, slot, row);
+      return;
+    }
+    const int64_t offset = 0, dst = internal::GlobalSlot(cache, table, slot);
+    kernels::SlotWrites w;
+    w.pool = internal::SlotPoolOf(cache);
+    w.src = row;
+    w.src_offsets = &offset;
+    w.dst_slots = &dst;
+    w.n = 1;
+    backend.WriteSlots(w);
+  };
 
   // One host task per (span, KV head); the backend operations inside run on the task's thread.
   const auto run = [&](int64_t task, int) {
@@ -215,7 +242,7 @@ absl::Status PodPolicy::Attend(KvCache& cache, const LayerInputs& in,
     backend.Rope(q, span.count, in.q_stride, group, hd, g.n_rot, pos, g.rope_base, g.rope_layout);
     backend.Rope(k, span.count, in.k_stride, 1, hd, g.n_rot, pos, g.rope_base, g.rope_layout);
     for (int32_t i = 0; i < span.count; ++i) {
-      cache.WriteSlot(vt, static_cast<int32_t>(info.t0 + i), v + i * in.v_stride);
+      store(vt, static_cast<int32_t>(info.t0 + i), v + i * in.v_stride);
     }
 
     // One item at a time over the layer's views.
@@ -234,7 +261,7 @@ absl::Status PodPolicy::Attend(KvCache& cache, const LayerInputs& in,
     if (info.anchor) {
       // Every key is the layer's own: plain causal attention, as the full cache computes it.
       for (int32_t i = 0; i < span.count; ++i) {
-        cache.WriteSlot(kt, static_cast<int32_t>(info.t0 + i), k + i * in.k_stride);
+        store(kt, static_cast<int32_t>(info.t0 + i), k + i * in.k_stride);
       }
       a.q = q;
       a.n_q = span.count;
@@ -248,13 +275,18 @@ absl::Status PodPolicy::Attend(KvCache& cache, const LayerInputs& in,
 
     // Non-anchor: queries one by one, because each has its own proximal band, and because a
     // query's key goes into the ring only after the queries before it no longer need that slot.
-    thread_local std::vector<float> part_out, lse, part_lse;
-    part_out.resize(static_cast<size_t>(group) * hd);
-    lse.resize(group);
-    part_lse.resize(group);
+    thread_local std::vector<float> tl_parts;
+    float* parts = device_parts + static_cast<size_t>(task) * per_task;
+    if (host) {
+      tl_parts.resize(per_task);
+      parts = tl_parts.data();
+    }
+    float* part_out = parts;  // [group, hd], then lse [group], part_lse [group]
+    float* lse = part_out + static_cast<size_t>(group) * hd;
+    float* part_lse = lse + group;
     for (int32_t i = 0; i < span.count; ++i) {
       const int64_t t = info.t0 + i;
-      cache.WriteSlot(kt, RingSlot(t), k + i * in.k_stride);
+      store(kt, RingSlot(t), k + i * in.k_stride);
       // The partial attentions of query t, proximal first, in token order.
       Run runs[4];
       int n_runs = 0;
@@ -284,12 +316,10 @@ absl::Status PodPolicy::Attend(KvCache& cache, const LayerInputs& in,
         a.k_begin = runs[r].k_begin;
         a.v_begin = runs[r].v_begin;
         a.n_keys = runs[r].count;
-        a.out = r == 0 ? out_i : part_out.data();
-        a.lse = r == 0 ? lse.data() : part_lse.data();
+        a.out = r == 0 ? out_i : part_out;
+        a.lse = r == 0 ? lse : part_lse;
         backend.Attention(batch);
-        if (r > 0) {
-          backend.MergeAttention(out_i, lse.data(), part_out.data(), part_lse.data(), group, hd);
-        }
+        if (r > 0) backend.MergeAttention(out_i, lse, part_out, part_lse, group, hd);
       }
     }
   };

@@ -6,10 +6,11 @@
 // slots each head keeps, evicts or merges, the step's page tables and attention items) and a
 // kernels::Backend *runs* the plan (kernels/backend.h): `full`, `streaming` and `h2o` reach the
 // page pool and the step's q/k/v/out only through backend operations, so they run on any backend;
-// so does `lococo`, whose compressions read and rewrite the tables through host memory
-// (KvCache::ReadSlots / WriteSlots); `dmc`, `pod` and the PoD calibration recorder still read the
-// pool and the activations on the host between backend calls, so they run on the CPU backend only
-// for now (FailedPrecondition on a backend that is not host_addressable()). Policies are
+// so do `pod` (one row write and one partial attention per backend call) and `lococo`, whose
+// compressions read and rewrite the tables through host memory (KvCache::ReadSlots /
+// WriteSlots); `dmc` and the PoD calibration recorder still read the pool and the activations on
+// the host between backend calls, so they run on the CPU backend only for now
+// (FailedPrecondition on a backend that is not host_addressable()). Policies are
 // immutable and shared; per-sequence state
 // lives in SequenceKv::state(). The spec strings and parameters are documented in
 // docs/compression.md.

@@ -7,8 +7,8 @@
 //
 // Built: one device, no tensor parallelism (the CPU runner, cpu_model_runner.cc, shards; on GPUs
 // the NCCL group is planned). The KV cache must live in the backend's memory
-// (KvCacheOptions::memory); the policies that read the cache on the host (dmc, pod) are refused
-// on a backend that is not host-addressable, by the policies themselves.
+// (KvCacheOptions::memory); dmc, which reads the cache on the host, is refused on a backend that
+// is not host-addressable, by the policy itself.
 #pragma once
 
 #include <memory>

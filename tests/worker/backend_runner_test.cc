@@ -81,6 +81,7 @@ INSTANTIATE_TEST_SUITE_P(Policies, BackendRunnerTest,
                          ::testing::Values("full", "streaming:sink=4,window=28",
                                            "h2o:budget=24,recent=8",
                                            "dmc:mode=free,ratio=2,recent=8",
+                                           "pod:sink=2,window=8,group_size=2",
                                            "lococo:slots=16,chunk=8"),
                          [](const auto& info) {
                            std::string name = info.param.substr(0, info.param.find(':'));
@@ -102,7 +103,7 @@ void ExpectRunnerMatchesCpu(Engine& e, const std::string& spec, kernels::Backend
   auto runner = CreateBackendRunner(e.config(), e.weights(), **cache, backend);
   ASSERT_TRUE(runner.ok()) << runner.status();
   const std::vector<int32_t> prompt = e2e::BallPrompt(e);
-  const bool host_only = spec.rfind("dmc", 0) == 0 || spec.rfind("pod", 0) == 0;
+  const bool host_only = spec.rfind("dmc", 0) == 0;
   if (host_only && !backend.host_addressable()) {
     kvcache::SequenceKv& a = (**cache).CreateSequence(*policy);
     std::vector<float> logits;
