@@ -48,7 +48,6 @@ enum class Op {
   kArgmax,
   kTopK,
 };
-inline constexpr int kNumOps = static_cast<int>(Op::kTopK) + 1;
 const char* OpName(Op op);
 
 // One attention work item: the queries of one KV head's group (`group` query heads of n_q
@@ -235,6 +234,7 @@ class BackendBuffer {
     return static_cast<T*>(data_);
   }
   size_t bytes() const { return bytes_; }
+  Backend& backend() const { return *backend_; }
 
  private:
   void Release() {

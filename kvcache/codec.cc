@@ -138,17 +138,6 @@ class ChunkReader {
   uint64_t left_ = 0;
 };
 
-// The slots [0, length) of a table, as runs that are contiguous in the pool (one run per page).
-template <typename F>
-void ForEachSlotRun(const KvCache& cache, const HeadTable& t, int32_t length, F&& f) {
-  const int32_t page = cache.pool().page_size();
-  for (int32_t s = 0; s < length;) {
-    const int32_t n = std::min(page - s % page, length - s);
-    f(s, n);
-    s += n;
-  }
-}
-
 // The snapshot payload: n_tokens, then for each layer in range and KV head in range, the K
 // table (length, slots) and the V table (length, slots), then the policy state (length, bytes).
 uint64_t PayloadBytes(const KvCache& cache, const SequenceKv& seq, int32_t l0, int32_t l1,
@@ -174,7 +163,7 @@ void WritePayload(const KvCache& cache, const SequenceKv& seq, int64_t n_tokens,
     for (int32_t h = h0; h < h1; ++h) {
       for (const HeadTable* t : {&seq.k(l, h), &seq.v(l, h)}) {
         w.Put<int32_t>(t->length);
-        ForEachSlotRun(cache, *t, t->length, [&](int32_t s, int32_t n) {
+        cache.ForEachPageRun(0, t->length, [&](int32_t s, int32_t n) {
           const size_t bytes = static_cast<size_t>(n) * slot_bytes;
           if (cache.pool().host_addressable()) {
             w.Bytes(cache.SlotPtr(*t, s), bytes);
@@ -447,7 +436,7 @@ absl::Status ReadPart(KvCache& cache, SequenceKv& seq, const KvBlockHeader& head
         KVASIR_RETURN_IF_ERROR(cache.Reserve(*t, length, 0));
         t->length = length;
         // The length was checked against what is left, so every read succeeds.
-        ForEachSlotRun(cache, *t, length, [&](int32_t s, int32_t n) {
+        cache.ForEachPageRun(0, length, [&](int32_t s, int32_t n) {
           const size_t bytes = static_cast<size_t>(n) * slot_bytes;
           if (cache.pool().host_addressable()) {
             r.Bytes(cache.SlotPtr(*t, s), bytes);

@@ -11,6 +11,29 @@
 
 namespace kvasir::kvcache {
 
+namespace {
+
+// n values of a pool of `dtype` (kF32 or kF16) as f32, and back.
+void LoadF32(DType dtype, const void* src, int64_t n, float* out) {
+  if (dtype == DType::kF32) {
+    std::memcpy(out, src, sizeof(float) * n);
+    return;
+  }
+  const auto* h = static_cast<const uint16_t*>(src);
+  for (int64_t i = 0; i < n; ++i) out[i] = Fp16ToFp32(h[i]);
+}
+
+void StoreF32(DType dtype, const float* src, int64_t n, void* out) {
+  if (dtype == DType::kF32) {
+    std::memcpy(out, src, sizeof(float) * n);
+    return;
+  }
+  auto* h = static_cast<uint16_t*>(out);
+  for (int64_t i = 0; i < n; ++i) h[i] = Fp32ToFp16(src[i]);
+}
+
+}  // namespace
+
 absl::StatusOr<std::unique_ptr<KvCache>> KvCache::Create(const KvGeometry& g,
                                                          const KvCacheOptions& options) {
   if (g.n_layer <= 0 || g.n_head <= 0 || g.n_head_kv <= 0 || g.head_dim <= 0 ||
@@ -103,76 +126,41 @@ void KvCache::Truncate(HeadTable& table, int32_t length) {
 
 void KvCache::WriteSlot(const HeadTable& table, int32_t slot, const float* values) {
   KVASIR_CHECK(pool_.host_addressable());
-  void* dst = SlotPtr(table, slot);
-  const int32_t n = geometry_.head_dim;
-  if (pool_.dtype() == DType::kF32) {
-    std::memcpy(dst, values, sizeof(float) * n);
-  } else {
-    auto* h = static_cast<uint16_t*>(dst);
-    for (int32_t i = 0; i < n; ++i) h[i] = Fp32ToFp16(values[i]);
-  }
+  StoreF32(pool_.dtype(), values, geometry_.head_dim, SlotPtr(table, slot));
 }
 
 void KvCache::ReadSlots(const HeadTable& table, int32_t first, int32_t n, float* out) const {
-  const int32_t hd = geometry_.head_dim;
-  if (pool_.host_addressable()) {
-    for (int32_t i = 0; i < n; ++i) ReadSlot(table, first + i, out + int64_t{i} * hd);
-    return;
-  }
-  const int32_t page = pool_.page_size();
+  const int64_t hd = geometry_.head_dim;
   std::vector<uint8_t> staging;
-  for (int32_t s = first; s < first + n;) {
-    const int32_t run = std::min(page - s % page, first + n - s);
-    const size_t bytes = static_cast<size_t>(run) * pool_.slot_bytes();
-    staging.resize(bytes);
-    pool_.backend()->Download(staging.data(), SlotPtr(table, s), bytes);
-    float* dst = out + int64_t{s - first} * hd;
-    const int64_t elems = int64_t{run} * hd;
-    if (pool_.dtype() == DType::kF32) {
-      std::memcpy(dst, staging.data(), bytes);
-    } else {
-      const auto* h = reinterpret_cast<const uint16_t*>(staging.data());
-      for (int64_t i = 0; i < elems; ++i) dst[i] = Fp16ToFp32(h[i]);
+  ForEachPageRun(first, n, [&](int32_t s, int32_t run) {
+    const void* src = SlotPtr(table, s);
+    if (!pool_.host_addressable()) {  // GPU memory: through host memory
+      staging.resize(static_cast<size_t>(run) * pool_.slot_bytes());
+      pool_.backend()->Download(staging.data(), src, staging.size());
+      src = staging.data();
     }
-    s += run;
-  }
+    LoadF32(pool_.dtype(), src, run * hd, out + (s - first) * hd);
+  });
 }
 
 void KvCache::WriteSlots(const HeadTable& table, int32_t first, int32_t n, const float* values) {
-  const int32_t hd = geometry_.head_dim;
-  if (pool_.host_addressable()) {
-    for (int32_t i = 0; i < n; ++i) WriteSlot(table, first + i, values + int64_t{i} * hd);
-    return;
-  }
-  const int32_t page = pool_.page_size();
+  const int64_t hd = geometry_.head_dim;
   std::vector<uint8_t> staging;
-  for (int32_t s = first; s < first + n;) {
-    const int32_t run = std::min(page - s % page, first + n - s);
-    const size_t bytes = static_cast<size_t>(run) * pool_.slot_bytes();
-    const float* src = values + int64_t{s - first} * hd;
-    const int64_t elems = int64_t{run} * hd;
-    staging.resize(bytes);
-    if (pool_.dtype() == DType::kF32) {
-      std::memcpy(staging.data(), src, bytes);
-    } else {
-      auto* h = reinterpret_cast<uint16_t*>(staging.data());
-      for (int64_t i = 0; i < elems; ++i) h[i] = Fp32ToFp16(src[i]);
+  ForEachPageRun(first, n, [&](int32_t s, int32_t run) {
+    const float* src = values + (s - first) * hd;
+    if (pool_.host_addressable()) {
+      StoreF32(pool_.dtype(), src, run * hd, SlotPtr(table, s));
+      return;
     }
-    pool_.backend()->Upload(SlotPtr(table, s), staging.data(), bytes);
-    s += run;
-  }
+    staging.resize(static_cast<size_t>(run) * pool_.slot_bytes());  // GPU memory: through host
+    StoreF32(pool_.dtype(), src, run * hd, staging.data());
+    pool_.backend()->Upload(SlotPtr(table, s), staging.data(), staging.size());
+  });
 }
 
 void KvCache::ReadSlot(const HeadTable& table, int32_t slot, float* values) const {
   KVASIR_CHECK(pool_.host_addressable());
-  const void* src = SlotPtr(table, slot);
-  const int32_t n = geometry_.head_dim;
-  if (pool_.dtype() == DType::kF32) {
-    std::memcpy(values, src, sizeof(float) * n);
-  } else {
-    const auto* h = static_cast<const uint16_t*>(src);
-    for (int32_t i = 0; i < n; ++i) values[i] = Fp16ToFp32(h[i]);
-  }
+  LoadF32(pool_.dtype(), SlotPtr(table, slot), geometry_.head_dim, values);
 }
 
 void KvCache::ShareTable(const HeadTable& src, int32_t slots, HeadTable& dst) {

@@ -9,6 +9,7 @@
 // different tables from several threads of a parallel loop, but allocate only from the owner.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 #include <functional>
 #include <memory>
@@ -147,6 +148,17 @@ class KvCache {
   }
   // Copies f32 values into a slot, converting to the pool's dtype. Host-addressable pools only.
   void WriteSlot(const HeadTable& table, int32_t slot, const float* values);
+  // Calls fn(slot, count) for the runs of slots [first, first + n) of a table that are
+  // contiguous in the pool (one run per page).
+  template <typename F>
+  void ForEachPageRun(int32_t first, int32_t n, F&& fn) const {
+    const int32_t page = pool_.page_size();
+    for (int32_t s = first; s < first + n;) {
+      const int32_t run = std::min(page - s % page, first + n - s);
+      fn(s, run);
+      s += run;
+    }
+  }
   // Slots [first, first + n) of a table as f32 (out: [n, head_dim]) and back, on either kind of
   // pool: on a pool in a backend's memory, page run by page run through host memory (a copy
   // each way, waited for).

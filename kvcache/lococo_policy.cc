@@ -219,62 +219,76 @@ absl::Status LococoPolicy::Attend(KvCache& cache, const LayerInputs& in,
     }
   }
 
-  internal::ForEachHeadTask(
-      in, n_kv, backend, [&](const SeqSpan& span, int32_t h, HeadTable& kt, HeadTable& vt) {
-        std::vector<float>& hh = StateOf(*span.seq)->hh(in.layer, h);
-        const internal::HeadRows rows = internal::RowsOf(in, span, h, g);
-        internal::RotateRows(rows, g, backend);
-        const internal::TableAttention attention(cache, kt, vt);
-        thread_local std::vector<float> old_k, old_v, new_k, new_v;
-        const int64_t t0 = span.seq->n_tokens();
-        int32_t len = kt.length;
-        for (int32_t i = 0; i < span.count;) {
-          // The part of the span that falls in the current chunk.
-          const int32_t in_chunk = static_cast<int32_t>((t0 + i) % chunk_);
-          const int32_t n = std::min(span.count - i, chunk_ - in_chunk);
-          if (host) {
-            for (int32_t j = 0; j < n; ++j) {
-              cache.WriteSlot(kt, len + j, rows.k + (i + j) * rows.k_stride);
-              cache.WriteSlot(vt, len + j, rows.v + (i + j) * rows.v_stride);
-            }
-          } else {
-            thread_local internal::SlotWritePlan writes;
-            for (int32_t j = 0; j < n; ++j) writes.Add(cache, in, span, h, i + j, kt, vt, len + j);
-            writes.Run(cache, in, backend);
-          }
-          hh.resize(static_cast<size_t>(len) + n, 0.0f);
-          kt.length = vt.length = len + n;
-          if (host) {
-            attention.Run(backend, rows, i, n, len + n, len, hh.data());
-          } else {
-            kernels::BackendBuffer scores(backend);
-            KVASIR_CHECK_MSG(scores.Reserve(sizeof(float) * hh.size()),
-                             "lococo: out of backend memory for the scores");
-            backend.Upload(scores.as(), hh.data(), sizeof(float) * hh.size());
-            attention.Run(backend, rows, i, n, len + n, len, scores.as<float>());
-            backend.Download(hh.data(), scores.as(), sizeof(float) * hh.size());
-          }
-          len += n;
-          i += n;
-          if ((t0 + i) % chunk_ != 0) continue;
-          // The chunk is complete: compress if more than M slots are held; its scores are spent.
-          if (len > slots_) {
-            old_k.resize(static_cast<size_t>(len) * hd);
-            old_v.resize(static_cast<size_t>(len) * hd);
-            new_k.resize(static_cast<size_t>(slots_) * hd);
-            new_v.resize(static_cast<size_t>(slots_) * hd);
-            cache.ReadSlots(kt, 0, len, old_k.data());
-            cache.ReadSlots(vt, 0, len, old_v.data());
-            Compress(in.layer, hd, len, old_k.data(), old_v.data(), hh.data(), new_k.data(),
-                     new_v.data());
-            cache.WriteSlots(kt, 0, slots_, new_k.data());
-            cache.WriteSlots(vt, 0, slots_, new_v.data());
-            len = slots_;
-            kt.length = vt.length = len;
-          }
-          hh.clear();
-        }
-      });
+  // Off the host, each (span, KV head) task's scores ([max_len]) live in a region of backend
+  // memory taken once per call.
+  BackendScratch call_scratch;
+  float* device_scores = nullptr;
+  if (!host) {
+    BackendScratch& scratch = in.scratch != nullptr ? *in.scratch : call_scratch;
+    device_scores =
+        static_cast<float*>(scratch.Get(backend, sizeof(float) * max_len * in.seqs.size() * n_kv));
+    if (device_scores == nullptr) {
+      return absl::ResourceExhaustedError("out of backend memory for lococo's scores");
+    }
+  }
+
+  internal::ForEachHeadTask(in, n_kv, backend,
+                            [&](const SeqSpan& span, int32_t h, HeadTable& kt, HeadTable& vt) {
+                              std::vector<float>& hh = StateOf(*span.seq)->hh(in.layer, h);
+                              const int64_t task = (&span - in.seqs.data()) * n_kv + h;
+                              const internal::HeadRows rows = internal::RowsOf(in, span, h, g);
+                              internal::RotateRows(rows, g, backend);
+                              const internal::TableAttention attention(cache, kt, vt);
+                              thread_local std::vector<float> old_k, old_v, new_k, new_v;
+                              const int64_t t0 = span.seq->n_tokens();
+                              int32_t len = kt.length;
+                              for (int32_t i = 0; i < span.count;) {
+                                // The part of the span that falls in the current chunk.
+                                const int32_t in_chunk = static_cast<int32_t>((t0 + i) % chunk_);
+                                const int32_t n = std::min(span.count - i, chunk_ - in_chunk);
+                                if (host) {
+                                  for (int32_t j = 0; j < n; ++j) {
+                                    cache.WriteSlot(kt, len + j, rows.k + (i + j) * rows.k_stride);
+                                    cache.WriteSlot(vt, len + j, rows.v + (i + j) * rows.v_stride);
+                                  }
+                                } else {
+                                  thread_local internal::SlotWritePlan writes;
+                                  for (int32_t j = 0; j < n; ++j)
+                                    writes.Add(cache, in, span, h, i + j, kt, vt, len + j);
+                                  writes.Run(cache, in, backend);
+                                }
+                                hh.resize(static_cast<size_t>(len) + n, 0.0f);
+                                kt.length = vt.length = len + n;
+                                if (host) {
+                                  attention.Run(backend, rows, i, n, len + n, len, hh.data());
+                                } else {
+                                  float* scores = device_scores + task * max_len;
+                                  backend.Upload(scores, hh.data(), sizeof(float) * hh.size());
+                                  attention.Run(backend, rows, i, n, len + n, len, scores);
+                                  backend.Download(hh.data(), scores, sizeof(float) * hh.size());
+                                }
+                                len += n;
+                                i += n;
+                                if ((t0 + i) % chunk_ != 0) continue;
+                                // The chunk is complete: compress if more than M slots are held;
+                                // its scores are spent.
+                                if (len > slots_) {
+                                  old_k.resize(static_cast<size_t>(len) * hd);
+                                  old_v.resize(static_cast<size_t>(len) * hd);
+                                  new_k.resize(static_cast<size_t>(slots_) * hd);
+                                  new_v.resize(static_cast<size_t>(slots_) * hd);
+                                  cache.ReadSlots(kt, 0, len, old_k.data());
+                                  cache.ReadSlots(vt, 0, len, old_v.data());
+                                  Compress(in.layer, hd, len, old_k.data(), old_v.data(), hh.data(),
+                                           new_k.data(), new_v.data());
+                                  cache.WriteSlots(kt, 0, slots_, new_k.data());
+                                  cache.WriteSlots(vt, 0, slots_, new_v.data());
+                                  len = slots_;
+                                  kt.length = vt.length = len;
+                                }
+                                hh.clear();
+                              }
+                            });
   return absl::OkStatus();
 }
 

@@ -12,24 +12,11 @@
 namespace kvasir::kvcache {
 
 void* BackendScratch::Get(kernels::Backend& backend, size_t bytes) {
-  KVASIR_CHECK_MSG(backend_ == nullptr || backend_ == &backend,
-                   "BackendScratch used with a second backend");
-  if (data_ != nullptr && bytes_ >= bytes) return data_;
+  if (!buffer_) buffer_.emplace(backend);
+  KVASIR_CHECK_MSG(&buffer_->backend() == &backend, "BackendScratch used with a second backend");
+  if (buffer_->as() != nullptr && buffer_->bytes() >= bytes) return buffer_->as();
   // Grow geometrically, so that a slowly growing size reallocates a few times only.
-  const size_t want = std::max(bytes, bytes_ * 2);
-  Release();
-  data_ = backend.Allocate(want);
-  if (data_ == nullptr) return nullptr;
-  backend_ = &backend;
-  bytes_ = want;
-  return data_;
-}
-
-void BackendScratch::Release() {
-  if (data_ != nullptr) backend_->Free(data_);
-  backend_ = nullptr;
-  data_ = nullptr;
-  bytes_ = 0;
+  return buffer_->Reserve(std::max(bytes, buffer_->bytes() * 2)) ? buffer_->as() : nullptr;
 }
 
 int64_t UniformTablePages(const KvGeometry& geometry, int32_t page_size, int64_t slots) {

@@ -54,7 +54,6 @@ struct SeqSpan {
 class BackendScratch {
  public:
   BackendScratch() = default;
-  ~BackendScratch() { Release(); }
   BackendScratch(const BackendScratch&) = delete;
   BackendScratch& operator=(const BackendScratch&) = delete;
 
@@ -63,12 +62,10 @@ class BackendScratch {
   // the one the scratch is bound to (checked).
   void* Get(kernels::Backend& backend, size_t bytes);
   // Frees the buffer (through the backend it came from) and unbinds the scratch.
-  void Release();
+  void Release() { buffer_.reset(); }
 
  private:
-  kernels::Backend* backend_ = nullptr;
-  void* data_ = nullptr;
-  size_t bytes_ = 0;
+  std::optional<kernels::BackendBuffer> buffer_;
 };
 
 // One layer of one forward step. Rows are tokens; the sequences' spans partition them (the spans
