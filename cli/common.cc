@@ -45,10 +45,7 @@ absl::StatusOr<worker::EngineOptions> EngineFlags::ToOptions() const {
   o.tp_replicate_vocab = tp_replicate_vocab;
   o.comm = comm;
   o.adapter = adapter;
-  if (!worker::CheckDeviceName(device).ok()) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("--device must be one of ", worker::DeviceNames(), ", got '", device, "'"));
-  }
+  KVASIR_RETURN_IF_ERROR(worker::CheckDeviceName(device));
   o.device = device;
   if (kv_dtype == "f32") {
     o.kv_dtype = DType::kF32;

@@ -296,12 +296,7 @@ int RunUp(int argc, char** argv) {
     std::fputs(p.Help().c_str(), stdout);
     return 0;
   }
-  if (!worker::CheckDeviceName(device).ok()) {
-    return Fail(cmd,
-                absl::InvalidArgumentError(absl::StrCat(
-                    "--device must be one of ", worker::DeviceNames(), ", got '", device, "'")),
-                2);
-  }
+  if (absl::Status s = worker::CheckDeviceName(device); !s.ok()) return Fail(cmd, s, 2);
   const bool disaggregated = prefill_workers > 0 || decode_workers > 0;
   const bool workers_given = std::any_of(
       argv + 1, argv + argc, [](const char* a) { return absl::StartsWith(a, "--workers"); });

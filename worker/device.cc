@@ -8,19 +8,10 @@
 
 namespace kvasir::worker {
 
-bool CudaBuilt() {
-#if KVASIR_HAVE_CUDA_BACKEND
-  return true;
-#else
-  return false;
-#endif
-}
-
-std::string DeviceNames() { return "cpu, cuda"; }
-
 absl::Status CheckDeviceName(std::string_view name) {
   if (name == "cpu" || name == "cuda") return absl::OkStatus();
-  return absl::InvalidArgumentError(absl::StrCat("unknown device (known: ", DeviceNames(), ")"));
+  return absl::InvalidArgumentError(
+      absl::StrCat("--device must be one of cpu, cuda, got '", std::string(name), "'"));
 }
 
 absl::StatusOr<std::unique_ptr<kernels::Backend>> CreateGpuBackend(std::string_view name) {

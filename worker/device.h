@@ -12,11 +12,7 @@
 
 namespace kvasir::worker {
 
-// True when this build has the CUDA backend (nvcc was found when it was configured).
-bool CudaBuilt();
-// The devices --device accepts, for --help and errors: "cpu, cuda".
-std::string DeviceNames();
-// InvalidArgument for a name that is not a device.
+// InvalidArgument, in the words of the --device flag, for a name that is not a device.
 absl::Status CheckDeviceName(std::string_view name);
 // The backend of a GPU device ("cuda": GPU 0). FailedPrecondition, with the reason, when this
 // build has no CUDA backend or the machine no usable GPU.
