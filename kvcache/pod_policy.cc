@@ -57,14 +57,19 @@ struct Task {
 
 }  // namespace
 
-PodPolicy::PodPolicy(int32_t sink, int32_t window, PodGroups groups, std::string groups_spec)
+PodPolicy::PodPolicy(int32_t sink, int32_t window, PodGroups groups, std::string groups_spec,
+                     std::string adapter)
     : sink_(sink),
       window_(window),
       groups_(std::move(groups)),
-      groups_spec_(std::move(groups_spec)) {}
+      groups_spec_(std::move(groups_spec)),
+      adapter_(std::move(adapter)) {}
 
 std::string PodPolicy::spec() const {
-  return absl::StrCat("pod:sink=", sink_, ",window=", window_, ",", groups_spec_);
+  // The adapter stays in the canonical spec: a sequence of the adapted model is never restored
+  // into another (the block codec compares specs).
+  return absl::StrCat("pod:sink=", sink_, ",window=", window_, ",", groups_spec_,
+                      adapter_.empty() ? "" : ",weights=", adapter_);
 }
 
 int32_t PodPolicy::RingSlot(int64_t j) const {
@@ -431,6 +436,8 @@ PolicyResult MakePodPolicy(PolicyArgs& args, const KvGeometry& geometry) {
   KVASIR_ASSIGN_OR_RETURN(std::string path, args.File("groups"));
   const bool has_group_size = args.Has("group_size");
   KVASIR_ASSIGN_OR_RETURN(int32_t group_size, args.Int("group_size", 2, 1, 1 << 30));
+  // A model post-trained for PoD (train/retrofit.py pod): the engine merges this adapter.
+  KVASIR_ASSIGN_OR_RETURN(std::string adapter, args.File("weights"));
   KVASIR_RETURN_IF_ERROR(args.Finish());
   if (geometry.n_layer <= 0 || geometry.n_head_kv <= 0) {
     return absl::InvalidArgumentError("KV policy 'pod': bad geometry");
@@ -442,10 +449,13 @@ PolicyResult MakePodPolicy(PolicyArgs& args, const KvGeometry& geometry) {
   if (args.Has("groups") && path.empty()) {
     return absl::InvalidArgumentError("KV policy 'pod': groups= needs a file name");
   }
+  if (args.Has("weights") && adapter.empty()) {
+    return absl::InvalidArgumentError("KV policy 'pod': weights= needs a file name");
+  }
   if (path.empty()) {
     return std::make_shared<PodPolicy>(
         sink, window, PodGroups::FixedSize(geometry.n_layer, geometry.n_head_kv, group_size),
-        absl::StrCat("group_size=", group_size));
+        absl::StrCat("group_size=", group_size), adapter);
   }
   auto file = LoadPodGroupsFile(path);
   if (!file.ok()) return Annotate(file.status(), "KV policy 'pod'");
@@ -468,7 +478,7 @@ PolicyResult MakePodPolicy(PolicyArgs& args, const KvGeometry& geometry) {
   }
   if (!has_sink && file->sink) sink = *file->sink;
   if (!has_window && file->window) window = *file->window;
-  return std::make_shared<PodPolicy>(sink, window, groups, absl::StrCat("groups=", path));
+  return std::make_shared<PodPolicy>(sink, window, groups, absl::StrCat("groups=", path), adapter);
 }
 
 int64_t PodPolicy::PlannedPages(const KvGeometry& geometry, int32_t page_size,

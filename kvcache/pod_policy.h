@@ -21,9 +21,13 @@ class PodPolicy : public KvPolicy {
  public:
   // sink >= 0, window >= 1; `groups` must match the geometry the policy is used with.
   // `groups_spec` is the spec's grouping part ("groups=FILE" or "group_size=2") for spec().
-  PodPolicy(int32_t sink, int32_t window, PodGroups groups, std::string groups_spec);
+  // `adapter`: the LoRA file of a model post-trained for this policy (weights=FILE; "" none).
+  PodPolicy(int32_t sink, int32_t window, PodGroups groups, std::string groups_spec,
+            std::string adapter = "");
 
   std::string spec() const override;
+  // The post-trained model's adapter (train/retrofit.py pod); the engine merges it.
+  std::string model_adapter() const override { return adapter_; }
   absl::Status Reserve(KvCache& cache, SequenceKv& seq, int32_t n_new) const override;
   int64_t PlannedPages(const KvGeometry& geometry, int32_t page_size,
                        int64_t n_tokens) const override;
@@ -63,6 +67,7 @@ class PodPolicy : public KvPolicy {
   int32_t window_;
   PodGroups groups_;
   std::string groups_spec_;
+  std::string adapter_;
 };
 
 }  // namespace kvasir::kvcache

@@ -119,7 +119,9 @@ constexpr PolicyEntry kPolicies[] = {
      "pod:sink=4,window=252,groups=FILE  PoD: the first `sink` and the `window` newest tokens\n"
      "                           keep K in every layer, older ones use the K of their layer\n"
      "                           group's anchor; groups=FILE from `kvasir calibrate pod`, or\n"
-     "                           group_size=N (default 2) consecutive layers per group\n"},
+     "                           group_size=N (default 2) consecutive layers per group;\n"
+     "                           weights=FILE: the adapter of a model post-trained for it\n"
+     "                           (train/retrofit.py pod)\n"},
     {"lococo", MakeLococoPolicy,
      "lococo:slots=128,chunk=16[,weights=FILE][,lambda=X]  LoCoCo: per head `slots` slots\n"
      "                           (half heavy hitters, half conv-fused) + a `chunk`-token buffer;\n"

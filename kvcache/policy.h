@@ -141,8 +141,9 @@ class KvPolicy {
   // of them, so such a policy is refused there (worker/cpu_model_runner.cc).
   virtual bool reads_whole_query_group() const { return false; }
   // The adapter file (LoRA, docs/retrofit.md) the model must be merged with for this policy to
-  // mean anything ("" for none): learned dmc with weights=FILE. The engine that runs the policy
-  // loads it at start-up (worker/adapter.h); a policy is refused by an engine adapted otherwise.
+  // mean anything ("" for none): learned dmc's or pod's weights=FILE. The engine that runs the
+  // policy loads it at start-up (worker/adapter.h); a policy is refused by an engine adapted
+  // otherwise.
   virtual std::string model_adapter() const { return ""; }
 
   absl::Status SaveSplitState(const SequenceKv& seq, std::string& shared,

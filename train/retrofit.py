@@ -1,11 +1,15 @@
 #!/usr/bin/env python3
 """Retrofits a Llama model for a KV-compression method by distillation, and writes the artifact
-the engine loads. Built: DMC (LoRA adapters) and LoCoCo (its convolution, the model frozen).
+the engine loads. Built: DMC and PoD (LoRA adapters) and LoCoCo (its convolution, the model
+frozen).
 
   python3 train/retrofit.py dmc --model ../shared/models/stories260K.gguf --ratio 4 \\
       --out train/artifacts/stories260K-dmc-4x.safetensors
   python3 train/retrofit.py lococo --model ../shared/models/stories260K.gguf --slots 128 \\
       --out train/artifacts/stories260K-lococo-4x.safetensors
+  python3 train/retrofit.py pod --model ../shared/models/stories260K.gguf \\
+      --spec pod:sink=4,window=60,group_size=5 \\
+      --out train/artifacts/stories260K-pod-1.5x.safetensors
 
 Data: text the model itself generates (sampled at temperature 1 from BOS); the loss is the KL
 divergence from the full-cache model's next-token distribution (the teacher: the same file,
@@ -13,8 +17,10 @@ without adapters, full attention) plus DMC's one-sided compression loss. Stages,
 released DMC code: (1) zero-out, the repurposed q/k element fades out of attention while no
 token merges; (2) retrofit, the compression target rises linearly from 1 to --ratio;
 (3) fine-tune at --ratio. LoCoCo: the same data and loss, the cache of `lococo:slots=M,chunk=B`
-(kvasir_train/lococo.py); only the per-layer convolution and lambda learn. Needs torch, gguf,
-safetensors (scripts/install-deps.sh --train).
+(kvasir_train/lococo.py); only the per-layer convolution and lambda learn. PoD: the same data and
+loss, the attention of --spec (kvasir_train/pod.py: distant keys from the group's anchor layer);
+LoRA adapters learn, --steps of them. Needs torch, gguf, safetensors (scripts/install-deps.sh
+--train).
 """
 
 from __future__ import annotations
@@ -34,9 +40,9 @@ from kvasir_train import PROJECTIONS  # noqa: E402 (after the path is set)
 def parse_args(argv):
     p = argparse.ArgumentParser(
         prog="retrofit.py",
-        description="Retrofit a model for a KV method by distillation: DMC (writes LoRA "
+        description="Retrofit a model for a KV method by distillation: DMC or PoD (writes LoRA "
         "adapters) or LoCoCo (writes its convolution); safetensors either way.")
-    p.add_argument("method", choices=["dmc", "lococo"], help="the KV method to train for")
+    p.add_argument("method", choices=["dmc", "lococo", "pod"], help="the KV method to train for")
     p.add_argument("--model", required=True, help="a llama-architecture .gguf file")
     p.add_argument("--out", required=True, help="the artifact to write (.safetensors)")
     p.add_argument("--ratio", type=float, default=4.0, help="target compression ratio (>= 1)")
@@ -68,7 +74,9 @@ def parse_args(argv):
                    help="lococo: initial lambda (the released code starts at 0.5)")
     p.add_argument("--lambda-lr", type=float, default=1e-4,
                    help="lococo: Adam learning rate of lambda (--lr is the convolution's)")
-    p.add_argument("--steps", type=int, default=300, help="lococo: training steps")
+    p.add_argument("--steps", type=int, default=300, help="lococo, pod: training steps")
+    p.add_argument("--spec", default="pod:sink=4,window=60,group_size=5",
+                   help="pod: the policy spec to train for (group_size=N or groups=FILE)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: all cores)")
     p.add_argument("--log-every", type=int, default=50)
@@ -97,33 +105,43 @@ def nll(logits, tokens):
     return F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), tokens[:, 1:].reshape(-1))
 
 
-def evaluate(model, data, ratio_attention_factory, batch=16):
-    """Perplexity of the teacher (full) and of the adapted model with hard DMC decisions on
-    held-out sequences, their greedy agreement, and the DMC model's KV ratio."""
+def evaluate(model, data, attention_factory, kv_ratio_of, batch=16, untrained=False):
+    """Perplexity of the teacher (full) and of the adapted model with the method's attention
+    (hard decisions) on held-out sequences, their greedy agreement, and the KV ratio
+    (kv_ratio_of(the attention objects used)). untrained: also the method on the model without
+    adapters."""
+    import math
+
     import torch
-    from kvasir_train.dmc import kv_ratio
-    tot_full = tot_dmc = 0.0
-    agree = n = 0
-    alphas = []
+    tot = {"full": 0.0, "trained": 0.0, "untrained": 0.0}
+    agree = {"trained": 0, "untrained": 0}
+    n = 0
+    atts = []
     with torch.no_grad():
         for s in range(0, len(data), batch):
             x = data[s:s + batch]
-            full = model(x, use_lora=False)
-            att = ratio_attention_factory()
-            out = model(x, attention=att)
+            logits = {"full": model(x, use_lora=False)}
+            atts.append(attention_factory())
+            logits["trained"] = model(x, attention=atts[-1])
+            if untrained:
+                logits["untrained"] = model(x, attention=attention_factory(), use_lora=False)
             k = x[:, 1:].numel()
-            tot_full += float(nll(full, x)) * k
-            tot_dmc += float(nll(out, x)) * k
-            agree += int((full[:, :-1].argmax(-1) == out[:, :-1].argmax(-1)).sum())
+            for name, lg in logits.items():
+                tot[name] += float(nll(lg, x)) * k
+                if name != "full":
+                    agree[name] += int((logits["full"][:, :-1].argmax(-1) ==
+                                        lg[:, :-1].argmax(-1)).sum())
             n += k
-            alphas += att.alphas
-    import math
-    return {
-        "full_perplexity": math.exp(tot_full / n),
-        "perplexity": math.exp(tot_dmc / n),
-        "greedy_agreement": agree / n,
-        "kv_ratio": kv_ratio(alphas),
+    out = {
+        "full_perplexity": math.exp(tot["full"] / n),
+        "perplexity": math.exp(tot["trained"] / n),
+        "greedy_agreement": agree["trained"] / n,
+        "kv_ratio": kv_ratio_of(atts),
     }
+    if untrained:
+        out["untrained_perplexity"] = math.exp(tot["untrained"] / n)
+        out["untrained_greedy_agreement"] = agree["untrained"] / n
+    return out
 
 
 def load_model(a):
@@ -176,23 +194,11 @@ def load_data(a, model):
     return data, held
 
 
-def main(argv=None):
-    a = parse_args(argv)
-    if a.method == "lococo":
-        return main_lococo(a)
+def setup_lora(a, config, tensors, model):
+    """Gives the model its LoRA adapters (from --init if given) and returns their Adam."""
     import torch
-    from safetensors.torch import save_file
 
-    from kvasir_train.dmc import DmcAttention, compression_loss, kv_ratio
     from kvasir_train.model import LoRA
-
-    t_start = time.time()
-    config, tensors, model = load_model(a)
-    print(f"retrofit: {a.model}: {config.n_layer} layers, {config.n_head} heads, "
-          f"{config.n_head_kv} KV heads, head_dim {config.head_dim}", file=sys.stderr)
-
-    data, held = load_data(a, model)
-
     model.lora = LoRA(config, tensors, a.rank, a.alpha, a.projections, seed=a.seed)
     if a.init is not None:
         from safetensors.torch import load_file
@@ -202,8 +208,67 @@ def main(argv=None):
                 sys.exit(f"retrofit: --init {a.init}: no {name} of shape {tuple(t.shape)}")
         model.lora.load_tensors(init)
         print(f"retrofit: starting from {a.init}", file=sys.stderr)
-    params = list(model.lora.parameters())
-    opt = torch.optim.Adam([{"params": params, "lr": a.lr, "base": a.lr}])
+    return torch.optim.Adam([{"params": list(model.lora.parameters()), "lr": a.lr, "base": a.lr}])
+
+
+def lora_artifact(a, config, model, check_tokens, check_logits, meta, training, result):
+    """The lora-1 artifact's tensors and metadata (docs/retrofit.md): the adapters, the check
+    sequence and its logits, and `meta` (method, kv_policy, ratio) plus what every one holds."""
+    import torch
+    out = model.lora.state_tensors()
+    out["check.tokens"] = check_tokens.to(torch.int32).contiguous()
+    out["check.logits"] = check_logits.contiguous()
+    meta = {"kvasir.format": "lora-1", **meta,
+            "kvasir.lora_rank": str(a.rank),
+            "kvasir.lora_alpha": f"{a.alpha:g}",
+            "kvasir.layout": "gguf",
+            "kvasir.base_model": os.path.basename(a.model),
+            "kvasir.n_layer": str(config.n_layer),
+            "kvasir.n_embd": str(config.n_embd),
+            "kvasir.training": json.dumps({
+                **training, "batch": a.batch, "seq_len": a.seq_len, "train_seqs": a.train_seqs,
+                "lr": a.lr, "seed": a.seed, "projections": ",".join(a.projections),
+                "text": os.path.basename(a.text) if a.text else None,
+                "text_from_byte": a.text_from_byte, "device": "cpu",
+                "torch_threads": torch.get_num_threads()}),
+            "kvasir.held_out": json.dumps({k: round(v, 4) for k, v in result.items()})}
+    if a.init is not None:
+        # The run this one started from (its own training record, and so on back).
+        from safetensors import safe_open
+        with safe_open(a.init, "pt") as f:
+            before = f.metadata() or {}
+        meta["kvasir.init"] = json.dumps({
+            "file": os.path.basename(a.init), "training": before.get("kvasir.training"),
+            "init": before.get("kvasir.init")})
+    return out, meta
+
+
+def write_artifact(a, tensors, meta, t_start):
+    from safetensors.torch import save_file
+    os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)
+    save_file(tensors, a.out, metadata=meta)
+    print(f"retrofit: wrote {a.out} ({os.path.getsize(a.out)} bytes) in "
+          f"{time.time() - t_start:.0f} s", file=sys.stderr)
+
+
+def main(argv=None):
+    a = parse_args(argv)
+    if a.method == "lococo":
+        return main_lococo(a)
+    if a.method == "pod":
+        return main_pod(a)
+    import torch
+
+    from kvasir_train.dmc import DmcAttention, compression_loss, kv_ratio
+
+    t_start = time.time()
+    config, tensors, model = load_model(a)
+    print(f"retrofit: {a.model}: {config.n_layer} layers, {config.n_head} heads, "
+          f"{config.n_head_kv} KV heads, head_dim {config.head_dim}", file=sys.stderr)
+
+    data, held = load_data(a, model)
+
+    opt = setup_lora(a, config, tensors, model)
     gen = torch.Generator().manual_seed(a.seed + 7)
     total = a.zero_out_steps + a.retrofit_steps + a.finetune_steps
     d = config.head_dim
@@ -250,7 +315,8 @@ def main(argv=None):
 
     def hard():
         return DmcAttention(config, hard=True)
-    result = evaluate(model, held, hard)
+    result = evaluate(model, held, hard,
+                      lambda atts: kv_ratio([x for att in atts for x in att.alphas]))
     print("retrofit: held-out " + json.dumps({k: round(v, 4) for k, v in result.items()}),
           file=sys.stderr)
 
@@ -259,43 +325,15 @@ def main(argv=None):
     with torch.no_grad():
         check_tokens = held[:1]
         check_logits = model(check_tokens, attention=hard())[0]
-    out = model.lora.state_tensors()
-    out["check.tokens"] = check_tokens[0].to(torch.int32).contiguous()
-    out["check.logits"] = check_logits.contiguous()
-    meta = {
-        "kvasir.format": "lora-1",
-        "kvasir.method": "dmc",
-        "kvasir.kv_policy": "dmc:mode=learned",
-        "kvasir.ratio": f"{a.ratio:g}",
-        "kvasir.lora_rank": str(a.rank),
-        "kvasir.lora_alpha": f"{a.alpha:g}",
-        "kvasir.layout": "gguf",
-        "kvasir.base_model": os.path.basename(a.model),
-        "kvasir.n_layer": str(config.n_layer),
-        "kvasir.n_embd": str(config.n_embd),
-        "kvasir.training": json.dumps({
-            "steps": total, "zero_out_steps": a.zero_out_steps,
-            "retrofit_steps": a.retrofit_steps, "finetune_steps": a.finetune_steps,
-            "batch": a.batch, "seq_len": a.seq_len, "train_seqs": a.train_seqs,
-            "tokens_seen": total * a.batch * a.seq_len, "lr": a.lr, "cr_weight": a.cr_weight,
-            "margin": a.margin, "seed": a.seed, "projections": ",".join(a.projections),
-            "text": os.path.basename(a.text) if a.text else None,
-            "text_from_byte": a.text_from_byte, "seconds": round(time.time() - t_start),
-            "device": "cpu", "torch_threads": torch.get_num_threads()}),
-        "kvasir.held_out": json.dumps({k: round(v, 4) for k, v in result.items()}),
-    }
-    if a.init is not None:
-        # The run this one started from (its own training record, and so on back).
-        from safetensors import safe_open
-        with safe_open(a.init, "pt") as f:
-            before = f.metadata() or {}
-        meta["kvasir.init"] = json.dumps({
-            "file": os.path.basename(a.init), "training": before.get("kvasir.training"),
-            "init": before.get("kvasir.init")})
-    os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)
-    save_file(out, a.out, metadata=meta)
-    print(f"retrofit: wrote {a.out} ({os.path.getsize(a.out)} bytes) in "
-          f"{time.time() - t_start:.0f} s", file=sys.stderr)
+    out, meta = lora_artifact(
+        a, config, model, check_tokens[0], check_logits,
+        {"kvasir.method": "dmc", "kvasir.kv_policy": "dmc:mode=learned",
+         "kvasir.ratio": f"{a.ratio:g}"},
+        {"steps": total, "zero_out_steps": a.zero_out_steps, "retrofit_steps": a.retrofit_steps,
+         "finetune_steps": a.finetune_steps, "tokens_seen": total * a.batch * a.seq_len,
+         "cr_weight": a.cr_weight, "margin": a.margin, "seconds": round(time.time() - t_start)},
+        result)
+    write_artifact(a, out, meta, t_start)
 
 
 def main_lococo(a):
@@ -303,7 +341,6 @@ def main_lococo(a):
     import math
 
     import torch
-    from safetensors.torch import save_file
 
     from kvasir_train.lococo import LococoCompressor, lococo_forward
 
@@ -389,10 +426,60 @@ def main_lococo(a):
             "device": "cpu", "torch_threads": torch.get_num_threads()}),
         "kvasir.held_out": json.dumps({k: round(v, 4) for k, v in result.items()}),
     }
-    os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)
-    save_file(out, a.out, metadata=meta)
-    print(f"retrofit: wrote {a.out} ({os.path.getsize(a.out)} bytes) in "
-          f"{time.time() - t_start:.0f} s", file=sys.stderr)
+    write_artifact(a, out, meta, t_start)
+
+
+def main_pod(a):
+    """Trains LoRA adapters so that the model works with PoD's attention (--spec): distant keys
+    from the anchor layer of each (layer, KV head)'s group, distilled from the full model."""
+    import torch
+
+    from kvasir_train.pod import PodAttention
+
+    t_start = time.time()
+    config, tensors, model = load_model(a)
+    try:
+        probe = PodAttention.from_spec(config, a.spec)
+    except (ValueError, OSError, KeyError) as e:
+        sys.exit(f"retrofit: --spec {a.spec}: {e}")
+    print(f"retrofit: {a.model}: {config.n_layer} layers, {config.n_head_kv} KV heads; {a.spec}: "
+          f"kv_ratio {probe.kv_ratio(512):.4f} at 512 tokens", file=sys.stderr)
+    data, held = load_data(a, model)
+    opt = setup_lora(a, config, tensors, model)
+    gen = torch.Generator().manual_seed(a.seed + 7)
+    hist = []
+    t0 = time.time()
+    for step in range(a.steps):
+        x = data[torch.randint(0, len(data), (a.batch,), generator=gen)]
+        with torch.no_grad():
+            teacher = torch.log_softmax(model(x, use_lora=False), dim=-1)
+        kl = distill_kl(teacher, model(x, attention=PodAttention.from_spec(config, a.spec)))
+        decay_lr(opt, step, a.steps)
+        opt.zero_grad()
+        kl.backward()
+        opt.step()
+        hist.append(kl.item())
+        if (step + 1) % a.log_every == 0 or step + 1 == a.steps:
+            print(f"retrofit: step {step + 1}/{a.steps} kl {sum(hist) / len(hist):.5f} "
+                  f"({time.time() - t0:.0f} s)", file=sys.stderr)
+            hist = []
+
+    def pod():
+        return PodAttention.from_spec(config, a.spec)
+    result = evaluate(model, held, pod, lambda atts: atts[0].kv_ratio(a.seq_len), untrained=True)
+    print("retrofit: held-out " + json.dumps({k: round(v, 4) for k, v in result.items()}),
+          file=sys.stderr)
+    with torch.no_grad():
+        check_tokens = held[:1]
+        check_logits = model(check_tokens, attention=pod())[0]
+    out, meta = lora_artifact(
+        a, config, model, check_tokens[0], check_logits,
+        {"kvasir.method": "pod", "kvasir.kv_policy": a.spec,
+         "kvasir.ratio": f"{1 / probe.kv_ratio(512):.3g}"},
+        {"steps": a.steps, "tokens_seen": a.steps * a.batch * a.seq_len,
+         "seconds": round(time.time() - t_start)},
+        result)
+    write_artifact(a, out, meta, t_start)
 
 
 if __name__ == "__main__":

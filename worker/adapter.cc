@@ -150,7 +150,10 @@ absl::StatusOr<Adapter> LoadAdapter(const std::string& path, const model::ModelC
 
 absl::StatusOr<std::string> AdapterOfSpec(std::string_view spec) {
   KVASIR_ASSIGN_OR_RETURN(kvcache::PolicyArgs args, kvcache::PolicyArgs::Parse(spec));
-  if (args.name() != "dmc" || !args.Has("weights")) return std::string();
+  // lococo's weights= are its compressor's own, not a change of the model.
+  if ((args.name() != "dmc" && args.name() != "pod") || !args.Has("weights")) {
+    return std::string();
+  }
   return args.File("weights");
 }
 

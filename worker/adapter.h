@@ -1,6 +1,6 @@
 // Retrofit adapters: low-rank (LoRA) corrections of a model's projections, trained by
-// train/retrofit.py so that a KV method (DMC) works on a model that was not trained for it, and
-// merged into the weights when the engine loads (docs/retrofit.md).
+// train/retrofit.py so that a KV method (DMC, PoD) works on a model that was not trained for it,
+// and merged into the weights when the engine loads (docs/retrofit.md).
 //
 // The file is safetensors: for each adapted projection NAME (GGUF tensor names without
 // ".weight", e.g. "blk.0.attn_q") NAME.lora_a [rank, in] and NAME.lora_b [out, rank], F32; the
@@ -33,7 +33,7 @@ struct LoraPair {
 };
 
 struct Adapter {
-  std::string method;                 // "dmc"
+  std::string method;                 // "dmc" or "pod"
   std::string kv_policy;              // the policy it was trained for, e.g. "dmc:mode=learned"
   std::string ratio;                  // the compression it was trained for, as written ("4")
   float scale = 1;                    // alpha / rank
@@ -48,7 +48,7 @@ struct Adapter {
 // also carries the reader's message, which names the path as given).
 absl::StatusOr<Adapter> LoadAdapter(const std::string& path, const model::ModelConfig& config);
 
-// The adapter a policy spec names, "" for none: learned dmc's weights=FILE. Commands that run
+// The adapter a policy spec names, "" for none: dmc's and pod's weights=FILE. Commands that run
 // one policy (kvasir generate, eval) load their engine with it.
 absl::StatusOr<std::string> AdapterOfSpec(std::string_view spec);
 

@@ -1,8 +1,9 @@
 // Retrofit adapters (worker/adapter.h): loading and validation, the merge W + scale B A, the
-// engine's refusal of policies meant for another model, and the committed DMC artifact of
-// stories260K, whose logits the engine must reproduce from the PyTorch model that trained it.
+// engine's refusal of policies meant for another model, and the committed DMC and PoD artifacts
+// of stories260K, whose logits the engine must reproduce from the PyTorch model that trained them.
 #include "worker/adapter.h"
 
+#include <algorithm>
 #include <cmath>
 #include <filesystem>
 #include <fstream>
@@ -21,6 +22,9 @@ namespace {
 using testing::SafetensorsBuilder;
 
 const char* const kArtifact = "train/artifacts/stories260K-dmc-4x.safetensors";
+// PoD post-trained for group_size=5 (0.65 of the cache) and group_size=2 (0.825).
+const char* const kPodArtifacts[] = {"train/artifacts/stories260K-pod-1.5x.safetensors",
+                                     "train/artifacts/stories260K-pod-1.2x.safetensors"};
 
 std::string Stories() { return testing::SharedPath("models/stories260K.gguf"); }
 
@@ -233,6 +237,81 @@ TEST(AdapterTest, EngineReproducesTheTrainedDmcModel) {
   // Trained for 4x: the cache holds well under half of the full cache's slots.
   EXPECT_LT(usage.ratio(), 0.4) << usage.slots << " of " << usage.full_slots;
 }
+
+// The committed PoD artifacts: the engine's pod policy (distant keys from the anchor layer) on the
+// merged model gives the logits the post-trained PyTorch model gave (train/kvasir_train/pod.py),
+// at the ratio of its spec; the adapter is named by the spec, kept in its canonical form, and
+// never taken from a request.
+class PodAdapterTest : public ::testing::TestWithParam<const char*> {};
+
+TEST_P(PodAdapterTest, EngineReproducesThePostTrainedModel) {
+  const std::string artifact = testing::RepoPath(GetParam());
+  EngineOptions o;
+  o.model = Stories();
+  o.prefault = false;
+  o.num_threads = 2;
+  o.adapter = artifact;
+  auto engine = Engine::Load(o);
+  ASSERT_TRUE(engine.ok()) << engine.status();
+  const Adapter& a = *(*engine)->adapter();
+  ASSERT_FALSE(a.check_tokens.empty());
+  EXPECT_EQ(a.method, "pod");
+  ASSERT_EQ(a.kv_policy.rfind("pod:", 0), 0u) << a.kv_policy;
+  const std::string spec = a.kv_policy + ",weights=" + artifact;
+  auto named = AdapterOfSpec(spec);
+  ASSERT_TRUE(named.ok()) << named.status();
+  EXPECT_EQ(*named, artifact);
+  // lococo's weights are its compressor's, not a model adapter.
+  EXPECT_EQ(*AdapterOfSpec("lococo:slots=16,weights=/x/w.safetensors"), "");
+  auto policy = (*engine)->Policy(spec);
+  ASSERT_TRUE(policy.ok()) << policy.status();
+  EXPECT_EQ((*policy)->model_adapter(), artifact);
+  EXPECT_NE((*policy)->spec().find(",weights=" + artifact), std::string::npos) << (*policy)->spec();
+  // The adapted engine refuses the same policy without its weights.
+  EXPECT_EQ((*engine)->Policy(a.kv_policy).status().code(), absl::StatusCode::kFailedPrecondition);
+
+  const e2e::ReplayCheck check =
+      e2e::ReplayAndCompare(**engine, *policy, a.check_tokens, a.check_logits);
+  // No discrete decision: only f32 rounding in another order (the engine merges the proximal and
+  // distant partial attentions by log-sum-exp, PyTorch takes one softmax).
+  EXPECT_LT(check.mean_err, 1e-4) << "max " << check.max_err;
+  EXPECT_LT(check.max_err, 2e-3);
+  EXPECT_EQ(check.argmax_agree, static_cast<int>(a.check_tokens.size()));
+  // Past sink + window tokens the non-anchor keys stop growing: well under the full cache.
+  const kvcache::KvUsage& usage = check.usage;
+  EXPECT_LT(usage.ratio(), 0.9) << usage.slots << " of " << usage.full_slots;
+
+  // The stock model under the same policy is far from the trained logits: the adapter matters.
+  auto base = e2e::LoadEngine(Stories());
+  ASSERT_NE(base, nullptr);
+  EXPECT_EQ(base->Policy(spec).status().code(), absl::StatusCode::kFailedPrecondition);
+  auto stock = base->Policy(a.kv_policy);
+  ASSERT_TRUE(stock.ok()) << stock.status();
+  const e2e::ReplayCheck untrained =
+      e2e::ReplayAndCompare(*base, *stock, a.check_tokens, a.check_logits);
+  EXPECT_GT(untrained.mean_err, 10 * check.mean_err);
+
+  // A request may not name the adapter (nor any file): refused before anything is opened.
+  auto request =
+      kvcache::ParsePolicy(spec, (*engine)->cache().geometry(), kvcache::PolicySource::kRequest);
+  ASSERT_FALSE(request.ok());
+  EXPECT_EQ(request.status().code(), absl::StatusCode::kPermissionDenied) << request.status();
+  auto elsewhere =
+      kvcache::ParsePolicy("pod:window=60,group_size=5,weights=/etc/passwd",
+                           (*engine)->cache().geometry(), kvcache::PolicySource::kRequest);
+  EXPECT_EQ(elsewhere.status().code(), absl::StatusCode::kPermissionDenied) << elsewhere.status();
+  EXPECT_EQ(kvcache::ParsePolicy("pod:weights=", (*engine)->cache().geometry()).status().code(),
+            absl::StatusCode::kInvalidArgument);
+}
+
+INSTANTIATE_TEST_SUITE_P(Artifacts, PodAdapterTest, ::testing::ValuesIn(kPodArtifacts),
+                         [](const ::testing::TestParamInfo<const char*>& info) {
+                           // ".../stories260K-pod-1.5x.safetensors" -> "Pod1_5x"
+                           std::string ratio = std::filesystem::path(info.param).stem().string();
+                           ratio = ratio.substr(ratio.rfind('-') + 1);
+                           std::replace(ratio.begin(), ratio.end(), '.', '_');
+                           return "Pod" + ratio;
+                         });
 
 }  // namespace
 }  // namespace kvasir::worker

@@ -8,7 +8,10 @@ safetensors, installed by scripts/install-deps.sh --train).
 - LoCoCo's chunked cache: slots covering the sequence give the full forward; with lambda = 0 the
   compressor is the heavy-hitter selection, which a slot-by-slot loop over the engine's rule
   (kvcache/lococo_policy.cc) reproduces; the gradient reaches the convolution.
-- A few retrofit steps end to end (DMC and LoCoCo), writing artifacts with the metadata the
+- PoD's attention (one softmax over own keys where proximal, anchor keys where distant) against a
+  token-by-token loop over the engine's rule (kvcache/pod_policy.cc), which a mask off by one
+  fails.
+- A few retrofit steps end to end (DMC, LoCoCo and PoD), writing artifacts with the metadata the
   engine checks.
 """
 
@@ -37,6 +40,7 @@ except ImportError as e:  # ctest: SKIP_RETURN_CODE 77
 from kvasir_train.dmc import INIT_VAL, OMEGA_EPS, DmcAttention  # noqa: E402
 from kvasir_train.lococo import LococoCompressor, heavy_hitters, lococo_forward  # noqa: E402
 from kvasir_train.model import Llama, apply_rope, load_gguf, rope_tables, sample  # noqa: E402
+from kvasir_train.pod import PodAttention, fixed_anchors, parse_spec  # noqa: E402
 from kvasir_train.tokenizer import SpmTokenizer  # noqa: E402
 
 SHARED = os.path.join(ROOT, "..", "shared")
@@ -236,6 +240,87 @@ class LococoTest(unittest.TestCase):
             self.assertNotEqual(float(comp.lam[layer].grad), 0)
 
 
+def pod_rule(q, k_layers, v, anchor_of, layer, sink, window):
+    """The engine's PoD attention of `layer` for one sequence, query by query, in float64:
+    q [T,H,D] and k_layers[l] [T,Hkv,D] post-RoPE, v [T,Hkv,D]; anchor_of[h] the anchor layer of
+    (layer, h). Key j of query i is the layer's own if j < sink or j > i - window (proximal),
+    else the anchor's; the values are always the layer's."""
+    t_len, n_head, d = q.shape
+    n_kv = v.shape[1]
+    g = n_head // n_kv
+    out = torch.zeros(t_len, n_head, d, dtype=torch.float64)
+    for h in range(n_kv):
+        for i in range(t_len):
+            keys = []
+            for j in range(i + 1):
+                proximal = j < sink or j > i - window
+                keys.append(k_layers[layer if proximal else anchor_of[h]][j, h].double())
+            kmat = torch.stack(keys)
+            vmat = v[:i + 1, h].double()
+            for qh in range(h * g, (h + 1) * g):
+                att = torch.softmax(kmat @ q[i, qh].double() / math.sqrt(d), dim=0)
+                out[i, qh] = att @ vmat
+    return out
+
+
+class PodTest(unittest.TestCase):
+    def test_attention_equals_the_engines_rule_token_by_token(self):
+        config, _ = load_gguf(STORIES)
+        gen = torch.Generator().manual_seed(11)
+        t_len, d, n_kv = 30, config.head_dim, config.n_head_kv
+        cos, sin = rope_tables(config, torch.arange(t_len))
+        # Per head a different anchor of layer 3: 0, 2, 3 (itself) and 1.
+        anchors = [[0] * n_kv, [0, 1, 1, 1], [0, 2, 2, 1], [0, 2, 3, 1], [4] * n_kv]
+        sink, window = 3, 6
+        att = PodAttention(config, sink, window, anchors)
+        qs, ks, vs = [], [], []
+        for layer in range(4):
+            q = torch.randn(1, t_len, config.n_head, d, generator=gen)
+            k = 2 * torch.randn(1, t_len, n_kv, d, generator=gen)
+            v = torch.randn(1, t_len, n_kv, d, generator=gen)
+            got = att(layer, q, k, v, cos, sin)
+            qs.append(apply_rope(q, cos, sin, config.n_rot)[0])
+            ks.append(apply_rope(k, cos, sin, config.n_rot)[0])
+            vs.append(v[0])
+        want = pod_rule(qs[3], ks, vs[3], anchors[3], 3, sink, window)
+        self.assertLess(float((got[0].double() - want).abs().max()), 1e-5)
+        # The test sees a boundary moved by one: the rule with another sink or window differs.
+        for s, w in ((sink, window + 1), (sink, window - 1), (sink + 1, window),
+                     (sink - 1, window)):
+            moved = pod_rule(qs[3], ks, vs[3], anchors[3], 3, s, w)
+            self.assertGreater(float((moved - want).abs().max()), 1e-3, (s, w))
+        # Head 2 is its own anchor: plain causal attention.
+        full = pod_rule(qs[3], ks, vs[3], [3] * n_kv, 3, 0, 1)
+        self.assertLess(float((got[0, :, 4:6].double() - full[:, 4:6]).abs().max()), 1e-5)
+
+    def test_specs_and_the_ratio_follow_the_engine(self):
+        config, tensors = load_gguf(STORIES)
+        sink, window, anchors = parse_spec("pod:sink=4,window=60,group_size=5", 5, 4)
+        self.assertEqual((sink, window), (4, 60))
+        self.assertEqual(anchors, [[0] * 4] * 5)
+        self.assertEqual(fixed_anchors(5, 1, 2), [[0], [0], [2], [2], [4]])
+        self.assertEqual(parse_spec("pod", 5, 4)[:2], (4, 252))
+        with tempfile.TemporaryDirectory() as tmp:
+            path = os.path.join(tmp, "groups.json")
+            with open(path, "w") as f:
+                json.dump({"n_layer": 5, "n_head_kv": 2, "window": 9,
+                           "groups": [[[0, 1, 2], [3, 4]], [[0], [1, 2, 3, 4]]]}, f)
+            self.assertEqual(parse_spec(f"pod:groups={path}", 5, 2),
+                             (4, 9, [[0, 0], [0, 1], [0, 1], [3, 1], [3, 1]]))
+        # docs/compression.md: window=60,group_size=5 holds 0.65 of the full cache at 512 tokens.
+        self.assertAlmostEqual(PodAttention.from_spec(
+            config, "pod:sink=4,window=60,group_size=5").kv_ratio(512), 0.65)
+        # A window covering the sequence is full attention.
+        model = Llama(config, tensors)
+        x = sample(model, 2, 40, 1, seed=2)
+        with torch.no_grad():
+            full = model(x)
+            wide = model(x, attention=PodAttention.from_spec(config, "pod:window=36,group_size=5"))
+            narrow = model(x, attention=PodAttention.from_spec(config, "pod:window=8,group_size=5"))
+        self.assertLess(float((wide - full).abs().max()), 1e-4)
+        self.assertGreater(float((narrow - full).abs().max()), 1e-2)
+
+
 class RetrofitSmokeTest(unittest.TestCase):
     def test_a_few_steps_write_an_artifact(self):
         from safetensors import safe_open
@@ -279,6 +364,32 @@ class RetrofitSmokeTest(unittest.TestCase):
                 self.assertEqual(tuple(f.get_tensor("check.logits").shape), (48, 512))
                 held = json.loads(meta["kvasir.held_out"])
                 self.assertAlmostEqual(held["kv_ratio"], 16 / 48, places=3)
+
+    def test_a_few_pod_steps_write_an_adapter(self):
+        from safetensors import safe_open
+        spec = "pod:sink=2,window=10,group_size=5"
+        with tempfile.TemporaryDirectory() as tmp:
+            out = os.path.join(tmp, "pod.safetensors")
+            subprocess.run(
+                [sys.executable, os.path.join(ROOT, "train", "retrofit.py"), "pod",
+                 "--model", STORIES, "--out", out, "--spec", spec, "--rank", "4", "--steps", "3",
+                 "--batch", "2", "--seq-len", "40", "--train-seqs", "4", "--eval-seqs", "2",
+                 "--log-every", "1", "--lr", "1e-2"],
+                check=True, capture_output=True, timeout=600)
+            with safe_open(out, "pt") as f:
+                meta = f.metadata()
+                self.assertEqual(meta["kvasir.format"], "lora-1")
+                self.assertEqual(meta["kvasir.method"], "pod")
+                self.assertEqual(meta["kvasir.kv_policy"], spec)
+                self.assertEqual(meta["kvasir.layout"], "gguf")
+                self.assertEqual(tuple(f.get_tensor("blk.0.attn_q.lora_a").shape), (4, 64))
+                self.assertEqual(tuple(f.get_tensor("check.logits").shape), (40, 512))
+                # Trained: the adapters moved from their zero start.
+                self.assertGreater(float(f.get_tensor("blk.3.attn_q.lora_b").abs().max()), 0)
+                held = json.loads(meta["kvasir.held_out"])
+                # 5 layers x 4 heads, 4 anchors: (20 + 4) * 40 + 16 * 12 slots of 2 * 20 * 40.
+                self.assertAlmostEqual(held["kv_ratio"], (24 * 40 + 16 * 12) / 1600, places=4)
+                self.assertIn("untrained_perplexity", held)
 
 
 if __name__ == "__main__":
