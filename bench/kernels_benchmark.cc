@@ -9,8 +9,9 @@
 //    an engine would use it; reports tokens/s, the ceiling the matmuls put on the engine.
 //  - BM_AttentionDecode/<keys>/<f16>: one query token, GQA group 3, head_dim 64, pages of 16.
 //  - BM_MemoryReadBandwidth: the STREAM-style probe of kernels/cpu/membw.h.
-// Threads: KVASIR_NUM_THREADS or all cores. ISA: KVASIR_ISA=scalar|avx2|avx512 picks it. All rates
-// are per wall-clock second (on a busy machine compare the CPU column too).
+// Threads: KVASIR_NUM_THREADS or all cores. ISA: KVASIR_ISA=scalar|avx2|avx512 picks it. Weights
+// are repacked as the CPU runner repacks them (kernels/cpu/ops.h PrefersRows8; KVASIR_REPACK=0:
+// not). All rates are per wall-clock second (on a busy machine compare the CPU column too).
 //   build/bin/kvasir_kernels_benchmark --benchmark_filter='MatMul/q4_1'
 #include <benchmark/benchmark.h>
 
@@ -60,6 +61,12 @@ struct Weights {
                 data.begin() + r * row_bytes);
     }
     view = WeightView{t, data.data(), rows, cols, row_bytes};
+    // The layout the CPU runner would use (KVASIR_REPACK=0: the rows as mapped).
+    if (PrefersRows8(view)) {
+      std::vector<uint8_t> packed(data.size());
+      view = RepackRows8(view, packed.data());
+      data.swap(packed);
+    }
   }
 };
 

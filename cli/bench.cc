@@ -111,6 +111,7 @@ int RunBenchEngine(int argc, char** argv) {
     nlohmann::json j;
     j["model"] = r->model;
     j["isa"] = r->isa;
+    j["repacked_weight_bytes"] = r->repacked_weight_bytes;
     j["device"] = r->device;
     j["threads"] = r->threads;
     j["kv_policy"] = r->kv_policy;
@@ -140,8 +141,13 @@ int RunBenchEngine(int argc, char** argv) {
     std::cout << j.dump() << "\n";
     return 0;
   }
-  std::printf("model     %s\ndevice    %s\nthreads   %d (%s)\nkv        %s\n\n", r->model.c_str(),
-              r->device.c_str(), r->threads, r->isa.c_str(), r->kv_policy.c_str());
+  std::printf("model     %s\ndevice    %s\nthreads   %d (%s)\nweights   %s\nkv        %s\n\n",
+              r->model.c_str(), r->device.c_str(), r->threads, r->isa.c_str(),
+              r->repacked_weight_bytes > 0 ? absl::StrFormat("%.1f MiB repacked for decode (rows8)",
+                                                             r->repacked_weight_bytes / 1048576.0)
+                                                 .c_str()
+                                           : "as mapped",
+              r->kv_policy.c_str());
   std::printf("%-36s %12s\n", "figure", "tokens/s");
   std::printf("%-36s %12.1f\n", absl::StrFormat("prefill, %d-token prompt", prefill).c_str(),
               r->prefill_tps);

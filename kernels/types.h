@@ -8,15 +8,26 @@
 
 namespace kvasir::kernels {
 
+// How the rows of a WeightView lie in memory.
+enum class WeightLayout : uint8_t {
+  // Row r starts at data + r * row_bytes (the layout of GGUF and safetensors).
+  kRows,
+  // Q4_0, Q4_1, Q8_0 only, rows a multiple of 8: each group of 8 rows fills the bytes of those 8
+  // rows, block by block, interleaved so that one token's decode reads one stream (the CPU
+  // kernels' repacked form, kernels/cpu/ops.h RepackRows8; row(r) is meaningless there).
+  kRows8,
+};
+
 // A weight matrix of `rows` rows with `cols` elements each, in a float or block-quantized type.
-// Row r starts at data + r * row_bytes. A Hugging Face linear weight [out, in] (GGUF ne=[in, out])
-// has rows = out and cols = in, so y = W x computes one output per row.
+// Row r starts at data + r * row_bytes (layout kRows). A Hugging Face linear weight [out, in]
+// (GGUF ne=[in, out]) has rows = out and cols = in, so y = W x computes one output per row.
 struct WeightView {
   DType type = DType::kF32;
   const void* data = nullptr;
   int64_t rows = 0;
   int64_t cols = 0;
   int64_t row_bytes = 0;
+  WeightLayout layout = WeightLayout::kRows;
 
   const uint8_t* row(int64_t r) const { return static_cast<const uint8_t*>(data) + r * row_bytes; }
 };

@@ -4,10 +4,12 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <memory>
 
 #include "absl/strings/str_cat.h"
 #include "common/status_macros.h"
 #include "kernels/cpu/cpu_backend.h"
+#include "kernels/cpu/ops.h"
 #include "worker/model_runner.h"
 #include "worker/step_plan.h"
 
@@ -29,11 +31,15 @@ class CpuModelRunner : public ModelRunner {
     // Without a plan, the whole model (the plan of a group of one).
     shard_ = options.shard != nullptr ? *options.shard : *model::PlanShard(config_, 1, 0);
     local_ = model::ShardConfig(config_, shard_);
+    layers_ = weights.layers;
+    output_ = weights.output;
+    if (options.repack_weights) Repack();
   }
 
   const model::ModelConfig& config() const override { return config_; }
   int num_threads() const override { return pool_.num_threads(); }
   CollectiveStats collective_stats() const override { return collectives_; }
+  int64_t repacked_weight_bytes() const override { return repacked_bytes_; }
 
   using ModelRunner::Forward;
   absl::Status Forward(std::span<const StepSequence> batch, std::vector<float>& logits,
@@ -41,6 +47,8 @@ class CpuModelRunner : public ModelRunner {
 
  private:
   cpu::CpuContext& ctx() { return backend_.context(); }
+  // Replaces the views of layers_ and output_ that the kernels prefer repacked by repacked copies.
+  void Repack();
   void Resize(int64_t n_tokens);
   // Tensor parallelism: x = the sum of x over the group.
   absl::Status AllReduce(float* x, int64_t count);
@@ -54,6 +62,12 @@ class CpuModelRunner : public ModelRunner {
   model::ShardPlan shard_;     // this rank's part (size 1: all)
   model::ModelConfig local_;   // its dimensions (ShardConfig)
   const LlamaWeights& weights_;
+  // The matrices the forward multiplies by: weights_'s views, or their copies in the kernels'
+  // decode layout (Repack), held in repacked_.
+  std::vector<LayerWeights> layers_;
+  kernels::WeightView output_;
+  std::vector<std::unique_ptr<uint8_t[]>> repacked_;
+  int64_t repacked_bytes_ = 0;
   kvcache::KvCache& cache_;
   ThreadPool pool_;
   // The KV policies run on backend_; the rest of the pass calls the CPU kernels with its context
@@ -70,6 +84,28 @@ class CpuModelRunner : public ModelRunner {
   std::vector<float> x_, xn_, q_, k_, v_, attn_, ffn_a_, ffn_b_;
   std::vector<float> out_rows_;
 };
+
+void CpuModelRunner::Repack() {
+  std::vector<kernels::WeightView*> todo;
+  for (LayerWeights& w : layers_) {
+    for (kernels::WeightView* m : {&w.wq, &w.wk, &w.wv, &w.wo, &w.gate, &w.up, &w.down}) {
+      if (cpu::PrefersRows8(*m)) todo.push_back(m);
+    }
+  }
+  if (cpu::PrefersRows8(output_)) todo.push_back(&output_);
+  for (kernels::WeightView* m : todo) {
+    repacked_.emplace_back(new uint8_t[static_cast<size_t>(m->rows * m->row_bytes)]);
+    repacked_bytes_ += m->rows * m->row_bytes;
+  }
+  pool_.ParallelFor(static_cast<int64_t>(todo.size()), [&](int64_t i, int) {
+    kernels::WeightView& m = *todo[i];
+    const kernels::WeightView packed = cpu::RepackRows8(m, repacked_[i].get());
+    // Unsharded, every quantized matrix is a view of the mapped file (a tensor-parallel rank's
+    // column slices are copies it owns).
+    if (!shard_.sharded()) GiveBackMappedPages(m.row(0), m.row(m.rows));
+    m = packed;
+  });
+}
 
 absl::Status CpuModelRunner::AllReduce(float* x, int64_t count) {
   if (!shard_.sharded()) return absl::OkStatus();
@@ -111,15 +147,15 @@ absl::Status CpuModelRunner::Logits(int64_t rows, std::vector<float>& logits) {
   const int64_t vocab = config_.n_vocab;
   logits.resize(rows * vocab);
   if (!shard_.sharded() || shard_.vocab_replicated) {
-    cpu::MatMul(ctx(), weights_.output, out_rows_.data(), rows, d, logits.data(), vocab);
+    cpu::MatMul(ctx(), output_, out_rows_.data(), rows, d, logits.data(), vocab);
     return absl::OkStatus();
   }
   // Each rank's slice [rows, vocab_shard] (the last one's padded), gathered rank after rank.
   const int64_t vs = shard_.vocab_shard;
   gather_in_.assign(rows * vs, 0.0f);
   gather_out_.resize(rows * vs * shard_.size);
-  if (weights_.output.rows > 0) {
-    cpu::MatMul(ctx(), weights_.output, out_rows_.data(), rows, d, gather_in_.data(), vs);
+  if (output_.rows > 0) {
+    cpu::MatMul(ctx(), output_, out_rows_.data(), rows, d, gather_in_.data(), vs);
   }
   const absl::Time start = absl::Now();
   KVASIR_RETURN_IF_ERROR(comm_->AllGather(std::as_bytes(std::span<const float>(gather_in_)),
@@ -193,7 +229,7 @@ absl::Status CpuModelRunner::Forward(std::span<const StepSequence> batch,
   KVASIR_RETURN_IF_ERROR(Embed(n));
 
   for (int32_t l = 0; l < c.n_layer; ++l) {
-    const LayerWeights& w = weights_.layers[l];
+    const LayerWeights& w = layers_[l];
     cpu::RmsNorm(x_.data(), w.attn_norm, n, d, c.rms_eps, xn_.data());
     const cpu::MatMulTarget qkv[3] = {
         {w.wq, q_.data(), qd}, {w.wk, k_.data(), kvd}, {w.wv, v_.data(), kvd}};

@@ -46,6 +46,7 @@ absl::StatusOr<EngineBenchResult> RunEngineBench(Engine& e, const EngineBenchOpt
   EngineBenchResult r;
   r.model = e.files().path();
   r.isa = kernels::cpu::ActiveIsa();
+  r.repacked_weight_bytes = e.runner().repacked_weight_bytes();
   r.device = e.backend() != nullptr ? e.backend()->Describe() : "cpu";
   r.threads = e.runner().num_threads();
   KVASIR_ASSIGN_OR_RETURN(auto policy, e.Policy(o.kv_policy));

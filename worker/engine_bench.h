@@ -30,7 +30,8 @@ struct EngineBenchOptions {
 struct EngineBenchResult {
   std::string model;
   std::string isa;
-  std::string device;  // "cpu", or the GPU backend's description
+  int64_t repacked_weight_bytes = 0;  // weights in the kernels' decode layout (ModelRunner)
+  std::string device;                 // "cpu", or the GPU backend's description
   int threads = 0;
   std::string kv_policy;
   double prefill_tps = 0;

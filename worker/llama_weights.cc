@@ -28,15 +28,6 @@ absl::StatusOr<kernels::WeightView> Matrix(const model::ModelFiles& files, const
   return w;
 }
 
-// Unmaps the pages wholly inside [begin, end) of a read-only file mapping: they leave the
-// process's resident set (and come back from the file if touched again).
-void GiveBack(const void* begin, const void* end) {
-  const uintptr_t page = static_cast<uintptr_t>(sysconf(_SC_PAGESIZE));
-  const uintptr_t lo = (reinterpret_cast<uintptr_t>(begin) + page - 1) & ~(page - 1);
-  const uintptr_t hi = reinterpret_cast<uintptr_t>(end) & ~(page - 1);
-  if (hi > lo) ::madvise(reinterpret_cast<void*>(lo), hi - lo, MADV_DONTNEED);
-}
-
 // The bytes of a whole tensor and the part of them a rank uses ([used_begin, used_end); empty
 // for a tensor it copied), to give the rest back once its part is paged in.
 struct MappedPart {
@@ -76,7 +67,7 @@ absl::StatusOr<kernels::WeightView> ColumnSlice(const std::string& name,
   for (int64_t r = 0; r < w.rows; ++r) {
     std::memcpy(out.data() + r * bytes, w.row(r) + offset, static_cast<size_t>(bytes));
   }
-  GiveBack(w.row(0), w.row(w.rows));
+  GiveBackMappedPages(w.row(0), w.row(w.rows));
   parts.push_back({w.row(0), w.row(w.rows), w.row(0), w.row(0)});
   kernels::WeightView s = w;
   s.data = out.data();
@@ -142,6 +133,13 @@ void Prefault(const LlamaWeights& w, const LoadProgress& progress) {
 
 }  // namespace
 
+void GiveBackMappedPages(const void* begin, const void* end) {
+  const uintptr_t page = static_cast<uintptr_t>(sysconf(_SC_PAGESIZE));
+  const uintptr_t lo = (reinterpret_cast<uintptr_t>(begin) + page - 1) & ~(page - 1);
+  const uintptr_t hi = reinterpret_cast<uintptr_t>(end) & ~(page - 1);
+  if (hi > lo) ::madvise(reinterpret_cast<void*>(lo), hi - lo, MADV_DONTNEED);
+}
+
 absl::StatusOr<LlamaWeights> BindLlamaWeights(const model::ModelFiles& files, bool prefault,
                                               const LoadProgress& progress,
                                               const model::ShardPlan* plan) {
@@ -205,10 +203,10 @@ absl::StatusOr<LlamaWeights> BindLlamaWeights(const model::ModelFiles& files, bo
     // part resident. Its own pages are mapped now and are not faulted again.
     for (const MappedPart& m : parts) {
       if (m.used_begin == m.used_end) {
-        GiveBack(m.begin, m.end);
+        GiveBackMappedPages(m.begin, m.end);
       } else {
-        GiveBack(m.begin, m.used_begin);
-        GiveBack(m.used_end, m.end);
+        GiveBackMappedPages(m.begin, m.used_begin);
+        GiveBackMappedPages(m.used_end, m.end);
       }
     }
   }

@@ -36,6 +36,10 @@ struct LlamaWeights {
   int64_t bytes = 0;  // bytes of all matrices (of this rank's shard)
 };
 
+// Unmaps the pages wholly inside [begin, end) of a read-only file mapping: they leave the
+// process's resident set (and come back from the file if touched again). Never for owned memory.
+void GiveBackMappedPages(const void* begin, const void* end);
+
 // progress(done_bytes, total_bytes) is called while the weights are paged in (optional).
 using LoadProgress = std::function<void(int64_t done, int64_t total)>;
 

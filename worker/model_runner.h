@@ -69,6 +69,9 @@ class ModelRunner {
   virtual const model::ModelConfig& config() const = 0;
   virtual int num_threads() const = 0;
   virtual CollectiveStats collective_stats() const { return {}; }
+  // Bytes of weights the runner holds repacked in the kernels' decode layout (0: it multiplies the
+  // weights as bound).
+  virtual int64_t repacked_weight_bytes() const { return 0; }
 
   // A sequence's KV as codec blocks (kvcache/codec.h) of every KV head of the model, and the
   // restore of such blocks: by default from and into `cache`, this process's; a tensor-parallel
@@ -100,6 +103,10 @@ struct CpuRunnerOptions {
   // Null: the whole model.
   const model::ShardPlan* shard = nullptr;
   transport::collectives::Communicator* comm = nullptr;
+  // Repack the matrices the kernels prefer in their decode layout (kernels/cpu/ops.h,
+  // PrefersRows8: Q4_0, Q4_1 and Q8_0 at the avx2 and avx512 levels) into memory the runner owns,
+  // and give the mapped pages of the originals back. Off: multiply the mapped weights as they are.
+  bool repack_weights = true;
 };
 
 // The runner borrows `weights`, `cache` and the communicator; they must outlive it. `config` is

@@ -218,9 +218,32 @@ void CpuBackend::WriteSlots(const SlotWrites& s) {
 }
 
 void CpuBackend::Attention(const AttentionBatch& b) {
-  ForEach(static_cast<int64_t>(b.items.size()), [&](int64_t i) {
+  const int64_t n = static_cast<int64_t>(b.items.size());
+  const int threads = ctx_.pool != nullptr ? ctx_.pool->num_threads() : 1;
+  // Fewer items than twice the threads (one sequence: one item per KV head) leave threads idle:
+  // then one task per query head, where an item allows it (no column sums, which its heads would
+  // add to together; a log-sum-exp only for one query, whose heads' values are adjacent). A head's
+  // scores, softmax and sums run the same instructions either way, so the results are the same.
+  bool split = b.group > 1 && threads > 1 && n < 2 * threads;
+  for (int64_t i = 0; split && i < n; ++i) {
+    split = b.items[i].col_sums == nullptr && (b.items[i].lse == nullptr || b.items[i].n_q == 1);
+  }
+  if (!split) {
+    ForEach(n, [&](int64_t i) {
+      thread_local std::vector<int32_t> visible;
+      cpu::Attention(ItemArgs(b, b.items[i], visible));
+    });
+    return;
+  }
+  ForEach(n * b.group, [&](int64_t task) {
     thread_local std::vector<int32_t> visible;
-    cpu::Attention(ItemArgs(b, b.items[i], visible));
+    const int32_t head = static_cast<int32_t>(task % b.group);
+    AttentionArgs a = ItemArgs(b, b.items[task / b.group], visible);
+    a.group = 1;
+    a.q += static_cast<int64_t>(head) * b.head_dim;
+    a.out += static_cast<int64_t>(head) * b.head_dim;
+    if (a.lse != nullptr) a.lse += head;
+    cpu::Attention(a);
   });
 }
 

@@ -30,6 +30,13 @@ inline constexpr int64_t kTokenTile = 64;
 inline int64_t QuantTileWorkBytes(int64_t cols) {
   return kRowTile * cols + 2 * kRowTile * (cols / 32 + 8) * 4 + 64;
 }
+// Bytes of a tile's rows of a kRows8 matrix put back in row order (at most 34 bytes per 32
+// elements, Q8_0), for the levels without kRows8 kernels.
+inline int64_t Rows8TileBytes(int64_t cols) { return kRowTile * (cols / 32) * 34 + 64; }
+
+// Writes rows [r0, r1) (multiples of 8) of the kRows8 matrix w in row order to out
+// ((r1 - r0) * w.row_bytes bytes): row r0 + i at out + i * w.row_bytes.
+void DeinterleaveRows8(const WeightView& w, int64_t r0, int64_t r1, uint8_t* out);
 
 // The functions every level implements, each level in its own namespace (scalar, avx2, avx512,
 // avx512_emulated), declared there by KVASIR_CPU_ISA_FUNCTIONS():
@@ -86,8 +93,18 @@ namespace avx512_emulated {
 KVASIR_CPU_ISA_FUNCTIONS()
 }  // namespace avx512_emulated
 
+// QuantTile of a kRows8 matrix (r0, r1 multiples of 8), any number of tokens. Written for AVX2
+// (matmul_rows8_avx2.cc) and used by the avx2 and avx512 tables for Q4_0, Q4_1 and Q8_0 (their
+// rows8_types); the scalar and avx512_emulated levels reach kRows8 matrices through
+// DeinterleaveRows8 and their QuantTile.
+namespace avx2 {
+void QuantTileRows8(const WeightView& w, const QuantizedActs& acts, int64_t r0, int64_t r1,
+                    int64_t t0, int64_t t1, float* y, int64_t y_stride);
+}  // namespace avx2
+
 using QuantTileFn = decltype(&scalar::QuantTile);
 using FloatTileFn = decltype(&scalar::FloatTile);
+using QuantTileRows8Fn = decltype(&avx2::QuantTileRows8);
 
 // One level's functions. The dispatching kernels call nothing else of a level.
 struct IsaKernels {
@@ -107,6 +124,9 @@ struct IsaKernels {
   decltype(&scalar::PvSlots) pv_slots;
   decltype(&scalar::MaxOf) max_of;
   decltype(&scalar::ExpSubSum) exp_sub_sum;
+  // kRows8 kernels (null where the level has none) and the DTypes they take, bit (1 << type).
+  QuantTileRows8Fn quant_tile_rows8 = nullptr;
+  uint32_t rows8_types = 0;
 };
 
 // The table of namespace `ns` (one of the four above), every entry filled.

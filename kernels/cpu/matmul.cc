@@ -232,6 +232,27 @@ void Parallel(CpuContext& ctx, int64_t tasks, const auto& fn) {
 
 size_t AlignUp(size_t v, size_t a) { return (v + a - 1) / a * a; }
 
+// A tile of a kRows8 matrix runs the level's kRows8 kernel; levels without one get the tile's rows
+// back in row order in `rows` (Rows8TileBytes) and take their row kernels.
+void QuantTileAnyLayout(const IsaKernels& isa, const WeightView& w, const QuantizedActs& acts,
+                        int64_t r0, int64_t r1, int64_t t0, int64_t t1, float* y, int64_t y_stride,
+                        uint8_t* work, uint8_t* rows) {
+  if (w.layout == WeightLayout::kRows) {
+    isa.quant_tile(w, acts, r0, r1, t0, t1, y, y_stride, work);
+    return;
+  }
+  if ((isa.rows8_types >> static_cast<int>(w.type) & 1) != 0) {
+    isa.quant_tile_rows8(w, acts, r0, r1, t0, t1, y, y_stride);
+    return;
+  }
+  DeinterleaveRows8(w, r0, r1, rows);
+  WeightView tile = w;
+  tile.data = rows;
+  tile.rows = r1 - r0;
+  tile.layout = WeightLayout::kRows;
+  isa.quant_tile(tile, acts, 0, r1 - r0, t0, t1, y + r0, y_stride, work);
+}
+
 }  // namespace
 
 namespace scalar {
@@ -286,7 +307,11 @@ void MatMulShared(CpuContext& ctx, const MatMulTarget* targets, int count, const
     }
   }
   const int threads = ctx.pool != nullptr ? ctx.pool->num_threads() : 1;
-  const size_t work_bytes = AlignUp(static_cast<size_t>(QuantTileWorkBytes(cols)), 64);
+  bool rows8 = false;
+  for (int k = 0; k < count; ++k) rows8 |= targets[k].w.layout == WeightLayout::kRows8;
+  const size_t tile_bytes = AlignUp(static_cast<size_t>(QuantTileWorkBytes(cols)), 64);
+  const size_t work_bytes =
+      tile_bytes + (rows8 ? AlignUp(static_cast<size_t>(Rows8TileBytes(cols)), 64) : 0);
   uint8_t* work = nullptr;
   if (total > 0) {
     uint8_t* mem = ctx.Scratch(total + 64 + work_bytes * static_cast<size_t>(threads));
@@ -315,7 +340,6 @@ void MatMulShared(CpuContext& ctx, const MatMulTarget* targets, int count, const
     row_tiles[k] = (targets[k].w.rows + kRowTile - 1) / kRowTile;
     first_task[k + 1] = first_task[k] + row_tiles[k] * token_tiles;
   }
-  const QuantTileFn quant_tile = isa.quant_tile;
   const FloatTileFn float_tile = isa.float_tile;
   Parallel(ctx, first_task[count], [&](int64_t task, int thread) {
     int k = 0;
@@ -328,8 +352,10 @@ void MatMulShared(CpuContext& ctx, const MatMulTarget* targets, int count, const
     if (IsFloatType(tg.w.type)) {
       float_tile(tg.w, x, x_stride, r0, r1, t0, t1, tg.y, tg.y_stride);
     } else {
-      quant_tile(tg.w, acts[static_cast<int>(ActFormatFor(static_cast<int>(tg.w.type)))], r0, r1,
-                 t0, t1, tg.y, tg.y_stride, work + work_bytes * static_cast<size_t>(thread));
+      uint8_t* mine = work + work_bytes * static_cast<size_t>(thread);
+      QuantTileAnyLayout(isa, tg.w,
+                         acts[static_cast<int>(ActFormatFor(static_cast<int>(tg.w.type)))], r0, r1,
+                         t0, t1, tg.y, tg.y_stride, mine, mine + tile_bytes);
     }
   });
 }
@@ -342,6 +368,7 @@ void MatMul(CpuContext& ctx, const WeightView& w, const float* x, int64_t n, int
 
 void MatMulRef(const WeightView& w, const float* x, int64_t n, int64_t x_stride, float* y,
                int64_t y_stride) {
+  KVASIR_CHECK_MSG(w.layout == WeightLayout::kRows, "MatMulRef: weights in layout kRows8");
   std::vector<float> row(static_cast<size_t>(w.cols));
   for (int64_t r = 0; r < w.rows; ++r) {
     DequantizeRow(w.type, w.row(r), w.cols, row.data());
@@ -356,6 +383,7 @@ void MatMulRef(const WeightView& w, const float* x, int64_t n, int64_t x_stride,
 
 void MatMulQuantizedRef(const WeightView& w, const float* x, int64_t n, int64_t x_stride, float* y,
                         int64_t y_stride) {
+  KVASIR_CHECK_MSG(w.layout == WeightLayout::kRows, "MatMulQuantizedRef: weights in kRows8");
   const ActFormat format = ActFormatFor(static_cast<int>(w.type));
   if (format == ActFormat::kNone) return MatMulRef(w, x, n, x_stride, y, y_stride);
   std::vector<uint8_t> mem(ActBytes(format, n, w.cols));

@@ -77,7 +77,23 @@ struct MatMulTarget {
 void MatMulShared(CpuContext& ctx, const MatMulTarget* targets, int count, const float* x,
                   int64_t n, int64_t x_stride);
 
-// out[i, :] = W[ids[i], :] dequantized to f32 (embedding lookup). out: [n, w.cols].
+// Weights repacked at load time for decode (WeightLayout::kRows8, kernels/cpu/quant_blocks.h):
+// every group of 8 rows interleaved block by block, so that one token's matrix-vector product
+// reads one stream with each block's 8 scales together, instead of 8 rows each with its own.
+// MatMul takes either layout on every ISA level; only the levels with kRows8 kernels gain.
+//   if (PrefersRows8(w)) w = RepackRows8(w, buffer_of_w_rows_times_row_bytes);
+// Whether w can be repacked: Q4_0, Q4_1 or Q8_0, layout kRows, rows a multiple of 8.
+bool CanRepackRows8(const WeightView& w);
+// Whether w can be repacked and the active ISA level has kRows8 kernels for its type, unless
+// KVASIR_REPACK=0 (read once; for comparisons) turns repacking off (Rows8Allowed() false).
+bool PrefersRows8(const WeightView& w);
+bool Rows8Allowed();
+// Writes w in the kRows8 layout to `out` (w.rows * w.row_bytes bytes, not overlapping w) and
+// returns the view of it. Requires CanRepackRows8(w).
+WeightView RepackRows8(const WeightView& w, void* out);
+
+// out[i, :] = W[ids[i], :] dequantized to f32 (embedding lookup). out: [n, w.cols]. w in layout
+// kRows.
 void GetRows(const WeightView& w, const int32_t* ids, int64_t n, float* out);
 // Dequantizes `count` elements starting at element 0 of `row` (a row of type `type`).
 void DequantizeRow(DType type, const void* row, int64_t count, float* out);

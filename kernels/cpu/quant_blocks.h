@@ -6,6 +6,8 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "common/base/dtype.h"
+
 namespace kvasir::kernels::cpu {
 
 inline constexpr int kQK = 32;    // elements per Q4_0 / Q4_1 / Q8_0 block
@@ -54,6 +56,35 @@ static inline void Q4KScaleMin(int j, const uint8_t* s, int* sc, int* m) {
   } else {
     *sc = (s[j + 4] & 0xF) | ((s[j - 4] >> 6) << 4);
     *m = (s[j + 4] >> 4) | ((s[j] >> 6) << 4);
+  }
+}
+
+// The kRows8 layout (kernels/types.h) of Q4_0, Q4_1 and Q8_0: a group of 8 rows holds, for each
+// block b in turn, the 8 rows' block b as
+//   [f16 d of rows 0..7] ([f16 m of rows 0..7], Q4_1) [quant bytes, 4 at a time: bytes 4c..4c+3
+//   of rows 0..7 for c = 0, 1, ...]
+// i.e. 8 x the block's bytes, so the group fills exactly the bytes of its 8 rows. One 32-byte load
+// then gives every row's next 4 quant bytes, one row per 32-bit lane, and the 8 scales convert
+// with one instruction: the decode kernels keep one row per lane and need no horizontal sums.
+struct Rows8Format {
+  int halves = 0;       // f16 values per block before its quants: 1 (d) or 2 (d, m)
+  int quant_bytes = 0;  // quant bytes per block: 16 (Q4) or 32 (Q8_0)
+  int block_bytes = 0;  // bytes of one block of one row
+};
+// The format of `type`; false for types without a kRows8 form.
+static inline bool Rows8FormatOf(DType type, Rows8Format* f) {
+  switch (type) {
+    case DType::kQ4_0:
+      *f = {1, 16, 18};
+      return true;
+    case DType::kQ4_1:
+      *f = {2, 16, 20};
+      return true;
+    case DType::kQ8_0:
+      *f = {1, 32, 34};
+      return true;
+    default:
+      return false;
   }
 }
 

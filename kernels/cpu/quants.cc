@@ -303,6 +303,7 @@ void QuantizeRow(DType type, const float* x, int64_t count, void* out) {
 }
 
 void GetRows(const WeightView& w, const int32_t* ids, int64_t n, float* out) {
+  KVASIR_CHECK_MSG(w.layout == WeightLayout::kRows, "GetRows: weights in layout kRows8");
   for (int64_t i = 0; i < n; ++i) {
     KVASIR_CHECK_MSG(ids[i] >= 0 && ids[i] < w.rows, "GetRows: id out of range");
     DequantizeRow(w.type, w.row(ids[i]), w.cols, out + i * w.cols);

@@ -420,12 +420,15 @@ void AddSlotCases(std::vector<Case>& cases) {
 
 // Attention items over one pool: decode tokens of rows of different lengths, a prefill chunk
 // (causal), a span that starts inside the table (k_begin), an empty row, with lse and col_sums.
+// The `few` shapes have fewer items than twice the CPU pool's threads, no col_sums and lse only
+// for single queries: the CPU backend then runs one task per query head.
 void AddAttentionCases(std::vector<Case>& cases) {
   struct Shape {
     const char* name;
     DType dtype;
     int32_t head_dim, group;
     std::vector<int32_t> lengths;
+    bool few = false;
   };
   const Shape shapes[] = {
       {"f32_d64_g1", DType::kF32, 64, 1, {1, 16, 17, 100, 0}},
@@ -435,6 +438,8 @@ void AddAttentionCases(std::vector<Case>& cases) {
       // Heads that are not a multiple of 32, and the largest the CUDA kernel takes.
       {"f32_d80_g5", DType::kF32, 80, 5, {300, 40, 3, 96, 0}},
       {"f16_d256_g2", DType::kF16, 256, 2, {1500, 20, 33, 1, 0}},
+      {"f16_d64_g3_few", DType::kF16, 64, 3, {300, 40, 17}, true},
+      {"f32_d80_g5_few", DType::kF32, 80, 5, {500}, true},
   };
   for (const Shape& s : shapes) {
     auto f = MakePool(s.dtype, s.head_dim, s.lengths, 61);
@@ -459,15 +464,16 @@ void AddAttentionCases(std::vector<Case>& cases) {
       it.causal_base = (r == 1) ? it.n_keys - it.n_q : -1;
       it.q_token_stride = int64_t{g} * hd + 4;
       it.out_token_stride = int64_t{g} * hd;
-      // Offsets for now; pointers are filled in per run.
+      // Offsets for now (-1: none); pointers are filled in per run.
+      const bool lse = !s.few || it.n_q == 1, col = !s.few;
       it.q = reinterpret_cast<float*>(layout->q_floats);
       it.out = reinterpret_cast<float*>(layout->out_floats);
-      it.lse = reinterpret_cast<float*>(layout->lse_floats);
-      it.col_sums = reinterpret_cast<float*>(layout->col_floats);
+      it.lse = reinterpret_cast<float*>(lse ? layout->lse_floats : -1);
+      it.col_sums = reinterpret_cast<float*>(col ? layout->col_floats : -1);
       layout->q_floats += it.n_q * it.q_token_stride;
       layout->out_floats += it.n_q * it.out_token_stride;
-      layout->lse_floats += int64_t{it.n_q} * g;
-      layout->col_floats += it.n_keys;
+      if (lse) layout->lse_floats += int64_t{it.n_q} * g;
+      if (col) layout->col_floats += it.n_keys;
       layout->items.push_back(it);
     }
     auto q = std::make_shared<std::vector<float>>(GaussianFloats(layout->q_floats, 62));
@@ -478,8 +484,10 @@ void AddAttentionCases(std::vector<Case>& cases) {
       for (AttentionItem& it : items) {
         it.q = qp + reinterpret_cast<intptr_t>(it.q);
         it.out = outp + reinterpret_cast<intptr_t>(it.out);
-        it.lse = lsep + reinterpret_cast<intptr_t>(it.lse);
-        it.col_sums = colp + reinterpret_cast<intptr_t>(it.col_sums);
+        const intptr_t lse = reinterpret_cast<intptr_t>(it.lse);
+        const intptr_t col = reinterpret_cast<intptr_t>(it.col_sums);
+        it.lse = lse < 0 ? nullptr : lsep + lse;
+        it.col_sums = col < 0 ? nullptr : colp + col;
       }
       return items;
     };

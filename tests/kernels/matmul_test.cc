@@ -23,6 +23,7 @@
 
 #include "common/base/dtype.h"
 #include "common/base/thread_pool.h"
+#include "kernels/cpu/internal.h"
 #include "kernels/cpu/ops.h"
 #include "tests/kernels/kernel_test_util.h"
 #include "tests/testing/paths.h"
@@ -197,7 +198,13 @@ class MatMulTest : public IsaTest {
     Check(MakeMatrix(t, s.rows, s.cols, seed), s, ctx, seed);
   }
 
+  // MatMul runs on `run` (m.view or its repacked form), the references on m.view.
   void Check(const Matrix& m, const Shape& s, CpuContext& ctx, uint32_t seed) {
+    Check(m, s, ctx, seed, m.view);
+  }
+
+  void Check(const Matrix& m, const Shape& s, CpuContext& ctx, uint32_t seed,
+             const WeightView& run) {
     const DType t = m.view.type;
     SCOPED_TRACE(std::string(DTypeName(t)) + " rows=" + std::to_string(s.rows) +
                  " cols=" + std::to_string(s.cols) + " n=" + std::to_string(s.n) +
@@ -209,7 +216,7 @@ class MatMulTest : public IsaTest {
     const float kSentinel = 12345.0f;
     std::vector<float> y(static_cast<size_t>(std::max<int64_t>(s.n, 1) * ys), kSentinel);
     std::vector<float> ref(y.size()), qref(y.size());
-    MatMul(ctx, m.view, x.data(), s.n, xs, y.data(), ys);
+    MatMul(ctx, run, x.data(), s.n, xs, y.data(), ys);
     MatMulRef(m.view, x.data(), s.n, xs, ref.data(), ys);
     if (IsQuantized(t)) MatMulQuantizedRef(m.view, x.data(), s.n, xs, qref.data(), ys);
     for (int64_t i = 0; i < s.n; ++i) {
@@ -375,7 +382,96 @@ TEST_P(MatMulTest, SmolLm2RealWeights) {
   }
 }
 
+// Weights repacked into kRows8 (every level: avx2 through its own kernels for 1-3 tokens, the
+// others and wider tiles through the rows put back in order) against the references of the
+// original rows.
+TEST_P(MatMulTest, Rows8LayoutMatchesReferences) {
+  ThreadPool pool(2);
+  CpuContext one, two{&pool};
+  uint32_t seed = 300;
+  for (DType t : {DType::kQ4_0, DType::kQ4_1, DType::kQ8_0}) {
+    for (const Shape& s : std::vector<Shape>{{8, 32, 1, 0, 0},
+                                             {16, 96, 2, 3, 0},
+                                             {24, 576, 3, 0, 5},
+                                             {40, 2144, 1, 0, 0},
+                                             {56, 160, 4, 0, 0},
+                                             {32, 576, 5, 1, 1},
+                                             {48, 64, 70, 0, 0},
+                                             {600, 576, 1, 0, 0}}) {
+      const Matrix m = MakeMatrix(t, s.rows, s.cols, seed++);
+      ASSERT_TRUE(CanRepackRows8(m.view));
+      std::vector<uint8_t> packed(m.data.size());
+      const WeightView run = RepackRows8(m.view, packed.data());
+      ASSERT_EQ(run.layout, WeightLayout::kRows8);
+      Check(m, s, one, seed, run);
+      Check(m, s, two, seed, run);
+    }
+  }
+}
+
+// MatMulShared over a mix of layouts gives what separate MatMul calls give.
+TEST_P(MatMulTest, Rows8SharedMatchesSeparateCalls) {
+  ThreadPool pool(2);
+  CpuContext ctx{&pool};
+  const int64_t cols = 576;
+  const Matrix a = MakeMatrix(DType::kQ4_1, 64, cols, 11);
+  const Matrix b = MakeMatrix(DType::kQ8_0, 16, cols, 12);
+  const Matrix c = MakeMatrix(DType::kQ4_1, 24, cols, 13);
+  std::vector<uint8_t> pa(a.data.size()), pb(b.data.size());
+  const WeightView ra = RepackRows8(a.view, pa.data()), rb = RepackRows8(b.view, pb.data());
+  for (int64_t n : {1, 3, 8}) {
+    SCOPED_TRACE("n=" + std::to_string(n));
+    const std::vector<float> x = RandomFloats(n * cols, 14);
+    std::vector<float> ya(n * 64), yb(n * 16), yc(n * 24);
+    const MatMulTarget targets[3] = {
+        {ra, ya.data(), 64}, {rb, yb.data(), 16}, {c.view, yc.data(), 24}};
+    MatMulShared(ctx, targets, 3, x.data(), n, cols);
+    for (const MatMulTarget& t : targets) {
+      std::vector<float> expect(static_cast<size_t>(n * t.y_stride));
+      MatMul(ctx, t.w, x.data(), n, cols, expect.data(), t.y_stride);
+      ASSERT_EQ(std::vector<float>(t.y, t.y + expect.size()), expect) << DTypeName(t.w.type);
+    }
+  }
+}
+
+// Only levels with kRows8 kernels ask for the repacking.
+TEST_P(MatMulTest, PrefersRows8WhereTheLevelHasKernels) {
+  if (!Rows8Allowed()) GTEST_SKIP() << "KVASIR_REPACK=0";
+  const Matrix m = MakeMatrix(DType::kQ4_1, 16, 64, 1);
+  const std::string isa = ActiveIsa();
+  EXPECT_EQ(PrefersRows8(m.view), isa == "avx2" || isa == "avx512") << isa;
+}
+
 KVASIR_INSTANTIATE_ISA_TEST(MatMulTest);
+
+// The repacked bytes are a permutation of the rows' bytes: putting them back gives the rows.
+TEST(Rows8Test, RepackIsAPermutationThatDeinterleaveUndoes) {
+  for (DType t : {DType::kQ4_0, DType::kQ4_1, DType::kQ8_0}) {
+    SCOPED_TRACE(DTypeName(t));
+    const Matrix m = MakeMatrix(t, 24, 96, 21);
+    std::vector<uint8_t> packed(m.data.size()), back(m.data.size());
+    const WeightView p = RepackRows8(m.view, packed.data());
+    EXPECT_NE(packed, m.data);
+    std::vector<uint8_t> sorted_a = packed, sorted_b = m.data;
+    std::sort(sorted_a.begin(), sorted_a.end());
+    std::sort(sorted_b.begin(), sorted_b.end());
+    EXPECT_EQ(sorted_a, sorted_b);
+    DeinterleaveRows8(p, 0, 24, back.data());
+    EXPECT_EQ(back, m.data);
+    // Block 0 of row 1: its scale is the second f16 of the group's first block.
+    EXPECT_EQ(std::memcmp(packed.data() + 2, m.data.data() + m.view.row_bytes, 2), 0);
+  }
+}
+
+TEST(Rows8Test, CanRepackOnlyEightRowGroupsOfTheSimpleBlockTypes) {
+  EXPECT_FALSE(CanRepackRows8(MakeMatrix(DType::kQ4_1, 12, 64, 1).view));  // rows % 8
+  EXPECT_FALSE(CanRepackRows8(MakeMatrix(DType::kQ4_K, 8, 256, 1).view));  // type
+  EXPECT_FALSE(CanRepackRows8(MakeMatrix(DType::kF16, 8, 64, 1).view));    // type
+  const Matrix m = MakeMatrix(DType::kQ8_0, 8, 64, 1);
+  std::vector<uint8_t> packed(m.data.size());
+  EXPECT_FALSE(CanRepackRows8(RepackRows8(m.view, packed.data())));  // already packed
+  EXPECT_TRUE(CanRepackRows8(m.view));
+}
 
 TEST(IsaTest, SetIsaAcceptsSupportedLevelsOnly) {
   const std::string previous = ActiveIsa();
