@@ -1,5 +1,5 @@
-// The intrinsics and the namespace of the AVX-512 kernels (matmul_avx512.cc, ops_avx512.cc);
-// included only by those two files. They compile twice from the same source:
+// The intrinsics and the namespace of the AVX-512 kernels (the *_avx512.cc files); included only
+// by those files. They compile twice from the same source:
 //  - natively, with -mavx512f -mavx512bw -mavx512vl -mavx512dq -mavx512vnni -mavx2 -mfma -mf16c,
 //    into namespace avx512 of the kernels library;
 //  - with KVASIR_KERNELS_SIMDE=1 and only -mavx2 -mfma -mf16c, against SIMDe (Debian's

@@ -93,14 +93,22 @@ namespace avx512_emulated {
 KVASIR_CPU_ISA_FUNCTIONS()
 }  // namespace avx512_emulated
 
-// QuantTile of a kRows8 matrix (r0, r1 multiples of 8), any number of tokens. Written for AVX2
-// (matmul_rows8_avx2.cc) and used by the avx2 and avx512 tables for Q4_0, Q4_1 and Q8_0 (their
-// rows8_types); the scalar and avx512_emulated levels reach kRows8 matrices through
-// DeinterleaveRows8 and their QuantTile.
+// QuantTile of a kRows8 matrix (r0, r1 multiples of 8), any number of tokens, for Q4_0, Q4_1 and
+// Q8_0: the avx2 level's (matmul_rows8_avx2.cc) and the AVX-512 VNNI one of the avx512 and
+// avx512_emulated levels (matmul_rows8_avx512.cc), set in their tables by WithRows8 below. The
+// scalar level reaches kRows8 matrices through DeinterleaveRows8 and its QuantTile.
+#define KVASIR_CPU_ROWS8_FUNCTION()                                                           \
+  void QuantTileRows8(const WeightView& w, const QuantizedActs& acts, int64_t r0, int64_t r1, \
+                      int64_t t0, int64_t t1, float* y, int64_t y_stride);
 namespace avx2 {
-void QuantTileRows8(const WeightView& w, const QuantizedActs& acts, int64_t r0, int64_t r1,
-                    int64_t t0, int64_t t1, float* y, int64_t y_stride);
+KVASIR_CPU_ROWS8_FUNCTION()
 }  // namespace avx2
+namespace avx512 {
+KVASIR_CPU_ROWS8_FUNCTION()
+}  // namespace avx512
+namespace avx512_emulated {
+KVASIR_CPU_ROWS8_FUNCTION()
+}  // namespace avx512_emulated
 
 using QuantTileFn = decltype(&scalar::QuantTile);
 using FloatTileFn = decltype(&scalar::FloatTile);
@@ -139,6 +147,14 @@ struct IsaKernels {
     .rope_token = &ns::RopeToken, .qk_slots = &ns::QkSlots, .pv_slots = &ns::PvSlots,            \
     .max_of = &ns::MaxOf, .exp_sub_sum = &ns::ExpSubSum                                          \
   }
+
+// `k` with kRows8 kernels `fn` for Q4_0, Q4_1 and Q8_0.
+constexpr IsaKernels WithRows8(IsaKernels k, QuantTileRows8Fn fn) {
+  k.quant_tile_rows8 = fn;
+  k.rows8_types = 1u << static_cast<int>(DType::kQ4_0) | 1u << static_cast<int>(DType::kQ4_1) |
+                  1u << static_cast<int>(DType::kQ8_0);
+  return k;
+}
 
 namespace internal {
 // The active level's table, set at start-up and by SetIsa (isa.cc).

@@ -26,17 +26,10 @@ namespace kvasir::kernels::cpu {
 namespace {
 
 constexpr IsaKernels kScalarKernels = KVASIR_CPU_ISA_KERNELS(scalar, Isa::kScalar, "scalar");
-// A table plus the avx2 kRows8 kernels (internal.h), which the avx2 and avx512 levels use (a CPU
-// with AVX-512 has AVX2, FMA and F16C).
-constexpr IsaKernels WithRows8(IsaKernels k) {
-  k.quant_tile_rows8 = &avx2::QuantTileRows8;
-  k.rows8_types = 1u << static_cast<int>(DType::kQ4_0) | 1u << static_cast<int>(DType::kQ4_1) |
-                  1u << static_cast<int>(DType::kQ8_0);
-  return k;
-}
-constexpr IsaKernels kAvx2Kernels = WithRows8(KVASIR_CPU_ISA_KERNELS(avx2, Isa::kAvx2, "avx2"));
+constexpr IsaKernels kAvx2Kernels =
+    WithRows8(KVASIR_CPU_ISA_KERNELS(avx2, Isa::kAvx2, "avx2"), &avx2::QuantTileRows8);
 constexpr IsaKernels kAvx512Kernels =
-    WithRows8(KVASIR_CPU_ISA_KERNELS(avx512, Isa::kAvx512, "avx512"));
+    WithRows8(KVASIR_CPU_ISA_KERNELS(avx512, Isa::kAvx512, "avx512"), &avx512::QuantTileRows8);
 
 // The kernel tests' emulated AVX-512 table, once registered (constant-initialized, so it may be
 // set from another file's static initializer).

@@ -24,7 +24,8 @@ namespace {
 
 #if KVASIR_HAVE_SIMDE
 constexpr IsaKernels kEmulatedAvx512 =
-    KVASIR_CPU_ISA_KERNELS(avx512_emulated, Isa::kAvx512, "avx512_emulated");
+    WithRows8(KVASIR_CPU_ISA_KERNELS(avx512_emulated, Isa::kAvx512, "avx512_emulated"),
+              &avx512_emulated::QuantTileRows8);
 // Before main(): gtest expands ValuesIn(SupportedIsas()) when it starts.
 const bool kEmulatedRegistered = internal::RegisterEmulatedAvx512(&kEmulatedAvx512);
 #else
