@@ -5,8 +5,9 @@
 # --device cuda, a generate side by side with the CPU, and (GPU_CHECK_PERF=1, the default) decode
 # tokens/s at batch 1, 16 and 64 of a Llama-2-7B shape with random bf16 weights, Kvasir
 # (`bench engine --device cuda`) against PyTorch + transformers (bench/torch_decode_baseline.py,
-# static cache, SDPA), and the decode attention's bandwidth (kvasir_attention_bench). Results go
-# to stdout (and to $OUT when set).
+# static cache, SDPA), and the decode attention's bandwidth (kvasir_attention_bench); first, on the
+# host CPU where it has AVX-512, the native avx512 level (below). Results go to stdout (and to $OUT
+# when set).
 set -uo pipefail
 if [[ -n ${OUT:-} ]]; then exec > >(tee "$OUT/gpu-check.log") 2>&1; fi
 bundle=${1:-.gpu}
@@ -20,6 +21,29 @@ run() {
   echo "== $*"
   "$@" || status=1
 }
+# The host CPU (GPU_CHECK_CPU=1, the default): where it has AVX-512 VNNI, the native avx512 level
+# of the CPU kernels, which is off by default until its tests pass on such hardware (docs/
+# kernels.md, "ISA dispatch"): its kernel tests, then `bench engine` at the avx2 and avx512 levels
+# on a model of the default model's shape and types (random Q4_1 weights, 2 threads as in
+# docs/performance.md, then all cores).
+if [[ ${GPU_CHECK_CPU:-1} == 1 ]]; then
+  lscpu | grep -E 'Model name|^CPU\(s\)|L2|L3|Flags' | cut -c1-400
+  if grep -q avx512_vnni /proc/cpuinfo; then
+    run "$bundle/bin/kvasir_kernels_tests" --gtest_filter='*avx512*:*Rows8*' --gtest_brief=1
+    smol=/tmp/smollm2-shape-random-q4_1.gguf
+    [[ -f $smol ]] || python3 scripts/make-random-llama-gguf.py \
+      --config tests/testing/fixtures/smollm2-135m/config.json --tokenizer-from "$model" \
+      --type q4_1 --out "$smol" > /dev/null 2>&1
+    for threads in 2 0; do
+      for isa in avx2 avx512; do
+        run env KVASIR_ISA=$isa timeout 120 "$bundle/bin/kvasir" bench engine --model "$smol" \
+          --threads $threads --batches 1,16 --prefill-tokens 256 --repeats 2 --quiet --json
+      done
+    done
+  else
+    echo "host CPU without AVX-512 VNNI: no native avx512 check"
+  fi
+fi
 run "$bundle/bin/kvasir_kernels_tests" --gtest_filter='*cuda*:*Backend*' --gtest_brief=1
 run "$bundle/bin/kvasir_worker_tests" --gtest_filter='*BackendRunner*:*Golden*' --gtest_brief=1
 if command -v compute-sanitizer > /dev/null; then
