@@ -100,9 +100,14 @@ void CpuModelRunner::Repack() {
   pool_.ParallelFor(static_cast<int64_t>(todo.size()), [&](int64_t i, int) {
     kernels::WeightView& m = *todo[i];
     const kernels::WeightView packed = cpu::RepackRows8(m, repacked_[i].get());
-    // Unsharded, every quantized matrix is a view of the mapped file (a tensor-parallel rank's
-    // column slices are copies it owns).
-    if (!shard_.sharded()) GiveBackMappedPages(m.row(0), m.row(m.rows));
+    // A matrix is a view of the mapped file unless the weights own it (a tensor-parallel rank's
+    // column slices, an adapter's merged projections): only the mapping's pages are given back.
+    const auto* data = static_cast<const uint8_t*>(m.data);
+    bool owned = false;
+    for (const std::vector<uint8_t>& slice : weights_.owned_slices) {
+      owned |= data >= slice.data() && data < slice.data() + slice.size();
+    }
+    if (!owned) GiveBackMappedPages(m.row(0), m.row(m.rows));
     m = packed;
   });
 }
