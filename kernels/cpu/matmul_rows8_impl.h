@@ -35,17 +35,13 @@ inline __m256i Broadcast4(const int8_t* p) {
   return _mm256_set1_epi32(v);
 }
 
-template <DType T>
-constexpr int kGroupBlockBytes = 8 * (T == DType::kQ4_0   ? 18
-                                      : T == DType::kQ4_1 ? 20
-                                                          : 34);
-
 // Rows r0..r0+7 (one group, its first block at `group`) for tokens t0..t0+NT-1.
 template <typename Ops, DType T, int NT>
 void GroupRows8(const uint8_t* group, int64_t nb, const QuantizedActs& a, int64_t t0, float* y,
                 int64_t y_stride, int64_t r0) {
-  constexpr int kHalves = T == DType::kQ4_1 ? 2 : 1;
-  constexpr int kBlock = kGroupBlockBytes<T>;
+  constexpr Rows8Format kFormat = Rows8FormatFor(T);
+  constexpr int kHalves = kFormat.halves;
+  constexpr int kBlock = 8 * kFormat.block_bytes;  // one block of the group's 8 rows
   const __m256i low4 = _mm256_set1_epi8(0x0F);
   const int8_t* xq[NT];
   const float* xd[NT];

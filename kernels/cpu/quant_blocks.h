@@ -71,20 +71,17 @@ struct Rows8Format {
   int quant_bytes = 0;  // quant bytes per block: 16 (Q4) or 32 (Q8_0)
   int block_bytes = 0;  // bytes of one block of one row
 };
-// The format of `type`; false for types without a kRows8 form.
-static inline bool Rows8FormatOf(DType type, Rows8Format* f) {
+// The format of `type`: {0, 0, 0} for types without a kRows8 form.
+static constexpr Rows8Format Rows8FormatFor(DType type) {
   switch (type) {
     case DType::kQ4_0:
-      *f = {1, 16, 18};
-      return true;
+      return {1, 16, static_cast<int>(sizeof(BlockQ4_0))};
     case DType::kQ4_1:
-      *f = {2, 16, 20};
-      return true;
+      return {2, 16, static_cast<int>(sizeof(BlockQ4_1))};
     case DType::kQ8_0:
-      *f = {1, 32, 34};
-      return true;
+      return {1, 32, static_cast<int>(sizeof(BlockQ8_0))};
     default:
-      return false;
+      return {};
   }
 }
 

@@ -35,9 +35,9 @@ void MoveBlock(const Rows8Format& f, uint8_t* const* rows, int64_t b, uint8_t* p
 }  // namespace
 
 bool CanRepackRows8(const WeightView& w) {
-  Rows8Format f;
-  return w.layout == WeightLayout::kRows && Rows8FormatOf(w.type, &f) && w.rows % 8 == 0 &&
-         w.rows > 0 && w.cols % kQK == 0 && w.row_bytes == w.cols / kQK * f.block_bytes;
+  const Rows8Format f = Rows8FormatFor(w.type);
+  return w.layout == WeightLayout::kRows && f.block_bytes > 0 && w.rows % 8 == 0 && w.rows > 0 &&
+         w.cols % kQK == 0 && w.row_bytes == w.cols / kQK * f.block_bytes;
 }
 
 bool Rows8Allowed() {
@@ -55,8 +55,7 @@ bool PrefersRows8(const WeightView& w) {
 
 WeightView RepackRows8(const WeightView& w, void* out) {
   KVASIR_CHECK_MSG(CanRepackRows8(w), "RepackRows8: not a Q4_0/Q4_1/Q8_0 matrix of 8k rows");
-  Rows8Format f;
-  Rows8FormatOf(w.type, &f);
+  const Rows8Format f = Rows8FormatFor(w.type);
   const int64_t nb = w.cols / kQK;
   auto* base = static_cast<uint8_t*>(out);
   for (int64_t g = 0; g < w.rows / 8; ++g) {
@@ -74,8 +73,7 @@ WeightView RepackRows8(const WeightView& w, void* out) {
 
 void DeinterleaveRows8(const WeightView& w, int64_t r0, int64_t r1, uint8_t* out) {
   KVASIR_CHECK(w.layout == WeightLayout::kRows8 && r0 % 8 == 0 && r1 % 8 == 0);
-  Rows8Format f;
-  Rows8FormatOf(w.type, &f);
+  const Rows8Format f = Rows8FormatFor(w.type);
   const int64_t nb = w.cols / kQK;
   for (int64_t g = r0 / 8; g < r1 / 8; ++g) {
     uint8_t* rows[8];
