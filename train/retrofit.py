@@ -170,6 +170,30 @@ def decay_lr(opt, step, total):
         group["lr"] = group["base"] * (1.0 - 0.9 * tail)
 
 
+def distill(a, model, opt, data, student, progress=lambda: ""):
+    """a.steps steps of KL distillation from the full-cache model (the teacher: no adapters) to
+    student(x), the logits of the method being trained, with decay_lr's schedule; logs the mean
+    KL every a.log_every steps (plus progress())."""
+    import torch
+    gen = torch.Generator().manual_seed(a.seed + 7)
+    hist = []
+    t0 = time.time()
+    for step in range(a.steps):
+        x = data[torch.randint(0, len(data), (a.batch,), generator=gen)]
+        with torch.no_grad():
+            teacher = torch.log_softmax(model(x, use_lora=False), dim=-1)
+        kl = distill_kl(teacher, student(x))
+        decay_lr(opt, step, a.steps)
+        opt.zero_grad()
+        kl.backward()
+        opt.step()
+        hist.append(kl.item())
+        if (step + 1) % a.log_every == 0 or step + 1 == a.steps:
+            print(f"retrofit: step {step + 1}/{a.steps} kl {sum(hist) / len(hist):.5f}"
+                  f"{progress()} ({time.time() - t0:.0f} s)", file=sys.stderr)
+            hist = []
+
+
 def load_data(a, model):
     """Generated training and held-out sequences, plus --text cut into --seq-len pieces."""
     import torch
@@ -357,24 +381,9 @@ def main_lococo(a):
     conv = list(comp.weight) + list(comp.bias)
     opt = torch.optim.Adam([{"params": conv, "lr": a.lr, "base": a.lr},
                             {"params": list(comp.lam), "lr": a.lambda_lr, "base": a.lambda_lr}])
-    gen = torch.Generator().manual_seed(a.seed + 7)
-    hist = []
-    t0 = time.time()
-    for step in range(a.steps):
-        x = data[torch.randint(0, len(data), (a.batch,), generator=gen)]
-        with torch.no_grad():
-            teacher = torch.log_softmax(model(x, use_lora=False), dim=-1)
-        kl = distill_kl(teacher, lococo_forward(model, comp, x, a.slots, a.chunk)[0])
-        decay_lr(opt, step, a.steps)
-        opt.zero_grad()
-        kl.backward()
-        opt.step()
-        hist.append(kl.item())
-        if (step + 1) % a.log_every == 0 or step + 1 == a.steps:
-            lams = ", ".join(f"{x.item():.3f}" for x in comp.lam)
-            print(f"retrofit: step {step + 1}/{a.steps} kl {sum(hist) / len(hist):.5f} "
-                  f"lambda [{lams}] ({time.time() - t0:.0f} s)", file=sys.stderr)
-            hist = []
+    distill(a, model, opt, data,
+            lambda x: lococo_forward(model, comp, x, a.slots, a.chunk)[0],
+            lambda: " lambda [" + ", ".join(f"{v.item():.3f}" for v in comp.lam) + "]")
 
     # Held-out: the full cache, LoCoCo without weights (lambda = 0) and with them.
     tot = {"full": 0.0, "free": 0.0, "trained": 0.0}
@@ -446,26 +455,12 @@ def main_pod(a):
           f"kv_ratio {probe.kv_ratio(512):.4f} at 512 tokens", file=sys.stderr)
     data, held = load_data(a, model)
     opt = setup_lora(a, config, tensors, model)
-    gen = torch.Generator().manual_seed(a.seed + 7)
-    hist = []
-    t0 = time.time()
-    for step in range(a.steps):
-        x = data[torch.randint(0, len(data), (a.batch,), generator=gen)]
-        with torch.no_grad():
-            teacher = torch.log_softmax(model(x, use_lora=False), dim=-1)
-        kl = distill_kl(teacher, model(x, attention=PodAttention.from_spec(config, a.spec)))
-        decay_lr(opt, step, a.steps)
-        opt.zero_grad()
-        kl.backward()
-        opt.step()
-        hist.append(kl.item())
-        if (step + 1) % a.log_every == 0 or step + 1 == a.steps:
-            print(f"retrofit: step {step + 1}/{a.steps} kl {sum(hist) / len(hist):.5f} "
-                  f"({time.time() - t0:.0f} s)", file=sys.stderr)
-            hist = []
 
     def pod():
-        return PodAttention.from_spec(config, a.spec)
+        # A fresh attention per forward (it keeps the anchors' keys of one pass), from the parsed
+        # spec.
+        return PodAttention(config, probe.sink, probe.window, probe.anchors)
+    distill(a, model, opt, data, lambda x: model(x, attention=pod()))
     result = evaluate(model, held, pod, lambda atts: atts[0].kv_ratio(a.seq_len), untrained=True)
     print("retrofit: held-out " + json.dumps({k: round(v, 4) for k, v in result.items()}),
           file=sys.stderr)

@@ -28,6 +28,16 @@ const char* const kPodArtifacts[] = {"train/artifacts/stories260K-pod-1.5x.safet
 
 std::string Stories() { return testing::SharedPath("models/stories260K.gguf"); }
 
+// stories260K merged with the adapter at `path` (weights not prefaulted, 2 threads).
+absl::StatusOr<std::unique_ptr<Engine>> LoadAdapted(const std::string& path) {
+  EngineOptions o;
+  o.model = Stories();
+  o.prefault = false;
+  o.num_threads = 2;
+  o.adapter = path;
+  return Engine::Load(o);
+}
+
 // A scratch file that is removed with the test.
 class TempFile {
  public:
@@ -81,11 +91,7 @@ TEST(AdapterTest, MergesScaledLowRankProductIntoTheProjection) {
   TempFile f("kvasir-adapter-merge");
   f.Write(KAdapter(rank, a, b).Build());
 
-  EngineOptions o;
-  o.model = Stories();
-  o.prefault = false;
-  o.adapter = f.path();
-  auto adapted = Engine::Load(o);
+  auto adapted = LoadAdapted(f.path());
   ASSERT_TRUE(adapted.ok()) << adapted.status();
   ASSERT_NE((*adapted)->adapter(), nullptr);
   EXPECT_FLOAT_EQ((*adapted)->adapter()->scale, 2.0f);
@@ -180,11 +186,7 @@ TEST(AdapterTest, EnginesRunOnlyThePoliciesMeantForTheirWeights) {
   ASSERT_FALSE(p.ok());
   EXPECT_EQ(p.status().code(), absl::StatusCode::kFailedPrecondition) << p.status();
   // ...and an adapted engine refuses every other policy.
-  EngineOptions o;
-  o.model = Stories();
-  o.prefault = false;
-  o.adapter = artifact;
-  auto adapted = Engine::Load(o);
+  auto adapted = LoadAdapted(artifact);
   ASSERT_TRUE(adapted.ok()) << adapted.status();
   EXPECT_EQ((*adapted)->Policy("full").status().code(), absl::StatusCode::kFailedPrecondition);
   EXPECT_EQ((*adapted)->Policy("dmc:mode=learned").status().code(),
@@ -212,12 +214,7 @@ TEST(AdapterTest, EnginesRunOnlyThePoliciesMeantForTheirWeights) {
 // compresses as trained.
 TEST(AdapterTest, EngineReproducesTheTrainedDmcModel) {
   const std::string artifact = testing::RepoPath(kArtifact);
-  EngineOptions o;
-  o.model = Stories();
-  o.prefault = false;
-  o.num_threads = 2;
-  o.adapter = artifact;
-  auto engine = Engine::Load(o);
+  auto engine = LoadAdapted(artifact);
   ASSERT_TRUE(engine.ok()) << engine.status();
   const Adapter& a = *(*engine)->adapter();
   ASSERT_FALSE(a.check_tokens.empty());
@@ -246,12 +243,7 @@ class PodAdapterTest : public ::testing::TestWithParam<const char*> {};
 
 TEST_P(PodAdapterTest, EngineReproducesThePostTrainedModel) {
   const std::string artifact = testing::RepoPath(GetParam());
-  EngineOptions o;
-  o.model = Stories();
-  o.prefault = false;
-  o.num_threads = 2;
-  o.adapter = artifact;
-  auto engine = Engine::Load(o);
+  auto engine = LoadAdapted(artifact);
   ASSERT_TRUE(engine.ok()) << engine.status();
   const Adapter& a = *(*engine)->adapter();
   ASSERT_FALSE(a.check_tokens.empty());
