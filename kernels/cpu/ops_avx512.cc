@@ -3,43 +3,18 @@
 // per register with masked loads and stores for the last n % 16 elements (no scalar tails). Built
 // natively (namespace avx512) and against SIMDe (avx512_emulated, kernel tests only); see
 // avx512_intrinsics.h. The exp polynomial and the order of operations per lane are those of
-// ops_avx2.cc. Uses no inline function of a shared header (see matmul_avx2.cc).
+// ops_avx2.cc. Uses no inline function of a shared header with external linkage (see
+// matmul_avx2.cc; avx512_helpers.h's are file-local).
 #include <cstdint>
 
+#include "kernels/cpu/avx512_helpers.h"
 #include "kernels/cpu/avx512_intrinsics.h"
 #include "kernels/cpu/internal.h"
 
 namespace kvasir::kernels::cpu::KVASIR_AVX512_NS {
 namespace {
 
-inline float Hsum(__m256 v) {
-  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-  s = _mm_add_ss(s, _mm_movehdup_ps(s));
-  return _mm_cvtss_f32(s);
-}
-
-// The two 256-bit halves of v added.
-inline __m256 Fold(__m512 v) {
-  return _mm256_add_ps(_mm512_castps512_ps256(v),
-                       _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1)));
-}
-
-inline float Hsum(__m512 v) { return Hsum(Fold(v)); }
-
-inline float Hmax(__m512 v) {
-  const __m256 h = _mm256_max_ps(_mm512_castps512_ps256(v),
-                                 _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1)));
-  __m128 s = _mm_max_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
-  s = _mm_max_ps(s, _mm_movehl_ps(s, s));
-  s = _mm_max_ss(s, _mm_movehdup_ps(s));
-  return _mm_cvtss_f32(s);
-}
-
 inline float Sqrt(float v) { return _mm_cvtss_f32(_mm_sqrt_ss(_mm_set_ss(v))); }
-
-// Mask of the first `count` (0..16) lanes.
-inline __mmask16 FirstLanes(int64_t count) { return static_cast<__mmask16>((1u << count) - 1u); }
 
 // exp(x) for 16 lanes, relative error ~2e-7: x = n ln2 + r with |r| <= ln2 / 2, 2^n built in the
 // exponent bits, e^r from Cephes' expf polynomial; x is clamped to [-87, 88]. The same steps as
